@@ -1,0 +1,115 @@
+import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
+import path from 'node:path';
+import { Type, type Static } from '@sinclair/typebox';
+import { Value } from '@sinclair/typebox/value';
+
+/** Every setting Custos reads, with its default. Sources, lowest first: defaults, file, environment, flags. */
+export const ConfigSchema = Type.Object(
+  {
+    dataDir: Type.String({ minLength: 1, default: './data' }),
+    host: Type.String({ minLength: 1, default: '127.0.0.1' }),
+    port: Type.Integer({ minimum: 0, maximum: 65535, default: 8080 }),
+    tlsCert: Type.Optional(Type.String({ minLength: 1 })),
+    tlsKey: Type.Optional(Type.String({ minLength: 1 })),
+    insecure: Type.Boolean({ default: false }),
+    databaseUrl: Type.Optional(Type.String({ pattern: '^(postgres|postgresql)://' })),
+    regions: Type.Array(Type.String({ pattern: '^[a-z]{2}-[a-z]+-[0-9]+$' }), { minItems: 1, default: ['cn-north-4', 'ap-southeast-1', 'eu-west-0'] }),
+    logLevel: Type.Union(
+      ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)),
+      { default: 'info' },
+    ),
+    bodyLimitBytes: Type.Integer({ minimum: 1024, maximum: 64 * 1024 * 1024, default: 1024 * 1024 }),
+    tokenTtlSeconds: Type.Integer({ minimum: 900, maximum: 86400, default: 86400 }),
+    signatureWindowSeconds: Type.Integer({ minimum: 60, maximum: 3600, default: 900 }),
+    rootKeyProvider: Type.Union([Type.Literal('local')], { default: 'local' }),
+    /** Name of the environment variable holding the root-key passphrase (never the passphrase itself). */
+    rootKeyPassphraseEnv: Type.String({ minLength: 1, default: 'CUSTOS_ROOT_PASSPHRASE' }),
+    auditDigestIntervalSeconds: Type.Integer({ minimum: 60, maximum: 86400, default: 3600 }),
+    shutdownGraceMs: Type.Integer({ minimum: 0, maximum: 120000, default: 10000 }),
+  },
+  { additionalProperties: false },
+);
+export type Config = Static<typeof ConfigSchema>;
+
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+const ENV_MAP: Record<string, keyof Config> = {
+  CUSTOS_DATA_DIR: 'dataDir',
+  CUSTOS_HOST: 'host',
+  CUSTOS_PORT: 'port',
+  CUSTOS_TLS_CERT: 'tlsCert',
+  CUSTOS_TLS_KEY: 'tlsKey',
+  CUSTOS_INSECURE: 'insecure',
+  CUSTOS_DATABASE_URL: 'databaseUrl',
+  CUSTOS_REGIONS: 'regions',
+  CUSTOS_LOG_LEVEL: 'logLevel',
+  CUSTOS_BODY_LIMIT_BYTES: 'bodyLimitBytes',
+  CUSTOS_TOKEN_TTL_SECONDS: 'tokenTtlSeconds',
+  CUSTOS_AUDIT_DIGEST_INTERVAL_SECONDS: 'auditDigestIntervalSeconds',
+};
+
+function coerce(key: keyof Config, raw: string): unknown {
+  const prop = (ConfigSchema.properties as Record<string, { type?: string; anyOf?: unknown }>)[key];
+  if (key === 'regions') return raw.split(',').map((s) => s.trim()).filter(Boolean);
+  if (prop?.type === 'integer') return /^-?\d+$/.test(raw) ? Number(raw) : raw;
+  if (prop?.type === 'boolean') return raw === 'true' || raw === '1' ? true : raw === 'false' || raw === '0' ? false : raw;
+  return raw;
+}
+
+function isLoopback(host: string): boolean {
+  if (host === 'localhost') return true;
+  if (isIP(host) === 4) return host.startsWith('127.');
+  if (isIP(host) === 6) return host === '::1';
+  return false;
+}
+
+/**
+ * Builds the configuration and validates it, failing with every problem named.
+ * `flags` are already-parsed command-line values (undefined means "not given").
+ */
+export function loadConfig(opts: { file?: string; env?: NodeJS.ProcessEnv; flags?: Partial<Config> } = {}): Config {
+  const env = opts.env ?? process.env;
+  let merged: Record<string, unknown> = {};
+  const file = opts.file ?? env.CUSTOS_CONFIG;
+  if (file) {
+    let text: string;
+    try {
+      text = readFileSync(file, 'utf8');
+    } catch (e) {
+      throw new ConfigError(`cannot read config file ${file}: ${(e as NodeJS.ErrnoException).code ?? 'error'}`);
+    }
+    try {
+      const parsed: unknown = JSON.parse(text);
+      if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new Error('not an object');
+      merged = { ...(parsed as Record<string, unknown>) };
+    } catch {
+      throw new ConfigError(`config file ${file} is not a JSON object`);
+    }
+  }
+  for (const [name, key] of Object.entries(ENV_MAP)) {
+    const raw = env[name];
+    if (raw !== undefined && raw !== '') merged[key] = coerce(key, raw);
+  }
+  for (const [k, v] of Object.entries(opts.flags ?? {})) if (v !== undefined) merged[k] = v;
+
+  const withDefaults = Value.Default(ConfigSchema, merged) as Record<string, unknown>;
+  const errors = [...Value.Errors(ConfigSchema, withDefaults)];
+  if (errors.length > 0) {
+    const lines = errors.slice(0, 10).map((e) => `  ${e.path || '/'}: ${e.message}`);
+    throw new ConfigError(`invalid configuration:\n${lines.join('\n')}`);
+  }
+  const cfg = withDefaults as Config;
+  cfg.dataDir = path.resolve(cfg.dataDir);
+  if ((cfg.tlsCert === undefined) !== (cfg.tlsKey === undefined)) {
+    throw new ConfigError('invalid configuration:\n  tlsCert and tlsKey must be given together');
+  }
+  if (!isLoopback(cfg.host) && cfg.tlsCert === undefined && !cfg.insecure) {
+    throw new ConfigError(
+      `refusing to listen on non-loopback address ${cfg.host} without TLS: give --tls-cert and --tls-key, or --insecure if a TLS proxy sits in front`,
+    );
+  }
+  return cfg;
+}

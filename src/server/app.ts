@@ -1,0 +1,260 @@
+import { randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import swagger from '@fastify/swagger';
+import { collectDefaultMetrics, Histogram, Registry } from 'prom-client';
+import type { Config } from '../config.js';
+import type { AuditRecorder, RequestTrace } from '../audit/trace.js';
+import { IamError } from '../iam/errors.js';
+import type { IamService } from '../iam/iam.js';
+import { sql } from 'kysely';
+import type { Store } from '../store/db.js';
+import { edgeFailure, errorBody, HttpFailure, toFailure, type ApiDialect } from './errors.js';
+import type { RouteDef, RouteMeta } from './route.js';
+
+export interface AppDeps {
+  config: Config;
+  store: Store;
+  iam: IamService;
+  audit: AuditRecorder | null;
+  routes: RouteDef[];
+  /** Pino destination for tests that read the logs; defaults to stdout. */
+  logStream?: NodeJS.WritableStream;
+}
+
+const REQUEST_ID = /^[A-Za-z0-9._-]{8,64}$/;
+const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS']);
+
+/** Header names whose values are credentials: never logged, never traced. */
+export const SECRET_HEADERS = ['authorization', 'x-auth-token', 'x-subject-token', 'x-security-token', 'x-amz-security-token', 'cookie'];
+
+function metaOf(req: FastifyRequest): RouteMeta | undefined {
+  return req.routeOptions.config?.custos;
+}
+function dialectOf(req: FastifyRequest): ApiDialect {
+  return metaOf(req)?.dialect ?? (req.url.startsWith('/v1/') ? 'custos' : 'huawei');
+}
+
+export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
+  const { config, iam } = deps;
+  const https = config.tlsCert && config.tlsKey ? { cert: readFileSync(config.tlsCert), key: readFileSync(config.tlsKey) } : null;
+  const app = Fastify({
+    ...(https ? { https } : {}),
+    bodyLimit: config.bodyLimitBytes,
+    trustProxy: false,
+    return503OnClosing: true,
+    forceCloseConnections: 'idle',
+    genReqId: (raw) => {
+      const given = raw.headers['x-request-id'];
+      return typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
+    },
+    logger: {
+      level: config.logLevel,
+      ...(deps.logStream ? { stream: deps.logStream } : {}),
+      redact: { paths: SECRET_HEADERS.map((h) => `req.headers["${h}"]`), censor: '[redacted]' },
+      serializers: {
+        // The query string can hold presigned signatures and security tokens: log the path only.
+        req: (req: { method: string; url: string; ip?: string; id: string }) => ({ id: req.id, method: req.method, path: req.url.split('?')[0], ip: req.ip }),
+      },
+    },
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
+  }) as unknown as FastifyInstance;
+
+  // ---- metrics
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry, prefix: 'custos_' });
+  const duration = new Histogram({
+    name: 'custos_http_request_duration_seconds',
+    help: 'HTTP request duration by route, method and status',
+    labelNames: ['method', 'route', 'status'] as const,
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10],
+    registers: [registry],
+  });
+
+  // ---- bodies: keep the raw bytes (signatures cover them), parse JSON ourselves
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (req, body: Buffer, done) => {
+    req.custos.rawBody = body;
+    if (body.length === 0) return done(null, undefined);
+    try {
+      done(null, JSON.parse(body.toString('utf8')));
+    } catch {
+      done(new HttpFailure(400, 'MalformedJSON', 'the body is not valid JSON'), undefined);
+    }
+  });
+  app.addContentTypeParser('*', { parseAs: 'buffer' }, (req, body: Buffer, done) => {
+    req.custos.rawBody = body;
+    done(null, body);
+  });
+
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.0.3',
+      info: { title: 'Custos API', version: '0.1.0', description: "Custos's own REST routes (cloud-compatible dialects are documented by their clouds)." },
+      components: { securitySchemes: { token: { type: 'apiKey', in: 'header', name: 'X-Auth-Token' } } },
+      security: [{ token: [] }],
+    },
+  });
+
+  // A route without a declared action does not start.
+  app.addHook('onRoute', (opts) => {
+    if (opts.url === '/openapi.json' || opts.url.startsWith('/documentation')) return;
+    const meta = opts.config?.custos;
+    if (!meta || (meta.action === undefined)) throw new Error(`route ${String(opts.method)} ${opts.url} declares no action`);
+    if (meta.action === null && meta.resource) throw new Error(`public route ${opts.url} cannot resolve a resource`);
+    if (meta.dialect !== 'custos') opts.schema = { ...(opts.schema ?? {}), hide: true } as typeof opts.schema;
+  });
+
+  app.decorateRequest('custos', null as never);
+  app.addHook('onRequest', async (req, reply) => {
+    req.custos = { startedAt: process.hrtime.bigint(), principal: null, resource: null, traced: {}, errorCode: null, rawBody: Buffer.alloc(0) };
+    reply.header('x-request-id', req.id);
+  });
+
+  // ---- authentication: once per request, before the body is validated
+  app.addHook('preValidation', async (req) => {
+    const meta = metaOf(req);
+    if (!meta || (meta.action === null && !meta.authenticatedOnly)) return;
+    req.custos.principal = await authenticate(iam, req);
+    // A presigned URL's signature parameters are credentials, not arguments of the operation.
+    const q = req.query as Record<string, unknown> | undefined;
+    if (q && typeof q === 'object') for (const k of Object.keys(q)) if (k.startsWith('X-Amz-')) delete q[k];
+  });
+
+  // ---- authorization: resolve the target in the caller's account, then the one decision
+  app.addHook('preHandler', async (req) => {
+    const meta = metaOf(req);
+    const p = req.custos.principal;
+    if (!meta || meta.action === null || meta.authenticatedOnly || !p) return;
+    let resource = null;
+    if (meta.resource) {
+      resource = await meta.resource(req, p);
+      // Another tenant's resource is indistinguishable from a missing one.
+      if (!resource || resource.accountId !== p.accountId) throw new HttpFailure(404, notFoundCode(meta.dialect), `${meta.resourceType ?? 'resource'} not found`);
+      req.custos.resource = resource;
+    }
+    const decision = await iam.authorize(p, meta.action, resource, { sourceIp: req.ip });
+    if (decision.effect !== 'allow') {
+      throw new IamError(403, 'IAM.0003', `not authorized to perform ${meta.action}${decision.effect === 'explicit-deny' ? ' (explicitly denied by a policy)' : ''}`);
+    }
+  });
+
+  // ---- errors, in the route's dialect
+  app.setErrorHandler(async (err, req, reply) => {
+    const dialect = dialectOf(req);
+    const { failure, unexpected } = toFailure(err, dialect);
+    if (unexpected) req.log.error({ err }, 'unexpected error');
+    req.custos.errorCode = failure.code;
+    return reply.code(failure.status).type('application/json').send(errorBody(failure, dialect, req.id));
+  });
+  app.setNotFoundHandler(async (req, reply) => {
+    const dialect = dialectOf(req);
+    const f = edgeFailure('notFound', dialect, 404, 'no such API');
+    req.custos.errorCode = f.code;
+    return reply.code(404).send(errorBody(f, dialect, req.id));
+  });
+
+  // ---- trace every answered request before its response leaves
+  app.addHook('onSend', async (req, reply, payload) => {
+    const meta = metaOf(req);
+    if (meta?.untraced || !deps.audit) return payload;
+    const trace = buildTrace(req, reply, meta);
+    try {
+      await deps.audit.record(trace);
+    } catch (err) {
+      req.log.error({ err: { message: (err as Error).message } }, 'audit trace could not be stored');
+      if (!SAFE_METHODS.has(req.method)) {
+        const dialect = dialectOf(req);
+        const f = edgeFailure('unavailable', dialect, 503, 'the audit trail is unavailable, so the request was refused; retry later');
+        reply.code(503).type('application/json');
+        reply.removeHeader('x-subject-token');
+        return JSON.stringify(errorBody(f, dialect, req.id));
+      }
+    }
+    return payload;
+  });
+
+  app.addHook('onResponse', async (req, reply) => {
+    const seconds = Number(process.hrtime.bigint() - (req.custos?.startedAt ?? process.hrtime.bigint())) / 1e9;
+    duration.observe({ method: req.method, route: req.routeOptions.url ?? 'unmatched', status: String(reply.statusCode) }, seconds);
+  });
+
+  // ---- plumbing routes
+  const plumbing = (action: null): RouteMeta => ({ dialect: 'custos', service: 'Custos', action, untraced: true });
+  app.get('/health', { config: { custos: plumbing(null) }, schema: { hide: true } as object }, async () => ({ status: 'ok' }));
+  app.get('/ready', { config: { custos: plumbing(null) }, schema: { hide: true } as object }, async (_req, reply) => {
+    try {
+      await sql`select 1`.execute(deps.store.db);
+      return { status: 'ready' };
+    } catch {
+      return reply.code(503).send({ status: 'unavailable', reason: 'database unreachable' });
+    }
+  });
+  app.get('/metrics', { config: { custos: plumbing(null) }, schema: { hide: true } as object }, async (_req, reply) => {
+    reply.type(registry.contentType);
+    return registry.metrics();
+  });
+  app.get('/openapi.json', { config: { custos: plumbing(null) }, schema: { hide: true } as object }, async () => app.swagger());
+
+  for (const r of deps.routes) {
+    app.route({ method: r.method, url: r.url, schema: r.schema ?? {}, config: { custos: r.meta }, handler: r.handler });
+  }
+  return app;
+}
+
+function notFoundCode(d: ApiDialect): string {
+  return d === 'custos' ? 'NotFound' : d === 'aws-json' ? 'NotFoundException' : 'IAM.0004';
+}
+
+/** Token (X-Auth-Token) or AK/SK signature; anything else is 401. */
+async function authenticate(iam: IamService, req: FastifyRequest) {
+  const token = req.headers['x-auth-token'];
+  if (typeof token === 'string' && token.length > 0) return iam.authenticateToken(token);
+  const raw = req.raw.url ?? '/';
+  const q = raw.indexOf('?');
+  const principal = await iam.authenticateSigned({
+    method: req.method,
+    path: q >= 0 ? raw.slice(0, q) : raw,
+    query: q >= 0 ? raw.slice(q + 1) : '',
+    headers: req.headers,
+    body: req.custos.rawBody,
+  });
+  if (!principal) throw IamError.unauthenticated('authenticate with an X-Auth-Token header or an AK/SK signature');
+  return principal;
+}
+
+function buildTrace(req: FastifyRequest, reply: FastifyReply, meta: RouteMeta | undefined): RequestTrace {
+  const p = req.custos?.principal ?? null;
+  const r = req.custos?.resource ?? null;
+  const status = reply.statusCode;
+  const ua = req.headers['user-agent'];
+  return {
+    traceName: meta?.action ?? (req.routeOptions.url ? `${req.method} ${req.routeOptions.url}` : 'unknown'),
+    traceType: meta?.traceType ?? 'management',
+    traceRating: status >= 500 ? 'incident' : status >= 400 ? 'warning' : 'normal',
+    serviceType: meta?.service ?? 'Custos',
+    resourceType: r?.type ?? meta?.resourceType ?? null,
+    resourceId: r?.id ?? req.custos?.traced.resourceId ?? null,
+    resourceName: r?.name ?? req.custos?.traced.resourceName ?? null,
+    accountId: r?.accountId ?? p?.accountId ?? null,
+    projectId: r?.projectId ?? p?.projectId ?? null,
+    region: r?.region ?? p?.region ?? null,
+    user: {
+      accountId: p?.agency?.sourceAccountId ?? p?.accountId ?? null,
+      accountName: p?.agency?.sourceAccountName ?? p?.accountName ?? null,
+      userId: p?.userId ?? null,
+      userName: p?.userName ?? null,
+      accessKeyId: p?.accessKeyId ?? null,
+      agency: p?.agency ?? null,
+      authMethod: p ? p.method : 'none',
+    },
+    sourceIp: req.ip,
+    userAgent: typeof ua === 'string' ? ua.slice(0, 256) : null,
+    requestId: req.id,
+    httpMethod: req.method,
+    apiPath: req.routeOptions.url ?? 'unmatched',
+    code: status,
+    errorCode: req.custos?.errorCode ?? null,
+    time: Date.now(),
+  };
+}

@@ -1,0 +1,71 @@
+import type { FastifyError } from 'fastify';
+import { ServiceError } from '../errors.js';
+
+export type ApiDialect = 'huawei' | 'huawei-kms' | 'custos' | 'aws-json';
+
+/** The edge's own failures, worded per dialect. */
+const EDGE_CODES: Record<string, { huawei: string; custos: string; aws: string }> = {
+  badRequest: { huawei: 'APIGW.0201', custos: 'BadRequest', aws: 'ValidationException' },
+  unauthenticated: { huawei: 'APIGW.0301', custos: 'Unauthenticated', aws: 'UnrecognizedClientException' },
+  forbidden: { huawei: 'APIGW.0302', custos: 'Forbidden', aws: 'AccessDeniedException' },
+  notFound: { huawei: 'APIGW.0101', custos: 'NotFound', aws: 'NotFoundException' },
+  tooLarge: { huawei: 'APIGW.0201', custos: 'PayloadTooLarge', aws: 'ValidationException' },
+  mediaType: { huawei: 'APIGW.0201', custos: 'UnsupportedMediaType', aws: 'ValidationException' },
+  internal: { huawei: 'APIGW.0202', custos: 'InternalError', aws: 'InternalFailure' },
+  unavailable: { huawei: 'APIGW.0203', custos: 'ServiceUnavailable', aws: 'ServiceUnavailableException' },
+};
+
+export class HttpFailure extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+function edge(kind: keyof typeof EDGE_CODES, dialect: ApiDialect, status: number, message: string): HttpFailure {
+  const c = EDGE_CODES[kind]!;
+  return new HttpFailure(status, dialect === 'custos' ? c.custos : dialect === 'aws-json' ? c.aws : c.huawei, message);
+}
+
+export const edgeFailure = edge;
+
+/** Maps anything thrown while serving a request to a client-safe status, code and message. */
+export function toFailure(err: unknown, dialect: ApiDialect): { failure: HttpFailure; unexpected: boolean } {
+  if (err instanceof ServiceError) return { failure: new HttpFailure(err.status, err.code, err.message), unexpected: false };
+  if (err instanceof HttpFailure) return { failure: err, unexpected: false };
+  const fe = err as FastifyError & { validation?: unknown[]; validationContext?: string };
+  if (fe && Array.isArray(fe.validation)) {
+    return { failure: edge('badRequest', dialect, 400, `invalid request: ${fe.message}`), unexpected: false };
+  }
+  switch (fe?.code) {
+    case 'FST_ERR_CTP_BODY_TOO_LARGE':
+      return { failure: edge('tooLarge', dialect, 413, 'the request body is too large'), unexpected: false };
+    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
+      return { failure: edge('mediaType', dialect, 415, 'unsupported content type; send application/json'), unexpected: false };
+    case 'FST_ERR_CTP_EMPTY_JSON_BODY':
+    case 'FST_ERR_CTP_INVALID_JSON_BODY':
+      return { failure: edge('badRequest', dialect, 400, 'the body is not valid JSON'), unexpected: false };
+    case 'FST_ERR_CTP_INVALID_CONTENT_LENGTH':
+      return { failure: edge('badRequest', dialect, 400, 'the Content-Length does not match the body'), unexpected: false };
+  }
+  if (typeof fe?.statusCode === 'number' && fe.statusCode >= 400 && fe.statusCode < 500) {
+    return { failure: edge('badRequest', dialect, fe.statusCode, 'the request is malformed'), unexpected: false };
+  }
+  return { failure: edge('internal', dialect, 500, 'internal error; the request id identifies it in the server log'), unexpected: true };
+}
+
+export function errorBody(f: HttpFailure, dialect: ApiDialect, requestId: string): unknown {
+  switch (dialect) {
+    case 'huawei':
+      return { error_code: f.code, error_msg: f.message, request_id: requestId };
+    case 'huawei-kms':
+      return { error: { error_code: f.code, error_msg: f.message }, request_id: requestId };
+    case 'aws-json':
+      return { __type: f.code, message: f.message };
+    case 'custos':
+      return { error: { code: f.code, message: f.message, request_id: requestId } };
+  }
+}

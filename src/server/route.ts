@@ -1,0 +1,57 @@
+import type { FastifyReply, FastifyRequest, FastifySchema, HTTPMethods } from 'fastify';
+import type { Principal, ResourceRef } from '../iam/iam.js';
+import type { ApiDialect } from './errors.js';
+
+/** Everything the edge must know about a route before it may serve it. */
+export interface RouteMeta {
+  dialect: ApiDialect;
+  /** Service name as traces show it: IAM, CTS, KMS, OBS, VAULT. */
+  service: string;
+  /**
+   * The IAM action the route performs (`iam:users:createUser`). `null` declares the route public on
+   * purpose (health, login); every other route is authenticated and authorized with it.
+   */
+  action: string | null;
+  /** Authenticated but not policy-checked: the route checks the caller itself (token validation). */
+  authenticatedOnly?: boolean;
+  traceType?: 'management' | 'data';
+  resourceType?: string;
+  /** Kept out of traces, metrics-only plumbing (health, metrics). */
+  untraced?: boolean;
+  /** Resolves the target inside the caller's account only; null answers 404. */
+  resource?: (req: FastifyRequest, principal: Principal) => Promise<ResourceRef | null>;
+}
+
+export interface RequestState {
+  startedAt: bigint;
+  principal: Principal | null;
+  resource: ResourceRef | null;
+  /** A handler that creates something names it here so the trace carries it. */
+  traced: { resourceId?: string; resourceName?: string };
+  errorCode: string | null;
+  rawBody: Buffer;
+}
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    custos: RequestState;
+  }
+  interface FastifyContextConfig {
+    custos?: RouteMeta;
+  }
+}
+
+export interface RouteDef {
+  method: HTTPMethods | HTTPMethods[];
+  url: string;
+  meta: RouteMeta;
+  schema?: FastifySchema;
+  handler: (req: FastifyRequest, reply: FastifyReply) => Promise<unknown>;
+}
+
+/** The principal of an authenticated route; the edge guarantees it is set before the handler runs. */
+export function principalOf(req: FastifyRequest): Principal {
+  const p = req.custos.principal;
+  if (!p) throw new Error('route declared without authentication reached a principal-only handler');
+  return p;
+}

@@ -1,0 +1,74 @@
+import { mkdirSync } from 'node:fs';
+import path from 'node:path';
+import SQLite from 'better-sqlite3';
+import pg from 'pg';
+import { Kysely, Migrator, PostgresDialect, SqliteDialect, sql, type Migration, type MigrationProvider } from 'kysely';
+import { migrations } from './migrations/index.js';
+
+export type Dialect = 'sqlite' | 'postgres';
+
+/**
+ * The one query layer. Services narrow it with `db.withTables<TheirTables>()` in their own store.ts,
+ * so each service sees only the tables it owns.
+ */
+export interface Store {
+  db: Kysely<object>;
+  dialect: Dialect;
+  close(): Promise<void>;
+}
+
+// int8 columns hold epoch milliseconds and counters, which fit in a double; pg returns them as strings otherwise.
+pg.types.setTypeParser(20, (v) => Number(v));
+
+export function openStore(opts: { databaseUrl?: string; dataDir: string }): Store {
+  if (opts.databaseUrl) {
+    const pool = new pg.Pool({ connectionString: opts.databaseUrl, max: 10 });
+    // An idle client losing its connection must not crash the process; the next query reconnects.
+    pool.on('error', () => undefined);
+    const db = new Kysely<object>({ dialect: new PostgresDialect({ pool }) });
+    return { db, dialect: 'postgres', close: () => db.destroy() };
+  }
+  mkdirSync(opts.dataDir, { recursive: true, mode: 0o700 });
+  const file = path.join(opts.dataDir, 'custos.db');
+  const database = new SQLite(file);
+  database.pragma('journal_mode = WAL');
+  database.pragma('synchronous = NORMAL');
+  database.pragma('busy_timeout = 5000');
+  database.pragma('foreign_keys = ON');
+  const db = new Kysely<object>({ dialect: new SqliteDialect({ database }) });
+  return { db, dialect: 'sqlite', close: () => db.destroy() };
+}
+
+class StaticProvider implements MigrationProvider {
+  async getMigrations(): Promise<Record<string, Migration>> {
+    return migrations;
+  }
+}
+
+/**
+ * Applies pending migrations. On PostgreSQL a session advisory lock serialises nodes that start at
+ * the same moment (Kysely's own lock table alone races on the first `create table`).
+ */
+export async function migrate(store: Store): Promise<string[]> {
+  const run = async (db: Kysely<object>) => {
+    const migrator = new Migrator({ db, provider: new StaticProvider() });
+    const { error, results } = await migrator.migrateToLatest();
+    if (error) throw error instanceof Error ? error : new Error(String(error));
+    return (results ?? []).filter((r) => r.status === 'Success').map((r) => r.migrationName);
+  };
+  if (store.dialect === 'sqlite') return run(store.db);
+  return store.db.connection().execute(async (conn) => {
+    await sql`select pg_advisory_lock(7243001)`.execute(conn);
+    try {
+      return await run(conn);
+    } finally {
+      await sql`select pg_advisory_unlock(7243001)`.execute(conn);
+    }
+  });
+}
+
+/** True when the error is a unique-constraint violation on either database. */
+export function isUniqueViolation(e: unknown): boolean {
+  const err = e as { code?: string; message?: string };
+  return err?.code === '23505' || err?.code === 'SQLITE_CONSTRAINT_UNIQUE' || err?.code === 'SQLITE_CONSTRAINT_PRIMARYKEY';
+}
