@@ -26,6 +26,8 @@ export const ConfigSchema = Type.Object(
     /** Name of the environment variable holding the root-key passphrase (never the passphrase itself). */
     rootKeyPassphraseEnv: Type.String({ minLength: 1, default: 'CUSTOS_ROOT_PASSPHRASE' }),
     auditDigestIntervalSeconds: Type.Integer({ minimum: 60, maximum: 86400, default: 3600 }),
+    /** Directory each signed digest and the traces it covers are also written to, as gzip'd JSON. */
+    auditExportDir: Type.Optional(Type.String({ minLength: 1 })),
     shutdownGraceMs: Type.Integer({ minimum: 0, maximum: 120000, default: 10000 }),
   },
   { additionalProperties: false },
@@ -49,6 +51,7 @@ const ENV_MAP: Record<string, keyof Config> = {
   CUSTOS_BODY_LIMIT_BYTES: 'bodyLimitBytes',
   CUSTOS_TOKEN_TTL_SECONDS: 'tokenTtlSeconds',
   CUSTOS_AUDIT_DIGEST_INTERVAL_SECONDS: 'auditDigestIntervalSeconds',
+  CUSTOS_AUDIT_EXPORT_DIR: 'auditExportDir',
 };
 
 function coerce(key: keyof Config, raw: string): unknown {
@@ -103,6 +106,7 @@ export function loadConfig(opts: { file?: string; env?: NodeJS.ProcessEnv; flags
   }
   const cfg = withDefaults as Config;
   cfg.dataDir = path.resolve(cfg.dataDir);
+  if (cfg.auditExportDir !== undefined) cfg.auditExportDir = path.resolve(cfg.auditExportDir);
   if ((cfg.tlsCert === undefined) !== (cfg.tlsKey === undefined)) {
     throw new ConfigError('invalid configuration:\n  tlsCert and tlsKey must be given together');
   }

@@ -66,7 +66,7 @@ export async function freshDatabase(): Promise<{ url?: string; drop(): Promise<v
   };
 }
 
-export async function startTestServer(opts: { now?: () => number; config?: Partial<Config>; dataDir?: string; database?: { url?: string; drop(): Promise<void> } } = {}): Promise<TestServer> {
+export async function startTestServer(opts: { now?: () => number; config?: Partial<Config>; dataDir?: string; database?: { url?: string; drop(): Promise<void> }; join?: boolean } = {}): Promise<TestServer> {
   const dataDir = opts.dataDir ?? mkdtempSync(path.join(tmpdir(), 'custos-test-'));
   const database = opts.database ?? (await freshDatabase());
   const config = loadConfig({ env: {}, flags: { dataDir, port: 0, logLevel: 'info', ...(database.url ? { databaseUrl: database.url } : {}), ...opts.config } });
@@ -108,9 +108,10 @@ export async function startTestServer(opts: { now?: () => number; config?: Parti
     if (r.status !== 201) throw new Error(`login of ${user}@${account} failed: ${r.status} ${r.text}`);
     return r.headers.get('x-subject-token')!;
   };
-  if (!custos.bootstrap.password) throw new Error('test server expected a fresh bootstrap');
-  const operator = { account: custos.bootstrap.accountName, user: custos.bootstrap.userName, password: custos.bootstrap.password, token: '' };
-  operator.token = await token(operator.account, operator.user, operator.password);
+  if (!custos.bootstrap.password && !opts.join) throw new Error('test server expected a fresh bootstrap');
+  const operator = { account: custos.bootstrap.accountName, user: custos.bootstrap.userName, password: custos.bootstrap.password ?? '', token: '' };
+  // A second node joining an existing database has no bootstrap password to log in with.
+  if (custos.bootstrap.password) operator.token = await token(operator.account, operator.user, operator.password);
 
   let tenants = 0;
   const createTenant: TestServer['createTenant'] = async (name) => {

@@ -36,9 +36,16 @@ export interface RequestTrace {
   /** Stable error code when the request failed, e.g. `IAM.0003`. */
   errorCode: string | null;
   time: number;
+  /**
+   * Values that must be correlatable across traces but never stored (an attempted user name):
+   * the audit service keeps only their HMAC.
+   */
+  correlate?: Record<string, string>;
 }
 
 export interface AuditRecorder {
   /** Must persist the trace before it resolves; a rejection makes the edge refuse a mutating request. */
   record(trace: RequestTrace): Promise<void>;
+  /** False while the trail cannot be written: the edge then refuses mutating requests before they run. */
+  admitMutation(): boolean;
 }

@@ -30,7 +30,7 @@ function saveProfile(name: string, p: Profile): void {
   mkdirSync(path.dirname(profilesFile()), { recursive: true, mode: 0o700 });
   writeFileSync(profilesFile(), JSON.stringify(all, null, 2) + '\n', { mode: 0o600 });
 }
-function profile(name: string): Profile {
+export function profile(name: string): Profile {
   const p = loadProfiles()[name];
   if (!p?.token) throw Object.assign(new Error(`profile ${name} is not logged in: run custos login --profile ${name}`), { exitCode: 2 });
   if (p.expires_at && Date.parse(p.expires_at) <= Date.now()) throw Object.assign(new Error(`the token of profile ${name} has expired: run custos login again`), { exitCode: 2 });

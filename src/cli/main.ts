@@ -4,6 +4,7 @@ import { ConfigError } from '../config.js';
 import { configFrom, withServerOptions } from './options.js';
 import { RootKeyError } from '../crypto/rootkey.js';
 import { adminCommands } from './admin.js';
+import { auditCommand } from './audit.js';
 import { clientCommands } from './client.js';
 import { startCustos } from '../server/index.js';
 
@@ -50,6 +51,7 @@ const program = new Command()
 withServerOptions(program.command('serve').description('run the Custos server')).action(serve);
 program.addCommand(adminCommands());
 for (const c of clientCommands()) program.addCommand(c);
+program.addCommand(auditCommand());
 
 program.parseAsync(process.argv).catch((e: unknown) => {
   if (e instanceof ConfigError || e instanceof RootKeyError) {

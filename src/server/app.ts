@@ -20,6 +20,7 @@ export interface AppDeps {
   routes: RouteDef[];
   /** Pino destination for tests that read the logs; defaults to stdout. */
   logStream?: NodeJS.WritableStream;
+  now?: () => number;
 }
 
 const REQUEST_ID = /^[A-Za-z0-9._-]{8,64}$/;
@@ -37,6 +38,7 @@ function dialectOf(req: FastifyRequest): ApiDialect {
 
 export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   const { config, iam } = deps;
+  const now = deps.now ?? Date.now;
   const https = config.tlsCert && config.tlsKey ? { cert: readFileSync(config.tlsCert), key: readFileSync(config.tlsKey) } : null;
   const app = Fastify({
     ...(https ? { https } : {}),
@@ -134,8 +136,18 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
       req.custos.resource = resource;
     }
     const decision = await iam.authorize(p, meta.action, resource, { sourceIp: req.ip });
+
     if (decision.effect !== 'allow') {
       throw new IamError(403, 'IAM.0003', `not authorized to perform ${meta.action}${decision.effect === 'explicit-deny' ? ' (explicitly denied by a policy)' : ''}`);
+    }
+  });
+
+  // ---- fail closed: while the trail cannot be written, a mutation is refused before it runs
+  app.addHook('preHandler', async (req) => {
+    const meta = metaOf(req);
+    if (!deps.audit || !meta || meta.untraced || (SAFE_METHODS.has(req.method) && meta.traceType !== 'data')) return;
+    if (!deps.audit.admitMutation()) {
+      throw edgeFailure('unavailable', meta.dialect, 503, 'the audit trail is unavailable, so the request was refused before it ran; retry later');
     }
   });
 
@@ -158,12 +170,13 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   app.addHook('onSend', async (req, reply, payload) => {
     const meta = metaOf(req);
     if (meta?.untraced || !deps.audit) return payload;
-    const trace = buildTrace(req, reply, meta);
+    const trace = buildTrace(req, reply, meta, now);
     try {
       await deps.audit.record(trace);
     } catch (err) {
       req.log.error({ err: { message: (err as Error).message } }, 'audit trace could not be stored');
-      if (!SAFE_METHODS.has(req.method)) {
+      // A change that cannot be traced is reported as failed; so is a read of data (an object, a record).
+      if (reply.statusCode < 400 && (!SAFE_METHODS.has(req.method) || meta?.traceType === 'data')) {
         const dialect = dialectOf(req);
         const f = edgeFailure('unavailable', dialect, 503, 'the audit trail is unavailable, so the request was refused; retry later');
         reply.code(503).type('application/json');
@@ -223,20 +236,23 @@ async function authenticate(iam: IamService, req: FastifyRequest) {
   return principal;
 }
 
-function buildTrace(req: FastifyRequest, reply: FastifyReply, meta: RouteMeta | undefined): RequestTrace {
+function buildTrace(req: FastifyRequest, reply: FastifyReply, meta: RouteMeta | undefined, now: () => number): RequestTrace {
   const p = req.custos?.principal ?? null;
   const r = req.custos?.resource ?? null;
   const status = reply.statusCode;
   const ua = req.headers['user-agent'];
+  const traced = req.custos?.traced;
+  const created = traced?.resourceId !== undefined;
   return {
     traceName: meta?.action ?? (req.routeOptions.url ? `${req.method} ${req.routeOptions.url}` : 'unknown'),
     traceType: meta?.traceType ?? 'management',
     traceRating: status >= 500 ? 'incident' : status >= 400 ? 'warning' : 'normal',
     serviceType: meta?.service ?? 'Custos',
-    resourceType: r?.type ?? meta?.resourceType ?? null,
-    resourceId: r?.id ?? req.custos?.traced.resourceId ?? null,
-    resourceName: r?.name ?? req.custos?.traced.resourceName ?? null,
-    accountId: r?.accountId ?? p?.accountId ?? null,
+    // A handler that created something names it; otherwise the resource the edge resolved.
+    resourceType: created ? (meta?.resourceType ?? null) : (r?.type ?? meta?.resourceType ?? null),
+    resourceId: created ? (traced?.resourceId ?? null) : (r?.id ?? null),
+    resourceName: created ? (traced?.resourceName ?? null) : (r?.name ?? null),
+    accountId: r?.accountId ?? p?.accountId ?? req.custos?.traced.accountId ?? null,
     projectId: r?.projectId ?? p?.projectId ?? null,
     region: r?.region ?? p?.region ?? null,
     user: {
@@ -255,6 +271,7 @@ function buildTrace(req: FastifyRequest, reply: FastifyReply, meta: RouteMeta | 
     apiPath: req.routeOptions.url ?? 'unmatched',
     code: status,
     errorCode: req.custos?.errorCode ?? null,
-    time: Date.now(),
+    time: now(),
+    ...(req.custos?.traced.correlate ? { correlate: req.custos.traced.correlate } : {}),
   };
 }

@@ -2,6 +2,8 @@ import type { FastifyInstance } from 'fastify';
 import type { Config } from '../config.js';
 import { openLocalRootKey, type RootKeyProvider } from '../crypto/rootkey.js';
 import { SecretBox } from '../crypto/secretbox.js';
+import { AuditService } from '../audit/audit.js';
+import { ctsRoutes } from '../audit/http/cts.js';
 import { huaweiIamRoutes } from '../iam/http/huawei.js';
 import { custosIamRoutes } from '../iam/http/custos.js';
 import { IamService } from '../iam/iam.js';
@@ -14,6 +16,7 @@ export interface Custos {
   url: string;
   store: Store;
   iam: IamService;
+  audit: AuditService;
   root: RootKeyProvider;
   bootstrap: Awaited<ReturnType<IamService['bootstrap']>>;
   rootKeyCreated: boolean;
@@ -25,11 +28,12 @@ export interface Services {
   root: RootKeyProvider;
   rootKeyCreated: boolean;
   iam: IamService;
+  audit: AuditService;
   close(): Promise<void>;
 }
 
 /** Unseals the root key, opens storage, applies migrations and builds the services (no listener). */
-export async function openServices(config: Config, opts: { now?: () => number } = {}): Promise<Services> {
+export async function openServices(config: Config, opts: { now?: () => number; onError?: (message: string) => void } = {}): Promise<Services> {
   const { provider: root, created: rootKeyCreated } = openLocalRootKey({
     dataDir: config.dataDir,
     passphrase: process.env[config.rootKeyPassphraseEnv],
@@ -45,8 +49,15 @@ export async function openServices(config: Config, opts: { now?: () => number } 
       signatureWindowSeconds: config.signatureWindowSeconds,
       ...(opts.now ? { now: opts.now } : {}),
     });
+    const audit = await AuditService.open(store.db, await SecretBox.open(store.db, root, 'audit-secrets'), {
+      dialect: store.dialect,
+      digestIntervalSeconds: config.auditDigestIntervalSeconds,
+      exportDir: config.auditExportDir ?? null,
+      ...(opts.now ? { now: opts.now } : {}),
+      ...(opts.onError ? { onError: opts.onError } : {}),
+    });
     return {
-      store, root, rootKeyCreated, iam,
+      store, root, rootKeyCreated, iam, audit,
       async close() {
         await store.close();
         await root.close();
@@ -61,25 +72,33 @@ export async function openServices(config: Config, opts: { now?: () => number } 
 
 /** Opens the services, bootstraps once, and starts listening. */
 export async function startCustos(config: Config, opts: { logStream?: NodeJS.WritableStream; now?: () => number } = {}): Promise<Custos> {
-  const services = await openServices(config, opts);
-  const { store, root, rootKeyCreated, iam } = services;
+  let report: (message: string) => void = (m) => process.stderr.write(`${m}\n`);
+  const services = await openServices(config, { ...opts, onError: (m) => report(m) });
+  const { store, root, rootKeyCreated, iam, audit } = services;
   try {
     const bootstrap = await iam.bootstrap();
-    const routes = [...huaweiIamRoutes(iam), ...custosIamRoutes(iam)];
-    const app = await buildApp({ config, store, iam, audit: null, routes, ...(opts.logStream ? { logStream: opts.logStream } : {}) });
+    const now = opts.now ?? Date.now;
+    const routes = [...huaweiIamRoutes(iam), ...custosIamRoutes(iam), ...ctsRoutes(audit, iam, now)];
+    const app = await buildApp({ config, store, iam, audit, routes, now, ...(opts.logStream ? { logStream: opts.logStream } : {}) });
+    report = (m) => app.log.error(m);
     const address = await app.listen({ host: config.host, port: config.port });
-    const housekeeping = setInterval(() => {
-      iam.purgeExpired().catch((err: Error) => app.log.warn({ err: { message: err.message } }, 'housekeeping failed'));
-    }, 60_000);
-    housekeeping.unref();
+    const warn = (what: string) => (err: Error) => app.log.warn({ err: { message: err.message } }, `${what} failed`);
+    const timers = [
+      setInterval(() => iam.purgeExpired().catch(warn('IAM housekeeping')), 60_000),
+      // Any node may write a due digest; the chain-head lock makes exactly one of them do it.
+      setInterval(() => audit.writeDueDigests().catch(warn('audit digest')), Math.min(60, config.auditDigestIntervalSeconds / 4) * 1000),
+      setInterval(() => audit.clearExpired().catch(warn('audit retention')), 3_600_000),
+    ];
+    for (const t of timers) t.unref();
     let closed = false;
     return {
-      app, url: address, store, iam, root, bootstrap, rootKeyCreated,
+      app, url: address, store, iam, audit, root, bootstrap, rootKeyCreated,
       async close() {
         if (closed) return;
         closed = true;
-        clearInterval(housekeeping);
+        for (const t of timers) clearInterval(t);
         await app.close();
+        await audit.drain();
         await services.close();
       },
     };

@@ -27,7 +27,14 @@ export interface RequestState {
   principal: Principal | null;
   resource: ResourceRef | null;
   /** A handler that creates something names it here so the trace carries it. */
-  traced: { resourceId?: string; resourceName?: string };
+  traced: {
+    resourceId?: string;
+    resourceName?: string;
+    /** The account a request concerns when no principal or resource says so (a failed login). */
+    accountId?: string;
+    /** Raw values the audit service stores only as HMACs. */
+    correlate?: Record<string, string>;
+  };
   errorCode: string | null;
   rawBody: Buffer;
 }

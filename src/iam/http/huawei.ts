@@ -204,7 +204,17 @@ export function huaweiIamRoutes(iam: IamService): RouteDef[] {
           if (!id.password || m.some((x) => x !== 'password' && x !== 'totp')) throw IamError.badRequest('the password method needs identity.password and may only be combined with totp');
           if (m.includes('totp') && !id.totp) throw IamError.badRequest('the totp method needs identity.totp');
           const u = id.password.user;
-          const t = await iam.login({ accountName: u.domain.name, userName: u.name, password: u.password, ...(id.totp ? { totp: { userId: id.totp.user.id, passcode: id.totp.user.passcode } } : {}), scope }, m);
+          // The trace keeps only an HMAC of the name tried, so failed logins for one user can be found.
+          req.custos.traced.correlate = { login_user: `${u.domain.name}/${u.name}` };
+          let t;
+          try {
+            t = await iam.login({ accountName: u.domain.name, userName: u.name, password: u.password, ...(id.totp ? { totp: { userId: id.totp.user.id, passcode: id.totp.user.passcode } } : {}), scope }, m);
+          } catch (e) {
+            // A failed login belongs in the trail of the account it was tried against, when that exists.
+            const acc = await iam.getAccountByName(u.domain.name).catch(() => undefined);
+            if (acc) req.custos.traced.accountId = acc.id;
+            throw e;
+          }
           return sendToken(req, reply, t);
         }
         const callerToken = id.token?.id ?? (typeof req.headers['x-auth-token'] === 'string' ? req.headers['x-auth-token'] : undefined);

@@ -1,0 +1,514 @@
+/**
+ * The audit service (CTS): appends every request's trace to its account's hash chain before the
+ * response leaves, signs digests at an interval, answers queries, clears traces past retention
+ * and exports trails for offline verification.
+ */
+import { createHmac, generateKeyPairSync, createPrivateKey, randomBytes, randomUUID, sign as signBytes, type KeyObject } from 'node:crypto';
+import { mkdir, writeFile, rename } from 'node:fs/promises';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { gzip } from 'node:zlib';
+import { sql, type Kysely } from 'kysely';
+import type { SecretBox } from '../crypto/secretbox.js';
+import { ServiceError } from '../errors.js';
+import type { Dialect } from '../store/db.js';
+import {
+  canonicalDigest, DIGEST_FORMAT, genesisHash, KEYS_FORMAT, keyIdOf, TRACES_FORMAT, traceHash,
+  type Digest, type PublicKeyInfo, type StoredTrace, type TraceUser,
+} from './chain.js';
+import type { AuditTables } from './store.js';
+import type { AuditRecorder, RequestTrace } from './trace.js';
+
+const gzipAsync = promisify(gzip);
+
+export const MIN_RETENTION_DAYS = 180;
+export const MAX_RETENTION_DAYS = 3650;
+const DAY_MS = 86_400_000;
+const MAX_BATCH = 400;
+
+/** CTS error codes: CTS.0001 bad marker, CTS.0002 bad retention, CTS.0003 bad query. */
+export class AuditError extends ServiceError {
+  constructor(status: number, code: string, message: string) {
+    super('CTS', status, code, message);
+  }
+}
+
+export interface AuditOptions {
+  dialect: Dialect;
+  digestIntervalSeconds: number;
+  /** Where each digest and the traces it covers are also written as gzip'd JSON; null for none. */
+  exportDir?: string | null;
+  now?: () => number;
+  onError?: (message: string) => void;
+}
+
+export interface TraceQuery {
+  traceType: 'management' | 'data';
+  from: number;
+  to: number;
+  limit: number;
+  next?: string;
+  projectId?: string;
+  serviceType?: string;
+  resourceType?: string;
+  resourceId?: string;
+  resourceName?: string;
+  traceName?: string;
+  traceRating?: string;
+  user?: string;
+  traceId?: string;
+}
+
+interface Pending {
+  trace: RequestTrace;
+  resolve: () => void;
+  reject: (e: unknown) => void;
+}
+
+type Db = Kysely<AuditTables>;
+type Trx = Kysely<AuditTables>;
+type TraceRow = AuditTables['audit_traces'];
+
+export class AuditService implements AuditRecorder {
+  private queue: Pending[] = [];
+  private flushing: Promise<void> | null = null;
+  private readonly now: () => number;
+  /** False after a failed write until the next one succeeds; the edge then refuses mutations up front. */
+  healthy = true;
+  private lastProbe = 0;
+
+  private constructor(
+    private readonly db: Db,
+    private readonly secrets: SecretBox,
+    private readonly hmacKey: Buffer,
+    private readonly opts: AuditOptions,
+  ) {
+    this.now = opts.now ?? Date.now;
+  }
+
+  static async open(db: Kysely<object>, secrets: SecretBox, opts: AuditOptions): Promise<AuditService> {
+    const adb = db.withTables<AuditTables>();
+    const hmacKey = await loadOrCreateSetting(adb, 'audit.hmac-key', () => secrets.seal(randomBytes(32), 'audit-hmac-key'));
+    const svc = new AuditService(adb, secrets, secrets.open(hmacKey, 'audit-hmac-key'), opts);
+    await svc.ensureSigningKey();
+    return svc;
+  }
+
+  // ------------------------------------------------------------------ writing
+
+  /**
+   * Resolves once the trace is committed. Traces arriving while a batch commits wait for the next
+   * batch (group commit), so the database sees one transaction per batch, not per request.
+   */
+  record(trace: RequestTrace): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      this.queue.push({ trace, resolve, reject });
+      this.flushing ??= this.flushLoop();
+    });
+  }
+
+  /** Whether the edge should let a mutating request run: yes when healthy, or once a second to probe. */
+  admitMutation(): boolean {
+    if (this.healthy) return true;
+    const t = Date.now();
+    if (t - this.lastProbe >= 1000) {
+      this.lastProbe = t;
+      return true;
+    }
+    return false;
+  }
+
+  private async flushLoop(): Promise<void> {
+    while (this.queue.length > 0) {
+      const batch = this.queue.splice(0, MAX_BATCH);
+      try {
+        await this.append(batch.map((b) => b.trace));
+        this.healthy = true;
+        for (const b of batch) b.resolve();
+      } catch (e) {
+        this.healthy = false;
+        this.lastProbe = Date.now();
+        this.opts.onError?.(`audit append failed: ${(e as Error).message}`);
+        for (const b of batch) b.reject(e);
+      }
+    }
+    this.flushing = null;
+  }
+
+  private async append(traces: RequestTrace[]): Promise<void> {
+    const byTrail = new Map<string, RequestTrace[]>();
+    for (const t of traces) {
+      const trail = t.accountId ?? '';
+      const list = byTrail.get(trail);
+      if (list) list.push(t);
+      else byTrail.set(trail, [t]);
+    }
+    const recordTime = this.now();
+    await this.writeTransaction(async (trx) => {
+      for (const [trail, list] of byTrail) {
+        const head = await this.lockHead(trx, trail);
+        let seq = head.seq;
+        let hash = head.hash;
+        const rows: TraceRow[] = [];
+        for (const t of list) {
+          seq += 1;
+          const stored = this.toStored(trail, seq, t, recordTime);
+          const h = traceHash(hash, stored);
+          rows.push(toRow({ ...stored, prev_hash: hash, hash: h }));
+          hash = h;
+        }
+        for (let i = 0; i < rows.length; i += 100) await trx.insertInto('audit_traces').values(rows.slice(i, i + 100)).execute();
+        await trx.updateTable('audit_heads').set({ seq, hash, updated_at: recordTime }).where('trail', '=', trail).execute();
+      }
+    });
+  }
+
+  /**
+   * A write transaction. SQLite takes the write lock at BEGIN IMMEDIATE, so two processes on one file
+   * queue on the busy timeout instead of failing when a read lock would have to be upgraded.
+   */
+  private async writeTransaction<T>(fn: (trx: Trx) => Promise<T>): Promise<T> {
+    if (this.opts.dialect === 'postgres') return this.db.transaction().execute(fn);
+    return this.db.connection().execute(async (conn) => {
+      await sql`begin immediate`.execute(conn);
+      try {
+        const r = await fn(conn);
+        await sql`commit`.execute(conn);
+        return r;
+      } catch (e) {
+        await sql`rollback`.execute(conn).catch(() => undefined);
+        throw e;
+      }
+    });
+  }
+
+  /** The chain head, locked for this transaction so concurrent appenders on any node queue behind it. */
+  private async lockHead(trx: Trx, trail: string): Promise<{ seq: number; hash: string }> {
+    await trx.insertInto('audit_heads').values({ trail, seq: 0, hash: genesisHash(trail), updated_at: this.now() }).onConflict((oc) => oc.column('trail').doNothing()).execute();
+    let q = trx.selectFrom('audit_heads').select(['seq', 'hash']).where('trail', '=', trail);
+    if (this.opts.dialect === 'postgres') q = q.forUpdate();
+    return q.executeTakeFirstOrThrow();
+  }
+
+  private toStored(trail: string, seq: number, t: RequestTrace, recordTime: number): Omit<StoredTrace, 'prev_hash' | 'hash'> {
+    const u = t.user;
+    const user: TraceUser = {
+      account_id: u.accountId, account_name: u.accountName, user_id: u.userId, user_name: u.userName, access_key_id: u.accessKeyId,
+      agency: u.agency ? { id: u.agency.id, name: u.agency.name, source_account_id: u.agency.sourceAccountId, source_account_name: u.agency.sourceAccountName } : null,
+      auth_method: u.authMethod,
+    };
+    let correlation: Record<string, string> | null = null;
+    if (t.correlate) {
+      correlation = {};
+      for (const [k, v] of Object.entries(t.correlate)) correlation[k] = this.hmac(v);
+    }
+    return {
+      trail, seq, trace_id: randomUUID(), time: t.time, record_time: recordTime, trace_name: t.traceName.slice(0, 128), trace_type: t.traceType,
+      trace_rating: t.traceRating, service_type: t.serviceType, resource_type: t.resourceType, resource_id: t.resourceId?.slice(0, 255) ?? null,
+      resource_name: t.resourceName?.slice(0, 255) ?? null, project_id: t.projectId, region: t.region, user, source_ip: t.sourceIp.slice(0, 64),
+      user_agent: t.userAgent, request_id: t.requestId.slice(0, 64), http_method: t.httpMethod, api_path: t.apiPath.slice(0, 255), code: t.code,
+      error_code: t.errorCode, correlation,
+    };
+  }
+
+  /** HMAC-SHA256 under the audit key: lets an auditor find a value's traces without the trail holding the value. */
+  hmac(value: string): string {
+    return `hmac-sha256:${createHmac('sha256', this.hmacKey).update(value).digest('hex')}`;
+  }
+
+  // ------------------------------------------------------------------ keys and digests
+
+  private async ensureSigningKey(): Promise<void> {
+    const current = await this.db.selectFrom('settings').select('value').where('name', '=', 'audit.signing-key').executeTakeFirst();
+    if (current) return;
+    const created = await this.createKey();
+    await this.db.insertInto('settings').values({ name: 'audit.signing-key', value: created }).onConflict((oc) => oc.column('name').doNothing()).execute();
+    const winner = await this.db.selectFrom('settings').select('value').where('name', '=', 'audit.signing-key').executeTakeFirstOrThrow();
+    // Another node won the race: its key signs; ours is never used, so it is not published as active.
+    if (winner.value !== created) await this.db.updateTable('audit_keys').set({ status: 'unused' }).where('key_id', '=', created).execute();
+  }
+
+  private async createKey(): Promise<string> {
+    const { publicKey, privateKey } = generateKeyPairSync('ed25519');
+    const spki = publicKey.export({ type: 'spki', format: 'der' });
+    const keyId = keyIdOf(spki);
+    const pkcs8 = privateKey.export({ type: 'pkcs8', format: 'der' });
+    await this.db
+      .insertInto('audit_keys')
+      .values({
+        key_id: keyId, algorithm: 'Ed25519', public_key: publicKey.export({ type: 'spki', format: 'pem' }).toString(),
+        private_key: this.secrets.seal(pkcs8, `audit-key:${keyId}`), status: 'active', created_at: this.now(),
+      })
+      .execute();
+    pkcs8.fill(0);
+    return keyId;
+  }
+
+  /** A new signing key for the digests from now on; earlier digests keep verifying with the old public key. */
+  async rotateSigningKey(): Promise<PublicKeyInfo> {
+    const keyId = await this.createKey();
+    const old = await this.db.selectFrom('settings').select('value').where('name', '=', 'audit.signing-key').executeTakeFirst();
+    await this.db.updateTable('settings').set({ value: keyId }).where('name', '=', 'audit.signing-key').execute();
+    if (old) await this.db.updateTable('audit_keys').set({ status: 'retired' }).where('key_id', '=', old.value).execute();
+    return (await this.publicKeys()).find((k) => k.key_id === keyId)!;
+  }
+
+  private async signingKey(trx: Trx): Promise<{ keyId: string; key: KeyObject }> {
+    const ptr = await trx.selectFrom('settings').select('value').where('name', '=', 'audit.signing-key').executeTakeFirstOrThrow();
+    const row = await trx.selectFrom('audit_keys').select(['key_id', 'private_key']).where('key_id', '=', ptr.value).executeTakeFirstOrThrow();
+    const der = this.secrets.open(row.private_key, `audit-key:${row.key_id}`);
+    const key = createPrivateKey({ key: der, format: 'der', type: 'pkcs8' });
+    der.fill(0);
+    return { keyId: row.key_id, key };
+  }
+
+  /** Every key that ever signed a digest, so any retained digest can be verified. */
+  async publicKeys(): Promise<PublicKeyInfo[]> {
+    const ptr = await this.db.selectFrom('settings').select('value').where('name', '=', 'audit.signing-key').executeTakeFirst();
+    const rows = await this.db.selectFrom('audit_keys').select(['key_id', 'algorithm', 'public_key', 'status', 'created_at']).orderBy('created_at').orderBy('key_id').execute();
+    return rows
+      .filter((r) => r.status !== 'unused')
+      .map((r) => ({ key_id: r.key_id, algorithm: 'Ed25519' as const, public_key: r.public_key, status: r.key_id === ptr?.value ? ('active' as const) : ('retired' as const), created_at: r.created_at }));
+  }
+
+  /**
+   * Writes a digest for every trail whose last digest is older than the interval (or for all trails
+   * with `force`). Any node may call this; the head lock makes exactly one of them write each digest.
+   */
+  async writeDueDigests(opts: { force?: boolean } = {}): Promise<Digest[]> {
+    const trails = await this.db.selectFrom('audit_heads').select('trail').orderBy('trail').execute();
+    const written: Digest[] = [];
+    for (const { trail } of trails) {
+      const d = await this.writeDigest(trail, opts.force ?? false);
+      if (d) written.push(d);
+    }
+    return written;
+  }
+
+  private async writeDigest(trail: string, force: boolean): Promise<Digest | null> {
+    const digest = await this.writeTransaction(async (trx) => {
+      const head = await this.lockHead(trx, trail);
+      const last = await trx.selectFrom('audit_digests').selectAll().where('trail', '=', trail).orderBy('digest_seq', 'desc').limit(1).executeTakeFirst();
+      const t = this.now();
+      const interval = this.opts.digestIntervalSeconds * 1000;
+      if (!force) {
+        if (last && last.created_at + interval > t) return null;
+        if (!last) {
+          if (head.seq === 0) return null;
+          const first = await trx.selectFrom('audit_traces').select('record_time').where('trail', '=', trail).where('seq', '=', 1).executeTakeFirst();
+          if (first && first.record_time + interval > t) return null;
+        }
+      }
+      const startSeq = (last?.end_seq ?? 0) + 1;
+      const count = head.seq - startSeq + 1;
+      let endRecordTime = last?.end_record_time ?? null;
+      if (count > 0) {
+        const end = await trx.selectFrom('audit_traces').select('record_time').where('trail', '=', trail).where('seq', '=', head.seq).executeTakeFirstOrThrow();
+        endRecordTime = end.record_time;
+      }
+      const { keyId, key } = await this.signingKey(trx);
+      const unsigned: Omit<Digest, 'signature'> = {
+        trail, digest_seq: (last?.digest_seq ?? 0) + 1, created_at: t, start_seq: startSeq, end_seq: head.seq, trace_count: Math.max(0, count),
+        start_prev_hash: last?.end_hash ?? genesisHash(trail), end_hash: head.hash, end_record_time: endRecordTime,
+        prev_signature: last?.signature ?? null, key_id: keyId,
+      };
+      const d: Digest = { ...unsigned, signature: signBytes(null, canonicalDigest(unsigned), key).toString('base64') };
+      await trx.insertInto('audit_digests').values(d).execute();
+      return d;
+    });
+    if (digest && this.opts.exportDir) {
+      try {
+        await this.exportDigestRange(this.opts.exportDir, digest);
+      } catch (e) {
+        this.opts.onError?.(`audit export of digest ${digest.digest_seq} failed: ${(e as Error).message}`);
+      }
+    }
+    return digest;
+  }
+
+  // ------------------------------------------------------------------ query
+
+  async digests(trail: string, fromSeq: number, limit: number): Promise<Digest[]> {
+    const rows = await this.db.selectFrom('audit_digests').selectAll().where('trail', '=', trail).where('digest_seq', '>=', fromSeq).orderBy('digest_seq').limit(limit).execute();
+    return rows.map((r) => ({ ...r, digest_seq: Number(r.digest_seq), created_at: Number(r.created_at), start_seq: Number(r.start_seq), end_seq: Number(r.end_seq), trace_count: Number(r.trace_count), end_record_time: r.end_record_time === null ? null : Number(r.end_record_time) }));
+  }
+
+  async search(trail: string, q: TraceQuery): Promise<{ traces: StoredTrace[]; marker: string | null }> {
+    let qb = this.db
+      .selectFrom('audit_traces')
+      .selectAll()
+      .where('trail', '=', trail)
+      .where('trace_type', '=', q.traceType)
+      .where('time', '>=', q.from)
+      .where('time', '<=', q.to);
+    if (q.next !== undefined) {
+      const m = await this.db.selectFrom('audit_traces').select('seq').where('trail', '=', trail).where('trace_id', '=', q.next).executeTakeFirst();
+      if (!m) throw new AuditError(400, 'CTS.0001', 'the next marker does not name a trace of this account');
+      qb = qb.where('seq', '<', m.seq);
+    }
+    if (q.projectId) qb = qb.where((eb) => eb.or([eb('project_id', '=', q.projectId!), eb('project_id', 'is', null)]));
+    if (q.serviceType) qb = qb.where('service_type', '=', q.serviceType);
+    if (q.resourceType) qb = qb.where('resource_type', '=', q.resourceType);
+    if (q.resourceId) qb = qb.where('resource_id', '=', q.resourceId);
+    if (q.resourceName) qb = qb.where('resource_name', '=', q.resourceName);
+    if (q.traceName) qb = qb.where('trace_name', '=', q.traceName);
+    if (q.traceRating) qb = qb.where('trace_rating', '=', q.traceRating);
+    if (q.user) qb = qb.where('user_name', '=', q.user);
+    if (q.traceId) qb = qb.where('trace_id', '=', q.traceId);
+    const rows = await qb.orderBy('seq', 'desc').limit(q.limit + 1).execute();
+    const more = rows.length > q.limit;
+    const traces = rows.slice(0, q.limit).map(fromRow);
+    return { traces, marker: more ? traces[traces.length - 1]!.trace_id : null };
+  }
+
+  // ------------------------------------------------------------------ retention
+
+  async retentionDays(accountId: string): Promise<number> {
+    const row = await this.db.selectFrom('audit_settings').select('retention_days').where('trail', '=', accountId).executeTakeFirst();
+    return row?.retention_days ?? MIN_RETENTION_DAYS;
+  }
+
+  async setRetentionDays(accountId: string, days: number): Promise<void> {
+    if (!Number.isInteger(days) || days < MIN_RETENTION_DAYS || days > MAX_RETENTION_DAYS) {
+      throw new AuditError(400, 'CTS.0002', `retention must be between ${MIN_RETENTION_DAYS} and ${MAX_RETENTION_DAYS} days`);
+    }
+    await this.db
+      .insertInto('audit_settings')
+      .values({ trail: accountId, retention_days: days, cleared_through_seq: 0, updated_at: this.now() })
+      .onConflict((oc) => oc.column('trail').doUpdateSet({ retention_days: days, updated_at: this.now() }))
+      .execute();
+  }
+
+  /**
+   * Removes traces older than each trail's retention, whole digest ranges at a time, so what remains
+   * starts at a digest boundary and still verifies. Digests are kept.
+   */
+  async clearExpired(): Promise<{ trail: string; removed: number; throughSeq: number }[]> {
+    const out: { trail: string; removed: number; throughSeq: number }[] = [];
+    const trails = await this.db.selectFrom('audit_heads').select('trail').execute();
+    for (const { trail } of trails) {
+      const settings = await this.db.selectFrom('audit_settings').selectAll().where('trail', '=', trail).executeTakeFirst();
+      const cutoff = this.now() - (settings?.retention_days ?? MIN_RETENTION_DAYS) * DAY_MS;
+      const d = await this.db
+        .selectFrom('audit_digests')
+        .select(['end_seq'])
+        .where('trail', '=', trail)
+        .where('trace_count', '>', 0)
+        .where('end_record_time', '<', cutoff)
+        .orderBy('digest_seq', 'desc')
+        .limit(1)
+        .executeTakeFirst();
+      const through = settings?.cleared_through_seq ?? 0;
+      if (!d || d.end_seq <= through) continue;
+      const r = await this.db.deleteFrom('audit_traces').where('trail', '=', trail).where('seq', '<=', d.end_seq).executeTakeFirst();
+      await this.db
+        .insertInto('audit_settings')
+        .values({ trail, retention_days: settings?.retention_days ?? MIN_RETENTION_DAYS, cleared_through_seq: d.end_seq, updated_at: this.now() })
+        .onConflict((oc) => oc.column('trail').doUpdateSet({ cleared_through_seq: d.end_seq, updated_at: this.now() }))
+        .execute();
+      out.push({ trail, removed: Number(r.numDeletedRows), throughSeq: d.end_seq });
+    }
+    return out;
+  }
+
+  // ------------------------------------------------------------------ export
+
+  async trails(): Promise<string[]> {
+    return (await this.db.selectFrom('audit_heads').select('trail').orderBy('trail').execute()).map((r) => r.trail);
+  }
+
+  /**
+   * Writes trails to `dir` as gzip'd JSON that `custos audit verify` checks offline: the public keys,
+   * every digest of each trail, and the retained traces (optionally from the digest range holding `from`).
+   */
+  async exportTo(dir: string, opts: { trails?: string[]; from?: number; onProgress?: (msg: string) => void } = {}): Promise<{ trail: string; traces: number; digests: number }[]> {
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    await writeAtomic(path.join(dir, 'public-keys.json'), Buffer.from(JSON.stringify({ format: KEYS_FORMAT, keys: await this.publicKeys() }, null, 2)));
+    const summary: { trail: string; traces: number; digests: number }[] = [];
+    for (const trail of opts.trails ?? (await this.trails())) {
+      const tdir = path.join(dir, trailDirName(trail));
+      await mkdir(tdir, { recursive: true, mode: 0o700 });
+      const digests = (await this.db.selectFrom('audit_digests').selectAll().where('trail', '=', trail).orderBy('digest_seq').execute()) as Digest[];
+      await writeAtomic(path.join(tdir, 'digests.json.gz'), await gzipAsync(JSON.stringify({ format: DIGEST_FORMAT, digests })));
+      let fromSeq = 1;
+      if (opts.from !== undefined) {
+        // Start at the digest boundary at or before `from`, so the exported range is anchored.
+        const before = digests.filter((d) => d.end_record_time !== null && d.end_record_time < opts.from!).pop();
+        fromSeq = before ? before.end_seq + 1 : 1;
+      }
+      let count = 0;
+      let cursor = fromSeq - 1;
+      for (;;) {
+        const rows = await this.db.selectFrom('audit_traces').selectAll().where('trail', '=', trail).where('seq', '>', cursor).orderBy('seq').limit(10_000).execute();
+        if (rows.length === 0) break;
+        const traces = rows.map(fromRow);
+        const first = traces[0]!.seq;
+        const last = traces[traces.length - 1]!.seq;
+        await writeAtomic(path.join(tdir, `traces-${pad(first)}-${pad(last)}.json.gz`), await gzipAsync(JSON.stringify({ format: TRACES_FORMAT, trail, traces })));
+        count += traces.length;
+        cursor = last;
+        opts.onProgress?.(`${trailDirName(trail)}: ${count} traces exported`);
+      }
+      summary.push({ trail, traces: count, digests: digests.length });
+    }
+    return summary;
+  }
+
+  private async exportDigestRange(dir: string, d: Digest): Promise<void> {
+    const tdir = path.join(dir, trailDirName(d.trail));
+    await mkdir(tdir, { recursive: true, mode: 0o700 });
+    if (d.trace_count > 0) {
+      const rows = await this.db.selectFrom('audit_traces').selectAll().where('trail', '=', d.trail).where('seq', '>=', d.start_seq).where('seq', '<=', d.end_seq).orderBy('seq').execute();
+      await writeAtomic(path.join(tdir, `traces-${pad(d.start_seq)}-${pad(d.end_seq)}.json.gz`), await gzipAsync(JSON.stringify({ format: TRACES_FORMAT, trail: d.trail, traces: rows.map(fromRow) })));
+    }
+    await writeAtomic(path.join(tdir, `digest-${pad(d.digest_seq)}.json.gz`), await gzipAsync(JSON.stringify({ format: DIGEST_FORMAT, digests: [d] })));
+    await writeAtomic(path.join(dir, 'public-keys.json'), Buffer.from(JSON.stringify({ format: KEYS_FORMAT, keys: await this.publicKeys() }, null, 2)));
+  }
+
+  /** Waits for queued traces to commit (shutdown). */
+  async drain(): Promise<void> {
+    while (this.flushing) await this.flushing;
+  }
+}
+
+function pad(n: number): string {
+  return String(n).padStart(12, '0');
+}
+export function trailDirName(trail: string): string {
+  return trail === '' ? 'platform' : trail;
+}
+
+async function writeAtomic(file: string, data: Buffer): Promise<void> {
+  const tmp = `${file}.${randomBytes(4).toString('hex')}.tmp`;
+  await writeFile(tmp, data, { mode: 0o600 });
+  await rename(tmp, file);
+}
+
+async function loadOrCreateSetting(db: Db, name: string, create: () => string): Promise<string> {
+  const row = await db.selectFrom('settings').select('value').where('name', '=', name).executeTakeFirst();
+  if (row) return row.value;
+  await db.insertInto('settings').values({ name, value: create() }).onConflict((oc) => oc.column('name').doNothing()).execute();
+  return (await db.selectFrom('settings').select('value').where('name', '=', name).executeTakeFirstOrThrow()).value;
+}
+
+function toRow(t: StoredTrace): TraceRow {
+  return {
+    trail: t.trail, seq: t.seq, trace_id: t.trace_id, time: t.time, record_time: t.record_time, trace_name: t.trace_name, trace_type: t.trace_type,
+    trace_rating: t.trace_rating, service_type: t.service_type, resource_type: t.resource_type, resource_id: t.resource_id, resource_name: t.resource_name,
+    project_id: t.project_id, region: t.region, user_name: t.user.user_name, user_json: JSON.stringify(t.user), source_ip: t.source_ip,
+    user_agent: t.user_agent, request_id: t.request_id, http_method: t.http_method, api_path: t.api_path, code: t.code, error_code: t.error_code,
+    correlation_json: t.correlation ? JSON.stringify(t.correlation) : null, prev_hash: t.prev_hash, hash: t.hash,
+  };
+}
+
+function fromRow(r: TraceRow): StoredTrace {
+  return {
+    trail: r.trail, seq: Number(r.seq), trace_id: r.trace_id, time: Number(r.time), record_time: Number(r.record_time), trace_name: r.trace_name,
+    trace_type: r.trace_type as StoredTrace['trace_type'], trace_rating: r.trace_rating as StoredTrace['trace_rating'], service_type: r.service_type,
+    resource_type: r.resource_type, resource_id: r.resource_id, resource_name: r.resource_name, project_id: r.project_id, region: r.region,
+    user: JSON.parse(r.user_json) as TraceUser, source_ip: r.source_ip, user_agent: r.user_agent, request_id: r.request_id, http_method: r.http_method,
+    api_path: r.api_path, code: Number(r.code), error_code: r.error_code, correlation: r.correlation_json ? (JSON.parse(r.correlation_json) as Record<string, string>) : null,
+    prev_hash: r.prev_hash, hash: r.hash,
+  };
+}
+

@@ -1,0 +1,240 @@
+/**
+ * The audit trail's tamper evidence, as pure functions shared by the service that writes the
+ * trail and the offline verifier (`custos audit verify`), which has nothing but exported files
+ * and the public keys.
+ *
+ * Each trail is a hash chain: hash(n) = SHA-256(hash(n-1) ‖ canonical(trace n)). At an interval a
+ * digest covering the traces since the previous digest is signed with Ed25519; each digest holds
+ * the previous digest's signature, so digests form a chain of their own (CloudTrail's digest-file
+ * pattern). Retention removes whole digest ranges of traces; the digests stay, so what remains
+ * still links to a signed digest.
+ */
+import { createHash, createPublicKey, verify as verifySig } from 'node:crypto';
+
+export const TRACES_FORMAT = 'custos-audit-traces/1';
+export const DIGEST_FORMAT = 'custos-audit-digest/1';
+export const KEYS_FORMAT = 'custos-audit-public-keys/1';
+
+/** A trace as stored and exported. `trail` is the owning account's id, '' for unattributed requests. */
+export interface StoredTrace {
+  trail: string;
+  seq: number;
+  trace_id: string;
+  time: number;
+  record_time: number;
+  trace_name: string;
+  trace_type: 'management' | 'data';
+  trace_rating: 'normal' | 'warning' | 'incident';
+  service_type: string;
+  resource_type: string | null;
+  resource_id: string | null;
+  resource_name: string | null;
+  project_id: string | null;
+  region: string | null;
+  user: TraceUser;
+  source_ip: string;
+  user_agent: string | null;
+  request_id: string;
+  http_method: string;
+  api_path: string;
+  code: number;
+  error_code: string | null;
+  /** HMAC-SHA256 of values that must be correlatable but never stored, e.g. an attempted user name. */
+  correlation: Record<string, string> | null;
+  prev_hash: string;
+  hash: string;
+}
+
+export interface TraceUser {
+  account_id: string | null;
+  account_name: string | null;
+  user_id: string | null;
+  user_name: string | null;
+  access_key_id: string | null;
+  agency: { id: string; name: string; source_account_id: string; source_account_name: string } | null;
+  auth_method: 'token' | 'aksk' | 'none';
+}
+
+export interface Digest {
+  trail: string;
+  digest_seq: number;
+  created_at: number;
+  /** First trace covered; when the digest covers no trace, end_seq = start_seq - 1. */
+  start_seq: number;
+  end_seq: number;
+  trace_count: number;
+  /** The chain hash just before start_seq, linking this digest's traces to the previous ones. */
+  start_prev_hash: string;
+  end_hash: string;
+  end_record_time: number | null;
+  prev_signature: string | null;
+  key_id: string;
+  signature: string;
+}
+
+export interface PublicKeyInfo {
+  key_id: string;
+  algorithm: 'Ed25519';
+  /** SPKI, PEM. */
+  public_key: string;
+  status: 'active' | 'retired';
+  created_at: number;
+}
+
+export function genesisHash(trail: string): string {
+  return createHash('sha256').update(`custos-audit-genesis:${trail}`).digest('hex');
+}
+
+/** Every field but the hashes, in a fixed order, so the hash does not depend on JSON key order. */
+export function canonicalTrace(t: Omit<StoredTrace, 'prev_hash' | 'hash'>): string {
+  const u = t.user;
+  return JSON.stringify([
+    1, t.trail, t.seq, t.trace_id, t.time, t.record_time, t.trace_name, t.trace_type, t.trace_rating, t.service_type,
+    t.resource_type, t.resource_id, t.resource_name, t.project_id, t.region,
+    [u.account_id, u.account_name, u.user_id, u.user_name, u.access_key_id, u.agency ? [u.agency.id, u.agency.name, u.agency.source_account_id, u.agency.source_account_name] : null, u.auth_method],
+    t.source_ip, t.user_agent, t.request_id, t.http_method, t.api_path, t.code, t.error_code,
+    t.correlation ? Object.keys(t.correlation).sort().map((k) => [k, t.correlation![k]]) : null,
+  ]);
+}
+
+export function traceHash(prevHash: string, t: Omit<StoredTrace, 'prev_hash' | 'hash'>): string {
+  return createHash('sha256').update(prevHash).update('\n').update(canonicalTrace(t)).digest('hex');
+}
+
+/** The bytes a digest's signature covers. */
+export function canonicalDigest(d: Omit<Digest, 'signature'>): Buffer {
+  return Buffer.from(
+    JSON.stringify([1, d.trail, d.digest_seq, d.created_at, d.start_seq, d.end_seq, d.trace_count, d.start_prev_hash, d.end_hash, d.end_record_time, d.prev_signature, d.key_id]),
+  );
+}
+
+export function keyIdOf(spkiDer: Buffer): string {
+  return createHash('sha256').update(spkiDer).digest('hex').slice(0, 32);
+}
+
+export interface TraceProblem {
+  kind: 'missing' | 'altered' | 'reordered' | 'inserted' | 'unanchored';
+  trail: string;
+  seq: number;
+  trace_id: string | null;
+  message: string;
+}
+export interface DigestProblem {
+  kind: 'bad-signature' | 'unknown-key' | 'missing-digest' | 'broken-link' | 'mismatch';
+  trail: string;
+  digest_seq: number;
+  message: string;
+}
+export interface TrailReport {
+  trail: string;
+  traces: number;
+  digests: number;
+  /** Traces after the newest digest: chained, but not yet covered by a signature. */
+  unsigned_tail: number;
+  first_trace_problem: TraceProblem | null;
+  first_digest_problem: DigestProblem | null;
+}
+export interface VerifyReport {
+  ok: boolean;
+  trails: TrailReport[];
+}
+
+/**
+ * Verifies traces and digests, each trail on its own. Traces are checked in the order given
+ * (the order they were exported in), so a moved trace shows as reordered.
+ */
+export function verifyTrail(traces: StoredTrace[], digests: Digest[], keys: PublicKeyInfo[], onProgress?: (done: number) => void): VerifyReport {
+  const trails = new Set<string>([...traces.map((t) => t.trail), ...digests.map((d) => d.trail)]);
+  const keyObjects = new Map(keys.map((k) => [k.key_id, createPublicKey(k.public_key)]));
+  const reports: TrailReport[] = [];
+  let done = 0;
+  for (const trail of [...trails].sort()) {
+    const ts = traces.filter((t) => t.trail === trail);
+    const ds = digests.filter((d) => d.trail === trail).sort((a, b) => a.digest_seq - b.digest_seq);
+    const report: TrailReport = { trail, traces: ts.length, digests: ds.length, unsigned_tail: 0, first_trace_problem: null, first_digest_problem: null };
+    const digestProblem = (p: DigestProblem) => (report.first_digest_problem ??= p);
+    const traceProblem = (p: TraceProblem) => (report.first_trace_problem ??= p);
+
+    // 1. The digests: each signed by a published key, numbered without gaps, each holding its predecessor's signature.
+    for (let i = 0; i < ds.length; i++) {
+      const d = ds[i]!;
+      const key = keyObjects.get(d.key_id);
+      const { signature, ...unsigned } = d;
+      if (!key) digestProblem({ kind: 'unknown-key', trail, digest_seq: d.digest_seq, message: `digest ${d.digest_seq} is signed with key ${d.key_id}, which is not among the public keys` });
+      else if (!verifySig(null, canonicalDigest(unsigned), key, Buffer.from(signature, 'base64'))) {
+        digestProblem({ kind: 'bad-signature', trail, digest_seq: d.digest_seq, message: `digest ${d.digest_seq}'s signature does not verify: the digest was altered` });
+      }
+      const prev = ds[i - 1];
+      if (prev) {
+        if (d.digest_seq !== prev.digest_seq + 1) digestProblem({ kind: 'missing-digest', trail, digest_seq: prev.digest_seq + 1, message: `digest ${prev.digest_seq + 1} is missing` });
+        else if (d.prev_signature !== prev.signature || d.start_seq !== prev.end_seq + 1 || d.start_prev_hash !== prev.end_hash) {
+          digestProblem({ kind: 'broken-link', trail, digest_seq: d.digest_seq, message: `digest ${d.digest_seq} does not continue digest ${prev.digest_seq}` });
+        }
+      } else if (d.digest_seq === 1 && (d.prev_signature !== null || d.start_seq !== 1 || d.start_prev_hash !== genesisHash(trail))) {
+        digestProblem({ kind: 'broken-link', trail, digest_seq: 1, message: 'the first digest does not start the trail' });
+      }
+    }
+
+    // 2. The traces: contiguous, each hashing to its stored hash and linking to the one before.
+    const anchors = new Map<number, string>(); // seq -> the hash the trace at seq must carry as prev_hash
+    anchors.set(1, genesisHash(trail));
+    for (const d of ds) anchors.set(d.start_seq, d.start_prev_hash);
+    const present = new Set(ts.map((t) => t.seq));
+    let prev: StoredTrace | null = null;
+    for (const t of ts) {
+      done++;
+      if (onProgress && done % 10_000 === 0) onProgress(done);
+      const { prev_hash, hash, ...body } = t;
+      if (traceHash(prev_hash, body) !== hash) {
+        traceProblem({ kind: 'altered', trail, seq: t.seq, trace_id: t.trace_id, message: `trace ${t.seq} (${t.trace_id}) was altered: its content does not match its hash` });
+      }
+      if (prev) {
+        if (t.seq <= prev.seq) {
+          traceProblem({ kind: t.seq === prev.seq ? 'inserted' : 'reordered', trail, seq: t.seq, trace_id: t.trace_id, message: t.seq === prev.seq ? `a second trace claims position ${t.seq} (${t.trace_id}): inserted` : `trace ${t.seq} (${t.trace_id}) comes after trace ${prev.seq}: reordered` });
+        } else if (t.seq > prev.seq + 1 && present.has(prev.seq + 1)) {
+          traceProblem({ kind: 'reordered', trail, seq: t.seq, trace_id: t.trace_id, message: `trace ${t.seq} (${t.trace_id}) comes before trace ${prev.seq + 1}: reordered` });
+        } else if (t.seq > prev.seq + 1) {
+          traceProblem({ kind: 'missing', trail, seq: prev.seq + 1, trace_id: null, message: `trace ${prev.seq + 1}${t.seq > prev.seq + 2 ? `..${t.seq - 1}` : ''} is missing` });
+        } else if (prev_hash !== prev.hash) {
+          traceProblem({ kind: 'inserted', trail, seq: t.seq, trace_id: t.trace_id, message: `trace ${t.seq} (${t.trace_id}) does not link to trace ${prev.seq}: a trace was inserted or replaced` });
+        }
+      } else {
+        const anchor = anchors.get(t.seq);
+        if (anchor === undefined) {
+          traceProblem({ kind: 'unanchored', trail, seq: t.seq, trace_id: t.trace_id, message: `the range starts at trace ${t.seq}, which no digest starts at; export from a digest boundary` });
+        } else if (anchor !== prev_hash) {
+          traceProblem({ kind: 'inserted', trail, seq: t.seq, trace_id: t.trace_id, message: `trace ${t.seq} (${t.trace_id}) does not link to the signed digest before it` });
+        }
+      }
+      prev = t;
+    }
+
+    // 3. Each digest whose range the export holds must match the traces: the right count and end hash.
+    if (ts.length > 0) {
+      const bySeq = new Map(ts.map((t) => [t.seq, t]));
+      const first = ts.reduce((m, t) => Math.min(m, t.seq), Number.POSITIVE_INFINITY);
+      const last = ts.reduce((m, t) => Math.max(m, t.seq), 0);
+      const firstDigest = ds[0];
+      if (firstDigest && firstDigest.digest_seq > 1 && first < firstDigest.start_seq) {
+        digestProblem({ kind: 'missing-digest', trail, digest_seq: firstDigest.digest_seq - 1, message: `digest ${firstDigest.digest_seq - 1}, covering traces before ${firstDigest.start_seq}, is missing` });
+      }
+      for (const d of ds) {
+        const before = bySeq.get(d.start_seq - 1);
+        if (before && before.hash !== d.start_prev_hash) {
+          digestProblem({ kind: 'mismatch', trail, digest_seq: d.digest_seq, message: `digest ${d.digest_seq} does not follow trace ${d.start_seq - 1}: the traces before it were changed` });
+        }
+        if (d.end_seq < first || d.trace_count === 0) continue;
+        const end = bySeq.get(d.end_seq);
+        if (d.end_seq > last || !end) {
+          traceProblem({ kind: 'missing', trail, seq: Math.min(d.end_seq, last + 1), trace_id: null, message: `digest ${d.digest_seq} covers traces up to ${d.end_seq}, but trace ${Math.min(d.end_seq, last + 1)} is missing` });
+        } else if (end.hash !== d.end_hash) {
+          digestProblem({ kind: 'mismatch', trail, digest_seq: d.digest_seq, message: `digest ${d.digest_seq} does not match trace ${d.end_seq}: the traces it covers were changed` });
+        }
+      }
+      const lastDigestEnd = ds.length ? ds[ds.length - 1]!.end_seq : 0;
+      report.unsigned_tail = ts.filter((t) => t.seq > lastDigestEnd).length;
+    }
+    reports.push(report);
+  }
+  return { ok: reports.every((r) => !r.first_trace_problem && !r.first_digest_problem), trails: reports };
+}
