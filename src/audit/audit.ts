@@ -103,7 +103,9 @@ export class AuditService implements AuditRecorder {
   record(trace: RequestTrace): Promise<void> {
     return new Promise<void>((resolve, reject) => {
       this.queue.push({ trace, resolve, reject });
-      this.flushing ??= this.flushLoop();
+      // Start the batch on the next turn of the event loop, so the traces of requests finishing
+      // together share one transaction.
+      this.flushing ??= new Promise<void>((r) => setImmediate(r)).then(() => this.flushLoop());
     });
   }
 
@@ -183,11 +185,21 @@ export class AuditService implements AuditRecorder {
   }
 
   /** The chain head, locked for this transaction so concurrent appenders on any node queue behind it. */
+  private readonly knownTrails = new Set<string>();
+
   private async lockHead(trx: Trx, trail: string): Promise<{ seq: number; hash: string }> {
-    await trx.insertInto('audit_heads').values({ trail, seq: 0, hash: genesisHash(trail), updated_at: this.now() }).onConflict((oc) => oc.column('trail').doNothing()).execute();
+    // A head row, once there, is never removed: create it only the first time this process sees the trail.
+    if (!this.knownTrails.has(trail)) {
+      await this.insertHead(trx, trail);
+      if (this.knownTrails.size < 100_000) this.knownTrails.add(trail);
+    }
     let q = trx.selectFrom('audit_heads').select(['seq', 'hash']).where('trail', '=', trail);
     if (this.opts.dialect === 'postgres') q = q.forUpdate();
     return q.executeTakeFirstOrThrow();
+  }
+
+  private async insertHead(trx: Trx, trail: string): Promise<void> {
+    await trx.insertInto('audit_heads').values({ trail, seq: 0, hash: genesisHash(trail), updated_at: this.now() }).onConflict((oc) => oc.column('trail').doNothing()).execute();
   }
 
   private toStored(trail: string, seq: number, t: RequestTrace, recordTime: number): Omit<StoredTrace, 'prev_hash' | 'hash'> {

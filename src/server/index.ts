@@ -71,7 +71,17 @@ export async function openServices(config: Config, opts: { now?: () => number; o
 }
 
 /** Opens the services, bootstraps once, and starts listening. */
-export async function startCustos(config: Config, opts: { logStream?: NodeJS.WritableStream; now?: () => number } = {}): Promise<Custos> {
+export interface StartOptions {
+  logStream?: NodeJS.WritableStream;
+  now?: () => number;
+  /**
+   * Serve without writing traces. Only for bench/audit's baseline (the same route with tracing off);
+   * deliberately not reachable from configuration or the CLI.
+   */
+  untracedBaselineForBenchmarks?: boolean;
+}
+
+export async function startCustos(config: Config, opts: StartOptions = {}): Promise<Custos> {
   let report: (message: string) => void = (m) => process.stderr.write(`${m}\n`);
   const services = await openServices(config, { ...opts, onError: (m) => report(m) });
   const { store, root, rootKeyCreated, iam, audit } = services;
@@ -79,7 +89,7 @@ export async function startCustos(config: Config, opts: { logStream?: NodeJS.Wri
     const bootstrap = await iam.bootstrap();
     const now = opts.now ?? Date.now;
     const routes = [...huaweiIamRoutes(iam), ...custosIamRoutes(iam), ...ctsRoutes(audit, iam, now)];
-    const app = await buildApp({ config, store, iam, audit, routes, now, ...(opts.logStream ? { logStream: opts.logStream } : {}) });
+    const app = await buildApp({ config, store, iam, audit: opts.untracedBaselineForBenchmarks ? null : audit, routes, now, ...(opts.logStream ? { logStream: opts.logStream } : {}) });
     report = (m) => app.log.error(m);
     const address = await app.listen({ host: config.host, port: config.port });
     const warn = (what: string) => (err: Error) => app.log.warn({ err: { message: err.message } }, `${what} failed`);

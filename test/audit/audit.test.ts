@@ -4,6 +4,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
+import { generateKeyPairSync, sign } from 'node:crypto';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -11,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { gunzipSync, gzipSync } from 'node:zlib';
 import { sql } from 'kysely';
-import { traceHash, verifyTrail, type StoredTrace } from '../../src/audit/chain.js';
+import { canonicalDigest, keyIdOf, traceHash, verifyTrail, type StoredTrace } from '../../src/audit/chain.js';
 import { loadExport } from '../../src/cli/audit.js';
 import { huaweiIamRoutes } from '../../src/iam/http/huawei.js';
 import { DB, freshDatabase, PASSWORD, startTestServer, type Tenant, type TestServer } from '../helpers.js';
@@ -367,6 +368,26 @@ describe('digests, export and offline verification', () => {
     ddoc.digests[0].trace_count += 1;
     writeGz(df, ddoc);
     assert.equal((await verify()).first_digest_problem?.kind, 'bad-signature');
+    // A digest forged with another key: under the genuine key's id it fails its signature; under its
+    // own id it names a key the published set does not hold.
+    const { privateKey, publicKey } = generateKeyPairSync('ed25519');
+    const forgeWith = async (keyId: string) => {
+      await freshExport();
+      const doc = readGz(df);
+      const d = doc.digests[1];
+      d.end_hash = 'f'.repeat(64);
+      d.key_id = keyId;
+      const { signature: _s, ...unsigned } = d;
+      d.signature = sign(null, canonicalDigest(unsigned), privateKey).toString('base64');
+      writeGz(df, doc);
+      return verify();
+    };
+    const sameId = await forgeWith(ddoc.digests[1].key_id);
+    assert.equal(sameId.first_digest_problem?.kind, 'bad-signature');
+    assert.equal(sameId.first_digest_problem?.digest_seq, 2);
+    const ownId = await forgeWith(keyIdOf(publicKey.export({ type: 'spki', format: 'der' })));
+    assert.equal(ownId.first_digest_problem?.kind, 'unknown-key');
+
     await freshExport();
     const d2 = readGz(df);
     d2.digests.splice(0, 1);

@@ -1,0 +1,12 @@
+// bench/audit's baseline: the same server and routes with trace writing switched off. Only this
+// benchmark entry point can do that; neither the configuration nor the `custos` CLI can.
+import { Command } from 'commander';
+import { withServerOptions } from '../src/cli/options.js';
+import { serve } from '../src/cli/serve.js';
+
+const program = new Command();
+withServerOptions(program.command('serve')).action((opts) => serve(opts, { untracedBaselineForBenchmarks: true }));
+program.parseAsync(process.argv).catch((e: Error) => {
+  process.stderr.write(`${e.message}\n`);
+  process.exit(1);
+});
