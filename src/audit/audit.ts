@@ -25,6 +25,9 @@ export const MIN_RETENTION_DAYS = 180;
 export const MAX_RETENTION_DAYS = 3650;
 const DAY_MS = 86_400_000;
 const MAX_BATCH = 400;
+/** Trail positions one unindexed query may scan per call. */
+const SCAN_WINDOW = 50_000;
+const TIME_SLACK = 10_000;
 
 /** CTS error codes: CTS.0001 bad marker, CTS.0002 bad retention, CTS.0003 bad query. */
 export class AuditError extends ServiceError {
@@ -40,6 +43,8 @@ export interface AuditOptions {
   exportDir?: string | null;
   now?: () => number;
   onError?: (message: string) => void;
+  /** Trail positions one unindexed query may scan per call (default 50,000). */
+  scanWindow?: number;
 }
 
 export interface TraceQuery {
@@ -345,6 +350,12 @@ export class AuditService implements AuditRecorder {
     return rows.map((r) => ({ ...r, digest_seq: Number(r.digest_seq), created_at: Number(r.created_at), start_seq: Number(r.start_seq), end_seq: Number(r.end_seq), trace_count: Number(r.trace_count), end_record_time: r.end_record_time === null ? null : Number(r.end_record_time) }));
   }
 
+  /**
+   * Newest first. A filter with its own index (resource, user, action, trace id) walks that index. Any
+   * other query scans at most SCAN_WINDOW positions of the trail per call, bounded by the time range
+   * (found through the time index): when the window is used up before the page is full, the page
+   * comes back short with a marker to continue from, so no request scans a whole large trail.
+   */
   async search(trail: string, q: TraceQuery): Promise<{ traces: StoredTrace[]; marker: string | null }> {
     let qb = this.db
       .selectFrom('audit_traces')
@@ -353,10 +364,26 @@ export class AuditService implements AuditRecorder {
       .where('trace_type', '=', q.traceType)
       .where('time', '>=', q.from)
       .where('time', '<=', q.to);
+    let upper = Number.POSITIVE_INFINITY;
     if (q.next !== undefined) {
       const m = await this.db.selectFrom('audit_traces').select('seq').where('trail', '=', trail).where('trace_id', '=', q.next).executeTakeFirst();
       if (!m) throw new AuditError(400, 'CTS.0001', 'the next marker does not name a trace of this account');
-      qb = qb.where('seq', '<', m.seq);
+      upper = Number(m.seq);
+      qb = qb.where('seq', '<', upper);
+    }
+    const selective = Boolean(q.resourceId || q.user || q.traceName || q.traceId);
+    let lower: number | null = null;
+    let floor = 0;
+    if (!selective) {
+      // Positions bracketing the time range; the slack covers nodes whose clocks disagree a little.
+      const atTo = await this.db.selectFrom('audit_traces').select('seq').where('trail', '=', trail).where('time', '<=', q.to).orderBy('time', 'desc').limit(1).executeTakeFirst();
+      const atFrom = await this.db.selectFrom('audit_traces').select('seq').where('trail', '=', trail).where('time', '>=', q.from).orderBy('time', 'asc').limit(1).executeTakeFirst();
+      const head = await this.db.selectFrom('audit_heads').select('seq').where('trail', '=', trail).executeTakeFirst();
+      if (!atTo || !atFrom || !head) return { traces: [], marker: null };
+      const top = Math.min(upper, Number(atTo.seq) + TIME_SLACK + 1, Number(head.seq) + 1);
+      floor = Math.max(0, Number(atFrom.seq) - TIME_SLACK - 1);
+      lower = Math.max(floor, top - 1 - (this.opts.scanWindow ?? SCAN_WINDOW));
+      qb = qb.where('seq', '<', top).where('seq', '>', lower);
     }
     if (q.projectId) qb = qb.where((eb) => eb.or([eb('project_id', '=', q.projectId!), eb('project_id', 'is', null)]));
     if (q.serviceType) qb = qb.where('service_type', '=', q.serviceType);
@@ -368,9 +395,14 @@ export class AuditService implements AuditRecorder {
     if (q.user) qb = qb.where('user_name', '=', q.user);
     if (q.traceId) qb = qb.where('trace_id', '=', q.traceId);
     const rows = await qb.orderBy('seq', 'desc').limit(q.limit + 1).execute();
-    const more = rows.length > q.limit;
     const traces = rows.slice(0, q.limit).map(fromRow);
-    return { traces, marker: more ? traces[traces.length - 1]!.trace_id : null };
+    if (rows.length > q.limit) return { traces, marker: traces[traces.length - 1]!.trace_id };
+    if (lower !== null && lower > floor) {
+      // The window is used up: continue below its lowest trace.
+      const edge = await this.db.selectFrom('audit_traces').select('trace_id').where('trail', '=', trail).where('seq', '>', lower).orderBy('seq', 'asc').limit(1).executeTakeFirst();
+      return { traces, marker: edge?.trace_id ?? null };
+    }
+    return { traces, marker: null };
   }
 
   // ------------------------------------------------------------------ retention

@@ -9,7 +9,7 @@
  * pattern). Retention removes whole digest ranges of traces; the digests stay, so what remains
  * still links to a signed digest.
  */
-import { createHash, createPublicKey, verify as verifySig } from 'node:crypto';
+import { createHash, createPublicKey, hash as oneShotHash, verify as verifySig } from 'node:crypto';
 
 export const TRACES_FORMAT = 'custos-audit-traces/1';
 export const DIGEST_FORMAT = 'custos-audit-digest/1';
@@ -98,7 +98,7 @@ export function canonicalTrace(t: Omit<StoredTrace, 'prev_hash' | 'hash'>): stri
 }
 
 export function traceHash(prevHash: string, t: Omit<StoredTrace, 'prev_hash' | 'hash'>): string {
-  return createHash('sha256').update(prevHash).update('\n').update(canonicalTrace(t)).digest('hex');
+  return oneShotHash('sha256', `${prevHash}\n${canonicalTrace(t)}`, 'hex');
 }
 
 /** The bytes a digest's signature covers. */
@@ -143,7 +143,24 @@ export interface VerifyReport {
  * Verifies traces and digests, each trail on its own. Traces are checked in the order given
  * (the order they were exported in), so a moved trace shows as reordered.
  */
-export function verifyTrail(traces: StoredTrace[], digests: Digest[], keys: PublicKeyInfo[], onProgress?: (done: number) => void): VerifyReport {
+/**
+ * What verification needs of a trace once its content has been checked against its hash (which a
+ * worker thread can do, see verify-parallel.ts): its position, its links, and whether it was intact.
+ */
+export interface TraceLink {
+  trail: string;
+  seq: number;
+  trace_id: string;
+  prev_hash: string;
+  hash: string;
+  intact: boolean;
+}
+
+export function toLink(t: StoredTrace): TraceLink {
+  return { trail: t.trail, seq: t.seq, trace_id: t.trace_id, prev_hash: t.prev_hash, hash: t.hash, intact: traceHash(t.prev_hash, t) === t.hash };
+}
+
+export function verifyTrail(traces: (StoredTrace | TraceLink)[], digests: Digest[], keys: PublicKeyInfo[], onProgress?: (done: number) => void): VerifyReport {
   const trails = new Set<string>([...traces.map((t) => t.trail), ...digests.map((d) => d.trail)]);
   const keyObjects = new Map(keys.map((k) => [k.key_id, createPublicKey(k.public_key)]));
   const reports: TrailReport[] = [];
@@ -180,12 +197,13 @@ export function verifyTrail(traces: StoredTrace[], digests: Digest[], keys: Publ
     anchors.set(1, genesisHash(trail));
     for (const d of ds) anchors.set(d.start_seq, d.start_prev_hash);
     const present = new Set(ts.map((t) => t.seq));
-    let prev: StoredTrace | null = null;
+    let prev: StoredTrace | TraceLink | null = null;
     for (const t of ts) {
       done++;
       if (onProgress && done % 10_000 === 0) onProgress(done);
-      const { prev_hash, hash, ...body } = t;
-      if (traceHash(prev_hash, body) !== hash) {
+      const { prev_hash } = t;
+      const intact = 'intact' in t ? t.intact : traceHash(prev_hash, t) === t.hash;
+      if (!intact) {
         traceProblem({ kind: 'altered', trail, seq: t.seq, trace_id: t.trace_id, message: `trace ${t.seq} (${t.trace_id}) was altered: its content does not match its hash` });
       }
       if (prev) {

@@ -3,6 +3,7 @@ import path from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { Command } from 'commander';
 import { DIGEST_FORMAT, KEYS_FORMAT, TRACES_FORMAT, verifyTrail, type Digest, type PublicKeyInfo, type StoredTrace } from '../audit/chain.js';
+import { loadExportChecked } from '../audit/verify-parallel.js';
 import { openServices } from '../server/index.js';
 import { call, profile } from './client.js';
 import { configFrom, withServerOptions } from './options.js';
@@ -122,11 +123,12 @@ export function auditCommand(): Command {
     .option('--public-keys <file>', 'public keys to trust (default: public-keys.json in the export; pass your own copy to not trust the export)')
     .option('-o, --output <format>', 'json or table', 'table')
     .action(async (dir: string, opts) => {
-      const { traces, digests, keys } = await loadExport(dir, opts.publicKeys);
+      const progress = process.stderr.isTTY ? (n: number) => process.stderr.write(`\r${n} traces read and re-hashed`) : undefined;
+      const { links, digests, keys } = await loadExportChecked(dir, { ...(opts.publicKeys ? { keysFile: opts.publicKeys } : {}), ...(progress ? { onProgress: progress } : {}) });
+      if (progress) process.stderr.write('\n');
       if (keys.length === 0) throw Object.assign(new Error('no public keys: pass --public-keys or export with public-keys.json'), { exitCode: 2 });
-      process.stderr.write(`verifying ${traces.length} traces and ${digests.length} digests with ${keys.length} public key(s)\n`);
-      const report = verifyTrail(traces, digests, keys, (n) => process.stderr.write(`\r${n}/${traces.length} traces checked`));
-      if (traces.length >= 10_000) process.stderr.write('\n');
+      process.stderr.write(`verifying ${links.length} traces and ${digests.length} digests with ${keys.length} public key(s)\n`);
+      const report = verifyTrail(links, digests, keys);
       if (opts.output === 'json') process.stdout.write(JSON.stringify(report, null, 2) + '\n');
       else {
         print('table', report.trails.map((t) => ({

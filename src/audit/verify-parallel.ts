@@ -1,0 +1,77 @@
+/**
+ * Reads an export directory for `custos audit verify`, spreading the expensive part — decompressing,
+ * parsing and re-hashing every trace — over worker threads, one per core. The ordering, linking and
+ * digest checks then run once over the compact results, in file order (verifyTrail).
+ */
+import { availableParallelism } from 'node:os';
+import { readdir, readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { Worker } from 'node:worker_threads';
+import { gunzipSync } from 'node:zlib';
+import { DIGEST_FORMAT, KEYS_FORMAT, type Digest, type PublicKeyInfo, type TraceLink } from './chain.js';
+
+async function filesUnder(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const e of await readdir(dir, { withFileTypes: true })) {
+    const p = path.join(dir, e.name);
+    if (e.isDirectory()) out.push(...(await filesUnder(p)));
+    else out.push(p);
+  }
+  return out.sort();
+}
+
+async function readJson(file: string): Promise<unknown> {
+  const raw = await readFile(file);
+  try {
+    return JSON.parse((file.endsWith('.gz') ? gunzipSync(raw) : raw).toString('utf8'));
+  } catch {
+    throw Object.assign(new Error(`${file} is not a readable export file`), { exitCode: 1 });
+  }
+}
+
+export async function loadExportChecked(
+  dir: string,
+  opts: { keysFile?: string; threads?: number; onProgress?: (tracesRead: number) => void } = {},
+): Promise<{ links: TraceLink[]; digests: Digest[]; keys: PublicKeyInfo[] }> {
+  const files = (await filesUnder(dir)).filter((f) => f.endsWith('.json.gz') || f.endsWith('.json'));
+  const traceFiles = files.filter((f) => path.basename(f).startsWith('traces-'));
+  const digests = new Map<string, Digest>();
+  let keys: PublicKeyInfo[] = [];
+  for (const f of files.filter((x) => !path.basename(x).startsWith('traces-'))) {
+    const doc = (await readJson(f)) as { format?: string; digests?: Digest[]; keys?: PublicKeyInfo[] };
+    if (doc.format === DIGEST_FORMAT && doc.digests) for (const d of doc.digests) digests.set(`${d.trail}/${d.digest_seq}/${d.signature}`, d);
+    else if (doc.format === KEYS_FORMAT && doc.keys && !opts.keysFile) keys = doc.keys;
+  }
+  if (opts.keysFile) {
+    const doc = JSON.parse(await readFile(opts.keysFile, 'utf8')) as { keys?: PublicKeyInfo[]; public_keys?: PublicKeyInfo[] };
+    keys = doc.keys ?? doc.public_keys ?? [];
+  }
+
+  const results: TraceLink[][] = new Array(traceFiles.length);
+  const n = Math.max(1, Math.min(opts.threads ?? availableParallelism(), traceFiles.length));
+  let read = 0;
+  await Promise.all(
+    Array.from({ length: n }, (_, w) => {
+      const mine = traceFiles.map((p, index) => ({ index, path: p })).filter((f) => f.index % n === w);
+      if (mine.length === 0) return Promise.resolve();
+      return new Promise<void>((resolve, reject) => {
+        const worker = new Worker(new URL('./verify-worker.js', import.meta.url));
+        worker.on('message', (m: { index?: number; links?: TraceLink[]; error?: string; done?: boolean }) => {
+          if (m.error) {
+            void worker.terminate();
+            reject(Object.assign(new Error(m.error), { exitCode: 1 }));
+          } else if (m.done) {
+            void worker.terminate().then(() => resolve());
+          } else if (m.index !== undefined && m.links) {
+            results[m.index] = m.links;
+            read += m.links.length;
+            opts.onProgress?.(read);
+          }
+        });
+        worker.on('error', reject);
+        worker.postMessage({ files: mine });
+      });
+    }),
+  );
+  return { links: results.flat(), digests: [...digests.values()], keys };
+}
