@@ -187,7 +187,7 @@ async function queryBench(kind: 'sqlite' | 'postgres') {
       if (kind === 'postgres') {
         await sql`insert into audit_traces select 'benchtrail', i, lpad(to_hex(i), 8, '0') || '-0000-4000-8000-000000000000', ${base}::int8 + i * 1000, ${base}::int8 + i * 1000,
           'svc:res:op' || (i % 50), case when i % 10 = 0 then 'data' else 'management' end,
-          case when i % 1000 = 0 then 'incident' when i % 20 = 0 then 'warning' else 'normal' end,
+          case when i % 1000 = 7 then 'incident' when i % 20 = 3 then 'warning' else 'normal' end,
           (array['IAM','KMS','OBS','VAULT','CTS'])[1 + i % 5], 'group', 'res-' || (i % 100000), 'name-' || (i % 100000), null, null, 'user-' || (i % 1000), ${USER_JSON},
           '10.0.0.1', 'bench', 'req-' || i, 'POST', '/v3/groups', 201, null, null, repeat('0', 64), repeat('0', 64)
           from generate_series(${lo}::int8, ${hi}::int8) as i`.execute(db);
@@ -195,7 +195,7 @@ async function queryBench(kind: 'sqlite' | 'postgres') {
         await sql`with recursive g(i) as (select cast(${lo} as integer) union all select i + 1 from g where i < cast(${hi} as integer))
           insert into audit_traces select 'benchtrail', i, printf('%08x-0000-4000-8000-000000000000', i), ${base} + i * 1000, ${base} + i * 1000,
           'svc:res:op' || (i % 50), case when i % 10 = 0 then 'data' else 'management' end,
-          case when i % 1000 = 0 then 'incident' when i % 20 = 0 then 'warning' else 'normal' end,
+          case when i % 1000 = 7 then 'incident' when i % 20 = 3 then 'warning' else 'normal' end,
           case i % 5 when 0 then 'IAM' when 1 then 'KMS' when 2 then 'OBS' when 3 then 'VAULT' else 'CTS' end, 'group', 'res-' || (i % 100000), 'name-' || (i % 100000), null, null, 'user-' || (i % 1000), ${USER_JSON},
           '10.0.0.1', 'bench', 'req-' || i, 'POST', '/v3/groups', 201, null, null, printf('%064d', 0), printf('%064d', 0)
           from g`.execute(db);
@@ -203,6 +203,7 @@ async function queryBench(kind: 'sqlite' | 'postgres') {
       process.stderr.write(`\r  loading: ${hi.toLocaleString('en')} traces (${((Date.now() - t0) / 1000).toFixed(0)} s)`);
     }
     process.stderr.write('\n');
+    await sql`insert into audit_heads (trail, seq, hash, updated_at) values ('benchtrail', ${QUERY_N}, ${'0'.repeat(64)}, ${Date.now()})`.execute(db);
     await sql`analyze`.execute(db);
     const audit = services.audit;
     const now = Date.now();
@@ -214,7 +215,8 @@ async function queryBench(kind: 'sqlite' | 'postgres') {
       ['user (1 in 1000)', { traceType: 'management', from: 0, to: now, limit: 10, user: 'user-77' }],
       ['trace_id (one)', { traceType: 'data', from: 0, to: now, limit: 10, traceId: `${(QUERY_N / 2).toString(16).padStart(8, '0')}-0000-4000-8000-000000000000` }],
       ['trace_rating warning (1 in 20)', { traceType: 'management', from: 0, to: now, limit: 10, traceRating: 'warning' }],
-      ['trace_rating incident (none match)', { traceType: 'management', from: 0, to: now, limit: 10, traceRating: 'incident' }],
+      ['trace_rating incident (1 in 1000)', { traceType: 'management', from: 0, to: now, limit: 10, traceRating: 'incident' }],
+      ['service_type nobody uses (none match)', { traceType: 'management', from: 0, to: now, limit: 10, serviceType: 'NOPE' }],
       ['service_type (1 in 5)', { traceType: 'management', from: 0, to: now, limit: 10, serviceType: 'OBS' }],
       ['one hour in the middle', { traceType: 'management', from: mid, to: mid + 3_600_000, limit: 10 }],
       ['one hour + resource_id', { traceType: 'management', from: mid, to: mid + 3_600_000, limit: 10, resourceId: `res-${(Math.floor(QUERY_N / 2) + 100) % 100000}` }],

@@ -80,6 +80,7 @@ export class AuditService implements AuditRecorder {
   private readonly now: () => number;
   /** False after a failed write until the next one succeeds; the edge then refuses mutations up front. */
   healthy = true;
+  readonly stats = { traces: 0, batches: 0, failures: 0 };
   private lastProbe = 0;
 
   private constructor(
@@ -131,10 +132,13 @@ export class AuditService implements AuditRecorder {
       try {
         await this.append(batch.map((b) => b.trace));
         this.healthy = true;
+        this.stats.traces += batch.length;
+        this.stats.batches += 1;
         for (const b of batch) b.resolve();
       } catch (e) {
         this.healthy = false;
         this.lastProbe = Date.now();
+        this.stats.failures += batch.length;
         this.opts.onError?.(`audit append failed: ${(e as Error).message}`);
         for (const b of batch) b.reject(e);
       }
@@ -379,8 +383,8 @@ export class AuditService implements AuditRecorder {
       const atTo = await this.db.selectFrom('audit_traces').select('seq').where('trail', '=', trail).where('time', '<=', q.to).orderBy('time', 'desc').limit(1).executeTakeFirst();
       const atFrom = await this.db.selectFrom('audit_traces').select('seq').where('trail', '=', trail).where('time', '>=', q.from).orderBy('time', 'asc').limit(1).executeTakeFirst();
       const head = await this.db.selectFrom('audit_heads').select('seq').where('trail', '=', trail).executeTakeFirst();
-      if (!atTo || !atFrom || !head) return { traces: [], marker: null };
-      const top = Math.min(upper, Number(atTo.seq) + TIME_SLACK + 1, Number(head.seq) + 1);
+      if (!atTo || !atFrom) return { traces: [], marker: null };
+      const top = Math.min(upper, Number(atTo.seq) + TIME_SLACK + 1, head ? Number(head.seq) + 1 : Number.POSITIVE_INFINITY);
       floor = Math.max(0, Number(atFrom.seq) - TIME_SLACK - 1);
       lower = Math.max(floor, top - 1 - (this.opts.scanWindow ?? SCAN_WINDOW));
       qb = qb.where('seq', '<', top).where('seq', '>', lower);

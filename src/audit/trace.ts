@@ -48,4 +48,8 @@ export interface AuditRecorder {
   record(trace: RequestTrace): Promise<void>;
   /** False while the trail cannot be written: the edge then refuses mutating requests before they run. */
   admitMutation(): boolean;
+  /** False after a failed trace write until one succeeds (readiness reports it). */
+  readonly healthy: boolean;
+  /** Counters for /metrics. */
+  readonly stats: { traces: number; batches: number; failures: number };
 }

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import swagger from '@fastify/swagger';
-import { collectDefaultMetrics, Histogram, Registry } from 'prom-client';
+import { collectDefaultMetrics, Counter, Histogram, Registry } from 'prom-client';
 import type { Config } from '../config.js';
 import type { AuditRecorder, RequestTrace } from '../audit/trace.js';
 import { IamError } from '../iam/errors.js';
@@ -65,6 +65,20 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   // ---- metrics
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: 'custos_' });
+  const audit = deps.audit;
+  if (audit) {
+    const counter = (name: string, help: string, read: () => number) =>
+      new Counter({
+        name, help, registers: [registry],
+        collect() {
+          this.reset();
+          this.inc(read());
+        },
+      });
+    counter('custos_audit_traces_total', 'Traces committed to the audit trail', () => audit.stats.traces);
+    counter('custos_audit_batches_total', 'Audit trail write transactions (group commits)', () => audit.stats.batches);
+    counter('custos_audit_write_failures_total', 'Traces that could not be committed (their requests were refused)', () => audit.stats.failures);
+  }
   const duration = new Histogram({
     name: 'custos_http_request_duration_seconds',
     help: 'HTTP request duration by route, method and status',
@@ -198,6 +212,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   app.get('/ready', { config: { custos: plumbing(null) }, schema: { hide: true } as object }, async (_req, reply) => {
     try {
       await sql`select 1`.execute(deps.store.db);
+      if (deps.audit && !deps.audit.healthy) return reply.code(503).send({ status: 'unavailable', reason: 'the audit trail cannot be written' });
       return { status: 'ready' };
     } catch {
       return reply.code(503).send({ status: 'unavailable', reason: 'database unreachable' });

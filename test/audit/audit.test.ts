@@ -267,6 +267,9 @@ describe('fail closed', () => {
       const second = await s.api('POST', '/v3/groups', { token: a.token, body: { group: { name: 'during-outage-2' } } });
       assert.equal(second.status, 503);
       assert.match(second.text, /refused before it ran/);
+      const ready = await s.api('GET', '/ready');
+      assert.equal(ready.status, 503, 'a node that cannot write its trail is not ready');
+      assert.match(ready.text, /audit trail/);
     } finally {
       await sql`alter table audit_traces_offline rename to audit_traces`.execute(db);
     }
@@ -275,6 +278,11 @@ describe('fail closed', () => {
     await new Promise((r) => setTimeout(r, 1100));
     const after = await s.api('POST', '/v3/groups', { token: a.token, body: { group: { name: 'after-repair' } } });
     assert.equal(after.status, 201);
+    assert.equal((await s.api('GET', '/ready')).status, 200);
+    const metrics = (await s.api('GET', '/metrics')).text;
+    const value = (name: string) => Number(new RegExp(`^${name} (\\d+)`, 'm').exec(metrics)?.[1] ?? 'NaN');
+    assert.ok(value('custos_audit_write_failures_total') >= 1, 'failed trace writes are counted');
+    assert.ok(value('custos_audit_traces_total') > 3, 'committed traces are counted');
   });
 });
 
