@@ -3,7 +3,7 @@
  * response leaves, signs digests at an interval, answers queries, clears traces past retention
  * and exports trails for offline verification.
  */
-import { createHmac, generateKeyPairSync, createPrivateKey, randomBytes, randomUUID, sign as signBytes, type KeyObject } from 'node:crypto';
+import { createHmac, generateKeyPairSync, createPrivateKey, randomBytes, sign as signBytes, type KeyObject } from 'node:crypto';
 import { mkdir, writeFile, rename } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -224,7 +224,7 @@ export class AuditService implements AuditRecorder {
       for (const [k, v] of Object.entries(t.correlate)) correlation[k] = this.hmac(v);
     }
     return {
-      trail, seq, trace_id: randomUUID(), time: t.time, record_time: recordTime, trace_name: t.traceName.slice(0, 128), trace_type: t.traceType,
+      trail, seq, trace_id: timeOrderedId(recordTime), time: t.time, record_time: recordTime, trace_name: t.traceName.slice(0, 128), trace_type: t.traceType,
       trace_rating: t.traceRating, service_type: t.serviceType, resource_type: t.resourceType, resource_id: t.resourceId?.slice(0, 255) ?? null,
       resource_name: t.resourceName?.slice(0, 255) ?? null, project_id: t.projectId, region: t.region, user, source_ip: t.sourceIp.slice(0, 64),
       user_agent: t.userAgent, request_id: t.requestId.slice(0, 64), http_method: t.httpMethod, api_path: t.apiPath.slice(0, 255), code: t.code,
@@ -517,6 +517,20 @@ export class AuditService implements AuditRecorder {
   async drain(): Promise<void> {
     while (this.flushing) await this.flushing;
   }
+}
+
+/**
+ * A UUID version 7 (RFC 9562): 48 bits of milliseconds, then randomness. Time-ordered ids land on the
+ * same few pages of the trace-id index, where random ones touched a page per trace and tripled the
+ * bytes each commit wrote.
+ */
+export function timeOrderedId(ms: number): string {
+  const b = randomBytes(16);
+  b.writeUIntBE(Math.max(0, Math.floor(ms)) % 2 ** 48, 0, 6);
+  b[6] = (b[6]! & 0x0f) | 0x70;
+  b[8] = (b[8]! & 0x3f) | 0x80;
+  const h = b.toString('hex');
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
 }
 
 function pad(n: number): string {
