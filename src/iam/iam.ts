@@ -2,6 +2,7 @@ import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { sql } from 'kysely';
 import type { SecretBox } from '../crypto/secretbox.js';
 import { isUniqueViolation } from '../store/db.js';
+import { IamCache } from './cache.js';
 import { IamCodes, IamError } from './errors.js';
 import { checkTotp, newTotpSecret, totpUri } from './mfa.js';
 import {
@@ -125,6 +126,8 @@ function newAccessKeyId(): string {
   return [...bytes].map((b) => alphabet[b % 36]).join('');
 }
 
+type PrincipalSource = { accountId: string; userId: string; projectId: string | null; agencyId: string | null; mfa: boolean; accessKeyId: string | null; method: 'token' | 'aksk'; expiresAt: number | null };
+
 export interface IssuedToken {
   token: string;
   principal: Principal;
@@ -141,6 +144,26 @@ export interface LoginRequest {
   scope: { projectId?: string; projectName?: string; domain?: boolean };
 }
 
+/**
+ * Methods that change what authentication or authorization may read. Each is wrapped so the cache
+ * forgets everything when it completes and other nodes are told through the epoch row. A test
+ * checks that every method writing to the database is in this list or in NON_INVALIDATING_WRITES.
+ */
+export const MUTATING_METHODS = [
+  'bootstrap', 'createAccount', 'updateSecuritySettings', 'createProject', 'createUser', 'updateUser', 'deleteUser', 'setPassword',
+  'unlockUser', 'createGroup', 'deleteGroup', 'addUserToGroup', 'removeUserFromGroup', 'recordFailedLogin', 'revokeToken',
+  'revokeUserTokens', 'updateAccessKey', 'deleteAccessKey', 'bindMfa', 'unbindMfa', 'createPolicy', 'updatePolicy', 'deletePolicy',
+  'attachPolicy', 'detachPolicy', 'createAgency', 'deleteAgency',
+] as const;
+/** Writes that add something new or bookkeep, and so cannot make a cached answer wrong. */
+export const NON_INVALIDATING_WRITES = [
+  'login', // resets the failed-login counter of the user who just proved the password
+  'consumeTotp', // reads and moves the TOTP step in one UPDATE … WHERE, never through the cache
+  'issueToken', 'createAccessKey', 'createTemporaryCredentials', 'createVirtualMfa', // new rows only
+  'authenticateSigned', // the replay cache
+  'purgeExpired', // removes only rows that are expired, which every use checks anyway
+] as const;
+
 export class IamService {
   private readonly now: () => number;
   private readonly db: IamDb;
@@ -151,6 +174,43 @@ export class IamService {
   ) {
     this.db = db;
     this.now = opts.now ?? Date.now;
+    this.cache = new IamCache({ maxEntries: 10_000, ttlMs: 60_000, now: this.now });
+    const self = this as unknown as Record<string, (...args: unknown[]) => Promise<unknown>>;
+    for (const name of MUTATING_METHODS) {
+      const original = self[name]!;
+      self[name] = (...args: unknown[]) =>
+        this.cache.mutation(async () => {
+          try {
+            return await original.apply(this, args);
+          } finally {
+            await this.bumpEpoch().catch(() => undefined);
+          }
+        });
+    }
+  }
+
+  readonly cache: IamCache;
+  private epochSeen: string | null = null;
+
+  /** Tells the other nodes that IAM changed: they compare this row at every poll. */
+  private async bumpEpoch(): Promise<void> {
+    const value = randomBytes(8).toString('hex');
+    this.epochSeen = value;
+    await this.db
+      .insertInto('settings')
+      .values({ name: 'iam.epoch', value })
+      .onConflict((oc) => oc.column('name').doUpdateSet({ value }))
+      .execute();
+  }
+
+  /** One poll of the epoch row: a change made by another node clears this node's cache. */
+  async pollEpoch(): Promise<void> {
+    const row = await this.db.selectFrom('settings').select('value').where('name', '=', 'iam.epoch').executeTakeFirst();
+    const value = row?.value ?? null;
+    if (value !== this.epochSeen) {
+      this.epochSeen = value;
+      this.cache.invalidate();
+    }
   }
 
   // ---------------------------------------------------------------- bootstrap and accounts
@@ -514,7 +574,8 @@ export class IamService {
 
   async authenticateToken(token: string): Promise<Principal> {
     if (token.length < 10 || token.length > 4096) throw IamError.unauthenticated('the token is invalid');
-    const row = await this.db.selectFrom('iam_tokens').selectAll().where('token_hash', '=', sha256Hex(token)).executeTakeFirst();
+    const hash = sha256Hex(token);
+    const row = await this.cache.through('token', hash, () => this.db.selectFrom('iam_tokens').selectAll().where('token_hash', '=', hash).executeTakeFirst());
     const t = this.now();
     if (!row || row.revoked) throw IamError.unauthenticated('the token is invalid or revoked');
     if (row.expires_at <= t) throw IamError.unauthenticated('the token has expired');
@@ -522,14 +583,22 @@ export class IamService {
   }
 
   /** Builds the principal and re-checks everything that can be withdrawn after issue: user, account, agency. */
-  private async principalFor(a: { accountId: string; userId: string; projectId: string | null; agencyId: string | null; mfa: boolean; accessKeyId: string | null; method: 'token' | 'aksk'; expiresAt: number | null }): Promise<Principal> {
+  private async principalFor(a: PrincipalSource): Promise<Principal> {
+    const key = [a.accountId, a.userId, a.projectId ?? '', a.agencyId ?? '', a.mfa ? 1 : 0, a.accessKeyId ?? '', a.method].join('|');
+    const base = (await this.cache.through('principal', key, () => this.resolvePrincipal(a)))!;
+    if (base.agencyExpiresAt !== null && base.agencyExpiresAt <= this.now()) throw IamError.unauthenticated('the agency was revoked or has expired');
+    return { ...base.principal, expiresAt: a.expiresAt };
+  }
+  private async resolvePrincipal(a: PrincipalSource): Promise<{ principal: Principal; agencyExpiresAt: number | null }> {
     const account = await this.getAccount(a.accountId);
     if (!account) throw IamError.unauthenticated();
     let agency: Principal['agency'] = null;
+    let agencyExpiresAt: number | null = null;
     let user: UserRow | undefined;
     if (a.agencyId) {
       const ag = await this.db.selectFrom('iam_agencies').selectAll().where('id', '=', a.agencyId).where('account_id', '=', a.accountId).executeTakeFirst();
       if (!ag || (ag.expires_at !== null && ag.expires_at <= this.now())) throw IamError.unauthenticated('the agency was revoked or has expired');
+      agencyExpiresAt = ag.expires_at;
       const source = await this.getAccount(ag.trust_account_id);
       user = source ? await this.getUser(source.id, a.userId) : undefined;
       if (!source || !user || source.status !== 'active') throw IamError.unauthenticated();
@@ -542,9 +611,12 @@ export class IamService {
     if (account.status !== 'active') throw new IamError(403, IamCodes.accountFrozen, 'the account is frozen');
     const project = a.projectId ? await this.getProject(a.accountId, a.projectId) : undefined;
     return {
-      accountId: account.id, accountName: account.name, userId: user.id, userName: user.name,
-      projectId: project?.id ?? null, projectName: project?.name ?? null, region: project?.region ?? null,
-      agency, accessKeyId: a.accessKeyId, method: a.method, mfa: a.mfa, expiresAt: a.expiresAt,
+      principal: {
+        accountId: account.id, accountName: account.name, userId: user.id, userName: user.name,
+        projectId: project?.id ?? null, projectName: project?.name ?? null, region: project?.region ?? null,
+        agency, accessKeyId: a.accessKeyId, method: a.method, mfa: a.mfa, expiresAt: a.expiresAt,
+      },
+      agencyExpiresAt,
     };
   }
 
@@ -629,18 +701,22 @@ export class IamService {
       throw e;
     }
     if (!parsed) return null;
-    const key = await this.db.selectFrom('iam_access_keys').selectAll().where('access_key', '=', parsed.accessKeyId).executeTakeFirst();
+    const accessKeyId = parsed.accessKeyId;
+    const entry = await this.cache.through('access-key', accessKeyId, async () => {
+      const row = await this.db.selectFrom('iam_access_keys').selectAll().where('access_key', '=', accessKeyId).executeTakeFirst();
+      return row ? { key: row, secret: this.secrets.open(row.secret, `ak:${row.access_key}`).toString() } : undefined;
+    });
+    const key = entry?.key;
     const t = this.now();
-    if (!key || key.status !== 'active' || (key.expires_at !== null && key.expires_at <= t)) {
+    if (!entry || !key || key.status !== 'active' || (key.expires_at !== null && key.expires_at <= t)) {
       throw new IamError(401, IamCodes.signature, 'InvalidAccessKeyId: the access key does not exist or is not active');
     }
     if (key.security_token_hash !== null) {
       if (!parsed.securityToken || !safeEqual(sha256Hex(parsed.securityToken), key.security_token_hash))
         throw new IamError(401, IamCodes.signature, 'InvalidToken: a temporary access key needs its security token');
     }
-    const secret = this.secrets.open(key.secret, `ak:${key.access_key}`).toString();
     try {
-      verifySignature(req, parsed, secret, new Date(t), this.opts.signatureWindowSeconds);
+      verifySignature(req, parsed, entry.secret, new Date(t), this.opts.signatureWindowSeconds);
     } catch (e) {
       if (e instanceof SignatureError) throw new IamError(e.code === 'RequestTimeTooSkewed' || e.code === 'RequestExpired' ? 403 : 401, IamCodes.signature, `${e.code}: ${e.message}`);
       throw e;
@@ -756,6 +832,10 @@ export class IamService {
 
   /** The policies in force for a principal in a project: its own, its groups', or only its agency's. */
   private async effectivePolicies(p: Principal, projectId: string | null): Promise<{ id: string; document: PolicyDocument }[]> {
+    const key = [p.accountId, p.userId, p.agency?.id ?? '', projectId ?? ''].join('|');
+    return (await this.cache.through('policies', key, () => this.loadEffectivePolicies(p, projectId)))!;
+  }
+  private async loadEffectivePolicies(p: Principal, projectId: string | null): Promise<{ id: string; document: PolicyDocument }[]> {
     const projects = projectId ? ['', projectId] : [''];
     let q = this.db
       .selectFrom('iam_policy_attachments')

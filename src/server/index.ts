@@ -71,6 +71,9 @@ export async function openServices(config: Config, opts: { now?: () => number; o
 }
 
 /** Opens the services, bootstraps once, and starts listening. */
+/** How often a node looks for IAM changes made by other nodes (the bound on their staleness here). */
+export const IAM_EPOCH_POLL_MS = 500;
+
 export interface StartOptions {
   logStream?: NodeJS.WritableStream;
   now?: () => number;
@@ -95,6 +98,8 @@ export async function startCustos(config: Config, opts: StartOptions = {}): Prom
     const warn = (what: string) => (err: Error) => app.log.warn({ err: { message: err.message } }, `${what} failed`);
     const timers = [
       setInterval(() => iam.purgeExpired().catch(warn('IAM housekeeping')), 60_000),
+      // IAM changes made on other nodes reach this node's cache within this interval.
+      setInterval(() => iam.pollEpoch().catch(warn('IAM epoch poll')), IAM_EPOCH_POLL_MS),
       // Any node may write a due digest; the chain-head lock makes exactly one of them do it.
       setInterval(() => audit.writeDueDigests().catch(warn('audit digest')), Math.min(60, config.auditDigestIntervalSeconds / 4) * 1000),
       setInterval(() => audit.clearExpired().catch(warn('audit retention')), 3_600_000),
