@@ -12,20 +12,19 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import autocannon from 'autocannon';
 import { sql } from 'kysely';
-import pg from 'pg';
 import { canonicalDigest, canonicalTrace, DIGEST_FORMAT, genesisHash, KEYS_FORMAT, keyIdOf, TRACES_FORMAT, traceHash, verifyTrail, type Digest, type PublicKeyInfo, type StoredTrace } from '../src/audit/chain.js';
 import { loadExport } from '../src/cli/audit.js';
 import { loadExportChecked } from '../src/audit/verify-parallel.js';
 import { availableParallelism } from 'node:os';
 import { loadConfig } from '../src/config.js';
 import { openServices } from '../src/server/index.js';
+import { dropPgDatabase, freshPgDatabase, pgReachable } from './pg.js';
 import { startServerProcess, type ServerProcess } from './server-process.js';
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
 const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 16);
 const VERIFY_N = Number(process.env.BENCH_VERIFY_TRACES ?? 1_000_000);
 const QUERY_N = Number(process.env.BENCH_QUERY_TRACES ?? 10_000_000);
-const PG_URL = process.env.BENCH_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
 const here = path.dirname(fileURLToPath(import.meta.url));
 
 // ---------------------------------------------------------------- 1. traced write throughput
@@ -68,24 +67,6 @@ async function throughput() {
     await untraced.stop();
     for (const u of urls) if (u) await dropPgDatabase(u);
   }
-}
-
-async function freshPgDatabase(): Promise<string> {
-  const name = `custos_bench_${randomBytes(4).toString('hex')}`;
-  const c = new pg.Client({ connectionString: PG_URL });
-  await c.connect();
-  await c.query(`create database ${name}`);
-  await c.end();
-  const u = new URL(PG_URL);
-  u.pathname = `/${name}`;
-  return u.toString();
-}
-async function dropPgDatabase(url: string) {
-  const name = new URL(url).pathname.slice(1);
-  const c = new pg.Client({ connectionString: PG_URL });
-  await c.connect();
-  await c.query(`drop database if exists ${name} with (force)`);
-  await c.end();
 }
 
 // ---------------------------------------------------------------- 2. offline verification
@@ -242,17 +223,6 @@ async function queryBench(kind: 'sqlite' | 'postgres') {
     await services.close();
     if (url) await dropPgDatabase(url);
     rmSync(dataDir, { recursive: true, force: true });
-  }
-}
-
-async function pgReachable(): Promise<boolean> {
-  const c = new pg.Client({ connectionString: PG_URL, connectionTimeoutMillis: 2000 });
-  try {
-    await c.connect();
-    await c.end();
-    return true;
-  } catch {
-    return false;
   }
 }
 

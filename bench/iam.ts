@@ -1,57 +1,67 @@
 // bench/iam: requests/s of token-authenticated and AK/SK-signed calls against /health on the same
-// server in the same run, and their ratios (target: authenticated >= 50% of /health).
-//   node dist/bench/iam.js            (BENCH_SECONDS=10 BENCH_CONNECTIONS=16 BENCH_DB=postgres://... to change)
+// server in the same run, and their ratios (target: authenticated >= 50% of /health). Every
+// authenticated call is also traced by the audit trail, so the same figures are measured on the
+// benchmark-only untraced server too, to tell IAM's cost from the trail's.
+//   node dist/bench/iam.js     (BENCH_SECONDS=10 BENCH_CONNECTIONS=16; BENCH_DB=postgres for PostgreSQL)
 import { randomUUID } from 'node:crypto';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { Sha256 } from '@aws-crypto/sha256-js';
 import { SignatureV4 } from '@smithy/signature-v4';
 import autocannon from 'autocannon';
+import { dropPgDatabase, freshPgDatabase } from './pg.js';
 import { startServerProcess, type ServerProcess } from './server-process.js';
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
 const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 16);
+const here = path.dirname(fileURLToPath(import.meta.url));
 
 async function run(title: string, opts: autocannon.Options): Promise<number> {
   const r = await autocannon({ connections: CONNECTIONS, duration: SECONDS, ...opts });
   const bad = r.non2xx + r.errors + r.timeouts;
   const rps = r.requests.average;
-  console.log(`${title.padEnd(34)} ${rps.toFixed(0).padStart(8)} req/s   p50 ${r.latency.p50} ms   p99 ${r.latency.p99} ms${bad ? `   (${bad} failed!)` : ''}`);
+  console.log(`  ${title.padEnd(34)} ${rps.toFixed(0).padStart(8)} req/s   p50 ${r.latency.p50} ms   p99 ${r.latency.p99} ms${bad ? `   (${bad} failed!)` : ''}`);
   if (bad > r.requests.total * 0.01) throw new Error(`${title}: ${bad} of ${r.requests.total} requests failed`);
   return rps;
 }
 
-async function main() {
-  const srv: ServerProcess = await startServerProcess({ databaseUrl: process.env.BENCH_DB });
-  try {
-    const tenant = await srv.createTenant('benchco');
-    const url = srv.url;
-    console.log(`Custos on ${url} (${process.env.BENCH_DB ? 'PostgreSQL' : 'SQLite'}), ${CONNECTIONS} connections, ${SECONDS} s per figure\n`);
+async function measure(srv: ServerProcess, label: string): Promise<void> {
+  const tenant = await srv.createTenant('benchco');
+  const url = srv.url;
+  console.log(`\n${label}: Custos on ${url} (${process.env.BENCH_DB ? 'PostgreSQL' : 'SQLite'}), ${CONNECTIONS} connections, ${SECONDS} s per figure`);
+  const health = await run('GET /health', { url: `${url}/health` });
+  const token = await run('GET /v3/users/{id} (token)', { url: `${url}/v3/users/${tenant.userId}`, headers: { 'x-auth-token': tenant.token } });
 
-    const health = await run('GET /health', { url: `${url}/health` });
-    const token = await run('GET /v3/users/{id} (token)', { url: `${url}/v3/users/${tenant.userId}`, headers: { 'x-auth-token': tenant.token } });
-
-    // Every signed request must be unique (the replay cache refuses a repeat), so sign a pool up front
-    // with the AWS SDK's own SigV4 signer, each with a nonce header, and hand one to each request.
-    const signer = new SignatureV4({ service: 'iam', region: 'cn-north-4', credentials: { accessKeyId: tenant.ak, secretAccessKey: tenant.sk }, sha256: Sha256 });
-    const u = new URL(url);
-    const pool: Record<string, string>[] = [];
-    const poolSize = Math.ceil(health * SECONDS * 1.5) + 1000;
-    for (let i = 0; i < poolSize; i++) {
-      const signed = await signer.sign({
-        method: 'GET', protocol: 'http:', hostname: u.hostname, port: Number(u.port), path: `/v3/users/${tenant.userId}`, query: {},
-        headers: { host: u.host, 'x-custos-nonce': randomUUID() },
-      });
-      pool.push(signed.headers as Record<string, string>);
-    }
-    const aksk = await run('GET /v3/users/{id} (AK/SK SigV4)', {
-      url: `${url}/v3/users/${tenant.userId}`,
-      requests: [{ setupRequest: (req) => ({ ...req, headers: pool.pop() ?? {} }) }],
+  // Every signed request must be unique (the replay cache refuses a repeat), so sign a pool up front
+  // with the AWS SDK's own SigV4 signer, each with a nonce header, and hand one to each request.
+  const signer = new SignatureV4({ service: 'iam', region: 'cn-north-4', credentials: { accessKeyId: tenant.ak, secretAccessKey: tenant.sk }, sha256: Sha256 });
+  const u = new URL(url);
+  const pool: Record<string, string>[] = [];
+  const poolSize = Math.ceil(token * SECONDS * 2) + 1000;
+  for (let i = 0; i < poolSize; i++) {
+    const signed = await signer.sign({
+      method: 'GET', protocol: 'http:', hostname: u.hostname, port: Number(u.port), path: `/v3/users/${tenant.userId}`, query: {},
+      headers: { host: u.host, 'x-custos-nonce': randomUUID() },
     });
+    pool.push(signed.headers as Record<string, string>);
+  }
+  const aksk = await run('GET /v3/users/{id} (AK/SK SigV4)', {
+    url: `${url}/v3/users/${tenant.userId}`,
+    requests: [{ setupRequest: (req) => ({ ...req, headers: pool.pop() ?? {} }) }],
+  });
+  console.log(`  ratios against /health in this run (target >= 0.50): token ${(token / health).toFixed(2)}, AK/SK ${(aksk / health).toFixed(2)}`);
+}
 
-    console.log('\nratios against /health in this run (target >= 0.50):');
-    console.log(`  token-authenticated / health = ${(token / health).toFixed(2)}`);
-    console.log(`  AK/SK-signed        / health = ${(aksk / health).toFixed(2)}`);
-  } finally {
-    await srv.stop();
+async function main() {
+  for (const [label, entry] of [['traced (as deployed)', undefined], ['untraced baseline (benchmark only)', path.join(here, 'untraced-server.js')]] as const) {
+    const dbUrl = process.env.BENCH_DB ? await freshPgDatabase() : undefined;
+    const srv = await startServerProcess({ databaseUrl: dbUrl, ...(entry ? { entry } : {}) });
+    try {
+      await measure(srv, label);
+    } finally {
+      await srv.stop();
+      if (dbUrl) await dropPgDatabase(dbUrl);
+    }
   }
 }
 

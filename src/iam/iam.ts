@@ -160,7 +160,7 @@ export const NON_INVALIDATING_WRITES = [
   'login', // resets the failed-login counter of the user who just proved the password
   'consumeTotp', // reads and moves the TOTP step in one UPDATE … WHERE, never through the cache
   'issueToken', 'createAccessKey', 'createTemporaryCredentials', 'createVirtualMfa', // new rows only
-  'authenticateSigned', // the replay cache
+  'authenticateSigned', 'flushReplays', // the replay cache
   'purgeExpired', // removes only rows that are expired, which every use checks anyway
 ] as const;
 
@@ -345,6 +345,13 @@ export class IamService {
     return row;
   }
 
+  /**
+   * A user for resolving a request's target and for read-only views; may be as stale as the IAM cache
+   * allows (see cache.ts). Anything that decides on credentials or MFA state uses getUser.
+   */
+  async getUserForRead(accountId: string, userId: string): Promise<UserRow | undefined> {
+    return this.cache.through('user', `${accountId}|${userId}`, () => this.getUser(accountId, userId));
+  }
   async getUser(accountId: string, userId: string): Promise<UserRow | undefined> {
     return this.db.selectFrom('iam_users').selectAll().where('account_id', '=', accountId).where('id', '=', userId).executeTakeFirst();
   }
@@ -724,17 +731,47 @@ export class IamService {
     if (parsed.scheme !== 'AWS4-HMAC-SHA256-QUERY') {
       // Presigned URLs are meant to be reused until they expire; every other signature is single-use.
       const windowMs = this.opts.signatureWindowSeconds * 1000;
-      try {
-        await this.db.insertInto('iam_replay_cache').values({ signature_hash: sha256Hex(`${parsed.accessKeyId}:${parsed.signature}`), expires_at: parsed.timestamp.getTime() + windowMs }).execute();
-      } catch (e) {
-        if (isUniqueViolation(e)) throw new IamError(401, IamCodes.signature, 'ReplayedRequest: this signed request was already received');
-        throw e;
-      }
+      const fresh = await this.recordSignature(sha256Hex(`${parsed.accessKeyId}:${parsed.signature}`), parsed.timestamp.getTime() + windowMs);
+      if (!fresh) throw new IamError(401, IamCodes.signature, 'ReplayedRequest: this signed request was already received');
     }
     return this.principalFor({
       accountId: key.account_id, userId: key.user_id, projectId: key.project_id, agencyId: key.agency_id, mfa: key.mfa === 1,
       accessKeyId: key.access_key, method: 'aksk', expiresAt: key.expires_at,
     });
+  }
+
+  private replayQueue: { hash: string; expiresAt: number; resolve: (fresh: boolean) => void; reject: (e: unknown) => void }[] = [];
+  private replayFlushing: Promise<void> | null = null;
+
+  /**
+   * Records a signature in the shared replay cache; true when no node has seen it before. Signatures
+   * arriving together share one INSERT … ON CONFLICT DO NOTHING RETURNING, so the database decides,
+   * and within one batch the first occurrence wins.
+   */
+  private recordSignature(hash: string, expiresAt: number): Promise<boolean> {
+    return new Promise<boolean>((resolve, reject) => {
+      this.replayQueue.push({ hash, expiresAt, resolve, reject });
+      this.replayFlushing ??= new Promise<void>((r) => setImmediate(r)).then(() => this.flushReplays());
+    });
+  }
+  private async flushReplays(): Promise<void> {
+    while (this.replayQueue.length > 0) {
+      const batch = this.replayQueue.splice(0, 500);
+      try {
+        const unique = new Map<string, number>();
+        for (const b of batch) if (!unique.has(b.hash)) unique.set(b.hash, b.expiresAt);
+        const rows = [...unique].map(([signature_hash, expires_at]) => ({ signature_hash, expires_at }));
+        const inserted = await this.db.insertInto('iam_replay_cache').values(rows).onConflict((oc) => oc.column('signature_hash').doNothing()).returning('signature_hash').execute();
+        const fresh = new Set(inserted.map((r) => r.signature_hash));
+        for (const b of batch) {
+          const first = fresh.delete(b.hash);
+          b.resolve(first);
+        }
+      } catch (e) {
+        for (const b of batch) b.reject(e);
+      }
+    }
+    this.replayFlushing = null;
   }
 
   /** Housekeeping any node may run: forget expired replay entries, tokens and temporary keys. */

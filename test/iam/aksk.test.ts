@@ -117,6 +117,12 @@ describe('Huawei SDK-HMAC-SHA256', () => {
     assert.match(again.json.error_msg, /Replay/);
   });
 
+  test('the same signed request sent several times at once is accepted exactly once', async () => {
+    const r = huaweiSign('GET', '/v3/users', { headers: { 'x-custos-nonce': 'concurrent-replay' } });
+    const results = await Promise.all(Array.from({ length: 6 }, () => send('GET', r.path, r.headers)));
+    assert.deepEqual(results.map((x) => x.status).sort(), [200, 401, 401, 401, 401, 401], JSON.stringify(results.map((x) => x.json?.error_msg)));
+  });
+
   test('a request signed more than 15 minutes before the server time is refused', async () => {
     const r = huaweiSign('GET', '/v3/users');
     clock += 16 * 60_000;

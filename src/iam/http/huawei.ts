@@ -110,7 +110,7 @@ export function huaweiIamRoutes(iam: IamService): RouteDef[] {
   /** `domain_id` given in a body or query must be the caller's own account; otherwise nothing is there. */
   const inAccount = (domainId: string | undefined) => async (_req: Req, p: Principal) => (domainId === undefined || domainId === p.accountId ? account(p) : null);
   const userRes = (param = 'user_id') => async (req: Req, p: Principal): Promise<ResourceRef | null> => {
-    const u = await iam.getUser(p.accountId, params(req)[param] ?? '');
+    const u = await iam.getUserForRead(p.accountId, params(req)[param] ?? '');
     return u ? { service: 'iam', type: 'user', id: u.id, name: u.name, accountId: u.account_id, self: u.id === p.userId } : null;
   };
   const userFromBody = (get: (b: any) => string | undefined) => async (req: Req, p: Principal): Promise<ResourceRef | null> => {
@@ -305,7 +305,7 @@ export function huaweiIamRoutes(iam: IamService): RouteDef[] {
     ...['/v3/users/:user_id', '/v3.0/OS-USER/users/:user_id'].map(
       (url): RouteDef => ({
         method: 'GET', url, meta: meta('iam:users:getUser', 'user', userRes()), schema: { params: Params('user_id') },
-        handler: async (req) => ({ user: userView((await iam.getUser(principalOf(req).accountId, params(req).user_id!))!) }),
+        handler: async (req) => ({ user: userView((await iam.getUserForRead(principalOf(req).accountId, params(req).user_id!))!) }),
       }),
     ),
     {
