@@ -37,7 +37,7 @@ async function measure(srv: ServerProcess, label: string): Promise<void> {
   const signer = new SignatureV4({ service: 'iam', region: 'cn-north-4', credentials: { accessKeyId: tenant.ak, secretAccessKey: tenant.sk }, sha256: Sha256 });
   const u = new URL(url);
   const pool: Record<string, string>[] = [];
-  const poolSize = Math.ceil(token * SECONDS * 2) + 1000;
+  const poolSize = Math.ceil(token * SECONDS * 2) + Math.ceil(health * SECONDS * 1.2) + 1000;
   for (let i = 0; i < poolSize; i++) {
     const signed = await signer.sign({
       method: 'GET', protocol: 'http:', hostname: u.hostname, port: Number(u.port), path: `/v3/users/${tenant.userId}`, query: {},
@@ -49,7 +49,11 @@ async function measure(srv: ServerProcess, label: string): Promise<void> {
     url: `${url}/v3/users/${tenant.userId}`,
     requests: [{ setupRequest: (req) => ({ ...req, headers: pool.pop() ?? {} }) }],
   });
-  console.log(`  ratios against /health in this run (target >= 0.50): token ${(token / health).toFixed(2)}, AK/SK ${(aksk / health).toFixed(2)}`);
+  // The load generator itself slows down when it swaps headers on every request; this shows how fast
+  // it can go doing so against /health, i.e. the ceiling the AK/SK figure can reach on this machine.
+  const rotating = pool.splice(0, Math.min(pool.length, Math.ceil(health * SECONDS * 1.2)));
+  const ceiling = await run('GET /health (rotating headers)', { url: `${url}/health`, requests: [{ setupRequest: (req) => ({ ...req, headers: rotating.pop() ?? {} }) }] });
+  console.log(`  ratios against /health in this run (target >= 0.50): token ${(token / health).toFixed(2)}, AK/SK ${(aksk / health).toFixed(2)} (AK/SK against the rotating-header ceiling: ${(aksk / ceiling).toFixed(2)})`);
 }
 
 async function main() {
