@@ -20,8 +20,10 @@ const StatementSchema = Type.Object(
   {
     Sid: Type.Optional(Type.String({ maxLength: 128 })),
     Effect: Type.Union([Type.Literal('Allow'), Type.Literal('Deny')]),
-    Action: Type.Array(ActionPattern, { minItems: 1, maxItems: 100 }),
+    Action: Type.Optional(Type.Array(ActionPattern, { minItems: 1, maxItems: 100 })),
+    NotAction: Type.Optional(Type.Array(ActionPattern, { minItems: 1, maxItems: 100 })),
     Resource: Type.Optional(Type.Array(ResourcePattern, { minItems: 1, maxItems: 100 })),
+    NotResource: Type.Optional(Type.Array(ResourcePattern, { minItems: 1, maxItems: 100 })),
     Condition: Type.Optional(Type.Record(Type.String(), Type.Record(Type.String(), ConditionValues))),
   },
   { additionalProperties: false },
@@ -224,7 +226,9 @@ export function validatePolicyDocument(input: unknown): ValidationResult {
   const doc = input;
   const errors: string[] = [];
   doc.Statement.forEach((st, i) => {
-    for (const r of st.Resource ?? []) {
+    if ((st.Action === undefined) === (st.NotAction === undefined)) errors.push(`/Statement/${i}: give exactly one of Action and NotAction`);
+    if (st.Resource !== undefined && st.NotResource !== undefined) errors.push(`/Statement/${i}: give at most one of Resource and NotResource`);
+    for (const r of [...(st.Resource ?? []), ...(st.NotResource ?? [])]) {
       if (r !== '*' && splitUrn(r) === null) errors.push(`/Statement/${i}/Resource: "${r}" is not of the form service:region:account:type:id`);
     }
     for (const [opName, block] of Object.entries(st.Condition ?? {})) {
@@ -286,8 +290,9 @@ function conditionHolds(opName: string, key: string, policyRaw: Static<typeof Co
 }
 
 function statementApplies(st: PolicyStatement, req: EvaluationRequest, ctx: Map<string, ConditionValue>): boolean {
-  if (!st.Action.some((a) => actionMatches(a, req.action))) return false;
+  if (st.Action ? !st.Action.some((a) => actionMatches(a, req.action)) : (st.NotAction ?? []).some((a) => actionMatches(a, req.action))) return false;
   if (st.Resource && !st.Resource.some((r) => resourceMatches(r, req.resource))) return false;
+  if (st.NotResource && st.NotResource.some((r) => resourceMatches(r, req.resource))) return false;
   for (const [opName, block] of Object.entries(st.Condition ?? {})) {
     for (const [key, values] of Object.entries(block)) {
       if (!conditionHolds(opName, key, values, ctx)) return false;

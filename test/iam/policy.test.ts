@@ -40,6 +40,11 @@ const rows: Row[] = [
   { name: 'another region in the resource', policies: [doc(allow(['kms:cmk:*'], { Resource: ['kms:eu-west-0:*:cmk:*'] }))], expect: 'implicit-deny' },
   { name: 'a resource-specific statement does not cover resource-less actions', policies: [doc(allow(['kms:cmk:*'], { Resource: ['kms:*:*:cmk:key-1'] }))], resource: null, expect: 'implicit-deny' },
   { name: 'an all-wildcard resource covers resource-less actions', policies: [doc(allow(['kms:cmk:*'], { Resource: ['kms:*:*:*:*'] }))], resource: null, expect: 'allow' },
+  { name: 'NotAction allows everything else', policies: [doc({ Effect: 'Allow', NotAction: ['kms:cmk:delete*'] })], expect: 'allow' },
+  { name: 'NotAction does not allow what it names', policies: [doc({ Effect: 'Allow', NotAction: ['kms:cmk:*'] })], expect: 'implicit-deny' },
+  { name: 'Deny with NotAction fences off all but the named actions', policies: [doc(allow(['*:*:*']), { Effect: 'Deny', NotAction: ['iam:*:*'] })], expect: 'explicit-deny' },
+  { name: 'NotResource excludes a key', policies: [doc(allow(['kms:cmk:*'], { NotResource: [URN] }))], expect: 'implicit-deny' },
+  { name: 'NotResource allows other keys', policies: [doc(allow(['kms:cmk:*'], { NotResource: ['kms:*:*:cmk:key-9'] }))], expect: 'allow' },
   // source IP
   { name: 'IpAddress inside the CIDR', policies: [doc(allow(['kms:*:*'], { Condition: { IpAddress: { 'g:SourceIp': ['10.0.0.0/8'] } } }))], expect: 'allow' },
   { name: 'IpAddress outside the CIDR', policies: [doc(allow(['kms:*:*'], { Condition: { IpAddress: { 'g:SourceIp': ['192.168.0.0/16'] } } }))], expect: 'implicit-deny' },
@@ -94,6 +99,8 @@ describe('policy validation', () => {
     ['bad CIDR', { Version: '1.1', Statement: [allow(['a:b:c'], { Condition: { IpAddress: { 'g:SourceIp': ['10.0.0.0/33'] } } })] }, /CIDR/],
     ['bad date', { Version: '1.1', Statement: [allow(['a:b:c'], { Condition: { DateLessThan: { 'g:CurrentTime': ['tomorrow'] } } })] }, /date/],
     ['bad resource', { Version: '1.1', Statement: [allow(['a:b:c'], { Resource: ['just-a-name'] })] }, /service:region/],
+    ['both Action and NotAction', { Version: '1.1', Statement: [{ Effect: 'Allow', Action: ['a:b:c'], NotAction: ['a:b:d'] }] }, /exactly one of Action and NotAction/],
+    ['neither Action nor NotAction', { Version: '1.1', Statement: [{ Effect: 'Allow' }] }, /exactly one of Action and NotAction/],
     ['too long', { Version: '1.1', Statement: [allow(Array.from({ length: 100 }, (_, i) => `svc:res:operation${'x'.repeat(40)}${i}`))] }, /at most 6144/],
   ];
   for (const [name, input, re] of bad) {
