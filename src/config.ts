@@ -22,7 +22,12 @@ export const ConfigSchema = Type.Object(
     bodyLimitBytes: Type.Integer({ minimum: 1024, maximum: 64 * 1024 * 1024, default: 1024 * 1024 }),
     tokenTtlSeconds: Type.Integer({ minimum: 900, maximum: 86400, default: 86400 }),
     signatureWindowSeconds: Type.Integer({ minimum: 60, maximum: 3600, default: 900 }),
-    rootKeyProvider: Type.Union([Type.Literal('local')], { default: 'local' }),
+    rootKeyProvider: Type.Union([Type.Literal('local'), Type.Literal('pkcs11')], { default: 'local' }),
+    /** pkcs11 provider: the module, the token, the key's label, and the NAME of the variable holding the PIN. */
+    pkcs11Module: Type.Optional(Type.String({ minLength: 1 })),
+    pkcs11TokenLabel: Type.Optional(Type.String({ minLength: 1, maxLength: 32 })),
+    pkcs11KeyLabel: Type.String({ minLength: 1, maxLength: 64, default: 'custos-root' }),
+    pkcs11PinEnv: Type.String({ minLength: 1, default: 'CUSTOS_PKCS11_PIN' }),
     /** Name of the environment variable holding the root-key passphrase (never the passphrase itself). */
     rootKeyPassphraseEnv: Type.String({ minLength: 1, default: 'CUSTOS_ROOT_PASSPHRASE' }),
     auditDigestIntervalSeconds: Type.Integer({ minimum: 60, maximum: 86400, default: 3600 }),
@@ -52,6 +57,10 @@ const ENV_MAP: Record<string, keyof Config> = {
   CUSTOS_TOKEN_TTL_SECONDS: 'tokenTtlSeconds',
   CUSTOS_AUDIT_DIGEST_INTERVAL_SECONDS: 'auditDigestIntervalSeconds',
   CUSTOS_AUDIT_EXPORT_DIR: 'auditExportDir',
+  CUSTOS_ROOT_KEY_PROVIDER: 'rootKeyProvider',
+  CUSTOS_PKCS11_MODULE: 'pkcs11Module',
+  CUSTOS_PKCS11_TOKEN_LABEL: 'pkcs11TokenLabel',
+  CUSTOS_PKCS11_KEY_LABEL: 'pkcs11KeyLabel',
 };
 
 function coerce(key: keyof Config, raw: string): unknown {
@@ -107,6 +116,9 @@ export function loadConfig(opts: { file?: string; env?: NodeJS.ProcessEnv; flags
   const cfg = withDefaults as Config;
   cfg.dataDir = path.resolve(cfg.dataDir);
   if (cfg.auditExportDir !== undefined) cfg.auditExportDir = path.resolve(cfg.auditExportDir);
+  if (cfg.rootKeyProvider === 'pkcs11' && (cfg.pkcs11Module === undefined || cfg.pkcs11TokenLabel === undefined)) {
+    throw new ConfigError('invalid configuration:\n  rootKeyProvider "pkcs11" needs pkcs11Module (CUSTOS_PKCS11_MODULE) and pkcs11TokenLabel (CUSTOS_PKCS11_TOKEN_LABEL)');
+  }
   if ((cfg.tlsCert === undefined) !== (cfg.tlsKey === undefined)) {
     throw new ConfigError('invalid configuration:\n  tlsCert and tlsKey must be given together');
   }

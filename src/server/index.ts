@@ -1,6 +1,7 @@
 import type { FastifyInstance } from 'fastify';
 import type { Config } from '../config.js';
 import { openLocalRootKey, type RootKeyProvider } from '../crypto/rootkey.js';
+import { openPkcs11RootKey } from '../crypto/rootkey-pkcs11.js';
 import { SecretBox } from '../crypto/secretbox.js';
 import { AuditService } from '../audit/audit.js';
 import { ctsRoutes } from '../audit/http/cts.js';
@@ -34,11 +35,17 @@ export interface Services {
 
 /** Unseals the root key, opens storage, applies migrations and builds the services (no listener). */
 export async function openServices(config: Config, opts: { now?: () => number; onError?: (message: string) => void } = {}): Promise<Services> {
-  const { provider: root, created: rootKeyCreated } = openLocalRootKey({
-    dataDir: config.dataDir,
-    passphrase: process.env[config.rootKeyPassphraseEnv],
-    passphraseEnv: config.rootKeyPassphraseEnv,
-  });
+  const { provider: root, created: rootKeyCreated } =
+    config.rootKeyProvider === 'pkcs11'
+      ? openPkcs11RootKey({
+          modulePath: config.pkcs11Module!, tokenLabel: config.pkcs11TokenLabel!, keyLabel: config.pkcs11KeyLabel,
+          pin: process.env[config.pkcs11PinEnv], pinEnv: config.pkcs11PinEnv,
+        })
+      : openLocalRootKey({
+          dataDir: config.dataDir,
+          passphrase: process.env[config.rootKeyPassphraseEnv],
+          passphraseEnv: config.rootKeyPassphraseEnv,
+        });
   const store = openStore({ dataDir: config.dataDir, ...(config.databaseUrl ? { databaseUrl: config.databaseUrl } : {}) });
   try {
     await migrate(store);
