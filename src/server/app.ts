@@ -181,6 +181,16 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   });
 
   // ---- trace every answered request before its response leaves
+  // Shutting down: answer what is in flight, and tell each client to close its connection afterwards,
+  // so keep-alive connections do not hold the server open past the grace period.
+  let closing = false;
+  app.addHook('preClose', async () => {
+    closing = true;
+  });
+  app.addHook('onSend', async (_req, reply, payload) => {
+    if (closing) reply.header('connection', 'close');
+    return payload;
+  });
   app.addHook('onSend', async (req, reply, payload) => {
     const meta = metaOf(req);
     if (meta?.untraced || !deps.audit) return payload;
