@@ -3,7 +3,7 @@
  * (Authorization header and presigned query). Pure functions: parsing, canonicalisation and a
  * constant-time comparison. Looking up the secret and the replay cache are the IAM service's job.
  */
-import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
+import { createHmac, hash as oneShotHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingHttpHeaders } from 'node:http';
 
 export interface SignedRequestInput {
@@ -187,7 +187,25 @@ function dateHeader(v: string | undefined): Date | null {
 }
 
 function sha256Hex(data: string | Buffer): string {
-  return createHash('sha256').update(data).digest('hex');
+  return oneShotHash('sha256', data, 'hex');
+}
+
+/**
+ * SigV4's derived key depends only on the secret, the day, the region and the service, so it is
+ * derived once per day and scope (as the AWS SDKs do) instead of with four HMACs per request.
+ */
+const signingKeys = new Map<string, { secret: string; key: Buffer }>();
+function signingKey(accessKeyId: string, secret: string, scope: { date: string; region: string; service: string }): Buffer {
+  const id = `${accessKeyId}\0${scope.date}\0${scope.region}\0${scope.service}`;
+  const hit = signingKeys.get(id);
+  if (hit && hit.secret === secret) return hit.key;
+  let key = hmac(`AWS4${secret}`, scope.date);
+  key = hmac(key, scope.region);
+  key = hmac(key, scope.service);
+  key = hmac(key, 'aws4_request');
+  if (signingKeys.size >= 10_000) signingKeys.clear();
+  signingKeys.set(id, { secret, key });
+  return key;
 }
 function hmac(key: string | Buffer, data: string): Buffer {
   return createHmac('sha256', key).update(data).digest();
@@ -269,11 +287,7 @@ export function verifySignature(req: SignedRequestInput, parsed: ParsedSignature
     ].join('\n');
     const scopeString = `${scope.date}/${scope.region}/${scope.service}/aws4_request`;
     const stringToSign = ['AWS4-HMAC-SHA256', stamp, scopeString, sha256Hex(canonical)].join('\n');
-    let key = hmac(`AWS4${secret}`, scope.date);
-    key = hmac(key, scope.region);
-    key = hmac(key, scope.service);
-    key = hmac(key, 'aws4_request');
-    expected = hmac(key, stringToSign).toString('hex');
+    expected = hmac(signingKey(parsed.accessKeyId, secret, scope), stringToSign).toString('hex');
   }
   const a = Buffer.from(expected, 'utf8');
   const b = Buffer.from(parsed.signature, 'utf8');
