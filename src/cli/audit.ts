@@ -88,6 +88,7 @@ export function auditCommand(): Command {
       for (;;) {
         const r = (await call(p, 'GET', `/v3/${project.id}/traces?${q.toString()}`)) as { traces: Record<string, unknown>[]; meta_data: { marker: string | null } };
         all.push(...r.traces);
+        if (!opts.all && r.meta_data.marker) process.stderr.write('more traces may match further back: add --all to follow the pages\n');
         if (!opts.all || !r.meta_data.marker) break;
         q.set('next', r.meta_data.marker);
         process.stderr.write(`\r${all.length} traces…`);
