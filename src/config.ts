@@ -27,7 +27,7 @@ export const ConfigSchema = Type.Object(
     pkcs11Module: Type.Optional(Type.String({ minLength: 1 })),
     pkcs11TokenLabel: Type.Optional(Type.String({ minLength: 1, maxLength: 32 })),
     pkcs11KeyLabel: Type.String({ minLength: 1, maxLength: 64, default: 'custos-root' }),
-    pkcs11PinEnv: Type.String({ minLength: 1, default: 'CUSTOS_PKCS11_PIN' }),
+    pkcs11PinEnv: Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$', maxLength: 128, default: 'CUSTOS_PKCS11_PIN' }),
     /** Name of the environment variable holding the root-key passphrase (never the passphrase itself). */
     rootKeyPassphraseEnv: Type.String({ minLength: 1, default: 'CUSTOS_ROOT_PASSPHRASE' }),
     auditDigestIntervalSeconds: Type.Integer({ minimum: 60, maximum: 86400, default: 3600 }),
@@ -61,6 +61,7 @@ const ENV_MAP: Record<string, keyof Config> = {
   CUSTOS_PKCS11_MODULE: 'pkcs11Module',
   CUSTOS_PKCS11_TOKEN_LABEL: 'pkcs11TokenLabel',
   CUSTOS_PKCS11_KEY_LABEL: 'pkcs11KeyLabel',
+  CUSTOS_PKCS11_PIN_ENV: 'pkcs11PinEnv',
 };
 
 function coerce(key: keyof Config, raw: string): unknown {
@@ -116,8 +117,12 @@ export function loadConfig(opts: { file?: string; env?: NodeJS.ProcessEnv; flags
   const cfg = withDefaults as Config;
   cfg.dataDir = path.resolve(cfg.dataDir);
   if (cfg.auditExportDir !== undefined) cfg.auditExportDir = path.resolve(cfg.auditExportDir);
-  if (cfg.rootKeyProvider === 'pkcs11' && (cfg.pkcs11Module === undefined || cfg.pkcs11TokenLabel === undefined)) {
-    throw new ConfigError('invalid configuration:\n  rootKeyProvider "pkcs11" needs pkcs11Module (CUSTOS_PKCS11_MODULE) and pkcs11TokenLabel (CUSTOS_PKCS11_TOKEN_LABEL)');
+  if (cfg.rootKeyProvider === 'pkcs11') {
+    const missing = [
+      ...(cfg.pkcs11Module === undefined ? ['  rootKeyProvider "pkcs11" needs pkcs11Module (CUSTOS_PKCS11_MODULE): the path of the HSM vendor\'s PKCS#11 library'] : []),
+      ...(cfg.pkcs11TokenLabel === undefined ? ['  rootKeyProvider "pkcs11" needs pkcs11TokenLabel (CUSTOS_PKCS11_TOKEN_LABEL): the label of the token holding the root key'] : []),
+    ];
+    if (missing.length > 0) throw new ConfigError(`invalid configuration:\n${missing.join('\n')}`);
   }
   if ((cfg.tlsCert === undefined) !== (cfg.tlsKey === undefined)) {
     throw new ConfigError('invalid configuration:\n  tlsCert and tlsKey must be given together');

@@ -33,30 +33,41 @@ export interface Services {
   close(): Promise<void>;
 }
 
-/** Unseals the root key, opens storage, applies migrations and builds the services (no listener). */
+/**
+ * Opens the root key: the HSM's key is generated only on an installation's first start (no system key
+ * wrapped yet); later, a missing key is a wrong label or token, not a reason to make a new one.
+ */
+async function openRootKey(config: Config, store: Store): Promise<{ provider: RootKeyProvider; created: boolean }> {
+  if (config.rootKeyProvider === 'pkcs11') {
+    const wrappedKeys = await store.db.withTables<{ system_keys: { name: string } }>().selectFrom('system_keys').select('name').limit(1).execute();
+    return openPkcs11RootKey({
+      modulePath: config.pkcs11Module!, tokenLabel: config.pkcs11TokenLabel!, keyLabel: config.pkcs11KeyLabel,
+      pin: process.env[config.pkcs11PinEnv], pinEnv: config.pkcs11PinEnv, create: wrappedKeys.length === 0,
+    });
+  }
+  return openLocalRootKey({
+    dataDir: config.dataDir,
+    passphrase: process.env[config.rootKeyPassphraseEnv],
+    passphraseEnv: config.rootKeyPassphraseEnv,
+  });
+}
+
+/** Opens storage, applies migrations, unseals the root key and builds the services (no listener). */
 export async function openServices(config: Config, opts: { now?: () => number; onError?: (message: string) => void } = {}): Promise<Services> {
-  const { provider: root, created: rootKeyCreated } =
-    config.rootKeyProvider === 'pkcs11'
-      ? openPkcs11RootKey({
-          modulePath: config.pkcs11Module!, tokenLabel: config.pkcs11TokenLabel!, keyLabel: config.pkcs11KeyLabel,
-          pin: process.env[config.pkcs11PinEnv], pinEnv: config.pkcs11PinEnv,
-        })
-      : openLocalRootKey({
-          dataDir: config.dataDir,
-          passphrase: process.env[config.rootKeyPassphraseEnv],
-          passphraseEnv: config.rootKeyPassphraseEnv,
-        });
   const store = openStore({ dataDir: config.dataDir, ...(config.databaseUrl ? { databaseUrl: config.databaseUrl } : {}) });
+  let root: RootKeyProvider | undefined;
   try {
     await migrate(store);
-    const secrets = await SecretBox.open(store.db, root, 'iam-secrets');
+    const { provider: rootKey, created: rootKeyCreated } = await openRootKey(config, store);
+    root = rootKey;
+    const secrets = await SecretBox.open(store.db, rootKey, 'iam-secrets');
     const iam = new IamService(store.db.withTables<IamTables>(), secrets, {
       regions: config.regions,
       tokenTtlSeconds: config.tokenTtlSeconds,
       signatureWindowSeconds: config.signatureWindowSeconds,
       ...(opts.now ? { now: opts.now } : {}),
     });
-    const audit = await AuditService.open(store.db, await SecretBox.open(store.db, root, 'audit-secrets'), {
+    const audit = await AuditService.open(store.db, await SecretBox.open(store.db, rootKey, 'audit-secrets'), {
       dialect: store.dialect,
       digestIntervalSeconds: config.auditDigestIntervalSeconds,
       exportDir: config.auditExportDir ?? null,
