@@ -1,8 +1,8 @@
-import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
-import { sql } from 'kysely';
+import { hash as oneShotHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import { CompiledQuery, sql } from 'kysely';
 import type { SecretBox } from '../crypto/secretbox.js';
 import { isUniqueViolation } from '../store/db.js';
-import { IamCache } from './cache.js';
+import { deepFreeze, IamCache, type CacheSpace, type IamCacheOptions } from './cache.js';
 import { IamCodes, IamError } from './errors.js';
 import { checkTotp, newTotpSecret, totpUri } from './mfa.js';
 import {
@@ -16,6 +16,18 @@ import {
 import { evaluatePolicies, validatePolicyDocument, type ConditionValue, type Decision, type PolicyDocument } from './policy.js';
 import { parseSignature, verifySignature, SignatureError, type SignedRequestInput } from './signing.js';
 import type { AccessKeyRow, AccountRow, IamDb, IamTables, ProjectRow, UserRow } from './store.js';
+
+type TokenRow = IamTables['iam_tokens'];
+
+/** The policies in force for a principal in a project, as cached. */
+interface PolicySet {
+  policies: readonly { id: string; document: PolicyDocument }[];
+  /** No statement has a condition, so the decision depends on the action and resource alone. */
+  conditionFree: boolean;
+  /** Decisions already taken with this set (condition-free sets only), by action and resource. */
+  decisions: Map<string, Decision>;
+}
+const MAX_DECISIONS_PER_SET = 1_000;
 
 /** Who is calling, established once per request by `authenticate*`. */
 export interface Principal {
@@ -112,7 +124,7 @@ export function newId(): string {
   return randomBytes(16).toString('hex');
 }
 export function sha256Hex(s: string | Buffer): string {
-  return createHash('sha256').update(s).digest('hex');
+  return oneShotHash('sha256', s, 'hex');
 }
 function safeEqual(a: string, b: string): boolean {
   const x = Buffer.from(a);
@@ -167,14 +179,32 @@ export const NON_INVALIDATING_WRITES = [
 export class IamService {
   private readonly now: () => number;
   private readonly db: IamDb;
+  /** What authentication and authorization read, per node; see cache.ts for the invalidation rules. */
+  readonly cache: IamCache;
+  private readonly tokens: CacheSpace<TokenRow>;
+  private readonly accessKeys: CacheSpace<{ key: AccessKeyRow; secret: string }>;
+  private readonly principals: CacheSpace<{ principal: Principal; agencyExpiresAt: number | null }>;
+  private readonly users: CacheSpace<UserRow>;
+  private readonly policySets: CacheSpace<PolicySet>;
+  /** Parsed policy documents by policy id, reused while the stored text is the same. */
+  private readonly parsedPolicies = new Map<string, { text: string; document: PolicyDocument; conditionFree: boolean }>();
+  /** True when the database numbers its parameters ($1, PostgreSQL) rather than using `?` (SQLite). */
+  private readonly numberedParams: boolean;
+
   constructor(
     db: IamDb,
     private readonly secrets: SecretBox,
-    readonly opts: { regions: string[]; tokenTtlSeconds: number; signatureWindowSeconds: number; now?: () => number },
+    readonly opts: { regions: string[]; tokenTtlSeconds: number; signatureWindowSeconds: number; now?: () => number; cache?: Partial<IamCacheOptions> },
   ) {
     this.db = db;
     this.now = opts.now ?? Date.now;
-    this.cache = new IamCache({ maxEntries: 10_000, ttlMs: 60_000, now: this.now });
+    this.cache = new IamCache(() => this.readEpoch(), opts.cache);
+    this.tokens = this.cache.space('token');
+    this.accessKeys = this.cache.space('access-key');
+    this.principals = this.cache.space('principal');
+    this.users = this.cache.space('user');
+    this.policySets = this.cache.space('policies');
+    this.numberedParams = db.selectFrom('iam_replay_cache').select('expires_at').where('expires_at', '=', 0).compile().sql.includes('$1');
     const self = this as unknown as Record<string, (...args: unknown[]) => Promise<unknown>>;
     for (const name of MUTATING_METHODS) {
       const original = self[name]!;
@@ -183,34 +213,54 @@ export class IamService {
           try {
             return await original.apply(this, args);
           } finally {
-            await this.bumpEpoch().catch(() => undefined);
+            // Before the call returns, so another node honours the change within the staleness bound
+            // counted from the moment the caller sees it done.
+            await this.bumpEpoch();
           }
         });
     }
   }
 
-  readonly cache: IamCache;
-  private epochSeen: string | null = null;
-
-  /** Tells the other nodes that IAM changed: they compare this row at every poll. */
-  private async bumpEpoch(): Promise<void> {
-    const value = randomBytes(8).toString('hex');
-    this.epochSeen = value;
-    await this.db
-      .insertInto('settings')
-      .values({ name: 'iam.epoch', value })
-      .onConflict((oc) => oc.column('name').doUpdateSet({ value }))
-      .execute();
+  private async readEpoch(): Promise<string | null> {
+    const row = await this.db.selectFrom('settings').select('value').where('name', '=', 'iam.epoch').executeTakeFirst();
+    return row?.value ?? null;
   }
 
-  /** One poll of the epoch row: a change made by another node clears this node's cache. */
-  async pollEpoch(): Promise<void> {
-    const row = await this.db.selectFrom('settings').select('value').where('name', '=', 'iam.epoch').executeTakeFirst();
-    const value = row?.value ?? null;
-    if (value !== this.epochSeen) {
-      this.epochSeen = value;
-      this.cache.invalidate();
+  /**
+   * Tells the other nodes that IAM changed: they read this row at least once per staleness bound
+   * before serving anything cached. A failed write is retried; if it keeps failing, other nodes may
+   * keep what they cached before the change until their entries expire (the TTL), so it is retried
+   * in the background for that long.
+   */
+  private async bumpEpoch(): Promise<void> {
+    const value = randomBytes(8).toString('hex');
+    const write = async () => {
+      await this.db
+        .insertInto('settings')
+        .values({ name: 'iam.epoch', value })
+        .onConflict((oc) => oc.column('name').doUpdateSet({ value }))
+        .execute();
+      this.cache.noteOwnEpoch(value);
+    };
+    for (let attempt = 1; attempt <= 3; attempt++) {
+      try {
+        return await write();
+      } catch {
+        if (attempt < 3) await new Promise((r) => setTimeout(r, 20 * attempt));
+      }
     }
+    const giveUpAt = Date.now() + this.cache.opts.ttlMs;
+    const retry = () => {
+      write().catch(() => {
+        if (Date.now() < giveUpAt) setTimeout(retry, 1_000).unref();
+      });
+    };
+    setTimeout(retry, 1_000).unref();
+  }
+
+  /** One read of the epoch row: a change made by another node empties this node's cache. */
+  async pollEpoch(): Promise<void> {
+    await this.cache.poll();
   }
 
   // ---------------------------------------------------------------- bootstrap and accounts
@@ -350,7 +400,8 @@ export class IamService {
    * allows (see cache.ts). Anything that decides on credentials or MFA state uses getUser.
    */
   async getUserForRead(accountId: string, userId: string): Promise<UserRow | undefined> {
-    return this.cache.through('user', `${accountId}|${userId}`, () => this.getUser(accountId, userId));
+    const key = `${accountId}|${userId}`;
+    return this.users.get(key) ?? this.users.load(key, async () => deepFreeze(await this.getUser(accountId, userId)));
   }
   async getUser(accountId: string, userId: string): Promise<UserRow | undefined> {
     return this.db.selectFrom('iam_users').selectAll().where('account_id', '=', accountId).where('id', '=', userId).executeTakeFirst();
@@ -581,8 +632,13 @@ export class IamService {
 
   async authenticateToken(token: string): Promise<Principal> {
     if (token.length < 10 || token.length > 4096) throw IamError.unauthenticated('the token is invalid');
+    const stale = this.cache.ensureFresh();
+    if (stale) await stale;
+    // Keyed by the token's hash, never the token.
     const hash = sha256Hex(token);
-    const row = await this.cache.through('token', hash, () => this.db.selectFrom('iam_tokens').selectAll().where('token_hash', '=', hash).executeTakeFirst());
+    const row =
+      this.tokens.get(hash) ??
+      (await this.tokens.load(hash, async () => deepFreeze(await this.db.selectFrom('iam_tokens').selectAll().where('token_hash', '=', hash).executeTakeFirst())));
     const t = this.now();
     if (!row || row.revoked) throw IamError.unauthenticated('the token is invalid or revoked');
     if (row.expires_at <= t) throw IamError.unauthenticated('the token has expired');
@@ -592,7 +648,7 @@ export class IamService {
   /** Builds the principal and re-checks everything that can be withdrawn after issue: user, account, agency. */
   private async principalFor(a: PrincipalSource): Promise<Principal> {
     const key = [a.accountId, a.userId, a.projectId ?? '', a.agencyId ?? '', a.mfa ? 1 : 0, a.accessKeyId ?? '', a.method].join('|');
-    const base = (await this.cache.through('principal', key, () => this.resolvePrincipal(a)))!;
+    const base = this.principals.get(key) ?? (await this.principals.load(key, async () => deepFreeze(await this.resolvePrincipal(a))))!;
     if (base.agencyExpiresAt !== null && base.agencyExpiresAt <= this.now()) throw IamError.unauthenticated('the agency was revoked or has expired');
     return { ...base.principal, expiresAt: a.expiresAt };
   }
@@ -709,10 +765,15 @@ export class IamService {
     }
     if (!parsed) return null;
     const accessKeyId = parsed.accessKeyId;
-    const entry = await this.cache.through('access-key', accessKeyId, async () => {
-      const row = await this.db.selectFrom('iam_access_keys').selectAll().where('access_key', '=', accessKeyId).executeTakeFirst();
-      return row ? { key: row, secret: this.secrets.open(row.secret, `ak:${row.access_key}`).toString() } : undefined;
-    });
+    const stale = this.cache.ensureFresh();
+    if (stale) await stale;
+    // The unsealed secret stays in this process's memory only, until the key changes or the entry expires.
+    const entry =
+      this.accessKeys.get(accessKeyId) ??
+      (await this.accessKeys.load(accessKeyId, async () => {
+        const row = await this.db.selectFrom('iam_access_keys').selectAll().where('access_key', '=', accessKeyId).executeTakeFirst();
+        return row ? Object.freeze({ key: Object.freeze(row), secret: this.secrets.open(row.secret, `ak:${row.access_key}`).toString() }) : undefined;
+      }));
     const key = entry?.key;
     const t = this.now();
     if (!entry || !key || key.status !== 'active' || (key.expires_at !== null && key.expires_at <= t)) {
@@ -764,9 +825,10 @@ export class IamService {
       try {
         const unique = new Map<string, number>();
         for (const b of batch) if (!unique.has(b.hash)) unique.set(b.hash, b.expiresAt);
-        const rows = [...unique].map(([signature_hash, expires_at]) => ({ signature_hash, expires_at }));
-        const inserted = await this.db.insertInto('iam_replay_cache').values(rows).onConflict((oc) => oc.column('signature_hash').doNothing()).returning('signature_hash').execute();
-        const fresh = new Set(inserted.map((r) => r.signature_hash));
+        const params: (string | number)[] = [];
+        for (const [hash, expiresAt] of unique) params.push(hash, expiresAt);
+        const inserted = await this.db.executeQuery<{ signature_hash: string }>(CompiledQuery.raw(this.replayInsertSql(unique.size), params));
+        const fresh = new Set(inserted.rows.map((r) => r.signature_hash));
         for (const b of batch) {
           const first = fresh.delete(b.hash);
           b.resolve(first);
@@ -777,6 +839,22 @@ export class IamService {
     }
     this.replayFlushing = null;
   }
+
+  /**
+   * The batch insert as SQL text, written here rather than built by the query builder: it runs for
+   * every signed request, and building and compiling a many-row insert costs more than the insert.
+   */
+  private replayInsertSql(rows: number): string {
+    let text = this.replaySql.get(rows);
+    if (text === undefined) {
+      const tuples: string[] = [];
+      for (let i = 0; i < rows; i++) tuples.push(this.numberedParams ? `($${2 * i + 1}, $${2 * i + 2})` : '(?, ?)');
+      text = `insert into "iam_replay_cache" ("signature_hash", "expires_at") values ${tuples.join(', ')} on conflict ("signature_hash") do nothing returning "signature_hash"`;
+      if (this.replaySql.size < 64) this.replaySql.set(rows, text);
+    }
+    return text;
+  }
+  private readonly replaySql = new Map<number, string>();
 
   /** Housekeeping any node may run: forget expired replay entries, tokens and temporary keys. */
   async purgeExpired(): Promise<void> {
@@ -872,11 +950,11 @@ export class IamService {
   }
 
   /** The policies in force for a principal in a project: its own, its groups', or only its agency's. */
-  private async effectivePolicies(p: Principal, projectId: string | null): Promise<{ id: string; document: PolicyDocument }[]> {
-    const key = [p.accountId, p.userId, p.agency?.id ?? '', projectId ?? ''].join('|');
-    return (await this.cache.through('policies', key, () => this.loadEffectivePolicies(p, projectId)))!;
+  private async effectivePolicies(p: Principal, projectId: string | null): Promise<PolicySet> {
+    const key = `${p.accountId}|${p.userId}|${p.agency?.id ?? ''}|${projectId ?? ''}`;
+    return this.policySets.get(key) ?? (await this.policySets.load(key, () => this.loadEffectivePolicies(p, projectId)))!;
   }
-  private async loadEffectivePolicies(p: Principal, projectId: string | null): Promise<{ id: string; document: PolicyDocument }[]> {
+  private async loadEffectivePolicies(p: Principal, projectId: string | null): Promise<PolicySet> {
     const projects = projectId ? ['', projectId] : [''];
     let q = this.db
       .selectFrom('iam_policy_attachments')
@@ -898,7 +976,30 @@ export class IamService {
       );
     }
     const rows = await q.execute();
-    return rows.map((r) => ({ id: r.id, document: JSON.parse(r.document) as PolicyDocument }));
+    let conditionFree = true;
+    const policies = rows.map((r) => {
+      const parsed = this.parsedPolicy(r.id, r.document);
+      conditionFree &&= parsed.conditionFree;
+      return Object.freeze({ id: r.id, document: parsed.document });
+    });
+    return { policies: Object.freeze(policies), conditionFree, decisions: new Map() };
+  }
+
+  /** A policy document parsed once per stored text (a changed document is a different text). */
+  private parsedPolicy(id: string, text: string): { document: PolicyDocument; conditionFree: boolean } {
+    const hit = this.parsedPolicies.get(id);
+    if (hit && hit.text === text) return hit;
+    const document = deepFreeze(JSON.parse(text) as PolicyDocument);
+    const statements: unknown[] = Array.isArray(document?.Statement) ? document.Statement : [];
+    const conditionFree = statements.every((st) => {
+      const c = (st as { Condition?: unknown } | null)?.Condition;
+      return c === undefined || c === null || (typeof c === 'object' && Object.keys(c).length === 0);
+    });
+    const entry = { text, document, conditionFree };
+    this.parsedPolicies.delete(id);
+    if (this.parsedPolicies.size >= this.cache.opts.maxEntries) this.parsedPolicies.delete(this.parsedPolicies.keys().next().value as string);
+    this.parsedPolicies.set(id, entry);
+    return entry;
   }
 
   /**
@@ -911,7 +1012,20 @@ export class IamService {
       return { effect: 'allow' };
     }
     const projectId = resource?.projectId ?? p.projectId;
-    const policies = await this.effectivePolicies(p, projectId);
+    const set = await this.effectivePolicies(p, projectId);
+    const urn = resource ? resourceUrn(resource) : null;
+    if (set.conditionFree) {
+      // Without conditions the request context cannot change the outcome: the decision depends on the
+      // action and the resource alone, so it is kept with the policy set (and forgotten with it).
+      const memoKey = urn === null ? `${action}\u0001` : `${action}\u0000${urn}`;
+      let decision = set.decisions.get(memoKey);
+      if (!decision) {
+        decision = deepFreeze(evaluatePolicies(set.policies, { action, resource: urn, conditions: {} }));
+        if (set.decisions.size >= MAX_DECISIONS_PER_SET) set.decisions.clear();
+        set.decisions.set(memoKey, decision);
+      }
+      return decision;
+    }
     const conditions: Record<string, ConditionValue> = {
       'g:SourceIp': ctx.sourceIp,
       'g:MFAPresent': p.mfa,
@@ -927,7 +1041,7 @@ export class IamService {
       ...ctx.extraConditions,
     };
     for (const [k, v] of Object.entries(resource?.tags ?? {})) conditions[`g:ResourceTag/${k}`] = v;
-    return evaluatePolicies(policies, { action, resource: resource ? resourceUrn(resource) : null, conditions });
+    return evaluatePolicies(set.policies, { action, resource: urn, conditions });
   }
 
   // ---------------------------------------------------------------- agencies

@@ -75,21 +75,24 @@ export async function openServices(config: Config, opts: { now?: () => number; o
       ...(opts.onError ? { onError: opts.onError } : {}),
     });
     return {
-      store, root, rootKeyCreated, iam, audit,
+      store, root: rootKey, rootKeyCreated, iam, audit,
       async close() {
         await store.close();
-        await root.close();
+        await rootKey.close();
       },
     };
   } catch (e) {
     await store.close().catch(() => undefined);
-    await root.close();
+    await root?.close();
     throw e;
   }
 }
 
-/** Opens the services, bootstraps once, and starts listening. */
-/** How often a node looks for IAM changes made by other nodes (the bound on their staleness here). */
+/**
+ * How often a node re-reads the IAM epoch in the background. It keeps the cache warm; the bound on
+ * staleness is IAM_MAX_STALENESS_MS (src/iam/cache.ts): a cached decision older than that is
+ * confirmed against the database before it is used, whatever this timer does.
+ */
 export const IAM_EPOCH_POLL_MS = 500;
 
 export interface StartOptions {
@@ -102,6 +105,7 @@ export interface StartOptions {
   untracedBaselineForBenchmarks?: boolean;
 }
 
+/** Opens the services, bootstraps once, and starts listening. */
 export async function startCustos(config: Config, opts: StartOptions = {}): Promise<Custos> {
   let report: (message: string) => void = (m) => process.stderr.write(`${m}\n`);
   const services = await openServices(config, { ...opts, onError: (m) => report(m) });
