@@ -115,6 +115,21 @@ const SYSTEM_POLICIES: { id: string; name: string; description: string; document
     description: 'Read the account\'s audit traces',
     document: { Version: '1.1', Statement: [{ Effect: 'Allow', Action: ['cts:*:get*', 'cts:*:list*'] }] },
   },
+  {
+    id: 'system-kmscmkfullaccess',
+    name: 'KMS CMKFullAccess',
+    description: 'All operations on the account\'s KMS keys and grants',
+    document: { Version: '1.1', Statement: [{ Effect: 'Allow', Action: ['kms:*:*'] }] },
+  },
+  {
+    id: 'system-kmscryptouser',
+    name: 'KMS CryptoUser',
+    description: 'Use KMS keys for cryptographic operations and read them; no key management',
+    document: {
+      Version: '1.1',
+      Statement: [{ Effect: 'Allow', Action: ['kms:cmk:encrypt', 'kms:cmk:decrypt', 'kms:cmk:generate', 'kms:cmk:reEncrypt', 'kms:cmk:sign', 'kms:cmk:verify', 'kms:cmk:get*', 'kms:cmk:list', 'kms:cmk:generateRandom'] }],
+    },
+  },
 ];
 
 /** The account that operates the platform itself; its administrators may create accounts. */

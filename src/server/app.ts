@@ -6,7 +6,7 @@ import { collectDefaultMetrics, Counter, Histogram, Registry } from 'prom-client
 import type { Config } from '../config.js';
 import type { AuditRecorder, RequestTrace } from '../audit/trace.js';
 import { IamError } from '../iam/errors.js';
-import type { IamService } from '../iam/iam.js';
+import type { IamService, Principal, ResourceRef } from '../iam/iam.js';
 import { sql } from 'kysely';
 import type { Store } from '../store/db.js';
 import { edgeFailure, errorBody, HttpFailure, toFailure, type ApiDialect } from './errors.js';
@@ -18,6 +18,8 @@ export interface AppDeps {
   iam: IamService;
   audit: AuditRecorder | null;
   routes: RouteDef[];
+  /** Whether a grant lets the principal perform `operation` on the resource (KMS grants). */
+  grantAllows?: (resource: ResourceRef, principal: Principal, operation: string) => Promise<boolean>;
   /** Pino destination for tests that read the logs; defaults to stdout. */
   logStream?: NodeJS.WritableStream;
   now?: () => number;
@@ -33,7 +35,10 @@ function metaOf(req: FastifyRequest): RouteMeta | undefined {
   return req.routeOptions.config?.custos;
 }
 function dialectOf(req: FastifyRequest): ApiDialect {
-  return metaOf(req)?.dialect ?? (req.url.startsWith('/v1/') ? 'custos' : 'huawei');
+  const meta = metaOf(req);
+  if (meta) return meta.dialect;
+  if (req.headers['x-amz-target'] !== undefined) return 'aws-json';
+  return req.url.startsWith('/v1/') ? 'custos' : req.url.startsWith('/v1.0/') ? 'huawei-kms' : 'huawei';
 }
 
 export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
@@ -60,6 +65,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
       },
     },
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
+    // The AWS JSON protocols put every operation on `POST /` and name it in X-Amz-Target.
+    routerOptions: { constraints: { amzTarget: amzTargetConstraint as never } },
   }) as unknown as FastifyInstance;
 
   // ---- metrics
@@ -96,6 +103,15 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
       done(null, JSON.parse(body.toString('utf8')));
     } catch {
       done(new HttpFailure(400, 'MalformedJSON', 'the body is not valid JSON'), undefined);
+    }
+  });
+  app.addContentTypeParser(['application/x-amz-json-1.1', 'application/x-amz-json-1.0'], { parseAs: 'buffer' }, (req, body: Buffer, done) => {
+    req.custos.rawBody = body;
+    if (body.length === 0) return done(null, {});
+    try {
+      done(null, JSON.parse(body.toString('utf8')));
+    } catch {
+      done(new HttpFailure(400, 'SerializationException', 'the body is not valid JSON'), undefined);
     }
   });
   app.addContentTypeParser('*', { parseAs: 'buffer' }, (req, body: Buffer, done) => {
@@ -150,6 +166,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
       req.custos.resource = resource;
     }
     const decision = await iam.authorize(p, meta.action, resource, { sourceIp: req.ip });
+    // A grant on the resource allows what no policy allows; it cannot override an explicit deny.
+    if (decision.effect === 'implicit-deny' && meta.grant && resource && deps.grantAllows && (await deps.grantAllows(resource, p, meta.grant))) return;
 
     if (decision.effect !== 'allow') {
       throw new IamError(403, 'IAM.0003', `not authorized to perform ${meta.action}${decision.effect === 'explicit-deny' ? ' (explicitly denied by a policy)' : ''}`);
@@ -175,6 +193,10 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   });
   app.setNotFoundHandler(async (req, reply) => {
     const dialect = dialectOf(req);
+    if (dialect === 'aws-json') {
+      req.custos.errorCode = 'UnknownOperationException';
+      return reply.code(400).send({ __type: 'UnknownOperationException', message: 'unknown or unsupported X-Amz-Target' });
+    }
     const f = edgeFailure('notFound', dialect, 404, 'no such API');
     req.custos.errorCode = f.code;
     return reply.code(404).send(errorBody(f, dialect, req.id));
@@ -235,13 +257,33 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   app.get('/openapi.json', { config: { custos: plumbing(null) }, schema: { hide: true } as object }, async () => app.swagger());
 
   for (const r of deps.routes) {
-    app.route({ method: r.method, url: r.url, schema: r.schema ?? {}, config: { custos: r.meta }, handler: r.handler });
+    app.route({ method: r.method, url: r.url, schema: r.schema ?? {}, config: { custos: r.meta }, ...(r.constraints ? { constraints: r.constraints } : {}), handler: r.handler });
   }
   return app;
 }
 
+/** Routes `POST /` by the operation its X-Amz-Target header names; without the header the constraint does not apply. */
+const amzTargetConstraint = {
+  name: 'amzTarget',
+  storage() {
+    const byTarget = new Map<string, unknown>();
+    return {
+      get: (target: string) => byTarget.get(target) ?? null,
+      set: (target: string, store: unknown) => void byTarget.set(target, store),
+    };
+  },
+  deriveConstraint: (req: { headers: Record<string, string | string[] | undefined> }) => {
+    const t = req.headers['x-amz-target'];
+    return typeof t === 'string' ? t : undefined;
+  },
+  validate: (value: unknown) => {
+    if (typeof value !== 'string') throw new Error('an amzTarget constraint is a string');
+  },
+  mustMatchWhenDerived: true,
+};
+
 function notFoundCode(d: ApiDialect): string {
-  return d === 'custos' ? 'NotFound' : d === 'aws-json' ? 'NotFoundException' : 'IAM.0004';
+  return d === 'custos' ? 'NotFound' : d === 'aws-json' ? 'NotFoundException' : d === 'huawei-kms' ? 'KMS.0202' : 'IAM.0004';
 }
 
 /** Token (X-Auth-Token) or AK/SK signature; anything else is 401. */

@@ -34,7 +34,11 @@ export const edgeFailure = edge;
 
 /** Maps anything thrown while serving a request to a client-safe status, code and message. */
 export function toFailure(err: unknown, dialect: ApiDialect): { failure: HttpFailure; unexpected: boolean } {
-  if (err instanceof ServiceError) return { failure: new HttpFailure(err.status, err.code, err.message), unexpected: false };
+  if (err instanceof ServiceError) {
+    // A service whose errors are named differently per dialect (KMS) says how.
+    const code = (err as ServiceError & { codeFor?: (d: ApiDialect) => string }).codeFor?.(dialect) ?? err.code;
+    return { failure: new HttpFailure(err.status, code, err.message), unexpected: false };
+  }
   if (err instanceof HttpFailure) return { failure: err, unexpected: false };
   const fe = err as FastifyError & { validation?: unknown[]; validationContext?: string };
   if (fe && Array.isArray(fe.validation)) {

@@ -9,6 +9,10 @@ import { huaweiIamRoutes } from '../iam/http/huawei.js';
 import { custosIamRoutes } from '../iam/http/custos.js';
 import { IamService } from '../iam/iam.js';
 import type { IamTables } from '../iam/store.js';
+import { awsKmsRoutes } from '../kms/http/aws.js';
+import { huaweiKmsRoutes } from '../kms/http/huawei.js';
+import { KmsService, type GrantOperation } from '../kms/kms.js';
+import type { KmsTables } from '../kms/store.js';
 import { migrate, openStore, type Store } from '../store/db.js';
 import { buildApp } from './app.js';
 
@@ -18,6 +22,7 @@ export interface Custos {
   store: Store;
   iam: IamService;
   audit: AuditService;
+  kms: KmsService;
   root: RootKeyProvider;
   bootstrap: Awaited<ReturnType<IamService['bootstrap']>>;
   rootKeyCreated: boolean;
@@ -30,6 +35,7 @@ export interface Services {
   rootKeyCreated: boolean;
   iam: IamService;
   audit: AuditService;
+  kms: KmsService;
   close(): Promise<void>;
 }
 
@@ -74,8 +80,9 @@ export async function openServices(config: Config, opts: { now?: () => number; o
       ...(opts.now ? { now: opts.now } : {}),
       ...(opts.onError ? { onError: opts.onError } : {}),
     });
+    const kms = new KmsService(store.db.withTables<KmsTables>(), rootKey, { ...(opts.now ? { now: opts.now } : {}) });
     return {
-      store, root: rootKey, rootKeyCreated, iam, audit,
+      store, root: rootKey, rootKeyCreated, iam, audit, kms,
       async close() {
         await store.close();
         await rootKey.close();
@@ -109,12 +116,16 @@ export interface StartOptions {
 export async function startCustos(config: Config, opts: StartOptions = {}): Promise<Custos> {
   let report: (message: string) => void = (m) => process.stderr.write(`${m}\n`);
   const services = await openServices(config, { ...opts, onError: (m) => report(m) });
-  const { store, root, rootKeyCreated, iam, audit } = services;
+  const { store, root, rootKeyCreated, iam, audit, kms } = services;
   try {
     const bootstrap = await iam.bootstrap();
     const now = opts.now ?? Date.now;
-    const routes = [...huaweiIamRoutes(iam), ...custosIamRoutes(iam), ...ctsRoutes(audit, iam, now)];
-    const app = await buildApp({ config, store, iam, audit: opts.untracedBaselineForBenchmarks ? null : audit, routes, now, ...(opts.logStream ? { logStream: opts.logStream } : {}) });
+    const routes = [...huaweiIamRoutes(iam), ...custosIamRoutes(iam), ...ctsRoutes(audit, iam, now), ...huaweiKmsRoutes(kms, iam), ...awsKmsRoutes(kms, iam)];
+    const app = await buildApp({
+      config, store, iam, audit: opts.untracedBaselineForBenchmarks ? null : audit, routes, now,
+      grantAllows: (resource, p, op) => (resource.service === 'kms' && resource.type === 'KeyId' ? kms.grantAllows(resource.id, p.userId, op as GrantOperation) : Promise.resolve(false)),
+      ...(opts.logStream ? { logStream: opts.logStream } : {}),
+    });
     report = (m) => app.log.error(m);
     const address = await app.listen({ host: config.host, port: config.port });
     const warn = (what: string) => (err: Error) => app.log.warn({ err: { message: err.message } }, `${what} failed`);
@@ -125,11 +136,14 @@ export async function startCustos(config: Config, opts: StartOptions = {}): Prom
       // Any node may write a due digest; the chain-head lock makes exactly one of them do it.
       setInterval(() => audit.writeDueDigests().catch(warn('audit digest')), Math.min(60, config.auditDigestIntervalSeconds / 4) * 1000),
       setInterval(() => audit.clearExpired().catch(warn('audit retention')), 3_600_000),
+      // Key destruction, expiry of imported material and automatic rotation; each step is a
+      // conditional update, so however many nodes run this, each piece of work happens once.
+      setInterval(() => kms.runDueJobs().catch(warn('KMS jobs')), 60_000),
     ];
     for (const t of timers) t.unref();
     let closed = false;
     return {
-      app, url: address, store, iam, audit, root, bootstrap, rootKeyCreated,
+      app, url: address, store, iam, audit, kms, root, bootstrap, rootKeyCreated,
       async close() {
         if (closed) return;
         closed = true;

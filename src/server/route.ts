@@ -16,6 +16,11 @@ export interface RouteMeta {
   authenticatedOnly?: boolean;
   traceType?: 'management' | 'data';
   resourceType?: string;
+  /**
+   * A grant operation (KMS) that also allows the call on the resolved resource when no policy allows
+   * it; an explicit deny in a policy still wins.
+   */
+  grant?: string;
   /** Kept out of traces, metrics-only plumbing (health, metrics). */
   untraced?: boolean;
   /** Resolves the target inside the caller's account only; null answers 404. */
@@ -53,6 +58,8 @@ export interface RouteDef {
   url: string;
   meta: RouteMeta;
   schema?: FastifySchema;
+  /** Route constraints, e.g. `{ amzTarget: 'TrentService.Encrypt' }` for the AWS JSON protocol on `POST /`. */
+  constraints?: Record<string, string>;
   handler: (req: FastifyRequest, reply: FastifyReply) => Promise<unknown>;
 }
 

@@ -1,0 +1,86 @@
+// bench/kms: encrypt-data and decrypt-data with 4 KiB payloads, create-datakey, and /health on the
+// same server in the same run (target: encrypt-data >= 40% of /health); then create-datakey on a
+// server whose root key is in SoftHSMv2, for the local-vs-pkcs11 ratio. Every KMS call is traced.
+//   node dist/bench/kms.js     (BENCH_SECONDS=10 BENCH_CONNECTIONS=16; BENCH_DB=postgres for PostgreSQL)
+import autocannon from 'autocannon';
+import { dropPgDatabase, freshPgDatabase } from './pg.js';
+import { startServerProcess, type ServerProcess } from './server-process.js';
+import { createSoftHsmToken, SOFTHSM_AVAILABLE, SOFTHSM_MODULE } from '../test/softhsm.js';
+
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
+const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 16);
+
+async function run(title: string, opts: autocannon.Options): Promise<number> {
+  const r = await autocannon({ connections: CONNECTIONS, duration: SECONDS, ...opts });
+  const bad = r.non2xx + r.errors + r.timeouts;
+  const rps = r.requests.average;
+  console.log(`  ${title.padEnd(40)} ${rps.toFixed(0).padStart(8)} req/s   p50 ${r.latency.p50} ms   p99 ${r.latency.p99} ms${bad ? `   (${bad} failed!)` : ''}`);
+  if (bad > r.requests.total * 0.01) throw new Error(`${title}: ${bad} of ${r.requests.total} requests failed`);
+  return rps;
+}
+
+async function post(url: string, token: string, body: unknown): Promise<Record<string, string>> {
+  const r = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json', 'x-auth-token': token }, body: JSON.stringify(body) });
+  if (r.status !== 200) throw new Error(`${url}: ${r.status} ${await r.text()}`);
+  return (await r.json()) as Record<string, string>;
+}
+
+async function setUp(srv: ServerProcess) {
+  const tenant = await srv.createTenant('benchco');
+  const projects = (await (await fetch(`${srv.url}/v3/projects`, { headers: { 'x-auth-token': tenant.token } })).json()) as { projects: { id: string }[] };
+  const base = `${srv.url}/v1.0/${projects.projects[0]!.id}/kms`;
+  const keyId = ((await post(`${base}/create-key`, tenant.token, { key_alias: 'bench' })) as unknown as { key_info: { key_id: string } }).key_info.key_id;
+  return { token: tenant.token, base, keyId };
+}
+
+async function withServer<T>(opts: Parameters<typeof startServerProcess>[0], fn: (srv: ServerProcess) => Promise<T>): Promise<T> {
+  const dbUrl = process.env.BENCH_DB ? await freshPgDatabase() : undefined;
+  const srv = await startServerProcess({ ...opts, databaseUrl: dbUrl });
+  try {
+    return await fn(srv);
+  } finally {
+    await srv.stop();
+    if (dbUrl) await dropPgDatabase(dbUrl);
+  }
+}
+
+async function main() {
+  console.log(`bench/kms: ${process.env.BENCH_DB ? 'PostgreSQL' : 'SQLite'}, ${CONNECTIONS} connections, ${SECONDS} s per figure`);
+  const local = await withServer({}, async (srv) => {
+    const { token, base, keyId } = await setUp(srv);
+    const plain = 'x'.repeat(4096);
+    const ct = (await post(`${base}/encrypt-data`, token, { key_id: keyId, plain_text: plain })).cipher_text;
+    const json = (b: unknown) => ({ method: 'POST' as const, headers: { 'content-type': 'application/json', 'x-auth-token': token }, body: JSON.stringify(b) });
+    console.log('\nlocal root key');
+    const health = await run('GET /health', { url: `${srv.url}/health` });
+    const enc = await run('encrypt-data (4 KiB)', { url: `${base}/encrypt-data`, ...json({ key_id: keyId, plain_text: plain }) });
+    const dec = await run('decrypt-data (4 KiB)', { url: `${base}/decrypt-data`, ...json({ cipher_text: ct }) });
+    const dk = await run('create-datakey (AES_256)', { url: `${base}/create-datakey`, ...json({ key_id: keyId }) });
+    console.log(`  ratios against /health in this run: encrypt-data ${(enc / health).toFixed(2)} (target >= 0.40), decrypt-data ${(dec / health).toFixed(2)}, create-datakey ${(dk / health).toFixed(2)}`);
+    return dk;
+  });
+
+  if (!SOFTHSM_AVAILABLE) {
+    console.log('\npkcs11 root key: SoftHSMv2 is not installed (apt-get install -y softhsm2); no local/pkcs11 ratio');
+    return;
+  }
+  const hsm = createSoftHsmToken('custos-bench', '24682468', 'CUSTOS_BENCH_HSM_PIN');
+  try {
+    const env = { CUSTOS_ROOT_KEY_PROVIDER: 'pkcs11', CUSTOS_PKCS11_MODULE: SOFTHSM_MODULE, CUSTOS_PKCS11_TOKEN_LABEL: 'custos-bench', CUSTOS_PKCS11_PIN_ENV: 'CUSTOS_BENCH_HSM_PIN' };
+    await withServer({ env }, async (srv) => {
+      const { token, base, keyId } = await setUp(srv);
+      console.log('\npkcs11 root key (SoftHSMv2)');
+      const health = await run('GET /health', { url: `${srv.url}/health` });
+      const dk = await run('create-datakey (AES_256)', { url: `${base}/create-datakey`, method: 'POST', headers: { 'content-type': 'application/json', 'x-auth-token': token }, body: JSON.stringify({ key_id: keyId }) });
+      console.log(`  create-datakey against /health: ${(dk / health).toFixed(2)}; local/pkcs11 create-datakey ratio: ${(local / dk).toFixed(2)}`);
+      console.log('  (a CMK version is unwrapped by the HSM once and then kept in memory for 5 minutes, so steady-state data-key generation does not call the HSM)');
+    });
+  } finally {
+    hsm.remove();
+  }
+}
+
+main().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});

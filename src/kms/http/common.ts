@@ -1,0 +1,96 @@
+/** What both KMS dialects share: the caller's project, the key a request names, input decoding. */
+import type { FastifyRequest } from 'fastify';
+import type { IamService, Principal, ResourceRef } from '../../iam/iam.js';
+import type { ProjectRow } from '../../iam/store.js';
+import type { EncryptionContext } from '../ciphertext.js';
+import { KmsError } from '../errors.js';
+import type { KeyScope } from '../kms.js';
+import type { KeyRow } from '../store.js';
+
+const PROJECT_TTL_MS = 30_000;
+
+/** Projects never move between accounts or regions, so a short-lived lookup cache is safe. */
+export class ProjectLookup {
+  private readonly byId = new Map<string, { row: ProjectRow | null; at: number }>();
+  private readonly byRegion = new Map<string, { row: ProjectRow | null; at: number }>();
+  constructor(private readonly iam: IamService) {}
+
+  async byProjectId(accountId: string, projectId: string): Promise<ProjectRow | null> {
+    const k = `${accountId}/${projectId}`;
+    const hit = this.byId.get(k);
+    if (hit && Date.now() - hit.at < PROJECT_TTL_MS) return hit.row;
+    const row = (await this.iam.getProject(accountId, projectId)) ?? null;
+    if (this.byId.size > 10_000) this.byId.clear();
+    this.byId.set(k, { row, at: Date.now() });
+    return row;
+  }
+
+  /** The region's default project (named after the region), where the AWS dialect keeps keys. */
+  async defaultOf(accountId: string, region: string): Promise<ProjectRow | null> {
+    const k = `${accountId}/${region}`;
+    const hit = this.byRegion.get(k);
+    if (hit && Date.now() - hit.at < PROJECT_TTL_MS) return hit.row;
+    const row = (await this.iam.listProjects(accountId)).find((p) => p.name === region) ?? null;
+    if (this.byRegion.size > 10_000) this.byRegion.clear();
+    this.byRegion.set(k, { row, at: Date.now() });
+    return row;
+  }
+}
+
+export function scopeOfProject(p: ProjectRow): KeyScope {
+  return { accountId: p.account_id, projectId: p.id, region: p.region };
+}
+
+/** The key each request resolved before authorization, handed to its handler. */
+const resolvedKeys = new WeakMap<FastifyRequest, KeyRow>();
+const resolvedScopes = new WeakMap<FastifyRequest, KeyScope>();
+
+export function keyOf(req: FastifyRequest): KeyRow {
+  const key = resolvedKeys.get(req);
+  if (!key) throw new Error('a key route ran without its key resolved');
+  return key;
+}
+export function scopeOf(req: FastifyRequest): KeyScope {
+  const scope = resolvedScopes.get(req);
+  if (!scope) throw new Error('a KMS route ran without its project resolved');
+  return scope;
+}
+export function rememberScope(req: FastifyRequest, scope: KeyScope): void {
+  resolvedScopes.set(req, scope);
+}
+
+export function keyResource(req: FastifyRequest, key: KeyRow): ResourceRef {
+  resolvedKeys.set(req, key);
+  const tags = JSON.parse(key.tags_json) as Record<string, string>;
+  return { service: 'kms', type: 'KeyId', id: key.id, ...(key.alias ? { name: key.alias } : {}), accountId: key.account_id, projectId: key.project_id, region: key.region, tags };
+}
+export function projectResource(scope: KeyScope, name: string): ResourceRef {
+  return { service: 'kms', type: 'project', id: scope.projectId, name, accountId: scope.accountId, projectId: scope.projectId, region: scope.region };
+}
+
+const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
+/** Strict base64: a value that is not is the client's mistake, named by its field. */
+export function fromBase64(value: string, field: string): Buffer {
+  if (!BASE64.test(value)) throw KmsError.invalid(`${field} is not valid base64`);
+  return Buffer.from(value, 'base64');
+}
+const HEX = /^(?:[0-9a-fA-F]{2})*$/;
+export function fromHex(value: string, field: string): Buffer {
+  if (!HEX.test(value)) throw KmsError.invalid(`${field} is not a hexadecimal string`);
+  return Buffer.from(value, 'hex');
+}
+
+/** An encryption context is a flat map of strings, at most 8 KiB in all. */
+export function encryptionContext(v: unknown, field: string): EncryptionContext | undefined {
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'object' || Array.isArray(v)) throw KmsError.invalid(`${field} must be an object of string values`);
+  let size = 0;
+  for (const [k, val] of Object.entries(v as Record<string, unknown>)) {
+    if (typeof val !== 'string') throw KmsError.invalid(`${field} must be an object of string values`);
+    size += k.length + val.length;
+  }
+  if (size > 8192) throw KmsError.invalid(`${field} is larger than 8192 characters`);
+  return v as EncryptionContext;
+}
+
+export type { Principal };
