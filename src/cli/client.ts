@@ -65,8 +65,9 @@ export async function call(p: Profile, method: string, url: string, body?: unkno
   const text = await res.text();
   const json = text ? (JSON.parse(text) as Record<string, unknown>) : {};
   if (!res.ok) {
-    const e = json as { error_msg?: string; error_code?: string; error?: { message?: string; code?: string } };
-    throw Object.assign(new Error(`${res.status} ${e.error_code ?? e.error?.code ?? ''}: ${e.error_msg ?? e.error?.message ?? text}`), { exitCode: 1 });
+    // Huawei IAM/CTS {error_code, error_msg}; Huawei KMS {error: {error_code, error_msg}}; Custos {error: {code, message}}.
+    const e = json as { error_msg?: string; error_code?: string; error?: { message?: string; code?: string; error_code?: string; error_msg?: string } };
+    throw Object.assign(new Error(`${res.status} ${e.error_code ?? e.error?.code ?? e.error?.error_code ?? ''}: ${e.error_msg ?? e.error?.message ?? e.error?.error_msg ?? text}`), { exitCode: 1 });
   }
   return json;
 }

@@ -6,6 +6,7 @@ import { RootKeyError } from '../crypto/rootkey.js';
 import { adminCommands } from './admin.js';
 import { auditCommand } from './audit.js';
 import { clientCommands } from './client.js';
+import { kmsCommand } from './kms.js';
 import { serve } from './serve.js';
 
 const program = new Command()
@@ -18,6 +19,7 @@ withServerOptions(program.command('serve').description('run the Custos server'))
 program.addCommand(adminCommands());
 for (const c of clientCommands()) program.addCommand(c);
 program.addCommand(auditCommand());
+program.addCommand(kmsCommand());
 
 program.parseAsync(process.argv).catch((e: unknown) => {
   if (e instanceof ConfigError || e instanceof RootKeyError) {

@@ -18,6 +18,8 @@ export interface AppDeps {
   iam: IamService;
   audit: AuditRecorder | null;
   routes: RouteDef[];
+  /** Further Prometheus counters: name, help, and how to read the value. */
+  serviceCounters?: [string, string, () => number][];
   /** Whether a grant lets the principal perform `operation` on the resource (KMS grants). */
   grantAllows?: (resource: ResourceRef, principal: Principal, operation: string) => Promise<boolean>;
   /** Pino destination for tests that read the logs; defaults to stdout. */
@@ -73,15 +75,21 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: 'custos_' });
   const audit = deps.audit;
+  // Counters kept by the services, read when Prometheus scrapes.
+  const counter = (name: string, help: string, read: () => number) =>
+    new Counter({
+      name, help, registers: [registry],
+      collect() {
+        this.reset();
+        this.inc(read());
+      },
+    });
+  counter('custos_iam_cache_hits_total', 'IAM cache hits (tokens, keys, principals, policy sets)', () => iam.cache.stats.hits);
+  counter('custos_iam_cache_misses_total', 'IAM cache misses', () => iam.cache.stats.misses);
+  counter('custos_iam_cache_invalidations_total', 'IAM cache invalidations (a change on this or another node)', () => iam.cache.stats.invalidations);
+  counter('custos_iam_epoch_read_failures_total', 'Failed reads of the IAM epoch (cached entries are not served meanwhile)', () => iam.cache.stats.epochReadFailures);
+  for (const [name, help, read] of deps.serviceCounters ?? []) counter(name, help, read);
   if (audit) {
-    const counter = (name: string, help: string, read: () => number) =>
-      new Counter({
-        name, help, registers: [registry],
-        collect() {
-          this.reset();
-          this.inc(read());
-        },
-      });
     counter('custos_audit_traces_total', 'Traces committed to the audit trail', () => audit.stats.traces);
     counter('custos_audit_batches_total', 'Audit trail write transactions (group commits)', () => audit.stats.batches);
     counter('custos_audit_write_failures_total', 'Traces that could not be committed (their requests were refused)', () => audit.stats.failures);
@@ -100,18 +108,18 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     req.custos.rawBody = body;
     if (body.length === 0) return done(null, undefined);
     try {
-      done(null, JSON.parse(body.toString('utf8')));
-    } catch {
-      done(new HttpFailure(400, 'MalformedJSON', 'the body is not valid JSON'), undefined);
+      done(null, parseJsonText(body.toString('utf8')));
+    } catch (e) {
+      done(e instanceof HttpFailure ? e : new HttpFailure(400, 'MalformedJSON', 'the body is not valid JSON'), undefined);
     }
   });
   app.addContentTypeParser(['application/x-amz-json-1.1', 'application/x-amz-json-1.0'], { parseAs: 'buffer' }, (req, body: Buffer, done) => {
     req.custos.rawBody = body;
     if (body.length === 0) return done(null, {});
     try {
-      done(null, JSON.parse(body.toString('utf8')));
-    } catch {
-      done(new HttpFailure(400, 'SerializationException', 'the body is not valid JSON'), undefined);
+      done(null, parseJsonText(body.toString('utf8')));
+    } catch (e) {
+      done(e instanceof HttpFailure ? e : new HttpFailure(400, 'SerializationException', 'the body is not valid JSON'), undefined);
     }
   });
   app.addContentTypeParser('*', { parseAs: 'buffer' }, (req, body: Buffer, done) => {
@@ -141,6 +149,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   app.addHook('onRequest', async (req, reply) => {
     req.custos = { startedAt: process.hrtime.bigint(), principal: null, resource: null, traced: {}, errorCode: null, rawBody: Buffer.alloc(0) };
     reply.header('x-request-id', req.id);
+    // A NUL character is never meaningful in a path or query here, and PostgreSQL text cannot hold one.
+    if (req.url.includes('%00')) throw edgeFailure('badRequest', dialectOf(req), 400, 'the URL contains a NUL character');
   });
 
   // ---- authentication: once per request, before the body is validated
@@ -260,6 +270,14 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     app.route({ method: r.method, url: r.url, schema: r.schema ?? {}, config: { custos: r.meta }, ...(r.constraints ? { constraints: r.constraints } : {}), handler: r.handler });
   }
   return app;
+}
+
+/** A JSON escape of NUL that is not itself an escaped backslash followed by `u0000`. */
+const JSON_NUL = /(?<!\\)(?:\\\\)*\\u0000/;
+/** JSON.parse, refusing NUL characters: no field of any API takes one, and PostgreSQL text cannot store one. */
+function parseJsonText(text: string): unknown {
+  if (text.includes('\\u0000') && JSON_NUL.test(text)) throw new HttpFailure(400, 'MalformedJSON', 'the body contains a NUL character (\\u0000), which no field accepts');
+  return JSON.parse(text);
 }
 
 /** Routes `POST /` by the operation its X-Amz-Target header names; without the header the constraint does not apply. */

@@ -123,6 +123,12 @@ export async function startCustos(config: Config, opts: StartOptions = {}): Prom
     const routes = [...huaweiIamRoutes(iam), ...custosIamRoutes(iam), ...ctsRoutes(audit, iam, now), ...huaweiKmsRoutes(kms, iam), ...awsKmsRoutes(kms, iam)];
     const app = await buildApp({
       config, store, iam, audit: opts.untracedBaselineForBenchmarks ? null : audit, routes, now,
+      serviceCounters: [
+        ['custos_kms_material_unwraps_total', 'CMK versions unwrapped by the root key (cache misses)', () => kms.stats.materialUnwraps],
+        ['custos_kms_material_cache_hits_total', 'CMK material served from the in-memory cache', () => kms.stats.materialCacheHits],
+        ['custos_kms_rotations_total', 'CMK rotations made by this node', () => kms.stats.rotations],
+        ['custos_kms_keys_destroyed_total', 'CMKs destroyed (crypto-shredded) by this node', () => kms.stats.destroyed],
+      ],
       grantAllows: (resource, p, op) => (resource.service === 'kms' && resource.type === 'KeyId' ? kms.grantAllows(resource.id, p.userId, op as GrantOperation) : Promise.resolve(false)),
       ...(opts.logStream ? { logStream: opts.logStream } : {}),
     });

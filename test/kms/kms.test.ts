@@ -154,6 +154,13 @@ for (const provider of ['local', 'pkcs11'] as const) {
       await fails('schedule-key-deletion', { key_id: id, pending_days: '6' }, 400, 'KMS.0201', /7 to 1096/);
       await fails('schedule-key-deletion', { key_id: id, pending_days: '1097' }, 400, 'KMS.0201');
       await fails('gen-random', { random_data_length: '9' }, 400, 'KMS.0201');
+      // NUL characters are refused at the edge (PostgreSQL text cannot hold them), in bodies and URLs.
+      const nul = await s.api('POST', `${base}/update-key-description`, { token: t.token, rawBody: `{"key_id":"${id}","key_description":"a\\u0000b"}`, headers: { 'content-type': 'application/json' } });
+      assert.equal(nul.status, 400, nul.text);
+      assert.match(nul.json.error.error_msg, /NUL/);
+      const escaped = await s.api('POST', `${base}/update-key-description`, { token: t.token, rawBody: `{"key_id":"${id}","key_description":"a\\\\u0000b"}`, headers: { 'content-type': 'application/json' } });
+      assert.equal(escaped.status, 200, 'an escaped backslash before u0000 is ordinary text');
+      assert.equal((await s.api('GET', `/v3/${t.projects[0]!.id}/traces?trace_type=system&user=a%00b`, { token: t.token })).status, 400);
     });
 
     test('another tenant can neither see, use nor guess a key: 404 everywhere', async () => {
@@ -352,6 +359,12 @@ for (const provider of ['local', 'pkcs11'] as const) {
       for (const [where, bytes] of haystacks) for (const n of needles) assert.ok(!bytes.includes(n), `${where} holds a plaintext or key material`);
       assert.ok(haystacks.some(([w, b]) => w !== 'logs' && b.includes(Buffer.from(id))), 'the scan reads the stored data');
       for (const m of materials) m.fill(0);
+
+      const metrics = (await s.api('GET', '/metrics')).text;
+      const value = (name: string) => Number(new RegExp(`^${name} (\\d+)`, 'm').exec(metrics)?.[1] ?? NaN);
+      assert.ok(value('custos_kms_material_unwraps_total') >= 1, 'unwraps are counted');
+      assert.ok(value('custos_kms_material_cache_hits_total') >= 2, 'cache hits are counted');
+      assert.ok(value('custos_iam_cache_hits_total') > 0);
     });
   });
 }

@@ -19,7 +19,8 @@ import { encryptionContext, fromBase64, keyOf, keyResource, ProjectLookup, proje
 const S = { additionalProperties: true } as const;
 const KeyRef = Type.String({ minLength: 1, maxLength: 2048 });
 const Ctx = Type.Optional(Type.Record(Type.String(), Type.String()));
-const Blob = (max: number) => Type.String({ minLength: 1, maxLength: max });
+/** Blobs carry no length bounds in the schema (see the Huawei dialect): the body limit and the service bound them. */
+const Blob = (_max: number) => Type.String();
 const GrantTokens = Type.Optional(Type.Array(Type.String({ maxLength: 8192 }), { maxItems: 10 }));
 
 const AWS_SPEC: Record<string, KeySpec> = {
@@ -46,12 +47,12 @@ function keyMetadata(k: KeyRow) {
 }
 
 /** A key id, key ARN, `alias/<name>` or alias ARN, as AWS accepts; aliases are stored without the prefix. */
-function parseKeyRef(ref: string, scope: KeyScope): string {
+function parseKeyRef(ref: string, scope: KeyScope): string | null {
   const arn = /^arn:aws[a-z-]*:kms:([^:]*):([^:]*):(key|alias)\/(.+)$/.exec(ref);
   if (arn) {
     // Another region's or account's ARN names nothing here: not found, like a missing key.
-    if (arn[1] !== scope.region || arn[2] !== scope.accountId) return '\u0000';
-    return arn[3] === 'key' ? arn[4]! : arn[4]!;
+    if (arn[1] !== scope.region || arn[2] !== scope.accountId) return null;
+    return arn[4]!;
   }
   if (ref.startsWith('alias/')) return ref.slice(6);
   return ref;
@@ -87,7 +88,10 @@ export function awsKmsRoutes(kms: KmsService, iam: IamService): RouteDef[] {
     rememberScope(req, scope);
     return { scope, name: row.name };
   };
-  const find = (scope: KeyScope, ref: string) => kms.findKey(scope, parseKeyRef(ref, scope));
+  const find = async (scope: KeyScope, ref: string) => {
+    const id = parseKeyRef(ref, scope);
+    return id === null ? undefined : kms.findKey(scope, id);
+  };
   const ctxOf = (v: unknown, field: string) => encryptionContext(v, field);
   const encAlg = (k: KeyRow, v: unknown) => (v as EncryptionAlgorithm | undefined) ?? (isSymmetric(k.key_spec) ? 'SYMMETRIC_DEFAULT' : 'RSAES_OAEP_SHA_256');
 
