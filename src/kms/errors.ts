@@ -22,6 +22,7 @@ const KINDS = {
   InvalidMarker: { huawei: 'KMS.0213', aws: 'InvalidMarkerException' },
   LimitExceeded: { huawei: 'KMS.0214', aws: 'LimitExceededException' },
   InvalidSignature: { huawei: 'KMS.0215', aws: 'KMSInvalidSignatureException' },
+  AccessDenied: { huawei: 'KMS.0216', aws: 'AccessDeniedException' },
 } as const;
 export type KmsErrorKind = keyof typeof KINDS;
 

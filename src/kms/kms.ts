@@ -322,7 +322,9 @@ export class KmsService {
   async cancelDeletion(key: KeyRow): Promise<KeyRow> {
     this.assertNotDestroyed(key);
     if (key.state !== 'pending_deletion') throw new KmsError(400, 'InvalidState', `key ${key.id} is not pending deletion`);
-    return this.update(key, { state: key.current_version === 0 ? 'pending_import' : 'disabled', deletion_date: null }, ['pending_deletion']);
+    // A key whose imported material was deleted (or never imported) goes back to waiting for it.
+    const material = await this.db.selectFrom('kms_key_versions').select('version').where('key_id', '=', key.id).where('material_wrapped', 'is not', null).limit(1).executeTakeFirst();
+    return this.update(key, { state: material ? 'disabled' : 'pending_import', deletion_date: null }, ['pending_deletion']);
   }
 
   async updateAlias(key: KeyRow, alias: string | null): Promise<KeyRow> {
@@ -740,7 +742,7 @@ export class KmsService {
   async retireGrant(key: KeyRow, grantId: string, caller: string): Promise<void> {
     const g = await this.db.selectFrom('kms_grants').selectAll().where('key_id', '=', key.id).where('id', '=', grantId).executeTakeFirst();
     if (!g) throw new KmsError(404, 'InvalidGrantId', 'no such grant on this key');
-    if (g.retiring !== caller && g.grantee !== caller) throw new KmsError(403, 'InvalidGrantId', 'only the grant\'s retiring principal or grantee may retire it');
+    if (g.retiring !== caller && g.grantee !== caller) throw new KmsError(403, 'AccessDenied', 'only the grant\'s retiring principal or grantee may retire it');
     await this.db.deleteFrom('kms_grants').where('id', '=', grantId).execute();
   }
 

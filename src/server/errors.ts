@@ -32,11 +32,28 @@ function edge(kind: keyof typeof EDGE_CODES, dialect: ApiDialect, status: number
 
 export const edgeFailure = edge;
 
+/** What an AWS SDK expects to see for an error of another service (authentication, authorization). */
+function awsCodeOf(err: ServiceError): string {
+  if (err.code === 'IAM.0009') return 'InvalidSignatureException';
+  switch (err.status) {
+    case 401:
+      return 'UnrecognizedClientException';
+    case 403:
+      return 'AccessDeniedException';
+    case 404:
+      return 'NotFoundException';
+    case 409:
+      return 'ConflictException';
+    default:
+      return err.status >= 500 ? 'InternalFailure' : 'ValidationException';
+  }
+}
+
 /** Maps anything thrown while serving a request to a client-safe status, code and message. */
 export function toFailure(err: unknown, dialect: ApiDialect): { failure: HttpFailure; unexpected: boolean } {
   if (err instanceof ServiceError) {
     // A service whose errors are named differently per dialect (KMS) says how.
-    const code = (err as ServiceError & { codeFor?: (d: ApiDialect) => string }).codeFor?.(dialect) ?? err.code;
+    const code = (err as ServiceError & { codeFor?: (d: ApiDialect) => string }).codeFor?.(dialect) ?? (dialect === 'aws-json' ? awsCodeOf(err) : err.code);
     return { failure: new HttpFailure(err.status, code, err.message), unexpected: false };
   }
   if (err instanceof HttpFailure) return { failure: err, unexpected: false };

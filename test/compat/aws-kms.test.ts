@@ -144,9 +144,19 @@ describe('@aws-sdk/client-kms', () => {
     await assert.rejects(client.send(new DecryptCommand({ CiphertextBlob: randomBytes(64) })), { name: 'InvalidCiphertextException' });
     await assert.rejects(client.send(new CreateKeyCommand({ KeySpec: 'HMAC_256' as never })), { name: 'UnsupportedOperationException' });
     await assert.rejects(client.send(new DescribeKeyCommand({ KeyId: 'alias/does-not-exist' })), { name: 'NotFoundException' });
+    // A user of the account without any KMS policy is denied, in the SDK's terms.
+    const u = await s.api('POST', '/v3.0/OS-USER/users', { token: t.token, body: { user: { domain_id: t.accountId, name: `nokms${randomBytes(3).toString('hex')}`, password: 'N0-Kms-Passw0rd!' } } });
+    assert.equal(u.status, 201, u.text);
+    const uk = await s.api('POST', '/v3.0/OS-CREDENTIAL/credentials', { token: t.token, body: { credential: { user_id: u.json.user.id } } });
+    const plain = new KMSClient({ endpoint: s.url, region, credentials: { accessKeyId: uk.json.credential.access, secretAccessKey: uk.json.credential.secret } });
+    try {
+      await assert.rejects(plain.send(new EncryptCommand({ KeyId: keyId, Plaintext: Buffer.from('x') })), { name: 'AccessDeniedException' });
+    } finally {
+      plain.destroy();
+    }
     const bad = new KMSClient({ endpoint: s.url, region, credentials: { accessKeyId: creds.accessKeyId, secretAccessKey: 'wrong-secret-key-wrong-secret-key-0000' } });
     try {
-      await assert.rejects(bad.send(new ListKeysCommand({})), (e: { $metadata: { httpStatusCode: number } }) => e.$metadata.httpStatusCode === 401);
+      await assert.rejects(bad.send(new ListKeysCommand({})), (e: { name: string; $metadata: { httpStatusCode: number } }) => e.$metadata.httpStatusCode === 401 && e.name === 'InvalidSignatureException');
     } finally {
       bad.destroy();
     }

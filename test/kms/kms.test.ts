@@ -252,6 +252,8 @@ for (const provider of ['local', 'pkcs11'] as const) {
       assert.equal((await ok('decrypt-data', { cipher_text: enc.cipher_text })).plain_text, 'under my own key');
       await ok('delete-imported-key-material', { key_id: id });
       await fails('decrypt-data', { cipher_text: enc.cipher_text }, 400, 'KMS.0204');
+      await ok('schedule-key-deletion', { key_id: id, pending_days: '7' });
+      assert.equal((await ok('cancel-key-deletion', { key_id: id })).key_state, '5', 'without material a cancelled key waits for an import again');
       await importOnce();
       assert.equal((await ok('decrypt-data', { cipher_text: enc.cipher_text })).plain_text, 'under my own key', 'the same material opens what it sealed before');
     });

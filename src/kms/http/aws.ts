@@ -171,7 +171,7 @@ export function awsKmsRoutes(kms: KmsService, iam: IamService): RouteDef[] {
         const srcRef = { service: 'kms', type: 'KeyId', id: source.id, accountId: source.account_id, projectId: source.project_id, region: source.region };
         const d = await iam.authorize(p, 'kms:cmk:reEncrypt', srcRef, { sourceIp: req.ip });
         if (d.effect !== 'allow' && !(d.effect === 'implicit-deny' && (await kms.grantAllows(source.id, p.userId, 'ReEncryptFrom')))) {
-          throw new KmsError(403, 'InvalidArgument', 'not authorized to re-encrypt from the source key');
+          throw new KmsError(403, 'AccessDenied', 'not authorized to perform kms:cmk:reEncrypt on the source key');
         }
         const plain = await kms.decrypt(source, ct, ctxOf(b.SourceEncryptionContext, 'SourceEncryptionContext'), encAlg(source, b.SourceEncryptionAlgorithm));
         const out = await kms.encrypt(dest, plain, ctxOf(b.DestinationEncryptionContext, 'DestinationEncryptionContext'), encAlg(dest, b.DestinationEncryptionAlgorithm));
