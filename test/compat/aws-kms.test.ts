@@ -16,7 +16,7 @@ import {
   UntagResourceCommand, VerifyCommand,
 } from '@aws-sdk/client-kms';
 import { buildClient, CommitmentPolicy, getClient, KMS, KmsKeyringNode } from '@aws-crypto/client-node';
-import { startTestServer, type Tenant, type TestServer } from '../helpers.js';
+import { PASSWORD, startTestServer, type Tenant, type TestServer } from '../helpers.js';
 
 const required = process.env.CI === 'true' || process.env.CUSTOS_TEST_CLIENTS === '1';
 const awsCli = (() => {
@@ -160,6 +160,34 @@ describe('@aws-sdk/client-kms', () => {
     } finally {
       bad.destroy();
     }
+  });
+
+  test('bad input on the wire: each is a 4xx with the AWS JSON error shape', async () => {
+    const keyId = (await client.send(new CreateKeyCommand({}))).KeyMetadata!.KeyId!;
+    // A project-scoped token works too (the project's region stands for the signed region).
+    const token = await s.token(t.name, 'admin', PASSWORD, region);
+    const raw = async (target: string, body: string) => {
+      const r = await fetch(`${s.url}/`, { method: 'POST', headers: { 'content-type': 'application/x-amz-json-1.1', 'x-amz-target': `TrentService.${target}`, 'x-auth-token': token }, body });
+      return { status: r.status, json: (await r.json()) as { __type: string; message: string } };
+    };
+    const cases: [string, string, number, string][] = [
+      ['Encrypt', JSON.stringify({ KeyId: keyId, Plaintext: '%%%not base64%%%' }), 400, 'ValidationException'],
+      ['Encrypt', JSON.stringify({ KeyId: keyId, Plaintext: randomBytes(5000).toString('base64') }), 400, 'ValidationException'],
+      ['Decrypt', JSON.stringify({ CiphertextBlob: randomBytes(20).toString('base64') }), 400, 'InvalidCiphertextException'],
+      ['Encrypt', '{"KeyId":', 400, 'SerializationException'],
+      ['CreateKey', JSON.stringify({ KeySpec: 'AES_512' }), 400, 'UnsupportedOperationException'],
+      ['Encrypt', JSON.stringify({ KeyId: keyId }), 400, 'ValidationException'],
+      ['NoSuchOperation', '{}', 400, 'UnknownOperationException'],
+    ];
+    for (const [target, body, status, type] of cases) {
+      const r = await raw(target, body);
+      assert.equal(r.status, status, `${target} ${body.slice(0, 40)}: ${JSON.stringify(r.json)}`);
+      assert.equal(r.json.__type, type, `${target}: ${JSON.stringify(r.json)}`);
+      assert.ok(r.json.message.length > 0);
+    }
+    const enc = await client.send(new EncryptCommand({ KeyId: keyId, Plaintext: Buffer.from('truncate me') }));
+    const truncated = Buffer.from(enc.CiphertextBlob!).subarray(0, 45).toString('base64');
+    assert.equal((await raw('Decrypt', JSON.stringify({ CiphertextBlob: truncated }))).json.__type, 'InvalidCiphertextException');
   });
 
   test('a key made through the Huawei API is the same key through the AWS API, both ways', async () => {
