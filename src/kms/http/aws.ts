@@ -14,7 +14,7 @@ import {
   type EncryptionAlgorithm, type GrantOperation, type KeyScope, type KeySpec, type KmsService,
 } from '../kms.js';
 import type { KeyRow } from '../store.js';
-import { encryptionContext, fromBase64, keyOf, keyResource, ProjectLookup, projectResource, rememberScope, scopeOf, scopeOfProject } from './common.js';
+import { ciphertextOf, encryptionContext, fromBase64, keyOf, keyResource, ProjectLookup, projectResource, rememberScope, scopeOf, scopeOfProject } from './common.js';
 
 const S = { additionalProperties: true } as const;
 const KeyRef = Type.String({ minLength: 1, maxLength: 2048 });
@@ -142,14 +142,14 @@ export function awsKmsRoutes(kms: KmsService, iam: IamService): RouteDef[] {
       body: { CiphertextBlob: Blob(12_000), EncryptionContext: Ctx, KeyId: Type.Optional(KeyRef), EncryptionAlgorithm: Type.Optional(Type.String()), GrantTokens, DryRun: Type.Optional(Type.Boolean()) },
       key: async (req, scope) => {
         const b = req.body as Body;
-        const ct = fromBase64(b.CiphertextBlob as string, 'CiphertextBlob');
+        const ct = ciphertextOf(req, b.CiphertextBlob as string, 'CiphertextBlob');
         if (b.KeyId === undefined) return kms.findKey(scope, kms.keyIdOf(ct));
         return find(scope, b.KeyId as string);
       },
       handler: async (req, b) => {
         const key = keyOf(req);
         const alg = encAlg(key, b.EncryptionAlgorithm);
-        const plain = await kms.decrypt(key, fromBase64(b.CiphertextBlob as string, 'CiphertextBlob'), ctxOf(b.EncryptionContext, 'EncryptionContext'), alg);
+        const plain = await kms.decrypt(key, ciphertextOf(req, b.CiphertextBlob as string, 'CiphertextBlob'), ctxOf(b.EncryptionContext, 'EncryptionContext'), alg);
         return { KeyId: keyArn(key), Plaintext: plain.toString('base64'), EncryptionAlgorithm: alg };
       },
     },

@@ -68,11 +68,24 @@ export function projectResource(scope: KeyScope, name: string): ResourceRef {
   return { service: 'kms', type: 'project', id: scope.projectId, name, accountId: scope.accountId, projectId: scope.projectId, region: scope.region };
 }
 
-const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
+// Whole groups of four, padding only at the end. (A single character class scans far faster than a
+// grouped pattern, which took a seventh of a decrypt request's time on 4 KiB ciphertexts.)
+const BASE64_CHARS = /^[A-Za-z0-9+/]*={0,2}$/;
 /** Strict base64: a value that is not is the client's mistake, named by its field. */
 export function fromBase64(value: string, field: string): Buffer {
-  if (!BASE64.test(value)) throw KmsError.invalid(`${field} is not valid base64`);
+  if (value.length % 4 !== 0 || !BASE64_CHARS.test(value)) throw KmsError.invalid(`${field} is not valid base64`);
   return Buffer.from(value, 'base64');
+}
+
+/** A ciphertext the route decoded to find its key, kept for the handler so it is decoded once. */
+const decodedCiphertexts = new WeakMap<FastifyRequest, Buffer>();
+export function ciphertextOf(req: FastifyRequest, value: string, field: string): Buffer {
+  let ct = decodedCiphertexts.get(req);
+  if (!ct) {
+    ct = fromBase64(value, field);
+    decodedCiphertexts.set(req, ct);
+  }
+  return ct;
 }
 const HEX = /^(?:[0-9a-fA-F]{2})*$/;
 export function fromHex(value: string, field: string): Buffer {

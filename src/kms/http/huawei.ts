@@ -14,7 +14,7 @@ import {
   type GrantOperation, type KeySpec, type KeyState, type KmsService,
 } from '../kms.js';
 import type { GrantRow, KeyRow } from '../store.js';
-import { encryptionContext, fromBase64, fromHex, keyOf, keyResource, ProjectLookup, projectResource, rememberScope, scopeOf, scopeOfProject } from './common.js';
+import { ciphertextOf, encryptionContext, fromBase64, fromHex, keyOf, keyResource, ProjectLookup, projectResource, rememberScope, scopeOf, scopeOfProject } from './common.js';
 
 const S = { additionalProperties: false } as const;
 const KeyId = Type.String({ pattern: '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' });
@@ -173,12 +173,12 @@ export function huaweiKmsRoutes(kms: KmsService, iam: IamService): RouteDef[] {
       // A symmetric ciphertext names its key; an RSA ciphertext needs key_id.
       key: async (req) => {
         const b = req.body as Body;
-        const keyId = (b.key_id as string | undefined) ?? kms.keyIdOf(fromBase64(b.cipher_text as string, 'cipher_text'));
+        const keyId = (b.key_id as string | undefined) ?? kms.keyIdOf(ciphertextOf(req, b.cipher_text as string, 'cipher_text'));
         return kms.findKey(scopeOf(req), keyId);
       },
       handler: async (req, b) => {
         const key = keyOf(req);
-        const plain = await kms.decrypt(key, fromBase64(b.cipher_text as string, 'cipher_text'), encryptionContext(b.encryption_context, 'encryption_context'), (b.encryption_algorithm as 'SYMMETRIC_DEFAULT' | undefined) ?? (isSymmetric(key.key_spec) ? 'SYMMETRIC_DEFAULT' : 'RSAES_OAEP_SHA_256'));
+        const plain = await kms.decrypt(key, ciphertextOf(req, b.cipher_text as string, 'cipher_text'), encryptionContext(b.encryption_context, 'encryption_context'), (b.encryption_algorithm as 'SYMMETRIC_DEFAULT' | undefined) ?? (isSymmetric(key.key_spec) ? 'SYMMETRIC_DEFAULT' : 'RSAES_OAEP_SHA_256'));
         return { key_id: key.id, plain_text: plain.toString('utf8'), plain_text_base64: plain.toString('base64') };
       },
     },
