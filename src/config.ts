@@ -10,6 +10,10 @@ export const ConfigSchema = Type.Object(
     dataDir: Type.String({ minLength: 1, default: './data' }),
     host: Type.String({ minLength: 1, default: '127.0.0.1' }),
     port: Type.Integer({ minimum: 0, maximum: 65535, default: 8080 }),
+    /** The S3/OBS listener's port; by default the main port + 1 (0, an ephemeral port, when the main port is 0). */
+    obsPort: Type.Optional(Type.Integer({ minimum: 0, maximum: 65535 })),
+    /** Largest object a single PUT may carry (bytes). */
+    obsMaxObjectBytes: Type.Integer({ minimum: 1024, maximum: 5 * 1024 ** 4, default: 5 * 1024 ** 3 }),
     tlsCert: Type.Optional(Type.String({ minLength: 1 })),
     tlsKey: Type.Optional(Type.String({ minLength: 1 })),
     insecure: Type.Boolean({ default: false }),
@@ -47,6 +51,7 @@ const ENV_MAP: Record<string, keyof Config> = {
   CUSTOS_DATA_DIR: 'dataDir',
   CUSTOS_HOST: 'host',
   CUSTOS_PORT: 'port',
+  CUSTOS_OBS_PORT: 'obsPort',
   CUSTOS_TLS_CERT: 'tlsCert',
   CUSTOS_TLS_KEY: 'tlsKey',
   CUSTOS_INSECURE: 'insecure',
@@ -116,6 +121,7 @@ export function loadConfig(opts: { file?: string; env?: NodeJS.ProcessEnv; flags
   }
   const cfg = withDefaults as Config;
   cfg.dataDir = path.resolve(cfg.dataDir);
+  if (cfg.obsPort === undefined) cfg.obsPort = cfg.port === 0 ? 0 : cfg.port + 1;
   if (cfg.auditExportDir !== undefined) cfg.auditExportDir = path.resolve(cfg.auditExportDir);
   if (cfg.rootKeyProvider === 'pkcs11') {
     const missing = [

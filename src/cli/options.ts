@@ -9,6 +9,7 @@ export function withServerOptions(cmd: Command): Command {
     .option('--database-url <url>', 'PostgreSQL URL instead of the embedded SQLite (also CUSTOS_DATABASE_URL)')
     .option('--host <address>', 'address to listen on (default 127.0.0.1)')
     .option('--port <port>', 'port of the main listener (default 8080)', (v) => Number.parseInt(v, 10))
+    .option('--obs-port <port>', 'port of the S3/OBS listener (default: the main port + 1)', (v) => Number.parseInt(v, 10))
     .option('--tls-cert <file>', 'PEM certificate for HTTPS')
     .option('--tls-key <file>', 'PEM private key for HTTPS')
     .option('--insecure', 'allow a non-loopback address without TLS (only behind a TLS-terminating proxy)')
@@ -18,7 +19,7 @@ export function withServerOptions(cmd: Command): Command {
 export function configFrom(opts: Record<string, unknown>): Config {
   const flags: Partial<Config> = {};
   const map: [string, keyof Config][] = [
-    ['dataDir', 'dataDir'], ['databaseUrl', 'databaseUrl'], ['host', 'host'], ['port', 'port'],
+    ['dataDir', 'dataDir'], ['databaseUrl', 'databaseUrl'], ['host', 'host'], ['port', 'port'], ['obsPort', 'obsPort'],
     ['tlsCert', 'tlsCert'], ['tlsKey', 'tlsKey'], ['insecure', 'insecure'], ['logLevel', 'logLevel'],
   ];
   for (const [from, to] of map) if (opts[from] !== undefined) (flags as Record<string, unknown>)[to] = opts[from];

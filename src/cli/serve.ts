@@ -7,6 +7,7 @@ export async function serve(opts: Record<string, unknown>, start: StartOptions =
   const custos = await startCustos(config, start);
   const out = process.stderr;
   out.write(`\nCustos is listening on ${custos.url}  (health: ${custos.url}/health, metrics: ${custos.url}/metrics, OpenAPI: ${custos.url}/openapi.json)\n`);
+  out.write(`S3/OBS listener on ${custos.obsUrl}  (path-style, e.g. aws s3 ls --endpoint-url ${custos.obsUrl})\n`);
   out.write(`Storage: ${custos.store.dialect === 'sqlite' ? `SQLite in ${config.dataDir}` : 'PostgreSQL'}; root key: ${custos.root.kind === 'pkcs11' ? `pkcs11 (HSM token "${config.pkcs11TokenLabel}", key "${config.pkcs11KeyLabel}"${custos.rootKeyCreated ? ', generated in the HSM now: back it up by the HSM\'s own means' : ''})` : custos.root.kind}${custos.root.development ? ' (DEVELOPMENT key: its passphrase is stored beside it; set CUSTOS_ROOT_PASSPHRASE before first start in production)' : ''}\n`);
   if (custos.bootstrap.password) {
     out.write(

@@ -15,7 +15,15 @@ export interface SignedRequestInput {
   /** Node's lower-cased header map. */
   headers: IncomingHttpHeaders;
   body: Buffer;
+  /**
+   * The body is streamed, not buffered (S3 uploads): a declared x-amz-content-sha256 is taken as
+   * signed, and the caller must check the body against it while reading it.
+   */
+  streamedBody?: boolean;
 }
+
+/** The payload forms S3 clients declare in x-amz-content-sha256 besides a hex digest. */
+export const S3_UNSIGNED_PAYLOADS = new Set(['UNSIGNED-PAYLOAD', 'STREAMING-UNSIGNED-PAYLOAD-TRAILER']);
 
 export type SignatureScheme = 'SDK-HMAC-SHA256' | 'AWS4-HMAC-SHA256' | 'AWS4-HMAC-SHA256-QUERY';
 
@@ -269,9 +277,9 @@ export function verifySignature(req: SignedRequestInput, parsed: ParsedSignature
       if (parsed.securityToken) must.push('x-amz-security-token');
       requireSigned(parsed, must);
       if (declared === undefined) payloadHash = bodyHash;
-      else if (declared === 'UNSIGNED-PAYLOAD' && isS3) payloadHash = declared;
+      else if (isS3 && S3_UNSIGNED_PAYLOADS.has(declared)) payloadHash = declared;
       else if (HEX64.test(declared)) {
-        if (declared !== bodyHash) throw new SignatureError('ContentHashMismatch', 'x-amz-content-sha256 does not match the body');
+        if (!req.streamedBody && declared !== bodyHash) throw new SignatureError('ContentHashMismatch', 'x-amz-content-sha256 does not match the body');
         payloadHash = declared;
       } else throw new SignatureError('MalformedSignature', `x-amz-content-sha256 "${declared.slice(0, 40)}" is not supported here`);
     } else {

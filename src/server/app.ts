@@ -18,6 +18,8 @@ export interface AppDeps {
   iam: IamService;
   audit: AuditRecorder | null;
   routes: RouteDef[];
+  /** The main listener (every control API) or the S3/OBS listener (object traffic, streamed bodies). */
+  listener?: 'main' | 's3';
   /** Further Prometheus counters: name, help, and how to read the value. */
   serviceCounters?: [string, string, () => number][];
   /** Whether a grant lets the principal perform `operation` on the resource (KMS grants). */
@@ -45,13 +47,16 @@ function dialectOf(req: FastifyRequest): ApiDialect {
 
 export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   const { config, iam } = deps;
+  const s3 = deps.listener === 's3';
   const now = deps.now ?? Date.now;
   const https = config.tlsCert && config.tlsKey ? { cert: readFileSync(config.tlsCert), key: readFileSync(config.tlsKey) } : null;
   const app = Fastify({
     ...(https ? { https } : {}),
-    bodyLimit: config.bodyLimitBytes,
+    bodyLimit: s3 ? config.obsMaxObjectBytes : config.bodyLimitBytes,
     trustProxy: false,
     return503OnClosing: true,
+    // S3 defines HEAD itself (HeadBucket, HeadObject); the main listener keeps Fastify's automatic HEAD.
+    exposeHeadRoutes: !s3,
     forceCloseConnections: 'idle',
     genReqId: (raw) => {
       const given = raw.headers['x-request-id'];
@@ -68,7 +73,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     },
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
     // The AWS JSON protocols put every operation on `POST /` and name it in X-Amz-Target.
-    routerOptions: { constraints: { amzTarget: amzTargetConstraint as never } },
+    // S3 clients address a bucket as `/bucket/` as well as `/bucket`.
+    routerOptions: { constraints: { amzTarget: amzTargetConstraint as never }, ...(s3 ? { ignoreTrailingSlash: true } : {}) },
   }) as unknown as FastifyInstance;
 
   // ---- metrics
@@ -122,12 +128,18 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
       done(e instanceof HttpFailure ? e : new HttpFailure(400, 'SerializationException', 'the body is not valid JSON'), undefined);
     }
   });
-  app.addContentTypeParser('*', { parseAs: 'buffer' }, (req, body: Buffer, done) => {
-    req.custos.rawBody = body;
-    done(null, body);
-  });
+  if (s3) {
+    // Object bodies stream through to the handler; nothing is buffered here.
+    app.removeAllContentTypeParsers();
+    app.addContentTypeParser('*', (_req, payload, done) => done(null, payload));
+  } else {
+    app.addContentTypeParser('*', { parseAs: 'buffer' }, (req, body: Buffer, done) => {
+      req.custos.rawBody = body;
+      done(null, body);
+    });
+  }
 
-  await app.register(swagger, {
+  if (!s3) await app.register(swagger, {
     openapi: {
       openapi: '3.0.3',
       info: { title: 'Custos API', version: '0.1.0', description: "Custos's own REST routes (cloud-compatible dialects are documented by their clouds)." },
@@ -157,7 +169,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   app.addHook('preValidation', async (req) => {
     const meta = metaOf(req);
     if (!meta || (meta.action === null && !meta.authenticatedOnly)) return;
-    req.custos.principal = await authenticate(iam, req);
+    req.custos.principal = await authenticate(iam, req, s3);
     // A presigned URL's signature parameters are credentials, not arguments of the operation.
     const q = req.query as Record<string, unknown> | undefined;
     if (q && typeof q === 'object') for (const k of Object.keys(q)) if (k.startsWith('X-Amz-')) delete q[k];
@@ -199,10 +211,14 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     const { failure, unexpected } = toFailure(err, dialect);
     if (unexpected) req.log.error({ err }, 'unexpected error');
     req.custos.errorCode = failure.code;
-    return reply.code(failure.status).type('application/json').send(errorBody(failure, dialect, req.id));
+    return reply.code(failure.status).type(dialect === 's3' ? 'application/xml' : 'application/json').send(errorBody(failure, dialect, req.id));
   });
   app.setNotFoundHandler(async (req, reply) => {
-    const dialect = dialectOf(req);
+    const dialect = s3 ? 's3' : dialectOf(req);
+    if (dialect === 's3') {
+      req.custos.errorCode = 'NotImplemented';
+      return reply.code(501).type('application/xml').send(errorBody(new HttpFailure(501, 'NotImplemented', 'this operation is not implemented'), 's3', req.id));
+    }
     if (dialect === 'aws-json') {
       req.custos.errorCode = 'UnknownOperationException';
       return reply.code(400).send({ __type: 'UnknownOperationException', message: 'unknown or unsupported X-Amz-Target' });
@@ -235,9 +251,10 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
       if (reply.statusCode < 400 && (!SAFE_METHODS.has(req.method) || meta?.traceType === 'data')) {
         const dialect = dialectOf(req);
         const f = edgeFailure('unavailable', dialect, 503, 'the audit trail is unavailable, so the request was refused; retry later');
-        reply.code(503).type('application/json');
+        reply.code(503).type(dialect === 's3' ? 'application/xml' : 'application/json');
         reply.removeHeader('x-subject-token');
-        return JSON.stringify(errorBody(f, dialect, req.id));
+        const body = errorBody(f, dialect, req.id);
+        return typeof body === 'string' ? body : JSON.stringify(body);
       }
     }
     return payload;
@@ -248,7 +265,11 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     duration.observe({ method: req.method, route: req.routeOptions.url ?? 'unmatched', status: String(reply.statusCode) }, seconds);
   });
 
-  // ---- plumbing routes
+  // ---- plumbing routes (on the main listener; on the S3 listener every path names a bucket)
+  if (s3) {
+    for (const r of deps.routes) app.route({ method: r.method, url: r.url, schema: r.schema ?? {}, config: { custos: r.meta }, ...(r.constraints ? { constraints: r.constraints } : {}), handler: r.handler });
+    return app;
+  }
   const plumbing = (action: null): RouteMeta => ({ dialect: 'custos', service: 'Custos', action, untraced: true });
   app.get('/health', { config: { custos: plumbing(null) }, schema: { hide: true } as object }, async () => ({ status: 'ok' }));
   app.get('/ready', { config: { custos: plumbing(null) }, schema: { hide: true } as object }, async (_req, reply) => {
@@ -301,11 +322,11 @@ const amzTargetConstraint = {
 };
 
 function notFoundCode(d: ApiDialect): string {
-  return d === 'custos' ? 'NotFound' : d === 'aws-json' ? 'NotFoundException' : d === 'huawei-kms' ? 'KMS.0202' : 'IAM.0004';
+  return d === 'custos' ? 'NotFound' : d === 'aws-json' ? 'NotFoundException' : d === 'huawei-kms' ? 'KMS.0202' : d === 's3' ? 'NoSuchBucket' : 'IAM.0004';
 }
 
 /** Token (X-Auth-Token) or AK/SK signature; anything else is 401. */
-async function authenticate(iam: IamService, req: FastifyRequest) {
+async function authenticate(iam: IamService, req: FastifyRequest, streamedBody: boolean) {
   const token = req.headers['x-auth-token'];
   if (typeof token === 'string' && token.length > 0) return iam.authenticateToken(token);
   const raw = req.raw.url ?? '/';
@@ -316,6 +337,7 @@ async function authenticate(iam: IamService, req: FastifyRequest) {
     query: q >= 0 ? raw.slice(q + 1) : '',
     headers: req.headers,
     body: req.custos.rawBody,
+    streamedBody,
   });
   if (!principal) throw IamError.unauthenticated('authenticate with an X-Auth-Token header or an AK/SK signature');
   return principal;

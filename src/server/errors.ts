@@ -1,18 +1,19 @@
 import type { FastifyError } from 'fastify';
+import { XMLBuilder } from 'fast-xml-parser';
 import { ServiceError } from '../errors.js';
 
-export type ApiDialect = 'huawei' | 'huawei-kms' | 'custos' | 'aws-json';
+export type ApiDialect = 'huawei' | 'huawei-kms' | 'custos' | 'aws-json' | 's3';
 
 /** The edge's own failures, worded per dialect. */
-const EDGE_CODES: Record<string, { huawei: string; custos: string; aws: string }> = {
-  badRequest: { huawei: 'APIGW.0201', custos: 'BadRequest', aws: 'ValidationException' },
-  unauthenticated: { huawei: 'APIGW.0301', custos: 'Unauthenticated', aws: 'UnrecognizedClientException' },
-  forbidden: { huawei: 'APIGW.0302', custos: 'Forbidden', aws: 'AccessDeniedException' },
-  notFound: { huawei: 'APIGW.0101', custos: 'NotFound', aws: 'NotFoundException' },
-  tooLarge: { huawei: 'APIGW.0201', custos: 'PayloadTooLarge', aws: 'ValidationException' },
-  mediaType: { huawei: 'APIGW.0201', custos: 'UnsupportedMediaType', aws: 'ValidationException' },
-  internal: { huawei: 'APIGW.0202', custos: 'InternalError', aws: 'InternalFailure' },
-  unavailable: { huawei: 'APIGW.0203', custos: 'ServiceUnavailable', aws: 'ServiceUnavailableException' },
+const EDGE_CODES: Record<string, { huawei: string; custos: string; aws: string; s3: string }> = {
+  badRequest: { huawei: 'APIGW.0201', custos: 'BadRequest', aws: 'ValidationException', s3: 'InvalidArgument' },
+  unauthenticated: { huawei: 'APIGW.0301', custos: 'Unauthenticated', aws: 'UnrecognizedClientException', s3: 'AccessDenied' },
+  forbidden: { huawei: 'APIGW.0302', custos: 'Forbidden', aws: 'AccessDeniedException', s3: 'AccessDenied' },
+  notFound: { huawei: 'APIGW.0101', custos: 'NotFound', aws: 'NotFoundException', s3: 'NoSuchBucket' },
+  tooLarge: { huawei: 'APIGW.0201', custos: 'PayloadTooLarge', aws: 'ValidationException', s3: 'EntityTooLarge' },
+  mediaType: { huawei: 'APIGW.0201', custos: 'UnsupportedMediaType', aws: 'ValidationException', s3: 'InvalidArgument' },
+  internal: { huawei: 'APIGW.0202', custos: 'InternalError', aws: 'InternalFailure', s3: 'InternalError' },
+  unavailable: { huawei: 'APIGW.0203', custos: 'ServiceUnavailable', aws: 'ServiceUnavailableException', s3: 'ServiceUnavailable' },
 };
 
 export class HttpFailure extends Error {
@@ -27,7 +28,7 @@ export class HttpFailure extends Error {
 
 function edge(kind: keyof typeof EDGE_CODES, dialect: ApiDialect, status: number, message: string): HttpFailure {
   const c = EDGE_CODES[kind]!;
-  return new HttpFailure(status, dialect === 'custos' ? c.custos : dialect === 'aws-json' ? c.aws : c.huawei, message);
+  return new HttpFailure(status, dialect === 'custos' ? c.custos : dialect === 'aws-json' ? c.aws : dialect === 's3' ? c.s3 : c.huawei, message);
 }
 
 export const edgeFailure = edge;
@@ -53,6 +54,11 @@ function awsCodeOf(err: ServiceError): string {
 export function toFailure(err: unknown, dialect: ApiDialect): { failure: HttpFailure; unexpected: boolean } {
   if (err instanceof ServiceError) {
     // A service whose errors are named differently per dialect (KMS) says how.
+    if (dialect === 's3' && err.service !== 'OBS') {
+      // S3 answers every authentication and authorization failure with 403.
+      const [status, code] = err.code === 'IAM.0009' ? [403, 'SignatureDoesNotMatch'] : err.status === 401 || err.status === 403 ? [403, 'AccessDenied'] : [err.status, err.status === 404 ? 'NoSuchKey' : err.status >= 500 ? 'InternalError' : 'InvalidRequest'];
+      return { failure: new HttpFailure(status, code, err.message), unexpected: false };
+    }
     const code = (err as ServiceError & { codeFor?: (d: ApiDialect) => string }).codeFor?.(dialect) ?? (dialect === 'aws-json' ? awsCodeOf(err) : err.code);
     return { failure: new HttpFailure(err.status, code, err.message), unexpected: false };
   }
@@ -88,5 +94,13 @@ export function errorBody(f: HttpFailure, dialect: ApiDialect, requestId: string
       return { __type: f.code, message: f.message };
     case 'custos':
       return { error: { code: f.code, message: f.message, request_id: requestId } };
+    case 's3':
+      return s3ErrorXml(f.code, f.message, requestId);
   }
+}
+
+const xml = new XMLBuilder({ ignoreAttributes: false, suppressEmptyNode: true });
+/** S3's error document. */
+export function s3ErrorXml(code: string, message: string, requestId: string, resource?: string): string {
+  return `<?xml version="1.0" encoding="UTF-8"?>\n${xml.build({ Error: { Code: code, Message: message, ...(resource ? { Resource: resource } : {}), RequestId: requestId } })}`;
 }

@@ -13,7 +13,12 @@ import { awsKmsRoutes } from '../kms/http/aws.js';
 import { huaweiKmsRoutes } from '../kms/http/huawei.js';
 import { KmsService, type GrantOperation } from '../kms/kms.js';
 import type { KmsTables } from '../kms/store.js';
+import { s3Routes } from '../obs/http/s3.js';
+import { ObsService } from '../obs/obs.js';
+import type { ObsTables } from '../obs/store.js';
+import { FsBlobStore } from '../store/blobs.js';
 import { migrate, openStore, type Store } from '../store/db.js';
+import path from 'node:path';
 import { buildApp } from './app.js';
 
 export interface Custos {
@@ -23,6 +28,9 @@ export interface Custos {
   iam: IamService;
   audit: AuditService;
   kms: KmsService;
+  obs: ObsService;
+  /** The S3/OBS listener. */
+  obsUrl: string;
   root: RootKeyProvider;
   bootstrap: Awaited<ReturnType<IamService['bootstrap']>>;
   rootKeyCreated: boolean;
@@ -36,6 +44,8 @@ export interface Services {
   iam: IamService;
   audit: AuditService;
   kms: KmsService;
+  obs: ObsService;
+  blobs: FsBlobStore;
   close(): Promise<void>;
 }
 
@@ -81,8 +91,10 @@ export async function openServices(config: Config, opts: { now?: () => number; o
       ...(opts.onError ? { onError: opts.onError } : {}),
     });
     const kms = new KmsService(store.db.withTables<KmsTables>(), rootKey, { ...(opts.now ? { now: opts.now } : {}) });
+    const blobs = new FsBlobStore(path.join(config.dataDir, 'blobs'));
+    const obs = new ObsService(store.db.withTables<ObsTables>(), kms, blobs, { maxObjectBytes: config.obsMaxObjectBytes, ...(opts.now ? { now: opts.now } : {}) });
     return {
-      store, root: rootKey, rootKeyCreated, iam, audit, kms,
+      store, root: rootKey, rootKeyCreated, iam, audit, kms, obs, blobs,
       async close() {
         await store.close();
         await rootKey.close();
@@ -116,7 +128,7 @@ export interface StartOptions {
 export async function startCustos(config: Config, opts: StartOptions = {}): Promise<Custos> {
   let report: (message: string) => void = (m) => process.stderr.write(`${m}\n`);
   const services = await openServices(config, { ...opts, onError: (m) => report(m) });
-  const { store, root, rootKeyCreated, iam, audit, kms } = services;
+  const { store, root, rootKeyCreated, iam, audit, kms, obs, blobs } = services;
   try {
     const bootstrap = await iam.bootstrap();
     const now = opts.now ?? Date.now;
@@ -133,7 +145,18 @@ export async function startCustos(config: Config, opts: StartOptions = {}): Prom
       ...(opts.logStream ? { logStream: opts.logStream } : {}),
     });
     report = (m) => app.log.error(m);
+    const s3App = await buildApp({
+      config, store, iam, audit: opts.untracedBaselineForBenchmarks ? null : audit, routes: s3Routes(obs, iam, config.regions), now, listener: 's3',
+      ...(opts.logStream ? { logStream: opts.logStream } : {}),
+    });
     const address = await app.listen({ host: config.host, port: config.port });
+    let obsUrl: string;
+    try {
+      obsUrl = await s3App.listen({ host: config.host, port: config.obsPort! });
+    } catch (e) {
+      await app.close();
+      throw e;
+    }
     const warn = (what: string) => (err: Error) => app.log.warn({ err: { message: err.message } }, `${what} failed`);
     const timers = [
       setInterval(() => iam.purgeExpired().catch(warn('IAM housekeeping')), 60_000),
@@ -145,16 +168,18 @@ export async function startCustos(config: Config, opts: StartOptions = {}): Prom
       // Key destruction, expiry of imported material and automatic rotation; each step is a
       // conditional update, so however many nodes run this, each piece of work happens once.
       setInterval(() => kms.runDueJobs().catch(warn('KMS jobs')), 60_000),
+      // Blobs of uploads whose node died before committing them.
+      setInterval(() => obs.collectOrphans().then(() => blobs.clearInterruptedWrites(3_600_000)).catch(warn('OBS orphan collection')), 600_000),
     ];
     for (const t of timers) t.unref();
     let closed = false;
     return {
-      app, url: address, store, iam, audit, kms, root, bootstrap, rootKeyCreated,
+      app, url: address, obsUrl, store, iam, audit, kms, obs, root, bootstrap, rootKeyCreated,
       async close() {
         if (closed) return;
         closed = true;
         for (const t of timers) clearInterval(t);
-        await app.close();
+        await Promise.all([app.close(), s3App.close()]);
         await audit.drain();
         await services.close();
       },

@@ -2,10 +2,12 @@ import type { Migration } from 'kysely';
 import * as m0001 from './0001_iam.js';
 import * as m0002 from './0002_audit.js';
 import * as m0003 from './0003_kms.js';
+import * as m0004 from './0004_obs.js';
 
 /** Ordered by name; a migration once released is never edited, only followed by a new one. */
 export const migrations: Record<string, Migration> = {
   '0001_iam': m0001,
   '0002_audit': m0002,
   '0003_kms': m0003,
+  '0004_obs': m0004,
 };

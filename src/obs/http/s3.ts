@@ -1,0 +1,315 @@
+/**
+ * The S3 REST protocol on the OBS listener (path-style: `/{bucket}/{key}`), SigV4-signed (header or
+ * presigned URL). Bucket names are per account: a request names a bucket of the caller's account, so
+ * another tenant's bucket is indistinguishable from a missing one.
+ */
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { PassThrough, Readable, Transform } from 'node:stream';
+import { crc32 } from 'node:zlib';
+import { XMLBuilder, XMLParser } from 'fast-xml-parser';
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import type { IamService, Principal, ResourceRef } from '../../iam/iam.js';
+import { ProjectLookup, scopeOfProject } from '../../kms/http/common.js';
+import { principalOf, type RouteDef, type RouteMeta } from '../../server/route.js';
+import { ObsError, type ObsService } from '../obs.js';
+import type { BucketRow, ObjectRow } from '../store.js';
+import { AwsChunkedDecoder } from './chunked.js';
+
+const xml = new XMLBuilder({ ignoreAttributes: false, suppressEmptyNode: false });
+const parser = new XMLParser({ ignoreAttributes: true, parseTagValue: false });
+const S3_NS = 'http://s3.amazonaws.com/doc/2006-03-01/';
+
+function xmlDoc(body: Record<string, unknown>): string {
+  return `<?xml version="1.0" encoding="UTF-8"?>\n${xml.build(body)}`;
+}
+const httpDate = (ms: number) => new Date(ms).toUTCString();
+const isoDate = (ms: number) => new Date(ms).toISOString();
+
+/** The bucket each request resolved before authorization, handed to its handler. */
+const resolvedBuckets = new WeakMap<FastifyRequest, BucketRow>();
+function bucketOf(req: FastifyRequest): BucketRow {
+  const b = resolvedBuckets.get(req);
+  if (!b) throw new Error('a bucket route ran without its bucket resolved');
+  return b;
+}
+function bucketResource(req: FastifyRequest, b: BucketRow, key?: string): ResourceRef {
+  resolvedBuckets.set(req, b);
+  return key === undefined
+    ? { service: 'obs', type: 'bucket', id: b.name, name: b.name, accountId: b.account_id, projectId: b.project_id, region: b.region }
+    : { service: 'obs', type: 'object', id: `${b.name}/${key}`, name: key, accountId: b.account_id, projectId: b.project_id, region: b.region };
+}
+
+/** S3's Range header: `bytes=a-b`, `bytes=a-`, `bytes=-n`. Null when absent; throws 416 when unsatisfiable. */
+function parseRange(header: string | undefined, size: number): { start: number; end: number } | null {
+  if (header === undefined) return null;
+  const m = /^bytes=(\d*)-(\d*)$/.exec(header.trim());
+  // A syntactically invalid or multi-range header is ignored, as S3 does: the whole object is sent.
+  if (!m || (m[1] === '' && m[2] === '')) return null;
+  let start: number;
+  let end: number;
+  if (m[1] === '') {
+    const n = Number(m[2]);
+    if (n === 0) throw rangeError(size);
+    start = Math.max(0, size - n);
+    end = size - 1;
+  } else {
+    start = Number(m[1]);
+    end = m[2] === '' ? size - 1 : Math.min(Number(m[2]), size - 1);
+    if (m[2] !== '' && Number(m[2]) < start) return null;
+  }
+  if (start >= size) throw rangeError(size);
+  return { start, end };
+}
+function rangeError(size: number): ObsError {
+  return new ObsError(416, 'InvalidRange', `the requested range is not satisfiable (object size ${size})`);
+}
+
+function objectHeaders(reply: FastifyReply, row: ObjectRow, arn: string): void {
+  reply.header('etag', `"${row.etag}"`);
+  reply.header('last-modified', httpDate(row.created_at));
+  reply.header('content-type', row.content_type);
+  reply.header('accept-ranges', 'bytes');
+  reply.header('x-amz-server-side-encryption', 'aws:kms');
+  reply.header('x-amz-server-side-encryption-aws-kms-key-id', arn);
+  for (const [k, v] of Object.entries(JSON.parse(row.metadata_json) as Record<string, string>)) reply.header(`x-amz-meta-${k}`, v);
+}
+
+/** Checksums a client may declare for the content (header or aws-chunked trailer), checked after the last byte. */
+const CHECKSUMS = ['x-amz-checksum-crc32', 'x-amz-checksum-sha256', 'x-amz-checksum-sha1'] as const;
+const UNSUPPORTED_CHECKSUMS = ['x-amz-checksum-crc32c', 'x-amz-checksum-crc64nvme'];
+
+export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): RouteDef[] {
+  const projects = new ProjectLookup(iam);
+  const meta = (action: string, resourceType: string, resource: RouteMeta['resource'], extra: Partial<RouteMeta> = {}): RouteMeta => ({
+    dialect: 's3', service: 'OBS', action, resourceType, ...(resource ? { resource } : {}), ...extra,
+  });
+  const bucketRes = (withKey: boolean) => async (req: FastifyRequest, p: Principal): Promise<ResourceRef | null> => {
+    const params = req.params as { bucket: string; '*'?: string };
+    const b = await obs.findBucket(p.accountId, params.bucket);
+    return b ? bucketResource(req, b, withKey ? params['*'] : undefined) : null;
+  };
+  const keyOf = (req: FastifyRequest) => (req.params as { '*': string })['*'];
+  const kmsArn = (b: BucketRow, row: ObjectRow) => `arn:aws:kms:${b.region}:${b.account_id}:key/${row.kms_key_id}`;
+
+  return [
+    {
+      method: 'GET', url: '/', meta: meta('obs:bucket:ListAllMyBuckets', 'bucket', undefined),
+      handler: async (req, reply) => {
+        const p = principalOf(req);
+        const buckets = await obs.listBuckets(p.accountId);
+        reply.type('application/xml');
+        return xmlDoc({
+          ListAllMyBucketsResult: {
+            '@_xmlns': S3_NS,
+            Owner: { ID: p.accountId, DisplayName: p.accountName },
+            Buckets: { Bucket: buckets.map((b) => ({ Name: b.name, CreationDate: isoDate(b.created_at), BucketRegion: b.region })) },
+          },
+        });
+      },
+    },
+    {
+      method: 'PUT', url: '/:bucket',
+      meta: meta('obs:bucket:CreateBucket', 'bucket', async (req, p) => ({ service: 'obs', type: 'bucket', id: (req.params as { bucket: string }).bucket, accountId: p.accountId })),
+      handler: async (req, reply) => {
+        const p = principalOf(req);
+        const q = req.query as Record<string, string>;
+        if (Object.keys(q).some((k) => k !== 'x-id')) throw new ObsError(501, 'NotImplemented', `bucket subresource ${Object.keys(q).join(', ')} is not implemented`);
+        const body = await readSmallBody(req.body as Readable | undefined, 64 * 1024);
+        let region: string | undefined;
+        if (body.length > 0) {
+          let doc: { CreateBucketConfiguration?: { LocationConstraint?: string; Location?: string } };
+          try {
+            doc = parser.parse(body.toString('utf8'), true) as typeof doc;
+          } catch {
+            throw new ObsError(400, 'MalformedXML', 'the XML you provided was not well-formed or did not validate against our published schema');
+          }
+          if (!doc.CreateBucketConfiguration) throw new ObsError(400, 'MalformedXML', 'expected a CreateBucketConfiguration document');
+          region = doc.CreateBucketConfiguration.LocationConstraint ?? doc.CreateBucketConfiguration.Location;
+        }
+        region ??= p.region ?? signedRegion(req) ?? regions[0]!;
+        if (!regions.includes(region)) throw new ObsError(400, 'InvalidLocationConstraint', `the region ${region} is not one of this installation's: ${regions.join(', ')}`);
+        const project = await projects.defaultOf(p.accountId, region);
+        if (!project) throw new ObsError(400, 'InvalidLocationConstraint', `your account has no project in ${region}`);
+        const b = await obs.createBucket(scopeOfProject(project), (req.params as { bucket: string }).bucket);
+        req.custos.traced.resourceId = b.name;
+        req.custos.traced.resourceName = b.name;
+        reply.header('location', `/${b.name}`);
+        return reply.code(200).send();
+      },
+    },
+    {
+      method: 'HEAD', url: '/:bucket', meta: meta('obs:bucket:HeadBucket', 'bucket', bucketRes(false)),
+      handler: async (req, reply) => {
+        reply.header('x-amz-bucket-region', bucketOf(req).region);
+        return reply.code(200).send();
+      },
+    },
+    {
+      method: 'DELETE', url: '/:bucket', meta: meta('obs:bucket:DeleteBucket', 'bucket', bucketRes(false)),
+      handler: async (req, reply) => {
+        await obs.deleteBucket(bucketOf(req));
+        return reply.code(204).send();
+      },
+    },
+    {
+      method: 'GET', url: '/:bucket', meta: meta('obs:bucket:ListBucket', 'bucket', bucketRes(false)),
+      handler: async (req, reply) => {
+        const b = bucketOf(req);
+        const q = req.query as Record<string, string | undefined>;
+        reply.type('application/xml');
+        if ('location' in q) return xmlDoc({ LocationConstraint: { '@_xmlns': S3_NS, '#text': b.region } });
+        const known = new Set(['list-type', 'prefix', 'delimiter', 'max-keys', 'continuation-token', 'start-after', 'marker', 'encoding-type', 'fetch-owner', 'x-id']);
+        const unknown = Object.keys(q).filter((k) => !known.has(k));
+        if (unknown.length) throw new ObsError(501, 'NotImplemented', `bucket subresource ${unknown.join(', ')} is not implemented`);
+        const maxKeys = q['max-keys'] === undefined ? 1000 : Number(q['max-keys']);
+        if (!Number.isInteger(maxKeys) || maxKeys < 0) throw new ObsError(400, 'InvalidArgument', 'max-keys must be a non-negative integer');
+        const v2 = q['list-type'] === '2';
+        let startAfter = (v2 ? q['start-after'] : q.marker) ?? '';
+        if (v2 && q['continuation-token']) {
+          const decoded = Buffer.from(q['continuation-token'], 'base64url').toString('utf8');
+          if (!decoded.startsWith('k:')) throw new ObsError(400, 'InvalidArgument', 'the continuation token is not valid');
+          startAfter = decoded.slice(2);
+        }
+        const prefix = q.prefix ?? '';
+        const delimiter = q.delimiter ?? '';
+        const r = await obs.listObjects(b, { prefix, delimiter, startAfter, maxKeys: Math.min(maxKeys, 1000) });
+        const enc = q['encoding-type'] === 'url' ? (s: string) => encodeURIComponent(s).replace(/%2F/g, '/') : (s: string) => s;
+        const contents = r.objects.map((o) => ({ Key: enc(o.key), LastModified: isoDate(o.created_at), ETag: `"${o.etag}"`, Size: o.size, StorageClass: 'STANDARD' }));
+        const common = r.prefixes.map((p) => ({ Prefix: enc(p) }));
+        const result: Record<string, unknown> = {
+          '@_xmlns': S3_NS, Name: b.name, Prefix: enc(prefix), ...(delimiter ? { Delimiter: enc(delimiter) } : {}), MaxKeys: maxKeys,
+          ...(q['encoding-type'] ? { EncodingType: q['encoding-type'] } : {}), IsTruncated: r.truncated,
+        };
+        if (v2) {
+          Object.assign(result, { KeyCount: contents.length + common.length, ...(q['continuation-token'] ? { ContinuationToken: q['continuation-token'] } : {}), ...(q['start-after'] ? { StartAfter: enc(q['start-after']) } : {}) });
+          if (r.truncated && r.next !== null) result.NextContinuationToken = Buffer.from(`k:${r.next}`).toString('base64url');
+        } else {
+          Object.assign(result, { Marker: enc(q.marker ?? '') });
+          if (r.truncated && r.next !== null) result.NextMarker = enc(r.next);
+        }
+        if (contents.length) result.Contents = contents;
+        if (common.length) result.CommonPrefixes = common;
+        return xmlDoc({ ListBucketResult: result });
+      },
+    },
+    {
+      method: 'PUT', url: '/:bucket/*', meta: meta('obs:object:PutObject', 'object', bucketRes(true)),
+      handler: async (req, reply) => {
+        const b = bucketOf(req);
+        const h = req.headers;
+        const q = req.query as Record<string, string>;
+        if (Object.keys(q).some((k) => k !== 'x-id')) throw new ObsError(501, 'NotImplemented', `object subresource ${Object.keys(q).filter((k) => k !== 'x-id').join(', ')} is not implemented`);
+        if (h['x-amz-copy-source'] !== undefined) throw new ObsError(501, 'NotImplemented', 'CopyObject is not implemented yet');
+        if (h['x-amz-server-side-encryption-customer-algorithm'] !== undefined) throw new ObsError(501, 'NotImplemented', 'SSE-C is not implemented yet');
+        for (const u of UNSUPPORTED_CHECKSUMS) if (h[u] !== undefined || String(h['x-amz-trailer'] ?? '').includes(u)) throw new ObsError(400, 'InvalidRequest', `${u} is not supported here; use CRC32, SHA1 or SHA256 checksums`);
+        const declared = String(h['x-amz-content-sha256'] ?? '');
+        const chunked = declared === 'STREAMING-UNSIGNED-PAYLOAD-TRAILER' || declared.startsWith('STREAMING-');
+        if (declared.startsWith('STREAMING-') && declared !== 'STREAMING-UNSIGNED-PAYLOAD-TRAILER') {
+          throw new ObsError(501, 'NotImplemented', `${declared} uploads are not supported; use UNSIGNED-PAYLOAD or STREAMING-UNSIGNED-PAYLOAD-TRAILER`);
+        }
+        const length = Number(chunked ? h['x-amz-decoded-content-length'] : h['content-length'] ?? 0);
+        if (chunked && h['x-amz-decoded-content-length'] === undefined) throw new ObsError(411, 'MissingContentLength', 'x-amz-decoded-content-length is required with aws-chunked bodies');
+        if (!chunked && h['content-length'] === undefined) throw new ObsError(411, 'MissingContentLength', 'you must provide the Content-Length HTTP header');
+
+        const raw = (req.body as Readable | undefined) ?? Readable.from([]);
+        const decoder = chunked ? new AwsChunkedDecoder() : null;
+        const sums = { crc: 0, sha1: createHash('sha1') };
+        const tap = new Transform({
+          transform(chunk: Buffer, _e, done) {
+            sums.crc = crc32(chunk, sums.crc);
+            sums.sha1.update(chunk);
+            done(null, chunk);
+          },
+        });
+        const source = decoder ? raw.pipe(decoder) : raw;
+        raw.on('error', (e) => source.destroy(e));
+        decoder?.on('error', (e) => tap.destroy(e));
+        const content = source.pipe(tap);
+        const metadata: Record<string, string> = {};
+        for (const [k, v] of Object.entries(h)) if (k.startsWith('x-amz-meta-') && typeof v === 'string') metadata[k.slice(11)] = v;
+        const contentType = typeof h['content-type'] === 'string' ? h['content-type'] : 'binary/octet-stream';
+        const result = await obs.putObject(b, keyOf(req), content, { contentType, metadata }, ({ md5, sha256, size }) => {
+          if (size !== length) throw new ObsError(400, 'IncompleteBody', `the body has ${size} bytes, not the ${length} declared`);
+          const given = { ...decoder?.trailers };
+          for (const name of CHECKSUMS) if (typeof h[name] === 'string') given[name] = h[name] as string;
+          const computed: Record<string, Buffer> = { 'x-amz-checksum-crc32': u32(sums.crc), 'x-amz-checksum-sha256': sha256, 'x-amz-checksum-sha1': sums.sha1.digest() };
+          for (const name of CHECKSUMS) {
+            if (given[name] !== undefined && !equalB64(given[name]!, computed[name]!)) throw new ObsError(400, 'BadDigest', `the ${name.slice(15).toUpperCase()} checksum you specified did not match the content`);
+          }
+          const contentMd5 = h['content-md5'];
+          if (typeof contentMd5 === 'string' && !equalB64(contentMd5, md5)) throw new ObsError(400, 'BadDigest', 'the Content-MD5 you specified did not match what we received');
+          if (/^[0-9a-f]{64}$/.test(declared) && declared !== sha256.toString('hex')) throw new ObsError(400, 'XAmzContentSHA256Mismatch', 'the provided x-amz-content-sha256 header does not match what was computed');
+        });
+        reply.header('etag', `"${result.etag}"`);
+        reply.header('x-amz-server-side-encryption', 'aws:kms');
+        return reply.code(200).send();
+      },
+    },
+    {
+      method: 'GET', url: '/:bucket/*', meta: meta('obs:object:GetObject', 'object', bucketRes(true), { traceType: 'data' }),
+      handler: async (req, reply) => {
+        const b = bucketOf(req);
+        const row = await obs.headObject(b, keyOf(req));
+        const range = parseRange(req.headers.range, row.size);
+        const start = range?.start ?? 0;
+        const end = range?.end ?? row.size - 1;
+        const stream = await obs.readObject(b, row, start, end);
+        objectHeaders(reply, row, kmsArn(b, row));
+        reply.header('content-length', String(end - start + 1));
+        if (range) {
+          reply.code(206);
+          reply.header('content-range', `bytes ${start}-${end}/${row.size}`);
+        }
+        // A decryption failure midway cannot change the status any more: the connection is cut.
+        const out = new PassThrough();
+        stream.on('error', (e) => out.destroy(e));
+        return reply.send(stream.pipe(out));
+      },
+    },
+    {
+      method: 'HEAD', url: '/:bucket/*', meta: meta('obs:object:GetObject', 'object', bucketRes(true)),
+      handler: async (req, reply) => {
+        const b = bucketOf(req);
+        const row = await obs.headObject(b, keyOf(req));
+        objectHeaders(reply, row, kmsArn(b, row));
+        reply.header('content-length', String(row.size));
+        return reply.code(200).send();
+      },
+    },
+    {
+      method: 'DELETE', url: '/:bucket/*', meta: meta('obs:object:DeleteObject', 'object', bucketRes(true)),
+      handler: async (req, reply) => {
+        await obs.deleteObject(bucketOf(req), keyOf(req));
+        return reply.code(204).send();
+      },
+    },
+  ];
+}
+
+function u32(n: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt32BE(n >>> 0);
+  return b;
+}
+function equalB64(given: string, computed: Buffer): boolean {
+  const g = Buffer.from(given, 'base64');
+  return g.length === computed.length && timingSafeEqual(g, computed);
+}
+
+function signedRegion(req: FastifyRequest): string | null {
+  const auth = req.headers.authorization;
+  const fromHeader = typeof auth === 'string' ? /Credential=[^/]+\/\d{8}\/([^/]+)\/s3\/aws4_request/.exec(auth)?.[1] : undefined;
+  return fromHeader ?? null;
+}
+
+async function readSmallBody(body: Readable | undefined, max: number): Promise<Buffer> {
+  if (!body) return Buffer.alloc(0);
+  const parts: Buffer[] = [];
+  let n = 0;
+  for await (const c of body) {
+    n += (c as Buffer).length;
+    if (n > max) throw new ObsError(400, 'MaxMessageLengthExceeded', 'your request was too big');
+    parts.push(c as Buffer);
+  }
+  return Buffer.concat(parts);
+}

@@ -1,0 +1,178 @@
+// OBS over the S3 protocol with the AWS SDK for JavaScript v3 (@aws-sdk/client-s3), configured as a
+// user configures it: endpoint, region, AK/SK, path-style addressing.
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
+import path from 'node:path';
+import { Readable } from 'node:stream';
+import {
+  CreateBucketCommand, DeleteBucketCommand, DeleteObjectCommand, GetObjectCommand, HeadBucketCommand, HeadObjectCommand,
+  ListBucketsCommand, ListObjectsV2Command, PutObjectCommand, S3Client,
+} from '@aws-sdk/client-s3';
+import { sql } from 'kysely';
+import { DB, PASSWORD, startTestServer, type Tenant, type TestServer } from '../helpers.js';
+
+const DAY = 86_400_000;
+let s: TestServer;
+let t: Tenant;
+let other: Tenant;
+let region: string;
+let clock = Date.now();
+let client: S3Client;
+let theirs: S3Client;
+
+async function s3For(tenant: Tenant, clockOffsetMs = 0): Promise<S3Client> {
+  const r = await s.api('POST', '/v3.0/OS-CREDENTIAL/credentials', { token: tenant.token, body: { credential: { user_id: tenant.adminUserId } } });
+  assert.equal(r.status, 201, r.text);
+  return new S3Client({
+    endpoint: s.custos.obsUrl, region, forcePathStyle: true, systemClockOffset: clockOffsetMs,
+    credentials: { accessKeyId: r.json.credential.access, secretAccessKey: r.json.credential.secret },
+  });
+}
+function filesUnder(dir: string): string[] {
+  return readdirSync(dir).flatMap((f) => {
+    const p = path.join(dir, f);
+    return statSync(p).isDirectory() ? filesUnder(p) : [p];
+  });
+}
+
+before(async () => {
+  s = await startTestServer({ now: () => clock });
+  t = await s.createTenant();
+  other = await s.createTenant();
+  region = t.projects[0]!.name;
+  client = await s3For(t);
+  theirs = await s3For(other);
+});
+after(async () => {
+  client?.destroy();
+  theirs?.destroy();
+  await s?.close();
+});
+
+describe('S3 API with @aws-sdk/client-s3', () => {
+  test('buckets: create in a region, head, list, refuse deleting a non-empty one', async () => {
+    await client.send(new CreateBucketCommand({ Bucket: 'photos', CreateBucketConfiguration: { LocationConstraint: region as never } }));
+    const head = await client.send(new HeadBucketCommand({ Bucket: 'photos' }));
+    assert.equal(head.$metadata.httpStatusCode, 200);
+    assert.ok((await client.send(new ListBucketsCommand({}))).Buckets!.some((b) => b.Name === 'photos'));
+    await assert.rejects(client.send(new CreateBucketCommand({ Bucket: 'photos' })), { name: 'BucketAlreadyOwnedByYou' });
+    await assert.rejects(client.send(new CreateBucketCommand({ Bucket: 'Bad_Name' })), { name: 'InvalidBucketName' });
+    await assert.rejects(client.send(new CreateBucketCommand({ Bucket: 'elsewhere', CreateBucketConfiguration: { LocationConstraint: 'us-east-2' } })), (e: Error) => /InvalidLocationConstraint/.test(e.name));
+    await client.send(new PutObjectCommand({ Bucket: 'photos', Key: 'keep.txt', Body: 'x' }));
+    await assert.rejects(client.send(new DeleteBucketCommand({ Bucket: 'photos' })), { name: 'BucketNotEmpty' });
+    await client.send(new CreateBucketCommand({ Bucket: 'scratch' }));
+    await client.send(new DeleteBucketCommand({ Bucket: 'scratch' }));
+    await assert.rejects(client.send(new HeadBucketCommand({ Bucket: 'scratch' })), { name: 'NotFound' });
+  });
+
+  test('objects: put (buffer and stream), get, range, head with metadata, list with prefixes and pages, delete', async () => {
+    const data = randomBytes(300_000);
+    const put = await client.send(new PutObjectCommand({ Bucket: 'photos', Key: 'albums/2026/a.jpg', Body: data, ContentType: 'image/jpeg', Metadata: { camera: 'x100' } }));
+    assert.equal(put.ETag, `"${createHash('md5').update(data).digest('hex')}"`);
+    assert.equal(put.ServerSideEncryption, 'aws:kms');
+    const got = await client.send(new GetObjectCommand({ Bucket: 'photos', Key: 'albums/2026/a.jpg' }));
+    assert.deepEqual(Buffer.from(await got.Body!.transformToByteArray()), data);
+    assert.equal(got.ContentType, 'image/jpeg');
+    assert.equal(got.Metadata?.camera, 'x100');
+    const part = await client.send(new GetObjectCommand({ Bucket: 'photos', Key: 'albums/2026/a.jpg', Range: 'bytes=70000-140000' }));
+    assert.equal(part.ContentRange, `bytes 70000-140000/${data.length}`);
+    assert.deepEqual(Buffer.from(await part.Body!.transformToByteArray()), data.subarray(70000, 140001));
+    const tail = await client.send(new GetObjectCommand({ Bucket: 'photos', Key: 'albums/2026/a.jpg', Range: 'bytes=-10' }));
+    assert.deepEqual(Buffer.from(await tail.Body!.transformToByteArray()), data.subarray(data.length - 10));
+    await assert.rejects(client.send(new GetObjectCommand({ Bucket: 'photos', Key: 'albums/2026/a.jpg', Range: `bytes=${data.length}-` })), { name: 'InvalidRange' });
+    const head = await client.send(new HeadObjectCommand({ Bucket: 'photos', Key: 'albums/2026/a.jpg' }));
+    assert.equal(head.ContentLength, data.length);
+    assert.match(head.SSEKMSKeyId ?? '', /^arn:aws:kms:/);
+
+    // A stream of unknown content goes as aws-chunked with a checksum trailer, as the SDK does by default.
+    const streamed = randomBytes(200_000);
+    await client.send(new PutObjectCommand({ Bucket: 'photos', Key: 'albums/2026/b.jpg', Body: Readable.from([streamed.subarray(0, 100_000), streamed.subarray(100_000)]), ContentLength: streamed.length }));
+    assert.deepEqual(Buffer.from(await (await client.send(new GetObjectCommand({ Bucket: 'photos', Key: 'albums/2026/b.jpg' }))).Body!.transformToByteArray()), streamed);
+    for (const k of ['albums/2025/c.jpg', 'albums/2026/d.jpg', 'readme.txt', 'empty']) await client.send(new PutObjectCommand({ Bucket: 'photos', Key: k, Body: k === 'empty' ? '' : k }));
+    assert.equal(Buffer.from(await (await client.send(new GetObjectCommand({ Bucket: 'photos', Key: 'empty' }))).Body!.transformToByteArray()).length, 0);
+
+    const top = await client.send(new ListObjectsV2Command({ Bucket: 'photos', Delimiter: '/' }));
+    assert.deepEqual(top.CommonPrefixes?.map((p) => p.Prefix), ['albums/']);
+    assert.deepEqual(top.Contents?.map((c) => c.Key), ['empty', 'keep.txt', 'readme.txt']);
+    const years = await client.send(new ListObjectsV2Command({ Bucket: 'photos', Prefix: 'albums/', Delimiter: '/' }));
+    assert.deepEqual(years.CommonPrefixes?.map((p) => p.Prefix), ['albums/2025/', 'albums/2026/']);
+    const seen: string[] = [];
+    let token: string | undefined;
+    do {
+      const page = await client.send(new ListObjectsV2Command({ Bucket: 'photos', MaxKeys: 2, ...(token ? { ContinuationToken: token } : {}) }));
+      seen.push(...(page.Contents ?? []).map((c) => c.Key!));
+      token = page.IsTruncated ? page.NextContinuationToken : undefined;
+    } while (token);
+    assert.deepEqual(seen, ['albums/2025/c.jpg', 'albums/2026/a.jpg', 'albums/2026/b.jpg', 'albums/2026/d.jpg', 'empty', 'keep.txt', 'readme.txt']);
+
+    await client.send(new DeleteObjectCommand({ Bucket: 'photos', Key: 'albums/2026/d.jpg' }));
+    await assert.rejects(client.send(new GetObjectCommand({ Bucket: 'photos', Key: 'albums/2026/d.jpg' })), { name: 'NoSuchKey' });
+  });
+
+  test('another tenant cannot list, read or learn of a bucket; bucket names are per account', async () => {
+    await assert.rejects(theirs.send(new HeadBucketCommand({ Bucket: 'photos' })), { name: 'NotFound' });
+    await assert.rejects(theirs.send(new GetObjectCommand({ Bucket: 'photos', Key: 'keep.txt' })), { name: 'NoSuchBucket' });
+    await assert.rejects(theirs.send(new ListObjectsV2Command({ Bucket: 'photos' })), { name: 'NoSuchBucket' });
+    await assert.rejects(theirs.send(new PutObjectCommand({ Bucket: 'photos', Key: 'x', Body: 'x' })), { name: 'NoSuchBucket' });
+    // Their own bucket of the same name is a different bucket: creating it reveals nothing.
+    await theirs.send(new CreateBucketCommand({ Bucket: 'photos' }));
+    assert.equal((await theirs.send(new ListObjectsV2Command({ Bucket: 'photos' }))).KeyCount, 0);
+    assert.ok(!(await theirs.send(new ListBucketsCommand({}))).Buckets!.some((b) => b.CreationDate && b.Name !== 'photos'));
+  });
+
+  test('bad input answers S3 error codes in XML: malformed XML, wrong digest, bad signature', async () => {
+    const wrongMd5 = await fetch(`${s.custos.obsUrl}/photos/x`, { method: 'PUT', body: 'x' }).then(async (r) => ({ status: r.status, text: await r.text() }));
+    assert.equal(wrongMd5.status, 403, 'unsigned requests are refused');
+    assert.match(wrongMd5.text, /<Code>AccessDenied<\/Code>/);
+    await assert.rejects(client.send(new PutObjectCommand({ Bucket: 'photos', Key: 'md5', Body: 'hello', ContentMD5: Buffer.alloc(16).toString('base64') })), { name: 'BadDigest' });
+    await assert.rejects(client.send(new GetObjectCommand({ Bucket: 'photos', Key: 'md5' })), { name: 'NoSuchKey' }, 'nothing was stored');
+    const r = await s.api('POST', '/v3.0/OS-CREDENTIAL/credentials', { token: t.token, body: { credential: { user_id: t.adminUserId } } });
+    const forged = new S3Client({ endpoint: s.custos.obsUrl, region, forcePathStyle: true, credentials: { accessKeyId: r.json.credential.access, secretAccessKey: 'not-the-secret-not-the-secret-000000' } });
+    try {
+      await assert.rejects(forged.send(new ListBucketsCommand({})), { name: 'SignatureDoesNotMatch' });
+    } finally {
+      forged.destroy();
+      await s.api('DELETE', `/v3.0/OS-CREDENTIAL/credentials/${r.json.credential.access}`, { token: t.token });
+    }
+    const token = await s.token(t.name, 'admin', PASSWORD);
+    const bad = await fetch(`${s.custos.obsUrl}/newbucket`, { method: 'PUT', headers: { 'x-auth-token': token }, body: '<CreateBucketConfiguration><LocationConstraint>' });
+    assert.equal(bad.status, 400);
+    assert.match(await bad.text(), /<Code>MalformedXML<\/Code>/);
+  });
+
+  test('content is stored only encrypted, and destroying the KMS key makes the object unreadable', async () => {
+    const canary = `canary-${randomBytes(12).toString('hex')}`;
+    await client.send(new CreateBucketCommand({ Bucket: 'vault' }));
+    await client.send(new PutObjectCommand({ Bucket: 'vault', Key: 'secret.txt', Body: canary.repeat(100) }));
+    const places: [string, Buffer][] = filesUnder(path.join(s.dataDir, 'blobs')).map((f) => [f, readFileSync(f)]);
+    assert.ok(places.length >= 1, 'blobs are where the scan looks');
+    if (DB === 'sqlite') for (const f of filesUnder(s.dataDir).filter((f) => !f.includes(`${path.sep}blobs${path.sep}`))) places.push([f, readFileSync(f)]);
+    else {
+      const rows = (await sql<{ r: string }>`select row_to_json(o)::text as r from obs_objects o`.execute(s.custos.store.db)).rows;
+      places.push(['obs_objects rows', Buffer.from(rows.map((x) => x.r).join('\n'))]);
+    }
+    for (const [where, bytes] of places) assert.ok(!bytes.includes(Buffer.from(canary)), `${where} holds the plaintext`);
+
+    // The tenant's default object key in this project, destroyed after its waiting period.
+    const project = t.projects[0]!.id;
+    const desc = await s.api('POST', `/v1.0/${project}/kms/list-keys`, { token: t.token, body: {} });
+    const key = (desc.json.key_details as { key_id: string; key_alias: string }[]).find((k) => k.key_alias === 'obs/default')!;
+    assert.ok(key, 'objects are encrypted under the tenant\'s obs/default key');
+    assert.equal((await s.api('POST', `/v1.0/${project}/kms/schedule-key-deletion`, { token: t.token, body: { key_id: key.key_id, pending_days: '7' } })).status, 200);
+    // A client whose clock agrees with the server's, moved past the waiting period.
+    const fresh = await s3For(t, 7 * DAY + 1000);
+    clock += 7 * DAY + 1000;
+    assert.equal((await s.custos.kms.runDueJobs()).destroyed, 1);
+    try {
+      await assert.rejects(fresh.send(new GetObjectCommand({ Bucket: 'vault', Key: 'secret.txt' })), (e: Error & { $metadata: { httpStatusCode: number } }) => {
+        assert.equal(e.$metadata.httpStatusCode, 403);
+        assert.match(e.name, /KMS/);
+        return true;
+      });
+    } finally {
+      fresh.destroy();
+    }
+  });
+});
