@@ -23,7 +23,14 @@ export class ObsError extends ServiceError {
 const BUCKET_NAME = /^(?!xn--)(?!.*-s3alias$)(?!\d+\.\d+\.\d+\.\d+$)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/;
 /** The tenant's default object key in a project, made on first use. */
 export const DEFAULT_KEY_ALIAS = 'obs/default';
-const NULL_VERSION = 'null';
+export const NULL_VERSION = 'null';
+export type Versioning = '' | 'Enabled' | 'Suspended';
+
+/** Version ids sort by creation time (then randomly within a millisecond). */
+function newVersionId(now: number): string {
+  return now.toString(16).padStart(12, '0') + randomBytes(10).toString('hex');
+}
+const RETRIES = 3;
 
 export function validBucketName(name: string): boolean {
   return BUCKET_NAME.test(name) && !name.includes('..') && !name.includes('.-') && !name.includes('-.');
@@ -59,7 +66,7 @@ export class ObsService {
 
   async createBucket(scope: KeyScope, name: string): Promise<BucketRow> {
     if (!validBucketName(name)) throw new ObsError(400, 'InvalidBucketName', 'bucket names are 3 to 63 lower-case letters, digits, dots and hyphens, starting and ending with a letter or digit');
-    const row: BucketRow = { id: randomBytes(16).toString('hex'), account_id: scope.accountId, name, project_id: scope.projectId, region: scope.region, kms_key_id: null, created_at: this.now() };
+    const row: BucketRow = { id: randomBytes(16).toString('hex'), account_id: scope.accountId, name, project_id: scope.projectId, region: scope.region, kms_key_id: null, created_at: this.now(), versioning: '' };
     try {
       await this.db.insertInto('obs_buckets').values(row).execute();
     } catch (e) {
@@ -82,6 +89,11 @@ export class ObsService {
     const any = await this.db.selectFrom('obs_objects').select('key').where('bucket_id', '=', bucket.id).limit(1).executeTakeFirst();
     if (any) throw new ObsError(409, 'BucketNotEmpty', 'the bucket you tried to delete is not empty', { resource: `/${bucket.name}` });
     await this.db.deleteFrom('obs_buckets').where('id', '=', bucket.id).execute();
+  }
+
+  /** Versioning can be turned on, then suspended and resumed; never turned off again (as in S3). */
+  async setVersioning(bucket: BucketRow, status: 'Enabled' | 'Suspended'): Promise<void> {
+    await this.db.updateTable('obs_buckets').set({ versioning: status }).where('id', '=', bucket.id).execute();
   }
 
   // ------------------------------------------------------------------ objects
@@ -144,21 +156,16 @@ export class ObsService {
       if (bytes !== encryptedSize(size)) throw new Error('the encrypted blob has an unexpected size');
       const etagRaw = md5.digest();
       verify({ md5: etagRaw, sha256: sha256.digest(), size });
+      const versionId = bucket.versioning === 'Enabled' ? newVersionId(this.now()) : NULL_VERSION;
       const row: ObjectRow = {
-        bucket_id: bucket.id, key, version_id: NULL_VERSION, size, etag: etagRaw.toString('hex'), content_type: meta.contentType,
+        bucket_id: bucket.id, key, version_id: versionId, size, etag: etagRaw.toString('hex'), content_type: meta.contentType,
         metadata_json: JSON.stringify(meta.metadata), blob_id: blobId, cipher_size: bytes, kms_key_id: cmk.id,
-        data_key: dk.ciphertext.toString('base64'), created_at: this.now(),
+        data_key: dk.ciphertext.toString('base64'), created_at: this.now(), is_latest: 1, delete_marker: 0, seq: 0,
       };
-      const replaced = await this.db.transaction().execute(async (tx) => {
-        const old = await tx.selectFrom('obs_objects').select('blob_id').where('bucket_id', '=', bucket.id).where('key', '=', key).where('version_id', '=', NULL_VERSION).executeTakeFirst();
-        if (old) await tx.deleteFrom('obs_objects').where('bucket_id', '=', bucket.id).where('key', '=', key).where('version_id', '=', NULL_VERSION).execute();
-        await tx.insertInto('obs_objects').values(row).execute();
-        await tx.deleteFrom('obs_pending_blobs').where('blob_id', '=', blobId).execute();
-        return old?.blob_id ?? null;
-      });
+      const replaced = await this.makeCurrent(row);
       committed = true;
       if (replaced) await this.blobs.delete(replaced).catch(() => undefined);
-      return { etag: row.etag, size, versionId: NULL_VERSION };
+      return { etag: row.etag, size, versionId };
     } finally {
       dk.plaintext.fill(0);
       if (!committed) {
@@ -168,9 +175,51 @@ export class ObsService {
     }
   }
 
-  async headObject(bucket: BucketRow, key: string): Promise<ObjectRow> {
-    const row = await this.db.selectFrom('obs_objects').selectAll().where('bucket_id', '=', bucket.id).where('key', '=', key).where('version_id', '=', NULL_VERSION).executeTakeFirst();
-    if (!row) throw new ObsError(404, 'NoSuchKey', 'the specified key does not exist', { resource: `/${bucket.name}/${key}` });
+  /**
+   * Inserts a version (or delete marker) as the key's current one. A 'null' version replaces the
+   * previous 'null' version, whose blob id is returned for deletion once committed. Concurrent writers
+   * of one key are serialised by the unique current-version index: the loser retries.
+   */
+  private async makeCurrent(row: ObjectRow): Promise<string | null> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.db.transaction().execute(async (tx) => {
+          let replaced: string | null = null;
+          if (row.version_id === NULL_VERSION) {
+            const old = await tx.selectFrom('obs_objects').select(['blob_id', 'delete_marker']).where('bucket_id', '=', row.bucket_id).where('key', '=', row.key).where('version_id', '=', NULL_VERSION).executeTakeFirst();
+            if (old) {
+              await tx.deleteFrom('obs_objects').where('bucket_id', '=', row.bucket_id).where('key', '=', row.key).where('version_id', '=', NULL_VERSION).execute();
+              if (!old.delete_marker) replaced = old.blob_id;
+            }
+          }
+          const top = await tx.selectFrom('obs_objects').select((eb) => eb.fn.max('seq').as('seq')).where('bucket_id', '=', row.bucket_id).where('key', '=', row.key).executeTakeFirst();
+          await tx.updateTable('obs_objects').set({ is_latest: 0 }).where('bucket_id', '=', row.bucket_id).where('key', '=', row.key).where('is_latest', '=', 1).execute();
+          await tx.insertInto('obs_objects').values({ ...row, seq: Number(top?.seq ?? 0) + 1 }).execute();
+          if (!row.delete_marker) await tx.deleteFrom('obs_pending_blobs').where('blob_id', '=', row.blob_id).execute();
+          return replaced;
+        });
+      } catch (e) {
+        if (attempt < RETRIES && isUniqueViolation(e)) continue;
+        throw e;
+      }
+    }
+  }
+
+  /** The key's current version, or a given version. A delete marker as the current version is "no such key". */
+  async headObject(bucket: BucketRow, key: string, versionId?: string): Promise<ObjectRow> {
+    let q = this.db.selectFrom('obs_objects').selectAll().where('bucket_id', '=', bucket.id).where('key', '=', key);
+    q = versionId === undefined ? q.where('is_latest', '=', 1) : q.where('version_id', '=', versionId);
+    const row = await q.executeTakeFirst();
+    if (!row) {
+      throw versionId === undefined
+        ? new ObsError(404, 'NoSuchKey', 'the specified key does not exist', { resource: `/${bucket.name}/${key}` })
+        : new ObsError(404, 'NoSuchVersion', 'the specified version does not exist', { resource: `/${bucket.name}/${key}` });
+    }
+    if (row.delete_marker) {
+      throw versionId === undefined
+        ? new ObsError(404, 'NoSuchKey', 'the specified key does not exist', { resource: `/${bucket.name}/${key}`, deleteMarker: 'true', versionId: row.version_id })
+        : new ObsError(405, 'MethodNotAllowed', 'the specified version is a delete marker', { resource: `/${bucket.name}/${key}`, deleteMarker: 'true', versionId: row.version_id });
+    }
     return row;
   }
 
@@ -210,13 +259,57 @@ export class ObsService {
     return stale.length;
   }
 
-  async deleteObject(bucket: BucketRow, key: string): Promise<void> {
-    const old = await this.db.transaction().execute(async (tx) => {
-      const row = await tx.selectFrom('obs_objects').select('blob_id').where('bucket_id', '=', bucket.id).where('key', '=', key).where('version_id', '=', NULL_VERSION).executeTakeFirst();
-      if (row) await tx.deleteFrom('obs_objects').where('bucket_id', '=', bucket.id).where('key', '=', key).where('version_id', '=', NULL_VERSION).execute();
-      return row?.blob_id ?? null;
-    });
-    if (old) await this.blobs.delete(old).catch(() => undefined);
+  /**
+   * DeleteObject. With a version id the version is removed for good (and the newest remaining one
+   * becomes current); without one, a versioned bucket gets a delete marker and an unversioned bucket
+   * loses the object.
+   */
+  async deleteObject(bucket: BucketRow, key: string, versionId?: string): Promise<{ versionId?: string; deleteMarker?: boolean }> {
+    if (versionId !== undefined) {
+      const removed = await this.db.transaction().execute(async (tx) => {
+        const row = await tx.selectFrom('obs_objects').selectAll().where('bucket_id', '=', bucket.id).where('key', '=', key).where('version_id', '=', versionId).executeTakeFirst();
+        if (!row) return null;
+        await tx.deleteFrom('obs_objects').where('bucket_id', '=', bucket.id).where('key', '=', key).where('version_id', '=', versionId).execute();
+        if (row.is_latest) {
+          const next = await tx.selectFrom('obs_objects').select('version_id').where('bucket_id', '=', bucket.id).where('key', '=', key).orderBy('seq', 'desc').limit(1).executeTakeFirst();
+          if (next) await tx.updateTable('obs_objects').set({ is_latest: 1 }).where('bucket_id', '=', bucket.id).where('key', '=', key).where('version_id', '=', next.version_id).execute();
+        }
+        return row;
+      });
+      if (removed && !removed.delete_marker) await this.blobs.delete(removed.blob_id).catch(() => undefined);
+      return removed ? { versionId, ...(removed.delete_marker ? { deleteMarker: true } : {}) } : { versionId };
+    }
+    if (bucket.versioning === '') {
+      const old = await this.db.transaction().execute(async (tx) => {
+        const row = await tx.selectFrom('obs_objects').select('blob_id').where('bucket_id', '=', bucket.id).where('key', '=', key).where('version_id', '=', NULL_VERSION).executeTakeFirst();
+        if (row) await tx.deleteFrom('obs_objects').where('bucket_id', '=', bucket.id).where('key', '=', key).where('version_id', '=', NULL_VERSION).execute();
+        return row?.blob_id ?? null;
+      });
+      if (old) await this.blobs.delete(old).catch(() => undefined);
+      return {};
+    }
+    const markerId = bucket.versioning === 'Enabled' ? newVersionId(this.now()) : NULL_VERSION;
+    const marker: ObjectRow = {
+      bucket_id: bucket.id, key, version_id: markerId, size: 0, etag: '', content_type: '', metadata_json: '{}', blob_id: '', cipher_size: 0,
+      kms_key_id: '', data_key: '', created_at: this.now(), is_latest: 1, delete_marker: 1, seq: 0,
+    };
+    const replaced = await this.makeCurrent(marker);
+    if (replaced) await this.blobs.delete(replaced).catch(() => undefined);
+    return { versionId: markerId, deleteMarker: true };
+  }
+
+  /** ListObjectVersions: every version and delete marker, by key, newest first within a key; pages end at a key. */
+  async listVersions(bucket: BucketRow, opts: { prefix: string; keyMarker: string; maxKeys: number }): Promise<{ versions: ObjectRow[]; truncated: boolean; nextKeyMarker: string | null }> {
+    let q = this.db.selectFrom('obs_objects').selectAll().where('bucket_id', '=', bucket.id).where('key', '>', opts.keyMarker);
+    if (opts.prefix) q = q.where('key', '>=', opts.prefix);
+    const rows = (await q.orderBy('key').orderBy('seq', 'desc').limit(opts.maxKeys + 1).execute()).filter((r) => r.key.startsWith(opts.prefix));
+    if (rows.length <= opts.maxKeys) return { versions: rows, truncated: false, nextKeyMarker: null };
+    // Cut before the key the page would split, unless that key alone fills the page.
+    const lastKey = rows[opts.maxKeys]!.key;
+    let cut = rows.findIndex((r) => r.key === lastKey);
+    if (cut === 0) cut = opts.maxKeys;
+    const versions = rows.slice(0, cut);
+    return { versions, truncated: true, nextKeyMarker: versions[versions.length - 1]!.key };
   }
 
   /** ListObjects(V2): keys after `startAfter` under `prefix`, rolled up at `delimiter`. */
@@ -226,7 +319,7 @@ export class ObsService {
     let after = opts.startAfter;
     let count = 0;
     for (;;) {
-      let q = this.db.selectFrom('obs_objects').selectAll().where('bucket_id', '=', bucket.id).where('version_id', '=', NULL_VERSION).where('key', '>', after);
+      let q = this.db.selectFrom('obs_objects').selectAll().where('bucket_id', '=', bucket.id).where('is_latest', '=', 1).where('delete_marker', '=', 0).where('key', '>', after);
       if (opts.prefix) q = q.where('key', '>=', opts.prefix);
       const rows = await q.orderBy('key').limit(1000).execute();
       if (rows.length === 0) return { objects, prefixes, truncated: false, next: null };

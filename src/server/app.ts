@@ -35,8 +35,18 @@ const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS']);
 /** Header names whose values are credentials: never logged, never traced. */
 export const SECRET_HEADERS = ['authorization', 'x-auth-token', 'x-subject-token', 'x-security-token', 'x-amz-security-token', 'cookie'];
 
+const subresourceMeta = new WeakMap<FastifyRequest, RouteMeta>();
 function metaOf(req: FastifyRequest): RouteMeta | undefined {
-  return req.routeOptions.config?.custos;
+  const base = req.routeOptions.config?.custos;
+  if (!base?.bySubresource) return base;
+  const cached = subresourceMeta.get(req);
+  if (cached) return cached;
+  // The first subresource parameter the route knows decides the operation.
+  const q = (req.query ?? {}) as Record<string, unknown>;
+  const hit = Object.keys(base.bySubresource).find((k) => k in q);
+  const meta = hit ? { ...base, ...base.bySubresource[hit] } : base;
+  subresourceMeta.set(req, meta);
+  return meta;
 }
 function dialectOf(req: FastifyRequest): ApiDialect {
   const meta = metaOf(req);
@@ -211,6 +221,9 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     const { failure, unexpected } = toFailure(err, dialect);
     if (unexpected) req.log.error({ err }, 'unexpected error');
     req.custos.errorCode = failure.code;
+    // S3 says on an error response when the key's current version is a delete marker.
+    const details = (err as { details?: Record<string, string> }).details;
+    if (dialect === 's3' && details?.deleteMarker) reply.header('x-amz-delete-marker', 'true').header('x-amz-version-id', details.versionId ?? 'null');
     return reply.code(failure.status).type(dialect === 's3' ? 'application/xml' : 'application/json').send(errorBody(failure, dialect, req.id));
   });
   app.setNotFoundHandler(async (req, reply) => {

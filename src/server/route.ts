@@ -23,6 +23,11 @@ export interface RouteMeta {
   grant?: string;
   /** Kept out of traces, metrics-only plumbing (health, metrics). */
   untraced?: boolean;
+  /**
+   * S3-style subresources: a request whose query has one of these parameters (`?versioning`,
+   * `?versionId=`) is a different operation on the same path, with its own action and resource.
+   */
+  bySubresource?: Record<string, Partial<Omit<RouteMeta, 'bySubresource'>>>;
   /** Resolves the target inside the caller's account only; null answers 404. */
   resource?: (req: FastifyRequest, principal: Principal) => Promise<ResourceRef | null>;
 }

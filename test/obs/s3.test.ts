@@ -7,8 +7,8 @@ import { readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import {
-  CreateBucketCommand, DeleteBucketCommand, DeleteObjectCommand, GetObjectCommand, HeadBucketCommand, HeadObjectCommand,
-  ListBucketsCommand, ListObjectsV2Command, PutObjectCommand, S3Client,
+  CreateBucketCommand, DeleteBucketCommand, DeleteObjectCommand, GetBucketVersioningCommand, GetObjectCommand, HeadBucketCommand, HeadObjectCommand,
+  ListBucketsCommand, ListObjectsV2Command, ListObjectVersionsCommand, PutBucketVersioningCommand, PutObjectCommand, S3Client,
 } from '@aws-sdk/client-s3';
 import { sql } from 'kysely';
 import { DB, PASSWORD, startTestServer, type Tenant, type TestServer } from '../helpers.js';
@@ -140,6 +140,48 @@ describe('S3 API with @aws-sdk/client-s3', () => {
     const bad = await fetch(`${s.custos.obsUrl}/newbucket`, { method: 'PUT', headers: { 'x-auth-token': token }, body: '<CreateBucketConfiguration><LocationConstraint>' });
     assert.equal(bad.status, 400);
     assert.match(await bad.text(), /<Code>MalformedXML<\/Code>/);
+  });
+
+  test('versioning: versions, delete markers, reading and deleting a version, suspension', async () => {
+    await client.send(new CreateBucketCommand({ Bucket: 'docs' }));
+    await client.send(new PutObjectCommand({ Bucket: 'docs', Key: 'plan.txt', Body: 'before versioning' }));
+    assert.equal((await client.send(new GetBucketVersioningCommand({ Bucket: 'docs' }))).Status, undefined);
+    await client.send(new PutBucketVersioningCommand({ Bucket: 'docs', VersioningConfiguration: { Status: 'Enabled' } }));
+    assert.equal((await client.send(new GetBucketVersioningCommand({ Bucket: 'docs' }))).Status, 'Enabled');
+    const v1 = await client.send(new PutObjectCommand({ Bucket: 'docs', Key: 'plan.txt', Body: 'version one' }));
+    const v2 = await client.send(new PutObjectCommand({ Bucket: 'docs', Key: 'plan.txt', Body: 'version two' }));
+    assert.ok(v1.VersionId && v2.VersionId && v1.VersionId !== v2.VersionId && v1.VersionId !== 'null');
+    const text = async (r: { Body?: { transformToString(): Promise<string> } }) => r.Body!.transformToString();
+    assert.equal(await text(await client.send(new GetObjectCommand({ Bucket: 'docs', Key: 'plan.txt' }))), 'version two');
+    assert.equal(await text(await client.send(new GetObjectCommand({ Bucket: 'docs', Key: 'plan.txt', VersionId: v1.VersionId }))), 'version one');
+    assert.equal(await text(await client.send(new GetObjectCommand({ Bucket: 'docs', Key: 'plan.txt', VersionId: 'null' }))), 'before versioning', 'the pre-versioning object is the null version');
+
+    const del = await client.send(new DeleteObjectCommand({ Bucket: 'docs', Key: 'plan.txt' }));
+    assert.equal(del.DeleteMarker, true);
+    await assert.rejects(client.send(new GetObjectCommand({ Bucket: 'docs', Key: 'plan.txt' })), { name: 'NoSuchKey' });
+    assert.equal((await client.send(new ListObjectsV2Command({ Bucket: 'docs' }))).KeyCount, 0, 'a deleted key is not listed');
+    const versions = await client.send(new ListObjectVersionsCommand({ Bucket: 'docs' }));
+    assert.equal(versions.Versions?.length, 3);
+    assert.equal(versions.DeleteMarkers?.length, 1);
+    assert.equal(versions.DeleteMarkers![0]!.IsLatest, true);
+    assert.deepEqual(versions.Versions!.map((v) => v.VersionId), [v2.VersionId, v1.VersionId, 'null'], 'newest first');
+
+    // Removing the delete marker brings the last version back; removing a version removes it for good.
+    await client.send(new DeleteObjectCommand({ Bucket: 'docs', Key: 'plan.txt', VersionId: del.VersionId }));
+    assert.equal(await text(await client.send(new GetObjectCommand({ Bucket: 'docs', Key: 'plan.txt' }))), 'version two');
+    await client.send(new DeleteObjectCommand({ Bucket: 'docs', Key: 'plan.txt', VersionId: v2.VersionId }));
+    assert.equal(await text(await client.send(new GetObjectCommand({ Bucket: 'docs', Key: 'plan.txt' }))), 'version one');
+    await assert.rejects(client.send(new GetObjectCommand({ Bucket: 'docs', Key: 'plan.txt', VersionId: v2.VersionId })), { name: 'NoSuchVersion' });
+
+    // Suspended: new writes replace the null version; older versions stay.
+    await client.send(new PutBucketVersioningCommand({ Bucket: 'docs', VersioningConfiguration: { Status: 'Suspended' } }));
+    const s1 = await client.send(new PutObjectCommand({ Bucket: 'docs', Key: 'plan.txt', Body: 'suspended one' }));
+    assert.equal(s1.VersionId, 'null');
+    await client.send(new PutObjectCommand({ Bucket: 'docs', Key: 'plan.txt', Body: 'suspended two' }));
+    const after = await client.send(new ListObjectVersionsCommand({ Bucket: 'docs', Prefix: 'plan' }));
+    assert.deepEqual(after.Versions!.map((v) => v.VersionId), ['null', v1.VersionId]);
+    assert.equal(await text(await client.send(new GetObjectCommand({ Bucket: 'docs', Key: 'plan.txt' }))), 'suspended two');
+    await assert.rejects(client.send(new PutBucketVersioningCommand({ Bucket: 'docs', VersioningConfiguration: { Status: 'Off' as never } })), (e: Error) => /IllegalVersioningConfiguration/.test(e.name));
   });
 
   test('content is stored only encrypted, and destroying the KMS key makes the object unreadable', async () => {

@@ -64,8 +64,9 @@ function rangeError(size: number): ObsError {
   return new ObsError(416, 'InvalidRange', `the requested range is not satisfiable (object size ${size})`);
 }
 
-function objectHeaders(reply: FastifyReply, row: ObjectRow, arn: string): void {
+function objectHeaders(reply: FastifyReply, row: ObjectRow, arn: string, versioned: boolean): void {
   reply.header('etag', `"${row.etag}"`);
+  if (versioned || row.version_id !== 'null') reply.header('x-amz-version-id', row.version_id);
   reply.header('last-modified', httpDate(row.created_at));
   reply.header('content-type', row.content_type);
   reply.header('accept-ranges', 'bytes');
@@ -109,20 +110,24 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): R
     },
     {
       method: 'PUT', url: '/:bucket',
-      meta: meta('obs:bucket:CreateBucket', 'bucket', async (req, p) => ({ service: 'obs', type: 'bucket', id: (req.params as { bucket: string }).bucket, accountId: p.accountId })),
+      meta: meta('obs:bucket:CreateBucket', 'bucket', async (req, p) => ({ service: 'obs', type: 'bucket', id: (req.params as { bucket: string }).bucket, accountId: p.accountId }), {
+        bySubresource: { versioning: { action: 'obs:bucket:PutBucketVersioning', resource: bucketRes(false) } },
+      }),
       handler: async (req, reply) => {
         const p = principalOf(req);
         const q = req.query as Record<string, string>;
+        if ('versioning' in q) {
+          const doc = parseXml(await readSmallBody(req.body as Readable | undefined, 64 * 1024)) as { VersioningConfiguration?: { Status?: string } };
+          const status = doc.VersioningConfiguration?.Status;
+          if (status !== 'Enabled' && status !== 'Suspended') throw new ObsError(400, 'IllegalVersioningConfigurationException', 'the versioning status must be Enabled or Suspended');
+          await obs.setVersioning(bucketOf(req), status);
+          return reply.code(200).send();
+        }
         if (Object.keys(q).some((k) => k !== 'x-id')) throw new ObsError(501, 'NotImplemented', `bucket subresource ${Object.keys(q).join(', ')} is not implemented`);
         const body = await readSmallBody(req.body as Readable | undefined, 64 * 1024);
         let region: string | undefined;
         if (body.length > 0) {
-          let doc: { CreateBucketConfiguration?: { LocationConstraint?: string; Location?: string } };
-          try {
-            doc = parser.parse(body.toString('utf8'), true) as typeof doc;
-          } catch {
-            throw new ObsError(400, 'MalformedXML', 'the XML you provided was not well-formed or did not validate against our published schema');
-          }
+          const doc = parseXml(body) as { CreateBucketConfiguration?: { LocationConstraint?: string; Location?: string } };
           if (!doc.CreateBucketConfiguration) throw new ObsError(400, 'MalformedXML', 'expected a CreateBucketConfiguration document');
           region = doc.CreateBucketConfiguration.LocationConstraint ?? doc.CreateBucketConfiguration.Location;
         }
@@ -152,12 +157,32 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): R
       },
     },
     {
-      method: 'GET', url: '/:bucket', meta: meta('obs:bucket:ListBucket', 'bucket', bucketRes(false)),
+      method: 'GET', url: '/:bucket',
+      meta: meta('obs:bucket:ListBucket', 'bucket', bucketRes(false), {
+        bySubresource: { versioning: { action: 'obs:bucket:GetBucketVersioning' }, versions: { action: 'obs:bucket:ListBucketVersions' }, location: { action: 'obs:bucket:GetBucketLocation' } },
+      }),
       handler: async (req, reply) => {
         const b = bucketOf(req);
         const q = req.query as Record<string, string | undefined>;
         reply.type('application/xml');
         if ('location' in q) return xmlDoc({ LocationConstraint: { '@_xmlns': S3_NS, '#text': b.region } });
+        if ('versioning' in q) return xmlDoc({ VersioningConfiguration: { '@_xmlns': S3_NS, ...(b.versioning ? { Status: b.versioning } : {}) } });
+        if ('versions' in q) {
+          const maxKeys = q['max-keys'] === undefined ? 1000 : Number(q['max-keys']);
+          if (!Number.isInteger(maxKeys) || maxKeys < 1) throw new ObsError(400, 'InvalidArgument', 'max-keys must be a positive integer');
+          const prefix = q.prefix ?? '';
+          const r = await obs.listVersions(b, { prefix, keyMarker: q['key-marker'] ?? '', maxKeys: Math.min(maxKeys, 1000) });
+          const version = (o: ObjectRow) => ({ Key: o.key, VersionId: o.version_id, IsLatest: o.is_latest === 1, LastModified: isoDate(o.created_at), ...(o.delete_marker ? {} : { ETag: `"${o.etag}"`, Size: o.size, StorageClass: 'STANDARD' }) });
+          const versions = r.versions.filter((o) => !o.delete_marker).map(version);
+          const markers = r.versions.filter((o) => o.delete_marker).map(version);
+          return xmlDoc({
+            ListVersionsResult: {
+              '@_xmlns': S3_NS, Name: b.name, Prefix: prefix, KeyMarker: q['key-marker'] ?? '', MaxKeys: maxKeys, IsTruncated: r.truncated,
+              ...(r.nextKeyMarker !== null ? { NextKeyMarker: r.nextKeyMarker } : {}),
+              ...(versions.length ? { Version: versions } : {}), ...(markers.length ? { DeleteMarker: markers } : {}),
+            },
+          });
+        }
         const known = new Set(['list-type', 'prefix', 'delimiter', 'max-keys', 'continuation-token', 'start-after', 'marker', 'encoding-type', 'fetch-owner', 'x-id']);
         const unknown = Object.keys(q).filter((k) => !known.has(k));
         if (unknown.length) throw new ObsError(501, 'NotImplemented', `bucket subresource ${unknown.join(', ')} is not implemented`);
@@ -242,19 +267,20 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): R
         });
         reply.header('etag', `"${result.etag}"`);
         reply.header('x-amz-server-side-encryption', 'aws:kms');
+        if (b.versioning) reply.header('x-amz-version-id', result.versionId);
         return reply.code(200).send();
       },
     },
     {
-      method: 'GET', url: '/:bucket/*', meta: meta('obs:object:GetObject', 'object', bucketRes(true), { traceType: 'data' }),
+      method: 'GET', url: '/:bucket/*', meta: meta('obs:object:GetObject', 'object', bucketRes(true), { traceType: 'data', bySubresource: { versionId: { action: 'obs:object:GetObjectVersion' } } }),
       handler: async (req, reply) => {
         const b = bucketOf(req);
-        const row = await obs.headObject(b, keyOf(req));
+        const row = await obs.headObject(b, keyOf(req), versionIdOf(req));
         const range = parseRange(req.headers.range, row.size);
         const start = range?.start ?? 0;
         const end = range?.end ?? row.size - 1;
         const stream = await obs.readObject(b, row, start, end);
-        objectHeaders(reply, row, kmsArn(b, row));
+        objectHeaders(reply, row, kmsArn(b, row), b.versioning !== '');
         reply.header('content-length', String(end - start + 1));
         if (range) {
           reply.code(206);
@@ -267,23 +293,40 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): R
       },
     },
     {
-      method: 'HEAD', url: '/:bucket/*', meta: meta('obs:object:GetObject', 'object', bucketRes(true)),
+      method: 'HEAD', url: '/:bucket/*', meta: meta('obs:object:GetObject', 'object', bucketRes(true), { bySubresource: { versionId: { action: 'obs:object:GetObjectVersion' } } }),
       handler: async (req, reply) => {
         const b = bucketOf(req);
-        const row = await obs.headObject(b, keyOf(req));
-        objectHeaders(reply, row, kmsArn(b, row));
+        const row = await obs.headObject(b, keyOf(req), versionIdOf(req));
+        objectHeaders(reply, row, kmsArn(b, row), b.versioning !== '');
         reply.header('content-length', String(row.size));
         return reply.code(200).send();
       },
     },
     {
-      method: 'DELETE', url: '/:bucket/*', meta: meta('obs:object:DeleteObject', 'object', bucketRes(true)),
+      method: 'DELETE', url: '/:bucket/*', meta: meta('obs:object:DeleteObject', 'object', bucketRes(true), { bySubresource: { versionId: { action: 'obs:object:DeleteObjectVersion' } } }),
       handler: async (req, reply) => {
-        await obs.deleteObject(bucketOf(req), keyOf(req));
+        const r = await obs.deleteObject(bucketOf(req), keyOf(req), versionIdOf(req));
+        if (r.versionId !== undefined && (bucketOf(req).versioning || versionIdOf(req) !== undefined)) reply.header('x-amz-version-id', r.versionId);
+        if (r.deleteMarker) reply.header('x-amz-delete-marker', 'true');
         return reply.code(204).send();
       },
     },
   ];
+}
+
+function versionIdOf(req: FastifyRequest): string | undefined {
+  const v = (req.query as Record<string, string | undefined>).versionId;
+  if (v === undefined) return undefined;
+  if (!/^[A-Za-z0-9._-]{1,64}$/.test(v)) throw new ObsError(400, 'InvalidArgument', 'invalid version id');
+  return v;
+}
+
+function parseXml(body: Buffer): unknown {
+  try {
+    return parser.parse(body.toString('utf8'), true);
+  } catch {
+    throw new ObsError(400, 'MalformedXML', 'the XML you provided was not well-formed or did not validate against our published schema');
+  }
 }
 
 function u32(n: number): Buffer {
