@@ -12,7 +12,7 @@ import type { KeyScope, KmsService } from '../kms/kms.js';
 import type { KeyRow } from '../kms/store.js';
 import type { BlobStore } from '../store/blobs.js';
 import { isUniqueViolation } from '../store/db.js';
-import type { BucketRow, ObjectRow, ObsDb } from './store.js';
+import type { BucketRow, ObjectRow, ObsDb, UploadPartRow, UploadRow } from './store.js';
 
 export class ObsError extends ServiceError {
   constructor(status: number, code: string, message: string, details: Record<string, string> = {}) {
@@ -38,6 +38,16 @@ export function validBucketName(name: string): boolean {
 export function validObjectKey(key: string): boolean {
   return key.length > 0 && Buffer.byteLength(key) <= 1024 && !key.includes('\u0000');
 }
+
+/** Where a multipart object's parts are: blob, plaintext size, ciphertext size. */
+interface StoredPart {
+  blob: string;
+  size: number;
+  cipher: number;
+}
+const MAX_PARTS = 10_000;
+const MIN_PART_BYTES = 5 * 1024 * 1024;
+const MAX_PART_BYTES = 5 * 1024 ** 3;
 
 export interface PutResult {
   etag: string;
@@ -118,21 +128,11 @@ export class ObsService {
   }
 
   /**
-   * Stores an object from a stream of its content. The content is encrypted as it arrives; the object
-   * becomes visible only once its blob is durable and its row committed. `verify` runs after the last
-   * byte (declared digests, lengths); if it throws, nothing is stored.
+   * Encrypts a stream into a new durable blob under `dek`. `verify` runs after the last byte (declared
+   * digests, lengths); if it or anything else fails, the blob is removed. The blob stays registered as
+   * pending until the caller's commit removes that mark (or orphan collection removes the blob).
    */
-  async putObject(bucket: BucketRow, key: string, content: Readable, meta: { contentType: string; metadata: Record<string, string> }, verify: (digests: { md5: Buffer; sha256: Buffer; size: number }) => void): Promise<PutResult> {
-    if (!validObjectKey(key)) throw new ObsError(400, 'KeyTooLongError', 'object keys are 1 to 1024 bytes of UTF-8 without NUL');
-    const cmk = await this.objectKey(bucket);
-    const blobId = randomBytes(16).toString('hex');
-    const context = { 'obs:bucket': bucket.id, 'obs:blob': blobId };
-    let dk: { plaintext: Buffer; ciphertext: Buffer };
-    try {
-      dk = await this.kms.generateDataKey(cmk, 32, context);
-    } catch (e) {
-      throw kmsFailure(e);
-    }
+  private async writeBlob(bucket: BucketRow, blobId: string, dek: Buffer, content: Readable, verify: (digests: { md5: Buffer; sha256: Buffer; size: number }) => void): Promise<{ size: number; md5: Buffer; cipherSize: number }> {
     const md5 = createHash('md5');
     const sha256 = createHash('sha256');
     let size = 0;
@@ -147,31 +147,69 @@ export class ObsService {
       },
     });
     await this.db.insertInto('obs_pending_blobs').values({ blob_id: blobId, created_at: this.now() }).execute();
-    let committed = false;
     try {
-      const encrypted = content.pipe(meter).pipe(encryptStream(dk.plaintext, streamContext(bucket, blobId)));
+      const encrypted = content.pipe(meter).pipe(encryptStream(dek, streamContext(bucket, blobId)));
       content.on('error', (e) => encrypted.destroy(e));
       meter.on('error', (e) => encrypted.destroy(e));
       const { bytes } = await this.blobs.write(blobId, encrypted);
       if (bytes !== encryptedSize(size)) throw new Error('the encrypted blob has an unexpected size');
-      const etagRaw = md5.digest();
-      verify({ md5: etagRaw, sha256: sha256.digest(), size });
+      const digest = md5.digest();
+      verify({ md5: digest, sha256: sha256.digest(), size });
+      return { size, md5: digest, cipherSize: bytes };
+    } catch (e) {
+      await this.dropBlobs([blobId]);
+      throw e;
+    }
+  }
+
+  /** Deletes blobs and their pending marks (best effort: orphan collection retries what fails). */
+  private async dropBlobs(ids: string[]): Promise<void> {
+    for (const id of ids) {
+      if (!id) continue;
+      await this.blobs.delete(id).catch(() => undefined);
+      await this.db.deleteFrom('obs_pending_blobs').where('blob_id', '=', id).execute().catch(() => undefined);
+    }
+  }
+
+  /** The blobs holding an object version's content: one, or one per multipart part. */
+  private blobsOfRow(row: Pick<ObjectRow, 'blob_id' | 'parts_json' | 'delete_marker'>): string[] {
+    if (row.delete_marker) return [];
+    if (row.parts_json) return (JSON.parse(row.parts_json) as StoredPart[]).map((p) => p.blob);
+    return [row.blob_id];
+  }
+
+  /**
+   * Stores an object from a stream of its content. The content is encrypted as it arrives; the object
+   * becomes visible only once its blob is durable and its row committed.
+   */
+  async putObject(bucket: BucketRow, key: string, content: Readable, meta: { contentType: string; metadata: Record<string, string> }, verify: (digests: { md5: Buffer; sha256: Buffer; size: number }) => void): Promise<PutResult> {
+    if (!validObjectKey(key)) throw new ObsError(400, 'KeyTooLongError', 'object keys are 1 to 1024 bytes of UTF-8 without NUL');
+    const cmk = await this.objectKey(bucket);
+    const blobId = randomBytes(16).toString('hex');
+    let dk: { plaintext: Buffer; ciphertext: Buffer };
+    try {
+      dk = await this.kms.generateDataKey(cmk, 32, { 'obs:bucket': bucket.id, 'obs:blob': blobId });
+    } catch (e) {
+      throw kmsFailure(e);
+    }
+    try {
+      const w = await this.writeBlob(bucket, blobId, dk.plaintext, content, verify);
       const versionId = bucket.versioning === 'Enabled' ? newVersionId(this.now()) : NULL_VERSION;
       const row: ObjectRow = {
-        bucket_id: bucket.id, key, version_id: versionId, size, etag: etagRaw.toString('hex'), content_type: meta.contentType,
-        metadata_json: JSON.stringify(meta.metadata), blob_id: blobId, cipher_size: bytes, kms_key_id: cmk.id,
-        data_key: dk.ciphertext.toString('base64'), created_at: this.now(), is_latest: 1, delete_marker: 0, seq: 0,
+        bucket_id: bucket.id, key, version_id: versionId, size: w.size, etag: w.md5.toString('hex'), content_type: meta.contentType,
+        metadata_json: JSON.stringify(meta.metadata), blob_id: blobId, cipher_size: w.cipherSize, kms_key_id: cmk.id,
+        data_key: dk.ciphertext.toString('base64'), created_at: this.now(), is_latest: 1, delete_marker: 0, seq: 0, parts_json: null,
       };
-      const replaced = await this.makeCurrent(row);
-      committed = true;
-      if (replaced) await this.blobs.delete(replaced).catch(() => undefined);
-      return { etag: row.etag, size, versionId };
+      try {
+        const replaced = await this.makeCurrent(row, [blobId]);
+        await this.dropBlobs(replaced);
+      } catch (e) {
+        await this.dropBlobs([blobId]);
+        throw e;
+      }
+      return { etag: row.etag, size: w.size, versionId };
     } finally {
       dk.plaintext.fill(0);
-      if (!committed) {
-        await this.blobs.delete(blobId).catch(() => undefined);
-        await this.db.deleteFrom('obs_pending_blobs').where('blob_id', '=', blobId).execute().catch(() => undefined);
-      }
     }
   }
 
@@ -180,22 +218,22 @@ export class ObsService {
    * previous 'null' version, whose blob id is returned for deletion once committed. Concurrent writers
    * of one key are serialised by the unique current-version index: the loser retries.
    */
-  private async makeCurrent(row: ObjectRow): Promise<string | null> {
+  private async makeCurrent(row: ObjectRow, newBlobs: string[]): Promise<string[]> {
     for (let attempt = 1; ; attempt++) {
       try {
         return await this.db.transaction().execute(async (tx) => {
-          let replaced: string | null = null;
+          let replaced: string[] = [];
           if (row.version_id === NULL_VERSION) {
-            const old = await tx.selectFrom('obs_objects').select(['blob_id', 'delete_marker']).where('bucket_id', '=', row.bucket_id).where('key', '=', row.key).where('version_id', '=', NULL_VERSION).executeTakeFirst();
+            const old = await tx.selectFrom('obs_objects').select(['blob_id', 'parts_json', 'delete_marker']).where('bucket_id', '=', row.bucket_id).where('key', '=', row.key).where('version_id', '=', NULL_VERSION).executeTakeFirst();
             if (old) {
               await tx.deleteFrom('obs_objects').where('bucket_id', '=', row.bucket_id).where('key', '=', row.key).where('version_id', '=', NULL_VERSION).execute();
-              if (!old.delete_marker) replaced = old.blob_id;
+              replaced = this.blobsOfRow(old);
             }
           }
           const top = await tx.selectFrom('obs_objects').select((eb) => eb.fn.max('seq').as('seq')).where('bucket_id', '=', row.bucket_id).where('key', '=', row.key).executeTakeFirst();
           await tx.updateTable('obs_objects').set({ is_latest: 0 }).where('bucket_id', '=', row.bucket_id).where('key', '=', row.key).where('is_latest', '=', 1).execute();
           await tx.insertInto('obs_objects').values({ ...row, seq: Number(top?.seq ?? 0) + 1 }).execute();
-          if (!row.delete_marker) await tx.deleteFrom('obs_pending_blobs').where('blob_id', '=', row.blob_id).execute();
+          if (newBlobs.length) await tx.deleteFrom('obs_pending_blobs').where('blob_id', 'in', newBlobs).execute();
           return replaced;
         });
       } catch (e) {
@@ -234,15 +272,138 @@ export class ObsService {
       throw kmsFailure(e);
     }
     const blobs = this.blobs;
-    const source = decryptRange(key, streamContext(bucket, row.blob_id), (o, l) => blobs.readAt(row.blob_id, o, l), row.cipher_size, start, end);
-    async function* zeroingAfter() {
+    const parts: StoredPart[] = row.parts_json ? (JSON.parse(row.parts_json) as StoredPart[]) : [{ blob: row.blob_id, size: row.size, cipher: row.cipher_size }];
+    async function* content() {
       try {
-        yield* source;
+        let offset = 0;
+        for (const p of parts) {
+          const from = Math.max(start, offset);
+          const to = Math.min(end, offset + p.size - 1);
+          if (from <= to || (p.size === 0 && parts.length === 1)) {
+            yield* decryptRange(key, streamContext(bucket, p.blob), (o, l) => blobs.readAt(p.blob, o, l), p.cipher, from - offset, to - offset);
+          }
+          offset += p.size;
+          if (offset > end) break;
+        }
       } finally {
         key.fill(0);
       }
     }
-    return Readable.from(zeroingAfter(), { objectMode: false });
+    return Readable.from(content(), { objectMode: false });
+  }
+
+  // ------------------------------------------------------------------ multipart uploads
+
+  /** One data key per upload (one KMS call), each part its own encrypted blob. */
+  async createUpload(bucket: BucketRow, key: string, meta: { contentType: string; metadata: Record<string, string> }): Promise<string> {
+    if (!validObjectKey(key)) throw new ObsError(400, 'KeyTooLongError', 'object keys are 1 to 1024 bytes of UTF-8 without NUL');
+    const cmk = await this.objectKey(bucket);
+    const id = randomBytes(16).toString('hex');
+    let dk: { plaintext: Buffer; ciphertext: Buffer };
+    try {
+      dk = await this.kms.generateDataKey(cmk, 32, { 'obs:bucket': bucket.id, 'obs:blob': id });
+    } catch (e) {
+      throw kmsFailure(e);
+    }
+    dk.plaintext.fill(0);
+    await this.db.insertInto('obs_uploads').values({
+      id, bucket_id: bucket.id, key, kms_key_id: cmk.id, data_key: dk.ciphertext.toString('base64'),
+      content_type: meta.contentType, metadata_json: JSON.stringify(meta.metadata), created_at: this.now(),
+    }).execute();
+    return id;
+  }
+
+  async getUpload(bucket: BucketRow, key: string, uploadId: string): Promise<UploadRow> {
+    const u = await this.db.selectFrom('obs_uploads').selectAll().where('id', '=', uploadId).where('bucket_id', '=', bucket.id).where('key', '=', key).executeTakeFirst();
+    if (!u) throw new ObsError(404, 'NoSuchUpload', 'the specified multipart upload does not exist: it may have been aborted or completed');
+    return u;
+  }
+
+  private async uploadKey(bucket: BucketRow, u: UploadRow): Promise<Buffer> {
+    try {
+      const cmk = await this.kms.getKey(this.scopeOf(bucket), u.kms_key_id);
+      return await this.kms.decrypt(cmk, Buffer.from(u.data_key, 'base64'), { 'obs:bucket': bucket.id, 'obs:blob': u.id });
+    } catch (e) {
+      throw kmsFailure(e);
+    }
+  }
+
+  async uploadPart(bucket: BucketRow, u: UploadRow, partNumber: number, content: Readable, verify: (digests: { md5: Buffer; sha256: Buffer; size: number }) => void): Promise<string> {
+    if (!Number.isInteger(partNumber) || partNumber < 1 || partNumber > MAX_PARTS) throw new ObsError(400, 'InvalidArgument', `part numbers are 1 to ${MAX_PARTS}`);
+    const dek = await this.uploadKey(bucket, u);
+    const blobId = randomBytes(16).toString('hex');
+    try {
+      const w = await this.writeBlob(bucket, blobId, dek, content, verify);
+      if (w.size > MAX_PART_BYTES) {
+        await this.dropBlobs([blobId]);
+        throw new ObsError(400, 'EntityTooLarge', `a part is at most ${MAX_PART_BYTES} bytes`);
+      }
+      const etag = w.md5.toString('hex');
+      const previous = await this.db.transaction().execute(async (tx) => {
+        const old = await tx.selectFrom('obs_upload_parts').select('blob_id').where('upload_id', '=', u.id).where('part_number', '=', partNumber).executeTakeFirst();
+        if (old) await tx.deleteFrom('obs_upload_parts').where('upload_id', '=', u.id).where('part_number', '=', partNumber).execute();
+        await tx.insertInto('obs_upload_parts').values({ upload_id: u.id, part_number: partNumber, blob_id: blobId, size: w.size, cipher_size: w.cipherSize, etag, created_at: this.now() }).execute();
+        await tx.deleteFrom('obs_pending_blobs').where('blob_id', '=', blobId).execute();
+        return old?.blob_id ?? null;
+      });
+      if (previous) await this.dropBlobs([previous]);
+      return etag;
+    } finally {
+      dek.fill(0);
+    }
+  }
+
+  async listParts(u: UploadRow): Promise<UploadPartRow[]> {
+    return this.db.selectFrom('obs_upload_parts').selectAll().where('upload_id', '=', u.id).orderBy('part_number').execute();
+  }
+
+  async listUploads(bucket: BucketRow, prefix: string): Promise<UploadRow[]> {
+    return (await this.db.selectFrom('obs_uploads').selectAll().where('bucket_id', '=', bucket.id).orderBy('key').orderBy('created_at').limit(1000).execute()).filter((u) => u.key.startsWith(prefix));
+  }
+
+  /** CompleteMultipartUpload: the listed parts, in ascending order, with their ETags, become the object. */
+  async completeUpload(bucket: BucketRow, u: UploadRow, listed: { partNumber: number; etag: string }[]): Promise<PutResult> {
+    if (listed.length === 0) throw new ObsError(400, 'MalformedXML', 'the upload lists no parts');
+    const stored = new Map((await this.listParts(u)).map((p) => [p.part_number, p]));
+    const chosen: UploadPartRow[] = [];
+    let last = 0;
+    for (const l of listed) {
+      if (l.partNumber <= last) throw new ObsError(400, 'InvalidPartOrder', 'the list of parts was not in ascending order');
+      last = l.partNumber;
+      const p = stored.get(l.partNumber);
+      if (!p || p.etag !== l.etag.replace(/"/g, '')) throw new ObsError(400, 'InvalidPart', `part ${l.partNumber} was not uploaded or its ETag does not match`);
+      chosen.push(p);
+    }
+    for (const p of chosen.slice(0, -1)) {
+      if (p.size < MIN_PART_BYTES) throw new ObsError(400, 'EntityTooSmall', `part ${p.part_number} is smaller than the minimum of ${MIN_PART_BYTES} bytes (only the last part may be)`);
+    }
+    const size = chosen.reduce((n, p) => n + p.size, 0);
+    if (size > this.opts.maxObjectBytes) throw new ObsError(400, 'EntityTooLarge', 'the completed object exceeds the maximum object size');
+    const etag = `${createHash('md5').update(Buffer.concat(chosen.map((p) => Buffer.from(p.etag, 'hex')))).digest('hex')}-${chosen.length}`;
+    const versionId = bucket.versioning === 'Enabled' ? newVersionId(this.now()) : NULL_VERSION;
+    const row: ObjectRow = {
+      bucket_id: bucket.id, key: u.key, version_id: versionId, size, etag, content_type: u.content_type, metadata_json: u.metadata_json,
+      // The data key is bound to the upload id, which stands in for the blob in its context.
+      blob_id: u.id, cipher_size: chosen.reduce((n, p) => n + p.cipher_size, 0), kms_key_id: u.kms_key_id, data_key: u.data_key,
+      created_at: this.now(), is_latest: 1, delete_marker: 0, seq: 0,
+      parts_json: JSON.stringify(chosen.map((p): StoredPart => ({ blob: p.blob_id, size: p.size, cipher: p.cipher_size }))),
+    };
+    const unused = [...stored.values()].filter((p) => !chosen.includes(p)).map((p) => p.blob_id);
+    // Claim the upload first, so a concurrent completion or abort of the same upload cannot also use its parts.
+    const claimed = await this.db.deleteFrom('obs_uploads').where('id', '=', u.id).executeTakeFirst();
+    if (Number(claimed.numDeletedRows) !== 1) throw new ObsError(404, 'NoSuchUpload', 'the specified multipart upload does not exist: it may have been aborted or completed');
+    const replaced = await this.makeCurrent(row, []);
+    await this.db.deleteFrom('obs_upload_parts').where('upload_id', '=', u.id).execute();
+    await this.dropBlobs([...replaced, ...unused]);
+    return { etag, size, versionId };
+  }
+
+  async abortUpload(u: UploadRow): Promise<void> {
+    const claimed = await this.db.deleteFrom('obs_uploads').where('id', '=', u.id).executeTakeFirst();
+    if (Number(claimed.numDeletedRows) !== 1) throw new ObsError(404, 'NoSuchUpload', 'the specified multipart upload does not exist');
+    const parts = await this.listParts(u);
+    await this.db.deleteFrom('obs_upload_parts').where('upload_id', '=', u.id).execute();
+    await this.dropBlobs(parts.map((p) => p.blob_id));
   }
 
   /**
@@ -276,25 +437,24 @@ export class ObsService {
         }
         return row;
       });
-      if (removed && !removed.delete_marker) await this.blobs.delete(removed.blob_id).catch(() => undefined);
+      if (removed) await this.dropBlobs(this.blobsOfRow(removed));
       return removed ? { versionId, ...(removed.delete_marker ? { deleteMarker: true } : {}) } : { versionId };
     }
     if (bucket.versioning === '') {
       const old = await this.db.transaction().execute(async (tx) => {
-        const row = await tx.selectFrom('obs_objects').select('blob_id').where('bucket_id', '=', bucket.id).where('key', '=', key).where('version_id', '=', NULL_VERSION).executeTakeFirst();
+        const row = await tx.selectFrom('obs_objects').select(['blob_id', 'parts_json', 'delete_marker']).where('bucket_id', '=', bucket.id).where('key', '=', key).where('version_id', '=', NULL_VERSION).executeTakeFirst();
         if (row) await tx.deleteFrom('obs_objects').where('bucket_id', '=', bucket.id).where('key', '=', key).where('version_id', '=', NULL_VERSION).execute();
-        return row?.blob_id ?? null;
+        return row ? this.blobsOfRow(row) : [];
       });
-      if (old) await this.blobs.delete(old).catch(() => undefined);
+      await this.dropBlobs(old);
       return {};
     }
     const markerId = bucket.versioning === 'Enabled' ? newVersionId(this.now()) : NULL_VERSION;
     const marker: ObjectRow = {
       bucket_id: bucket.id, key, version_id: markerId, size: 0, etag: '', content_type: '', metadata_json: '{}', blob_id: '', cipher_size: 0,
-      kms_key_id: '', data_key: '', created_at: this.now(), is_latest: 1, delete_marker: 1, seq: 0,
+      kms_key_id: '', data_key: '', created_at: this.now(), is_latest: 1, delete_marker: 1, seq: 0, parts_json: null,
     };
-    const replaced = await this.makeCurrent(marker);
-    if (replaced) await this.blobs.delete(replaced).catch(() => undefined);
+    await this.dropBlobs(await this.makeCurrent(marker, []));
     return { versionId: markerId, deleteMarker: true };
   }
 

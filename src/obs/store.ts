@@ -19,9 +19,15 @@ export type ObsTables = {
     is_latest: number;
     delete_marker: number;
     seq: number;
+    /** Multipart objects: JSON list of {blob, size, cipher}; null for single-blob objects. */
+    parts_json: string | null;
   };
+  obs_uploads: { id: string; bucket_id: string; key: string; kms_key_id: string; data_key: string; content_type: string; metadata_json: string; created_at: number };
+  obs_upload_parts: { upload_id: string; part_number: number; blob_id: string; size: number; cipher_size: number; etag: string; created_at: number };
   obs_pending_blobs: { blob_id: string; created_at: number };
 };
 export type ObsDb = Kysely<ObsTables>;
 export type BucketRow = ObsTables['obs_buckets'];
 export type ObjectRow = ObsTables['obs_objects'];
+export type UploadRow = ObsTables['obs_uploads'];
+export type UploadPartRow = ObsTables['obs_upload_parts'];

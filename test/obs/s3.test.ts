@@ -7,9 +7,11 @@ import { readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import {
-  CreateBucketCommand, DeleteBucketCommand, DeleteObjectCommand, GetBucketVersioningCommand, GetObjectCommand, HeadBucketCommand, HeadObjectCommand,
+  AbortMultipartUploadCommand, CompleteMultipartUploadCommand, CreateBucketCommand, CreateMultipartUploadCommand, DeleteBucketCommand, ListMultipartUploadsCommand, ListPartsCommand, UploadPartCommand, DeleteObjectCommand, GetBucketVersioningCommand, GetObjectCommand, HeadBucketCommand, HeadObjectCommand,
   ListBucketsCommand, ListObjectsV2Command, ListObjectVersionsCommand, PutBucketVersioningCommand, PutObjectCommand, S3Client,
 } from '@aws-sdk/client-s3';
+import { Upload } from '@aws-sdk/lib-storage';
+import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
 import { sql } from 'kysely';
 import { DB, PASSWORD, startTestServer, type Tenant, type TestServer } from '../helpers.js';
 
@@ -182,6 +184,51 @@ describe('S3 API with @aws-sdk/client-s3', () => {
     assert.deepEqual(after.Versions!.map((v) => v.VersionId), ['null', v1.VersionId]);
     assert.equal(await text(await client.send(new GetObjectCommand({ Bucket: 'docs', Key: 'plan.txt' }))), 'suspended two');
     await assert.rejects(client.send(new PutBucketVersioningCommand({ Bucket: 'docs', VersioningConfiguration: { Status: 'Off' as never } })), (e: Error) => /IllegalVersioningConfiguration/.test(e.name));
+  });
+
+  test('multipart: @aws-sdk/lib-storage uploads a 12 MiB stream in parts; reads span parts; abort leaves nothing', async () => {
+    await client.send(new CreateBucketCommand({ Bucket: 'big' }));
+    const data = randomBytes(12 * 1024 * 1024 + 333);
+    const upload = new Upload({ client, params: { Bucket: 'big', Key: 'archive.bin', Body: Readable.from((function* () {
+      for (let i = 0; i < data.length; i += 1024 * 1024) yield data.subarray(i, i + 1024 * 1024);
+    })()) }, partSize: 5 * 1024 * 1024, queueSize: 2 });
+    const done = await upload.done();
+    assert.match(done.ETag ?? '', /^"[0-9a-f]{32}-3"$/, 'a multipart ETag names its three parts');
+    const got = await client.send(new GetObjectCommand({ Bucket: 'big', Key: 'archive.bin' }));
+    assert.equal(got.ContentLength, data.length);
+    const body = Buffer.from(await got.Body!.transformToByteArray());
+    assert.equal(createHash('sha256').update(body).digest('hex'), createHash('sha256').update(data).digest('hex'));
+    const across = `bytes=${5 * 1024 * 1024 - 100}-${10 * 1024 * 1024 + 100}`;
+    const part = await client.send(new GetObjectCommand({ Bucket: 'big', Key: 'archive.bin', Range: across }));
+    assert.deepEqual(Buffer.from(await part.Body!.transformToByteArray()), data.subarray(5 * 1024 * 1024 - 100, 10 * 1024 * 1024 + 101), 'a range across part boundaries');
+
+    // By hand: list uploads and parts, refuse a too-small middle part, then abort.
+    const blobsBefore = filesUnder(path.join(s.dataDir, 'blobs')).filter((f) => !f.includes('.tmp')).length;
+    const { UploadId } = await client.send(new CreateMultipartUploadCommand({ Bucket: 'big', Key: 'partial.bin' }));
+    const p1 = await client.send(new UploadPartCommand({ Bucket: 'big', Key: 'partial.bin', UploadId, PartNumber: 1, Body: randomBytes(1000) }));
+    const p2 = await client.send(new UploadPartCommand({ Bucket: 'big', Key: 'partial.bin', UploadId, PartNumber: 2, Body: randomBytes(1000) }));
+    assert.ok((await client.send(new ListMultipartUploadsCommand({ Bucket: 'big' }))).Uploads!.some((u) => u.UploadId === UploadId));
+    assert.deepEqual((await client.send(new ListPartsCommand({ Bucket: 'big', Key: 'partial.bin', UploadId }))).Parts!.map((p) => p.PartNumber), [1, 2]);
+    await assert.rejects(client.send(new CompleteMultipartUploadCommand({ Bucket: 'big', Key: 'partial.bin', UploadId, MultipartUpload: { Parts: [{ PartNumber: 1, ETag: p1.ETag }, { PartNumber: 2, ETag: p2.ETag }] } })), { name: 'EntityTooSmall' });
+    await assert.rejects(client.send(new CompleteMultipartUploadCommand({ Bucket: 'big', Key: 'partial.bin', UploadId, MultipartUpload: { Parts: [{ PartNumber: 1, ETag: '"0000"' }] } })), { name: 'InvalidPart' });
+    await client.send(new AbortMultipartUploadCommand({ Bucket: 'big', Key: 'partial.bin', UploadId }));
+    await assert.rejects(client.send(new ListPartsCommand({ Bucket: 'big', Key: 'partial.bin', UploadId })), { name: 'NoSuchUpload' });
+    assert.equal(filesUnder(path.join(s.dataDir, 'blobs')).filter((f) => !f.includes('.tmp')).length, blobsBefore, 'the aborted parts\' blobs are gone');
+    // A single-part completion of a small object is fine (only non-last parts have a minimum).
+    const { UploadId: one } = await client.send(new CreateMultipartUploadCommand({ Bucket: 'big', Key: 'one.bin' }));
+    const only = await client.send(new UploadPartCommand({ Bucket: 'big', Key: 'one.bin', UploadId: one, PartNumber: 1, Body: 'tiny' }));
+    await client.send(new CompleteMultipartUploadCommand({ Bucket: 'big', Key: 'one.bin', UploadId: one, MultipartUpload: { Parts: [{ PartNumber: 1, ETag: only.ETag }] } }));
+    assert.equal(await (await client.send(new GetObjectCommand({ Bucket: 'big', Key: 'one.bin' }))).Body!.transformToString(), 'tiny');
+  });
+
+  test('presigned URLs: a GET URL signed by the SDK works without credentials; a tampered one is refused', async () => {
+    await client.send(new PutObjectCommand({ Bucket: 'big', Key: 'shared.txt', Body: 'shared by link' }));
+    const url = await getSignedUrl(client, new GetObjectCommand({ Bucket: 'big', Key: 'shared.txt' }), { expiresIn: 60 });
+    const r = await fetch(url);
+    assert.equal(r.status, 200);
+    assert.equal(await r.text(), 'shared by link');
+    const tampered = url.replace('shared.txt', 'other.txt');
+    assert.equal((await fetch(tampered)).status, 403);
   });
 
   test('content is stored only encrypted, and destroying the KMS key makes the object unreadable', async () => {

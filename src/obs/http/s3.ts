@@ -159,7 +159,10 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): R
     {
       method: 'GET', url: '/:bucket',
       meta: meta('obs:bucket:ListBucket', 'bucket', bucketRes(false), {
-        bySubresource: { versioning: { action: 'obs:bucket:GetBucketVersioning' }, versions: { action: 'obs:bucket:ListBucketVersions' }, location: { action: 'obs:bucket:GetBucketLocation' } },
+        bySubresource: {
+          versioning: { action: 'obs:bucket:GetBucketVersioning' }, versions: { action: 'obs:bucket:ListBucketVersions' },
+          location: { action: 'obs:bucket:GetBucketLocation' }, uploads: { action: 'obs:bucket:ListBucketMultipartUploads' },
+        },
       }),
       handler: async (req, reply) => {
         const b = bucketOf(req);
@@ -167,6 +170,15 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): R
         reply.type('application/xml');
         if ('location' in q) return xmlDoc({ LocationConstraint: { '@_xmlns': S3_NS, '#text': b.region } });
         if ('versioning' in q) return xmlDoc({ VersioningConfiguration: { '@_xmlns': S3_NS, ...(b.versioning ? { Status: b.versioning } : {}) } });
+        if ('uploads' in q) {
+          const uploads = await obs.listUploads(b, q.prefix ?? '');
+          return xmlDoc({
+            ListMultipartUploadsResult: {
+              '@_xmlns': S3_NS, Bucket: b.name, Prefix: q.prefix ?? '', MaxUploads: 1000, IsTruncated: false,
+              ...(uploads.length ? { Upload: uploads.map((u) => ({ Key: u.key, UploadId: u.id, Initiated: isoDate(u.created_at), StorageClass: 'STANDARD' })) } : {}),
+            },
+          });
+        }
         if ('versions' in q) {
           const maxKeys = q['max-keys'] === undefined ? 1000 : Number(q['max-keys']);
           if (!Number.isInteger(maxKeys) || maxKeys < 1) throw new ObsError(400, 'InvalidArgument', 'max-keys must be a positive integer');
@@ -223,48 +235,20 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): R
         const b = bucketOf(req);
         const h = req.headers;
         const q = req.query as Record<string, string>;
+        if ('uploadId' in q || 'partNumber' in q) {
+          if (q.uploadId === undefined || q.partNumber === undefined || !/^\d{1,5}$/.test(q.partNumber)) throw new ObsError(400, 'InvalidArgument', 'UploadPart needs uploadId and a partNumber from 1 to 10000');
+          if (h['x-amz-copy-source'] !== undefined) throw new ObsError(501, 'NotImplemented', 'UploadPartCopy is not implemented yet');
+          const u = await obs.getUpload(b, keyOf(req), q.uploadId);
+          const body = incomingBody(req);
+          const etag = await obs.uploadPart(b, u, Number(q.partNumber), body.content, body.check);
+          reply.header('etag', `"${etag}"`);
+          reply.header('x-amz-server-side-encryption', 'aws:kms');
+          return reply.code(200).send();
+        }
         if (Object.keys(q).some((k) => k !== 'x-id')) throw new ObsError(501, 'NotImplemented', `object subresource ${Object.keys(q).filter((k) => k !== 'x-id').join(', ')} is not implemented`);
         if (h['x-amz-copy-source'] !== undefined) throw new ObsError(501, 'NotImplemented', 'CopyObject is not implemented yet');
-        if (h['x-amz-server-side-encryption-customer-algorithm'] !== undefined) throw new ObsError(501, 'NotImplemented', 'SSE-C is not implemented yet');
-        for (const u of UNSUPPORTED_CHECKSUMS) if (h[u] !== undefined || String(h['x-amz-trailer'] ?? '').includes(u)) throw new ObsError(400, 'InvalidRequest', `${u} is not supported here; use CRC32, SHA1 or SHA256 checksums`);
-        const declared = String(h['x-amz-content-sha256'] ?? '');
-        const chunked = declared === 'STREAMING-UNSIGNED-PAYLOAD-TRAILER' || declared.startsWith('STREAMING-');
-        if (declared.startsWith('STREAMING-') && declared !== 'STREAMING-UNSIGNED-PAYLOAD-TRAILER') {
-          throw new ObsError(501, 'NotImplemented', `${declared} uploads are not supported; use UNSIGNED-PAYLOAD or STREAMING-UNSIGNED-PAYLOAD-TRAILER`);
-        }
-        const length = Number(chunked ? h['x-amz-decoded-content-length'] : h['content-length'] ?? 0);
-        if (chunked && h['x-amz-decoded-content-length'] === undefined) throw new ObsError(411, 'MissingContentLength', 'x-amz-decoded-content-length is required with aws-chunked bodies');
-        if (!chunked && h['content-length'] === undefined) throw new ObsError(411, 'MissingContentLength', 'you must provide the Content-Length HTTP header');
-
-        const raw = (req.body as Readable | undefined) ?? Readable.from([]);
-        const decoder = chunked ? new AwsChunkedDecoder() : null;
-        const sums = { crc: 0, sha1: createHash('sha1') };
-        const tap = new Transform({
-          transform(chunk: Buffer, _e, done) {
-            sums.crc = crc32(chunk, sums.crc);
-            sums.sha1.update(chunk);
-            done(null, chunk);
-          },
-        });
-        const source = decoder ? raw.pipe(decoder) : raw;
-        raw.on('error', (e) => source.destroy(e));
-        decoder?.on('error', (e) => tap.destroy(e));
-        const content = source.pipe(tap);
-        const metadata: Record<string, string> = {};
-        for (const [k, v] of Object.entries(h)) if (k.startsWith('x-amz-meta-') && typeof v === 'string') metadata[k.slice(11)] = v;
-        const contentType = typeof h['content-type'] === 'string' ? h['content-type'] : 'binary/octet-stream';
-        const result = await obs.putObject(b, keyOf(req), content, { contentType, metadata }, ({ md5, sha256, size }) => {
-          if (size !== length) throw new ObsError(400, 'IncompleteBody', `the body has ${size} bytes, not the ${length} declared`);
-          const given = { ...decoder?.trailers };
-          for (const name of CHECKSUMS) if (typeof h[name] === 'string') given[name] = h[name] as string;
-          const computed: Record<string, Buffer> = { 'x-amz-checksum-crc32': u32(sums.crc), 'x-amz-checksum-sha256': sha256, 'x-amz-checksum-sha1': sums.sha1.digest() };
-          for (const name of CHECKSUMS) {
-            if (given[name] !== undefined && !equalB64(given[name]!, computed[name]!)) throw new ObsError(400, 'BadDigest', `the ${name.slice(15).toUpperCase()} checksum you specified did not match the content`);
-          }
-          const contentMd5 = h['content-md5'];
-          if (typeof contentMd5 === 'string' && !equalB64(contentMd5, md5)) throw new ObsError(400, 'BadDigest', 'the Content-MD5 you specified did not match what we received');
-          if (/^[0-9a-f]{64}$/.test(declared) && declared !== sha256.toString('hex')) throw new ObsError(400, 'XAmzContentSHA256Mismatch', 'the provided x-amz-content-sha256 header does not match what was computed');
-        });
+        const body = incomingBody(req);
+        const result = await obs.putObject(b, keyOf(req), body.content, objectMeta(req), body.check);
         reply.header('etag', `"${result.etag}"`);
         reply.header('x-amz-server-side-encryption', 'aws:kms');
         if (b.versioning) reply.header('x-amz-version-id', result.versionId);
@@ -272,9 +256,49 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): R
       },
     },
     {
-      method: 'GET', url: '/:bucket/*', meta: meta('obs:object:GetObject', 'object', bucketRes(true), { traceType: 'data', bySubresource: { versionId: { action: 'obs:object:GetObjectVersion' } } }),
+      method: 'POST', url: '/:bucket/*',
+      meta: meta('obs:object:PutObject', 'object', bucketRes(true)),
       handler: async (req, reply) => {
         const b = bucketOf(req);
+        const q = req.query as Record<string, string>;
+        reply.type('application/xml');
+        if ('uploads' in q) {
+          if (req.headers['x-amz-server-side-encryption-customer-algorithm'] !== undefined) throw new ObsError(501, 'NotImplemented', 'SSE-C is not implemented yet');
+          const id = await obs.createUpload(b, keyOf(req), objectMeta(req));
+          reply.header('x-amz-server-side-encryption', 'aws:kms');
+          return xmlDoc({ InitiateMultipartUploadResult: { '@_xmlns': S3_NS, Bucket: b.name, Key: keyOf(req), UploadId: id } });
+        }
+        if (q.uploadId !== undefined) {
+          const u = await obs.getUpload(b, keyOf(req), q.uploadId);
+          const doc = parseXml(await readSmallBody(req.body as Readable | undefined, 4 * 1024 * 1024)) as { CompleteMultipartUpload?: { Part?: unknown } };
+          const partsRaw = doc.CompleteMultipartUpload?.Part;
+          const parts = (Array.isArray(partsRaw) ? partsRaw : partsRaw ? [partsRaw] : []) as { PartNumber?: string; ETag?: string }[];
+          if (!doc.CompleteMultipartUpload || parts.some((p) => !p.PartNumber || !/^\d+$/.test(p.PartNumber) || !p.ETag)) throw new ObsError(400, 'MalformedXML', 'expected a CompleteMultipartUpload document of parts with PartNumber and ETag');
+          const r = await obs.completeUpload(b, u, parts.map((p) => ({ partNumber: Number(p.PartNumber), etag: String(p.ETag) })));
+          reply.header('x-amz-server-side-encryption', 'aws:kms');
+          if (b.versioning) reply.header('x-amz-version-id', r.versionId);
+          return xmlDoc({ CompleteMultipartUploadResult: { '@_xmlns': S3_NS, Location: `/${b.name}/${keyOf(req)}`, Bucket: b.name, Key: keyOf(req), ETag: `"${r.etag}"` } });
+        }
+        throw new ObsError(501, 'NotImplemented', 'this POST operation is not implemented');
+      },
+    },
+    {
+      method: 'GET', url: '/:bucket/*',
+      meta: meta('obs:object:GetObject', 'object', bucketRes(true), { traceType: 'data', bySubresource: { versionId: { action: 'obs:object:GetObjectVersion' }, uploadId: { action: 'obs:object:ListMultipartUploadParts', traceType: 'management' } } }),
+      handler: async (req, reply) => {
+        const b = bucketOf(req);
+        const uploadId = (req.query as Record<string, string | undefined>).uploadId;
+        if (uploadId !== undefined) {
+          const u = await obs.getUpload(b, keyOf(req), uploadId);
+          const parts = await obs.listParts(u);
+          reply.type('application/xml');
+          return xmlDoc({
+            ListPartsResult: {
+              '@_xmlns': S3_NS, Bucket: b.name, Key: u.key, UploadId: u.id, MaxParts: 10000, IsTruncated: false,
+              ...(parts.length ? { Part: parts.map((p) => ({ PartNumber: p.part_number, LastModified: isoDate(p.created_at), ETag: `"${p.etag}"`, Size: p.size })) } : {}),
+            },
+          });
+        }
         const row = await obs.headObject(b, keyOf(req), versionIdOf(req));
         const range = parseRange(req.headers.range, row.size);
         const start = range?.start ?? 0;
@@ -303,8 +327,13 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): R
       },
     },
     {
-      method: 'DELETE', url: '/:bucket/*', meta: meta('obs:object:DeleteObject', 'object', bucketRes(true), { bySubresource: { versionId: { action: 'obs:object:DeleteObjectVersion' } } }),
+      method: 'DELETE', url: '/:bucket/*', meta: meta('obs:object:DeleteObject', 'object', bucketRes(true), { bySubresource: { versionId: { action: 'obs:object:DeleteObjectVersion' }, uploadId: { action: 'obs:object:AbortMultipartUpload' } } }),
       handler: async (req, reply) => {
+        const uploadId = (req.query as Record<string, string | undefined>).uploadId;
+        if (uploadId !== undefined) {
+          await obs.abortUpload(await obs.getUpload(bucketOf(req), keyOf(req), uploadId));
+          return reply.code(204).send();
+        }
         const r = await obs.deleteObject(bucketOf(req), keyOf(req), versionIdOf(req));
         if (r.versionId !== undefined && (bucketOf(req).versioning || versionIdOf(req) !== undefined)) reply.header('x-amz-version-id', r.versionId);
         if (r.deleteMarker) reply.header('x-amz-delete-marker', 'true');
@@ -312,6 +341,56 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): R
       },
     },
   ];
+}
+
+function objectMeta(req: FastifyRequest): { contentType: string; metadata: Record<string, string> } {
+  const metadata: Record<string, string> = {};
+  for (const [k, v] of Object.entries(req.headers)) if (k.startsWith('x-amz-meta-') && typeof v === 'string') metadata[k.slice(11)] = v;
+  return { contentType: typeof req.headers['content-type'] === 'string' ? req.headers['content-type'] : 'binary/octet-stream', metadata };
+}
+
+/**
+ * The content of an upload as a stream (aws-chunked bodies decoded), and the check to run after its
+ * last byte: declared length, Content-MD5, x-amz-checksum-* (header or trailer), x-amz-content-sha256.
+ */
+function incomingBody(req: FastifyRequest): { content: Readable; check: (d: { md5: Buffer; sha256: Buffer; size: number }) => void } {
+  const h = req.headers;
+  if (h['x-amz-server-side-encryption-customer-algorithm'] !== undefined) throw new ObsError(501, 'NotImplemented', 'SSE-C is not implemented yet');
+  for (const u of UNSUPPORTED_CHECKSUMS) if (h[u] !== undefined || String(h['x-amz-trailer'] ?? '').includes(u)) throw new ObsError(400, 'InvalidRequest', `${u} is not supported here; use CRC32, SHA1 or SHA256 checksums`);
+  const declared = String(h['x-amz-content-sha256'] ?? '');
+  const chunked = declared.startsWith('STREAMING-');
+  if (chunked && declared !== 'STREAMING-UNSIGNED-PAYLOAD-TRAILER') {
+    throw new ObsError(501, 'NotImplemented', `${declared} uploads are not supported; use UNSIGNED-PAYLOAD or STREAMING-UNSIGNED-PAYLOAD-TRAILER`);
+  }
+  if (chunked && h['x-amz-decoded-content-length'] === undefined) throw new ObsError(411, 'MissingContentLength', 'x-amz-decoded-content-length is required with aws-chunked bodies');
+  if (!chunked && h['content-length'] === undefined) throw new ObsError(411, 'MissingContentLength', 'you must provide the Content-Length HTTP header');
+  const length = Number(chunked ? h['x-amz-decoded-content-length'] : h['content-length']);
+  const raw = (req.body as Readable | undefined) ?? Readable.from([]);
+  const decoder = chunked ? new AwsChunkedDecoder() : null;
+  const sums = { crc: 0, sha1: createHash('sha1') };
+  const tap = new Transform({
+    transform(chunk: Buffer, _e, done) {
+      sums.crc = crc32(chunk, sums.crc);
+      sums.sha1.update(chunk);
+      done(null, chunk);
+    },
+  });
+  const source = decoder ? raw.pipe(decoder) : raw;
+  raw.on('error', (e) => source.destroy(e));
+  decoder?.on('error', (e) => tap.destroy(e));
+  const check = ({ md5, sha256, size }: { md5: Buffer; sha256: Buffer; size: number }) => {
+    if (size !== length) throw new ObsError(400, 'IncompleteBody', `the body has ${size} bytes, not the ${length} declared`);
+    const given: Record<string, string> = { ...decoder?.trailers };
+    for (const name of CHECKSUMS) if (typeof h[name] === 'string') given[name] = h[name] as string;
+    const computed: Record<string, Buffer> = { 'x-amz-checksum-crc32': u32(sums.crc), 'x-amz-checksum-sha256': sha256, 'x-amz-checksum-sha1': sums.sha1.digest() };
+    for (const name of CHECKSUMS) {
+      if (given[name] !== undefined && !equalB64(given[name]!, computed[name]!)) throw new ObsError(400, 'BadDigest', `the ${name.slice(15).toUpperCase()} checksum you specified did not match the content`);
+    }
+    const contentMd5 = h['content-md5'];
+    if (typeof contentMd5 === 'string' && !equalB64(contentMd5, md5)) throw new ObsError(400, 'BadDigest', 'the Content-MD5 you specified did not match what we received');
+    if (/^[0-9a-f]{64}$/.test(declared) && declared !== sha256.toString('hex')) throw new ObsError(400, 'XAmzContentSHA256Mismatch', 'the provided x-amz-content-sha256 header does not match what was computed');
+  };
+  return { content: source.pipe(tap), check };
 }
 
 function versionIdOf(req: FastifyRequest): string | undefined {
