@@ -8,6 +8,8 @@ import { fileURLToPath } from 'node:url';
 
 export interface BenchTenant { accountId: string; userId: string; token: string; ak: string; sk: string }
 export interface ServerProcess {
+  /** The S3/OBS listener. */
+  obsUrl: string;
   url: string;
   child: ChildProcess;
   dataDir: string;
@@ -42,13 +44,14 @@ export async function startServerProcess(
   const args = [...(opts.nodeArgs ?? []), opts.entry ?? CLI_MAIN, 'serve', '--data-dir', dataDir, '--port', '0', '--log-level', 'warn', ...(opts.databaseUrl ? ['--database-url', opts.databaseUrl] : []), ...(opts.extraArgs ?? [])];
   const child = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...opts.env } });
   let err = '';
-  const ready = await new Promise<{ url: string; password: string | null }>((resolve, reject) => {
+  const ready = await new Promise<{ url: string; password: string | null; obsUrl: string }>((resolve, reject) => {
     child.stderr!.on('data', (c: Buffer) => {
       err += c.toString();
       const url = /listening on (\S+)/.exec(err)?.[1];
+      const obsUrl = /S3\/OBS listener on (\S+)/.exec(err)?.[1] ?? '';
       const password = /password: (\S+)/.exec(err)?.[1];
-      if (url && password) resolve({ url, password });
-      else if (url && /Log in as an existing user/.test(err)) resolve({ url, password: null });
+      if (url && password) resolve({ url, password, obsUrl });
+      else if (url && /Log in as an existing user/.test(err)) resolve({ url, password: null, obsUrl });
     });
     child.on('exit', (code) => reject(new Error(`server exited with ${code}: ${err}`)));
   });
@@ -56,6 +59,7 @@ export async function startServerProcess(
   const exited = new Promise((r) => child.once('exit', r));
   return {
     url: ready.url,
+    obsUrl: ready.obsUrl,
     child,
     dataDir,
     operatorToken: operator.token,

@@ -26,6 +26,8 @@ export const PACKAGE_LOG2 = 16;
 export const PACKAGE_BYTES = 1 << PACKAGE_LOG2;
 /** 2^32 packages of 64 KiB: 256 TiB per stream, far above any object size limit. */
 const MAX_PACKAGES = 2 ** 32;
+/** Packages read per call when decrypting a range (32 x 64 KiB = 2 MiB). */
+const READ_BATCH = 32;
 
 export class StreamAuthError extends Error {
   override name = 'StreamAuthError';
@@ -183,14 +185,23 @@ export async function* decryptRange(key: Buffer, context: Buffer, readAt: ReadAt
   }
   const first = Math.floor(start / PACKAGE_BYTES);
   const last = Math.floor(end / PACKAGE_BYTES);
-  for (let i = first; i <= last; i++) {
-    const plainLen = i < count - 1 ? PACKAGE_BYTES : plainBytes - i * PACKAGE_BYTES;
-    const sealed = await readAt(HEADER_BYTES + i * (PACKAGE_BYTES + TAG_BYTES), plainLen + TAG_BYTES);
-    if (sealed.length !== plainLen + TAG_BYTES) throw new StreamAuthError('encrypted content is truncated');
-    const plain = openPackage(key, header, i, i === count - 1, context, sealed);
-    const from = i === first ? start - i * PACKAGE_BYTES : 0;
-    const to = i === last ? end - i * PACKAGE_BYTES + 1 : plain.length;
-    yield plain.subarray(from, to);
+  const sealedLen = (i: number) => (i < count - 1 ? PACKAGE_BYTES : plainBytes - i * PACKAGE_BYTES) + TAG_BYTES;
+  // Read several packages per call (fewer, larger reads), then open them one by one.
+  for (let batchStart = first; batchStart <= last; batchStart += READ_BATCH) {
+    const batchEnd = Math.min(last, batchStart + READ_BATCH - 1);
+    let want = 0;
+    for (let i = batchStart; i <= batchEnd; i++) want += sealedLen(i);
+    const chunk = await readAt(HEADER_BYTES + batchStart * (PACKAGE_BYTES + TAG_BYTES), want);
+    if (chunk.length !== want) throw new StreamAuthError('encrypted content is truncated');
+    let at = 0;
+    for (let i = batchStart; i <= batchEnd; i++) {
+      const len = sealedLen(i);
+      const plain = openPackage(key, header, i, i === count - 1, context, chunk.subarray(at, at + len));
+      at += len;
+      const from = i === first ? start - i * PACKAGE_BYTES : 0;
+      const to = i === last ? end - i * PACKAGE_BYTES + 1 : plain.length;
+      yield plain.subarray(from, to);
+    }
   }
   // A stream whose last package holds the final byte must also prove nothing follows: when the
   // range ended inside a full package and that package is the last data package before an empty

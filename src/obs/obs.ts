@@ -58,6 +58,11 @@ export interface PutResult {
 export interface ObsOptions {
   now?: () => number;
   maxObjectBytes: number;
+  /**
+   * Store content in the clear, without data keys. Only for bench/obs's baseline (the same server and
+   * path without encryption); deliberately not reachable from configuration or the CLI.
+   */
+  plaintextBaselineForBenchmarks?: boolean;
 }
 
 export class ObsService {
@@ -148,11 +153,12 @@ export class ObsService {
     });
     await this.db.insertInto('obs_pending_blobs').values({ blob_id: blobId, created_at: this.now() }).execute();
     try {
-      const encrypted = content.pipe(meter).pipe(encryptStream(dek, streamContext(bucket, blobId)));
+      const plain = this.opts.plaintextBaselineForBenchmarks === true;
+      const encrypted = plain ? content.pipe(meter) : content.pipe(meter).pipe(encryptStream(dek, streamContext(bucket, blobId)));
       content.on('error', (e) => encrypted.destroy(e));
       meter.on('error', (e) => encrypted.destroy(e));
       const { bytes } = await this.blobs.write(blobId, encrypted);
-      if (bytes !== encryptedSize(size)) throw new Error('the encrypted blob has an unexpected size');
+      if (bytes !== (plain ? size : encryptedSize(size))) throw new Error('the encrypted blob has an unexpected size');
       const digest = md5.digest();
       verify({ md5: digest, sha256: sha256.digest(), size });
       return { size, md5: digest, cipherSize: bytes };
@@ -188,7 +194,7 @@ export class ObsService {
     const blobId = randomBytes(16).toString('hex');
     let dk: { plaintext: Buffer; ciphertext: Buffer };
     try {
-      dk = await this.kms.generateDataKey(cmk, 32, { 'obs:bucket': bucket.id, 'obs:blob': blobId });
+      dk = this.opts.plaintextBaselineForBenchmarks ? { plaintext: Buffer.alloc(32), ciphertext: Buffer.alloc(0) } : await this.kms.generateDataKey(cmk, 32, { 'obs:bucket': bucket.id, 'obs:blob': blobId });
     } catch (e) {
       throw kmsFailure(e);
     }
@@ -263,6 +269,7 @@ export class ObsService {
 
   /** Opens the object for reading bytes [start, end]; one KMS call unwraps its data key. */
   async readObject(bucket: BucketRow, row: ObjectRow, start: number, end: number): Promise<Readable> {
+    if (this.opts.plaintextBaselineForBenchmarks) return this.readPlain(row, start, end);
     const scope = this.scopeOf(bucket);
     let key: Buffer;
     try {
@@ -288,6 +295,15 @@ export class ObsService {
       } finally {
         key.fill(0);
       }
+    }
+    return Readable.from(content(), { objectMode: false });
+  }
+
+  /** bench/obs's unencrypted baseline only. */
+  private readPlain(row: ObjectRow, start: number, end: number): Readable {
+    const blobs = this.blobs;
+    async function* content() {
+      for (let o = start; o <= end; o += 1 << 20) yield await blobs.readAt(row.blob_id, o, Math.min(1 << 20, end - o + 1));
     }
     return Readable.from(content(), { objectMode: false });
   }

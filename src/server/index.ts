@@ -69,7 +69,7 @@ async function openRootKey(config: Config, store: Store): Promise<{ provider: Ro
 }
 
 /** Opens storage, applies migrations, unseals the root key and builds the services (no listener). */
-export async function openServices(config: Config, opts: { now?: () => number; onError?: (message: string) => void } = {}): Promise<Services> {
+export async function openServices(config: Config, opts: { now?: () => number; onError?: (message: string) => void; plaintextObjectsForBenchmarks?: boolean } = {}): Promise<Services> {
   const store = openStore({ dataDir: config.dataDir, ...(config.databaseUrl ? { databaseUrl: config.databaseUrl } : {}) });
   let root: RootKeyProvider | undefined;
   try {
@@ -92,7 +92,7 @@ export async function openServices(config: Config, opts: { now?: () => number; o
     });
     const kms = new KmsService(store.db.withTables<KmsTables>(), rootKey, { ...(opts.now ? { now: opts.now } : {}) });
     const blobs = new FsBlobStore(path.join(config.dataDir, 'blobs'));
-    const obs = new ObsService(store.db.withTables<ObsTables>(), kms, blobs, { maxObjectBytes: config.obsMaxObjectBytes, ...(opts.now ? { now: opts.now } : {}) });
+    const obs = new ObsService(store.db.withTables<ObsTables>(), kms, blobs, { maxObjectBytes: config.obsMaxObjectBytes, ...(opts.now ? { now: opts.now } : {}), ...(opts.plaintextObjectsForBenchmarks ? { plaintextBaselineForBenchmarks: true } : {}) });
     return {
       store, root: rootKey, rootKeyCreated, iam, audit, kms, obs, blobs,
       async close() {
@@ -122,6 +122,8 @@ export interface StartOptions {
    * deliberately not reachable from configuration or the CLI.
    */
   untracedBaselineForBenchmarks?: boolean;
+  /** Store objects unencrypted. Only for bench/obs's baseline; not reachable from configuration or the CLI. */
+  plaintextObjectsForBenchmarks?: boolean;
 }
 
 /** Opens the services, bootstraps once, and starts listening. */

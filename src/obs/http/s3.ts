@@ -367,11 +367,15 @@ function incomingBody(req: FastifyRequest): { content: Readable; check: (d: { md
   const length = Number(chunked ? h['x-amz-decoded-content-length'] : h['content-length']);
   const raw = (req.body as Readable | undefined) ?? Readable.from([]);
   const decoder = chunked ? new AwsChunkedDecoder() : null;
-  const sums = { crc: 0, sha1: createHash('sha1') };
+  // Only the checksums the client declares (header or announced trailer) are computed.
+  const announced = `${String(h['x-amz-trailer'] ?? '')},${Object.keys(h).join(',')}`;
+  const wantCrc = announced.includes('x-amz-checksum-crc32');
+  const sha1 = announced.includes('x-amz-checksum-sha1') ? createHash('sha1') : null;
+  const sums = { crc: 0 };
   const tap = new Transform({
     transform(chunk: Buffer, _e, done) {
-      sums.crc = crc32(chunk, sums.crc);
-      sums.sha1.update(chunk);
+      if (wantCrc) sums.crc = crc32(chunk, sums.crc);
+      sha1?.update(chunk);
       done(null, chunk);
     },
   });
@@ -382,7 +386,7 @@ function incomingBody(req: FastifyRequest): { content: Readable; check: (d: { md
     if (size !== length) throw new ObsError(400, 'IncompleteBody', `the body has ${size} bytes, not the ${length} declared`);
     const given: Record<string, string> = { ...decoder?.trailers };
     for (const name of CHECKSUMS) if (typeof h[name] === 'string') given[name] = h[name] as string;
-    const computed: Record<string, Buffer> = { 'x-amz-checksum-crc32': u32(sums.crc), 'x-amz-checksum-sha256': sha256, 'x-amz-checksum-sha1': sums.sha1.digest() };
+    const computed: Record<string, Buffer> = { 'x-amz-checksum-crc32': u32(sums.crc), 'x-amz-checksum-sha256': sha256, 'x-amz-checksum-sha1': sha1?.digest() ?? Buffer.alloc(0) };
     for (const name of CHECKSUMS) {
       if (given[name] !== undefined && !equalB64(given[name]!, computed[name]!)) throw new ObsError(400, 'BadDigest', `the ${name.slice(15).toUpperCase()} checksum you specified did not match the content`);
     }

@@ -1,0 +1,134 @@
+// bench/obs: object throughput in one run. PUT and GET MiB/s for 1 MiB and 64 MiB objects on the
+// server as deployed (encrypted) and on a benchmark-only server storing plaintext (target: encrypted
+// >= 70% of unencrypted), raw disk write (with fsync) and read of the same bytes, 4 KiB PUT and GET
+// ops/s, and the same figures for s3rver on loopback (target: >= 2x s3rver). All through the AWS SDK.
+//   node dist/bench/obs.js     (BENCH_SECONDS=5 per small-object figure; BENCH_DB=postgres for PostgreSQL)
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { open, readFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { CreateBucketCommand, GetObjectCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import S3rver from 's3rver';
+import { dropPgDatabase, freshPgDatabase } from './pg.js';
+import { startServerProcess } from './server-process.js';
+
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
+const here = path.dirname(fileURLToPath(import.meta.url));
+const MiB = 1024 * 1024;
+const SIZES = [{ size: MiB, count: 48 }, { size: 64 * MiB, count: 3 }];
+
+interface Figures { put: number[]; get: number[]; smallPut: number; smallGet: number }
+
+async function measure(client: S3Client, bucket: string): Promise<Figures> {
+  await client.send(new CreateBucketCommand({ Bucket: bucket }));
+  const put: number[] = [];
+  const get: number[] = [];
+  for (const { size, count } of SIZES) {
+    const body = randomBytes(size);
+    let t = process.hrtime.bigint();
+    for (let i = 0; i < count; i++) await client.send(new PutObjectCommand({ Bucket: bucket, Key: `o${size}-${i}`, Body: body }));
+    put.push((size * count) / MiB / (Number(process.hrtime.bigint() - t) / 1e9));
+    t = process.hrtime.bigint();
+    for (let i = 0; i < count; i++) {
+      const r = await client.send(new GetObjectCommand({ Bucket: bucket, Key: `o${size}-${i}` }));
+      for await (const _ of r.Body as AsyncIterable<Buffer>) void _;
+    }
+    get.push((size * count) / MiB / (Number(process.hrtime.bigint() - t) / 1e9));
+  }
+  const small = randomBytes(4096);
+  const rate = async (op: (i: number) => Promise<unknown>) => {
+    let n = 0;
+    const end = Date.now() + SECONDS * 1000;
+    await Promise.all(Array.from({ length: 16 }, async (_, w) => {
+      while (Date.now() < end) await op(w * 1_000_000 + n++);
+    }));
+    return n / SECONDS;
+  };
+  const smallPut = await rate((i) => client.send(new PutObjectCommand({ Bucket: bucket, Key: `s${i % 2000}`, Body: small })));
+  const smallGet = await rate(async (i) => {
+    const r = await client.send(new GetObjectCommand({ Bucket: bucket, Key: `s${i % 1000}` }));
+    for await (const _ of r.Body as AsyncIterable<Buffer>) void _;
+  });
+  return { put, get, smallPut, smallGet };
+}
+
+async function disk(): Promise<{ write: number[]; read: number[] }> {
+  const dir = mkdtempSync(path.join(tmpdir(), 'custos-bench-disk-'));
+  const write: number[] = [];
+  const read: number[] = [];
+  try {
+    for (const { size, count } of SIZES) {
+      const body = randomBytes(size);
+      let t = process.hrtime.bigint();
+      for (let i = 0; i < count; i++) {
+        const h = await open(path.join(dir, `f${i}`), 'w');
+        await h.writeFile(body);
+        await h.sync();
+        await h.close();
+      }
+      write.push((size * count) / MiB / (Number(process.hrtime.bigint() - t) / 1e9));
+      t = process.hrtime.bigint();
+      for (let i = 0; i < count; i++) await readFile(path.join(dir, `f${i}`));
+      read.push((size * count) / MiB / (Number(process.hrtime.bigint() - t) / 1e9));
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+  return { write, read };
+}
+
+async function custos(entry?: string): Promise<Figures> {
+  const dbUrl = process.env.BENCH_DB ? await freshPgDatabase() : undefined;
+  const srv = await startServerProcess({ databaseUrl: dbUrl, ...(entry ? { entry } : {}) });
+  try {
+    const t = await srv.createTenant('benchco');
+    const client = new S3Client({ endpoint: srv.obsUrl, region: 'cn-north-4', forcePathStyle: true, credentials: { accessKeyId: t.ak, secretAccessKey: t.sk } });
+    try {
+      return await measure(client, 'bench');
+    } finally {
+      client.destroy();
+    }
+  } finally {
+    await srv.stop();
+    if (dbUrl) await dropPgDatabase(dbUrl);
+  }
+}
+
+async function s3rver(): Promise<Figures> {
+  const dir = mkdtempSync(path.join(tmpdir(), 'custos-bench-s3rver-'));
+  const server = new S3rver({ port: 0, address: '127.0.0.1', directory: dir, silent: true });
+  const { port } = (await server.run()) as { port: number };
+  const client = new S3Client({ endpoint: `http://127.0.0.1:${port}`, region: 'us-east-1', forcePathStyle: true, credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' } });
+  try {
+    return await measure(client, 'bench');
+  } finally {
+    client.destroy();
+    await server.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+const f = (n: number) => n.toFixed(1).padStart(8);
+async function main() {
+  console.log(`bench/obs: ${process.env.BENCH_DB ? 'PostgreSQL' : 'SQLite'}; ${SIZES.map((s) => `${s.count} x ${s.size / MiB} MiB`).join(', ')}; 4 KiB objects with 16 clients for ${SECONDS} s`);
+  const enc = await custos();
+  const plain = await custos(path.join(here, 'plaintext-obs-server.js'));
+  const raw = await disk();
+  const fake = await s3rver();
+  console.log(`\n  ${''.padEnd(34)}${SIZES.map((s) => `PUT ${s.size / MiB} MiB`.padStart(12) + `GET ${s.size / MiB} MiB`.padStart(12)).join('')}   4 KiB PUT/s  4 KiB GET/s`);
+  const row = (name: string, x: Figures) => console.log(`  ${name.padEnd(34)}${x.put.map((p, i) => `${f(p)} MiB/s`.padStart(12) + `${f(x.get[i]!)} MiB/s`.padStart(12)).join('')}   ${f(x.smallPut)}     ${f(x.smallGet)}`);
+  row('Custos, encrypted (as deployed)', enc);
+  row('Custos, plaintext (bench only)', plain);
+  row('s3rver', fake);
+  console.log(`  ${'raw disk (write+fsync / read)'.padEnd(34)}${raw.write.map((w, i) => `${f(w)} MiB/s`.padStart(12) + `${f(raw.read[i]!)} MiB/s`.padStart(12)).join('')}`);
+  const ratio = (a: number[], b: number[]) => a.map((x, i) => (x / b[i]!).toFixed(2)).join(' / ');
+  console.log(`\n  encrypted / plaintext (target >= 0.70): PUT ${ratio(enc.put, plain.put)}, GET ${ratio(enc.get, plain.get)}, 4 KiB PUT ${(enc.smallPut / plain.smallPut).toFixed(2)}, GET ${(enc.smallGet / plain.smallGet).toFixed(2)}`);
+  console.log(`  encrypted / s3rver (target >= 2): PUT ${ratio(enc.put, fake.put)}, GET ${ratio(enc.get, fake.get)}, 4 KiB PUT ${(enc.smallPut / fake.smallPut).toFixed(2)}, GET ${(enc.smallGet / fake.smallGet).toFixed(2)}`);
+}
+
+main().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});
