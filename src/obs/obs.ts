@@ -49,6 +49,13 @@ const MAX_PARTS = 10_000;
 const MIN_PART_BYTES = 5 * 1024 * 1024;
 const MAX_PART_BYTES = 5 * 1024 ** 3;
 
+export interface ObjectMeta {
+  contentType: string;
+  metadata: Record<string, string>;
+  /** x-amz-server-side-encryption-aws-kms-key-id: the key to encrypt under instead of the bucket's. */
+  kmsKey?: string | undefined;
+}
+
 export interface PutResult {
   etag: string;
   size: number;
@@ -118,8 +125,16 @@ export class ObsService {
   }
 
   /** The bucket's key, or the tenant's default object key in the bucket's project (made on first use). */
-  private async objectKey(bucket: BucketRow): Promise<KeyRow> {
+  private async objectKey(bucket: BucketRow, requested?: string): Promise<KeyRow> {
     const scope = this.scopeOf(bucket);
+    if (requested !== undefined) {
+      // SSE-KMS with the request's key: a key id, alias, or ARN of a key in the bucket's project.
+      const arn = /^arn:aws[a-z-]*:kms:([^:]*):([^:]*):(?:key|alias)\/(.+)$/.exec(requested);
+      const ref = arn ? (arn[1] === scope.region && arn[2] === scope.accountId ? arn[3]! : '') : requested.replace(/^alias\//, '');
+      const key = ref ? await this.kms.findKey(scope, ref) : undefined;
+      if (!key) throw new ObsError(400, 'KMS.NotFoundException', `the KMS key ${requested} does not exist in the bucket's project (${scope.region})`);
+      return key;
+    }
     if (bucket.kms_key_id) return this.kms.getKey(scope, bucket.kms_key_id);
     const found = await this.kms.findKey(scope, DEFAULT_KEY_ALIAS);
     if (found) return found;
@@ -188,9 +203,9 @@ export class ObsService {
    * Stores an object from a stream of its content. The content is encrypted as it arrives; the object
    * becomes visible only once its blob is durable and its row committed.
    */
-  async putObject(bucket: BucketRow, key: string, content: Readable, meta: { contentType: string; metadata: Record<string, string> }, verify: (digests: { md5: Buffer; sha256: Buffer; size: number }) => void): Promise<PutResult> {
+  async putObject(bucket: BucketRow, key: string, content: Readable, meta: ObjectMeta, verify: (digests: { md5: Buffer; sha256: Buffer; size: number }) => void): Promise<PutResult> {
     if (!validObjectKey(key)) throw new ObsError(400, 'KeyTooLongError', 'object keys are 1 to 1024 bytes of UTF-8 without NUL');
-    const cmk = await this.objectKey(bucket);
+    const cmk = await this.objectKey(bucket, meta.kmsKey);
     const blobId = randomBytes(16).toString('hex');
     let dk: { plaintext: Buffer; ciphertext: Buffer };
     try {
@@ -311,9 +326,9 @@ export class ObsService {
   // ------------------------------------------------------------------ multipart uploads
 
   /** One data key per upload (one KMS call), each part its own encrypted blob. */
-  async createUpload(bucket: BucketRow, key: string, meta: { contentType: string; metadata: Record<string, string> }): Promise<string> {
+  async createUpload(bucket: BucketRow, key: string, meta: ObjectMeta): Promise<string> {
     if (!validObjectKey(key)) throw new ObsError(400, 'KeyTooLongError', 'object keys are 1 to 1024 bytes of UTF-8 without NUL');
-    const cmk = await this.objectKey(bucket);
+    const cmk = await this.objectKey(bucket, meta.kmsKey);
     const id = randomBytes(16).toString('hex');
     let dk: { plaintext: Buffer; ciphertext: Buffer };
     try {

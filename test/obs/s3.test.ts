@@ -7,7 +7,7 @@ import { readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import {
-  AbortMultipartUploadCommand, CompleteMultipartUploadCommand, CreateBucketCommand, CreateMultipartUploadCommand, DeleteBucketCommand, ListMultipartUploadsCommand, ListPartsCommand, UploadPartCommand, DeleteObjectCommand, GetBucketVersioningCommand, GetObjectCommand, HeadBucketCommand, HeadObjectCommand,
+  AbortMultipartUploadCommand, CompleteMultipartUploadCommand, CopyObjectCommand, CreateBucketCommand, DeleteObjectsCommand, CreateMultipartUploadCommand, DeleteBucketCommand, ListMultipartUploadsCommand, ListPartsCommand, UploadPartCommand, DeleteObjectCommand, GetBucketVersioningCommand, GetObjectCommand, HeadBucketCommand, HeadObjectCommand,
   ListBucketsCommand, ListObjectsV2Command, ListObjectVersionsCommand, PutBucketVersioningCommand, PutObjectCommand, S3Client,
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
@@ -229,6 +229,32 @@ describe('S3 API with @aws-sdk/client-s3', () => {
     assert.equal(await r.text(), 'shared by link');
     const tampered = url.replace('shared.txt', 'other.txt');
     assert.equal((await fetch(tampered)).status, 403);
+  });
+
+  test('CopyObject (metadata kept or replaced, re-encrypted under another KMS key) and DeleteObjects', async () => {
+    await client.send(new CreateBucketCommand({ Bucket: 'copies' }));
+    await client.send(new PutObjectCommand({ Bucket: 'copies', Key: 'src.txt', Body: 'copy me', ContentType: 'text/plain', Metadata: { owner: 'ann' } }));
+    const copied = await client.send(new CopyObjectCommand({ Bucket: 'copies', Key: 'dst.txt', CopySource: 'copies/src.txt' }));
+    assert.match(copied.CopyObjectResult?.ETag ?? '', /^"[0-9a-f]{32}"$/);
+    const dst = await client.send(new GetObjectCommand({ Bucket: 'copies', Key: 'dst.txt' }));
+    assert.equal(await dst.Body!.transformToString(), 'copy me');
+    assert.deepEqual([dst.ContentType, dst.Metadata?.owner], ['text/plain', 'ann']);
+
+    // Another key of the tenant's, named in the request: the copy is re-encrypted under it.
+    const project = t.projects[0]!.id;
+    const k = await s.api('POST', `/v1.0/${project}/kms/create-key`, { token: t.token, body: { key_alias: 'copies-key' } });
+    const keyId = k.json.key_info.key_id as string;
+    await client.send(new CopyObjectCommand({ Bucket: 'photos', Key: 'moved.txt', CopySource: 'copies/src.txt', MetadataDirective: 'REPLACE', ContentType: 'text/markdown', SSEKMSKeyId: keyId, ServerSideEncryption: 'aws:kms' }));
+    const moved = await client.send(new HeadObjectCommand({ Bucket: 'photos', Key: 'moved.txt' }));
+    assert.equal(moved.ContentType, 'text/markdown');
+    assert.equal(moved.Metadata?.owner, undefined);
+    assert.match(moved.SSEKMSKeyId ?? '', new RegExp(`key/${keyId}$`));
+    await assert.rejects(client.send(new CopyObjectCommand({ Bucket: 'copies', Key: 'x', CopySource: 'copies/none.txt' })), { name: 'NoSuchKey' });
+    await assert.rejects(theirs.send(new CopyObjectCommand({ Bucket: 'photos', Key: 'stolen', CopySource: 'copies/src.txt' })), { name: 'NoSuchBucket' });
+
+    const del = await client.send(new DeleteObjectsCommand({ Bucket: 'copies', Delete: { Objects: [{ Key: 'src.txt' }, { Key: 'dst.txt' }, { Key: 'never-was' }] } }));
+    assert.deepEqual(del.Deleted?.map((d) => d.Key).sort(), ['dst.txt', 'never-was', 'src.txt']);
+    assert.equal((await client.send(new ListObjectsV2Command({ Bucket: 'copies' }))).KeyCount, 0);
   });
 
   test('content is stored only encrypted, and destroying the KMS key makes the object unreadable', async () => {

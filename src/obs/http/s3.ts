@@ -11,7 +11,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { IamService, Principal, ResourceRef } from '../../iam/iam.js';
 import { ProjectLookup, scopeOfProject } from '../../kms/http/common.js';
 import { principalOf, type RouteDef, type RouteMeta } from '../../server/route.js';
-import { ObsError, type ObsService } from '../obs.js';
+import { ObsError, type ObjectMeta, type ObsService } from '../obs.js';
 import type { BucketRow, ObjectRow } from '../store.js';
 import { AwsChunkedDecoder } from './chunked.js';
 
@@ -34,6 +34,9 @@ function bucketOf(req: FastifyRequest): BucketRow {
 }
 function bucketResource(req: FastifyRequest, b: BucketRow, key?: string): ResourceRef {
   resolvedBuckets.set(req, b);
+  return resourceRef(b, key);
+}
+function resourceRef(b: BucketRow, key?: string): ResourceRef {
   return key === undefined
     ? { service: 'obs', type: 'bucket', id: b.name, name: b.name, accountId: b.account_id, projectId: b.project_id, region: b.region }
     : { service: 'obs', type: 'object', id: `${b.name}/${key}`, name: key, accountId: b.account_id, projectId: b.project_id, region: b.region };
@@ -90,6 +93,30 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): R
     return b ? bucketResource(req, b, withKey ? params['*'] : undefined) : null;
   };
   const keyOf = (req: FastifyRequest) => (req.params as { '*': string })['*'];
+  /** A second resource in one request (a copy's source, each key of a batch delete) gets its own decision. */
+  const allowed = async (req: FastifyRequest, action: string, b: BucketRow, key: string) => {
+    const d = await iam.authorize(principalOf(req), action, resourceRef(b, key), { sourceIp: req.ip });
+    return d.effect === 'allow';
+  };
+
+  /** CopyObject: the source is read (and decrypted) and written anew under the destination's key. */
+  const copyObject = async (req: FastifyRequest, dest: BucketRow, source: string) => {
+    const m = /^\/?([^/]+)\/(.+?)(?:\?versionId=([^&]+))?$/.exec(source);
+    if (!m) throw new ObsError(400, 'InvalidArgument', 'x-amz-copy-source must be /bucket/key[?versionId=id]');
+    const srcBucket = await obs.findBucket(principalOf(req).accountId, safeDecode(m[1]!));
+    if (!srcBucket) throw new ObsError(404, 'NoSuchBucket', 'the source bucket does not exist');
+    const srcKey = safeDecode(m[2]!);
+    if (!(await allowed(req, m[3] ? 'obs:object:GetObjectVersion' : 'obs:object:GetObject', srcBucket, srcKey))) throw new ObsError(403, 'AccessDenied', 'not authorized to read the copy source');
+    const row = await obs.headObject(srcBucket, srcKey, m[3] ? safeDecode(m[3]) : undefined);
+    const directive = req.headers['x-amz-metadata-directive'] ?? 'COPY';
+    if (directive !== 'COPY' && directive !== 'REPLACE') throw new ObsError(400, 'InvalidArgument', 'x-amz-metadata-directive must be COPY or REPLACE');
+    const requested = objectMeta(req);
+    const meta: ObjectMeta = directive === 'REPLACE' ? requested : { contentType: row.content_type, metadata: JSON.parse(row.metadata_json) as Record<string, string>, ...(requested.kmsKey ? { kmsKey: requested.kmsKey } : {}) };
+    const content = await obs.readObject(srcBucket, row, 0, row.size - 1);
+    return obs.putObject(dest, keyOf(req), content, meta, ({ size }) => {
+      if (size !== row.size) throw new ObsError(500, 'InternalError', 'the copy read a different size than the source has');
+    });
+  };
   const kmsArn = (b: BucketRow, row: ObjectRow) => `arn:aws:kms:${b.region}:${b.account_id}:key/${row.kms_key_id}`;
 
   return [
@@ -154,6 +181,32 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): R
       handler: async (req, reply) => {
         await obs.deleteBucket(bucketOf(req));
         return reply.code(204).send();
+      },
+    },
+    {
+      method: 'POST', url: '/:bucket', meta: meta('obs:object:DeleteObject', 'bucket', bucketRes(false)),
+      handler: async (req, reply) => {
+        const b = bucketOf(req);
+        if (!('delete' in (req.query as Record<string, string>))) throw new ObsError(501, 'NotImplemented', 'this POST operation is not implemented');
+        const doc = parseXml(await readSmallBody(req.body as Readable | undefined, 2 * 1024 * 1024)) as { Delete?: { Object?: unknown; Quiet?: string } };
+        const raw = doc.Delete?.Object;
+        const objects = (Array.isArray(raw) ? raw : raw ? [raw] : []) as { Key?: string; VersionId?: string }[];
+        if (!doc.Delete || objects.length === 0 || objects.length > 1000 || objects.some((o) => typeof o.Key !== 'string')) throw new ObsError(400, 'MalformedXML', 'expected a Delete document of 1 to 1000 objects with keys');
+        const quiet = doc.Delete.Quiet === 'true';
+        const deleted: Record<string, unknown>[] = [];
+        const errors: Record<string, unknown>[] = [];
+        for (const o of objects) {
+          const key = String(o.Key);
+          const action = o.VersionId ? 'obs:object:DeleteObjectVersion' : 'obs:object:DeleteObject';
+          if (!(await allowed(req, action, b, key))) {
+            errors.push({ Key: key, ...(o.VersionId ? { VersionId: o.VersionId } : {}), Code: 'AccessDenied', Message: 'Access Denied' });
+            continue;
+          }
+          const r = await obs.deleteObject(b, key, o.VersionId);
+          if (!quiet) deleted.push({ Key: key, ...(o.VersionId ? { VersionId: o.VersionId } : {}), ...(r.deleteMarker ? { DeleteMarker: true, DeleteMarkerVersionId: r.versionId } : {}) });
+        }
+        reply.type('application/xml');
+        return xmlDoc({ DeleteResult: { '@_xmlns': S3_NS, ...(deleted.length ? { Deleted: deleted } : {}), ...(errors.length ? { Error: errors } : {}) } });
       },
     },
     {
@@ -246,7 +299,13 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): R
           return reply.code(200).send();
         }
         if (Object.keys(q).some((k) => k !== 'x-id')) throw new ObsError(501, 'NotImplemented', `object subresource ${Object.keys(q).filter((k) => k !== 'x-id').join(', ')} is not implemented`);
-        if (h['x-amz-copy-source'] !== undefined) throw new ObsError(501, 'NotImplemented', 'CopyObject is not implemented yet');
+        if (typeof h['x-amz-copy-source'] === 'string') {
+          const r = await copyObject(req, b, h['x-amz-copy-source']);
+          reply.type('application/xml');
+          reply.header('x-amz-server-side-encryption', 'aws:kms');
+          if (b.versioning) reply.header('x-amz-version-id', r.versionId);
+          return xmlDoc({ CopyObjectResult: { '@_xmlns': S3_NS, ETag: `"${r.etag}"`, LastModified: isoDate(Date.now()) } });
+        }
         const body = incomingBody(req);
         const result = await obs.putObject(b, keyOf(req), body.content, objectMeta(req), body.check);
         reply.header('etag', `"${result.etag}"`);
@@ -343,10 +402,16 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): R
   ];
 }
 
-function objectMeta(req: FastifyRequest): { contentType: string; metadata: Record<string, string> } {
+function objectMeta(req: FastifyRequest): ObjectMeta {
   const metadata: Record<string, string> = {};
   for (const [k, v] of Object.entries(req.headers)) if (k.startsWith('x-amz-meta-') && typeof v === 'string') metadata[k.slice(11)] = v;
-  return { contentType: typeof req.headers['content-type'] === 'string' ? req.headers['content-type'] : 'binary/octet-stream', metadata };
+  const sse = req.headers['x-amz-server-side-encryption'];
+  if (sse !== undefined && sse !== 'aws:kms' && sse !== 'AES256') throw new ObsError(400, 'InvalidArgument', 'x-amz-server-side-encryption must be aws:kms or AES256 (both mean SSE-KMS here)');
+  const kmsKey = req.headers['x-amz-server-side-encryption-aws-kms-key-id'];
+  return {
+    contentType: typeof req.headers['content-type'] === 'string' ? req.headers['content-type'] : 'binary/octet-stream', metadata,
+    ...(typeof kmsKey === 'string' ? { kmsKey } : {}),
+  };
 }
 
 /**
@@ -395,6 +460,14 @@ function incomingBody(req: FastifyRequest): { content: Readable; check: (d: { md
     if (/^[0-9a-f]{64}$/.test(declared) && declared !== sha256.toString('hex')) throw new ObsError(400, 'XAmzContentSHA256Mismatch', 'the provided x-amz-content-sha256 header does not match what was computed');
   };
   return { content: source.pipe(tap), check };
+}
+
+function safeDecode(s: string): string {
+  try {
+    return decodeURIComponent(s);
+  } catch {
+    throw new ObsError(400, 'InvalidArgument', 'the copy source is not properly URL-encoded');
+  }
 }
 
 function versionIdOf(req: FastifyRequest): string | undefined {
