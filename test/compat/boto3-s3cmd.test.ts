@@ -1,0 +1,93 @@
+// Python clients against the S3 listener: boto3 (the AWS SDK for Python) and s3cmd, each configured
+// as its users configure it (endpoint, region, keys, path-style addressing).
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile, execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { startTestServer, type Tenant, type TestServer } from '../helpers.js';
+
+const run = promisify(execFile);
+const required = process.env.CI === 'true' || process.env.CUSTOS_TEST_CLIENTS === '1';
+const has = (cmd: string, args: string[]) => {
+  try {
+    execFileSync(cmd, args, { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+};
+const python = ['python3', '/usr/bin/python3'].find((p) => has(p, ['-c', 'import boto3']));
+const s3cmd = has('s3cmd', ['--version']);
+
+let s: TestServer;
+let t: Tenant;
+let ak: string;
+let sk: string;
+let dir: string;
+before(async () => {
+  s = await startTestServer();
+  t = await s.createTenant();
+  const r = await s.api('POST', '/v3.0/OS-CREDENTIAL/credentials', { token: t.token, body: { credential: { user_id: t.adminUserId } } });
+  ak = r.json.credential.access;
+  sk = r.json.credential.secret;
+  dir = mkdtempSync(path.join(tmpdir(), 'custos-py-s3-'));
+});
+after(async () => {
+  rmSync(dir, { recursive: true, force: true });
+  await s?.close();
+});
+
+test('boto3: buckets, objects, ranges, listing, versioning and multipart through its own signer', { skip: !python && !required ? 'boto3 is not installed (apt-get install -y python3-boto3)' : false, timeout: 120_000 }, async () => {
+  const script = `
+import boto3, hashlib, json, os, sys
+from botocore.config import Config
+s3 = boto3.client('s3', endpoint_url=sys.argv[1], region_name=sys.argv[2], aws_access_key_id=sys.argv[3], aws_secret_access_key=sys.argv[4],
+                  config=Config(s3={'addressing_style': 'path'}, retries={'max_attempts': 1}))
+s3.create_bucket(Bucket='py-bucket', CreateBucketConfiguration={'LocationConstraint': sys.argv[2]})
+data = os.urandom(300000)
+s3.put_object(Bucket='py-bucket', Key='a/b.bin', Body=data, Metadata={'lang': 'python'})
+got = s3.get_object(Bucket='py-bucket', Key='a/b.bin')
+assert got['Body'].read() == data and got['Metadata']['lang'] == 'python'
+part = s3.get_object(Bucket='py-bucket', Key='a/b.bin', Range='bytes=1000-1999')['Body'].read()
+assert part == data[1000:2000]
+assert [o['Key'] for o in s3.list_objects_v2(Bucket='py-bucket', Prefix='a/')['Contents']] == ['a/b.bin']
+s3.put_bucket_versioning(Bucket='py-bucket', VersioningConfiguration={'Status': 'Enabled'})
+v1 = s3.put_object(Bucket='py-bucket', Key='v.txt', Body=b'one')['VersionId']
+s3.put_object(Bucket='py-bucket', Key='v.txt', Body=b'two')
+assert s3.get_object(Bucket='py-bucket', Key='v.txt', VersionId=v1)['Body'].read() == b'one'
+big = os.urandom(11 * 1024 * 1024)
+from boto3.s3.transfer import TransferConfig
+s3.upload_fileobj(__import__('io').BytesIO(big), 'py-bucket', 'big.bin', Config=TransferConfig(multipart_threshold=5 * 1024 * 1024, multipart_chunksize=5 * 1024 * 1024))
+assert hashlib.sha256(s3.get_object(Bucket='py-bucket', Key='big.bin')['Body'].read()).digest() == hashlib.sha256(big).digest()
+try:
+    s3.get_object(Bucket='py-bucket', Key='missing')
+    raise SystemExit('expected NoSuchKey')
+except s3.exceptions.NoSuchKey:
+    pass
+print(json.dumps({'ok': True}))
+`;
+  writeFileSync(path.join(dir, 'client.py'), script);
+  const out = await run(python ?? 'python3', [path.join(dir, 'client.py'), s.custos.obsUrl, t.projects[0]!.name, ak, sk], { timeout: 120_000, env: { ...process.env, AWS_CONFIG_FILE: path.join(dir, 'none'), AWS_SHARED_CREDENTIALS_FILE: path.join(dir, 'none') } });
+  assert.deepEqual(JSON.parse(out.stdout.trim().split('\n').pop()!), { ok: true });
+});
+
+test('s3cmd: mb, put, ls, get, del with its configuration file', { skip: !s3cmd && !required ? 's3cmd is not installed (apt-get install -y s3cmd)' : false, timeout: 120_000 }, async () => {
+  const host = new URL(s.custos.obsUrl).host;
+  const cfg = path.join(dir, 's3cfg');
+  writeFileSync(cfg, `[default]\naccess_key = ${ak}\nsecret_key = ${sk}\nhost_base = ${host}\nhost_bucket = ${host}\nuse_https = False\nbucket_location = ${t.projects[0]!.name}\nsignature_v2 = False\n`);
+  const s3 = async (...args: string[]) => (await run('s3cmd', ['-c', cfg, ...args], { timeout: 60_000 })).stdout;
+  await s3('mb', 's3://cmd-bucket');
+  const data = randomBytes(200_000);
+  writeFileSync(path.join(dir, 'up.bin'), data);
+  await s3('put', path.join(dir, 'up.bin'), 's3://cmd-bucket/files/up.bin');
+  assert.match(await s3('ls', 's3://cmd-bucket/files/'), /s3:\/\/cmd-bucket\/files\/up\.bin/);
+  await s3('get', 's3://cmd-bucket/files/up.bin', path.join(dir, 'down.bin'));
+  assert.deepEqual(readFileSync(path.join(dir, 'down.bin')), data);
+  await s3('del', 's3://cmd-bucket/files/up.bin');
+  assert.doesNotMatch(await s3('ls', '--recursive', 's3://cmd-bucket'), /up\.bin/);
+  await s3('rb', 's3://cmd-bucket');
+});
