@@ -171,6 +171,9 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   app.addHook('onRequest', async (req, reply) => {
     req.custos = { startedAt: process.hrtime.bigint(), principal: null, resource: null, traced: {}, errorCode: null, rawBody: Buffer.alloc(0) };
     reply.header('x-request-id', req.id);
+    // With an injected clock (tests), the Date header follows it too: clients correct their clock
+    // skew from it, and it must agree with the clock that judges their signatures.
+    if (deps.now) reply.header('date', new Date(now()).toUTCString());
     // A NUL character is never meaningful in a path or query here, and PostgreSQL text cannot hold one.
     if (req.url.includes('%00')) throw edgeFailure('badRequest', dialectOf(req), 400, 'the URL contains a NUL character');
   });

@@ -170,6 +170,8 @@ export async function startCustos(config: Config, opts: StartOptions = {}): Prom
       // Key destruction, expiry of imported material and automatic rotation; each step is a
       // conditional update, so however many nodes run this, each piece of work happens once.
       setInterval(() => kms.runDueJobs().catch(warn('KMS jobs')), 60_000),
+      // Bucket lifecycle rules; one node at a time holds the run's lease.
+      setInterval(() => obs.runLifecycle().catch(warn('OBS lifecycle')), 600_000),
       // Blobs of uploads whose node died before committing them.
       setInterval(() => obs.collectOrphans().then(() => blobs.clearInterruptedWrites(3_600_000)).catch(warn('OBS orphan collection')), 600_000),
     ];

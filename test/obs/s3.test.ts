@@ -8,7 +8,7 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import {
   AbortMultipartUploadCommand, CompleteMultipartUploadCommand, CopyObjectCommand, CreateBucketCommand, DeleteObjectsCommand, CreateMultipartUploadCommand, DeleteBucketCommand, ListMultipartUploadsCommand, ListPartsCommand, UploadPartCommand, DeleteObjectCommand, GetBucketVersioningCommand, GetObjectCommand, HeadBucketCommand, HeadObjectCommand,
-  ListBucketsCommand, ListObjectsV2Command, ListObjectVersionsCommand, PutBucketVersioningCommand, PutObjectCommand, S3Client,
+  GetBucketLifecycleConfigurationCommand, ListBucketsCommand, ListObjectsV2Command, PutBucketLifecycleConfigurationCommand, ListObjectVersionsCommand, PutBucketVersioningCommand, PutObjectCommand, S3Client,
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
@@ -24,13 +24,17 @@ let clock = Date.now();
 let client: S3Client;
 let theirs: S3Client;
 
+const keysOf = new Map<string, { accessKeyId: string; secretAccessKey: string }>();
+/** An S3 client with the tenant's access key (made once), its clock moved by `clockOffsetMs` to agree with the server's. */
 async function s3For(tenant: Tenant, clockOffsetMs = 0): Promise<S3Client> {
-  const r = await s.api('POST', '/v3.0/OS-CREDENTIAL/credentials', { token: tenant.token, body: { credential: { user_id: tenant.adminUserId } } });
-  assert.equal(r.status, 201, r.text);
-  return new S3Client({
-    endpoint: s.custos.obsUrl, region, forcePathStyle: true, systemClockOffset: clockOffsetMs,
-    credentials: { accessKeyId: r.json.credential.access, secretAccessKey: r.json.credential.secret },
-  });
+  let credentials = keysOf.get(tenant.accountId);
+  if (!credentials) {
+    const r = await s.api('POST', '/v3.0/OS-CREDENTIAL/credentials', { token: tenant.token, body: { credential: { user_id: tenant.adminUserId } } });
+    assert.equal(r.status, 201, r.text);
+    credentials = { accessKeyId: r.json.credential.access, secretAccessKey: r.json.credential.secret };
+    keysOf.set(tenant.accountId, credentials);
+  }
+  return new S3Client({ endpoint: s.custos.obsUrl, region, forcePathStyle: true, systemClockOffset: clockOffsetMs, credentials });
 }
 function filesUnder(dir: string): string[] {
   return readdirSync(dir).flatMap((f) => {
@@ -257,10 +261,50 @@ describe('S3 API with @aws-sdk/client-s3', () => {
     assert.equal((await client.send(new ListObjectsV2Command({ Bucket: 'copies' }))).KeyCount, 0);
   });
 
+  test('lifecycle: current objects expire under a prefix, noncurrent versions and stale uploads go, once per run', async () => {
+    await client.send(new CreateBucketCommand({ Bucket: 'lifecycle-test' }));
+    await client.send(new PutBucketVersioningCommand({ Bucket: 'lifecycle-test', VersioningConfiguration: { Status: 'Enabled' } }));
+    await client.send(new PutBucketLifecycleConfigurationCommand({
+      Bucket: 'lifecycle-test',
+      LifecycleConfiguration: {
+        Rules: [
+          { ID: 'tmp', Status: 'Enabled', Filter: { Prefix: 'tmp/' }, Expiration: { Days: 1 } },
+          { ID: 'old-versions', Status: 'Enabled', Filter: { Prefix: '' }, NoncurrentVersionExpiration: { NoncurrentDays: 1 }, AbortIncompleteMultipartUpload: { DaysAfterInitiation: 1 } },
+        ],
+      },
+    }));
+    const cfg = await client.send(new GetBucketLifecycleConfigurationCommand({ Bucket: 'lifecycle-test' }));
+    assert.deepEqual(cfg.Rules?.map((r) => [r.ID, r.Expiration?.Days, r.NoncurrentVersionExpiration?.NoncurrentDays]), [['tmp', 1, undefined], ['old-versions', undefined, 1]]);
+    await client.send(new PutObjectCommand({ Bucket: 'lifecycle-test', Key: 'tmp/scratch', Body: 'temporary' }));
+    await client.send(new PutObjectCommand({ Bucket: 'lifecycle-test', Key: 'keep/doc', Body: 'first' }));
+    await client.send(new PutObjectCommand({ Bucket: 'lifecycle-test', Key: 'keep/doc', Body: 'second' }));
+    await client.send(new CreateMultipartUploadCommand({ Bucket: 'lifecycle-test', Key: 'keep/never-finished' }));
+    await s.custos.obs.releaseLifecycleLease();
+    assert.deepEqual(await s.custos.obs.runLifecycle(), { expired: 0, noncurrent: 0, aborted: 0 }, 'nothing is due yet');
+
+    clock += 2 * DAY;
+    t.token = await s.token(t.name, 'admin', PASSWORD);
+    await s.custos.obs.releaseLifecycleLease();
+    assert.deepEqual(await s.custos.obs.runLifecycle(), { expired: 1, noncurrent: 1, aborted: 1 });
+    assert.deepEqual(await s.custos.obs.runLifecycle(), { expired: 0, noncurrent: 0, aborted: 0 }, 'another run within the lease does nothing');
+    const later = await s3For(t, clock - Date.now());
+    try {
+      await assert.rejects(later.send(new GetObjectCommand({ Bucket: 'lifecycle-test', Key: 'tmp/scratch' })), { name: 'NoSuchKey' });
+      assert.equal(await (await later.send(new GetObjectCommand({ Bucket: 'lifecycle-test', Key: 'keep/doc' }))).Body!.transformToString(), 'second');
+      const versions = await later.send(new ListObjectVersionsCommand({ Bucket: 'lifecycle-test', Prefix: 'keep/' }));
+      assert.equal(versions.Versions?.length, 1, 'the noncurrent version is gone');
+      assert.equal((await later.send(new ListMultipartUploadsCommand({ Bucket: 'lifecycle-test' }))).Uploads?.length ?? 0, 0);
+    } finally {
+      later.destroy();
+    }
+  });
+
   test('content is stored only encrypted, and destroying the KMS key makes the object unreadable', async () => {
     const canary = `canary-${randomBytes(12).toString('hex')}`;
-    await client.send(new CreateBucketCommand({ Bucket: 'vault' }));
-    await client.send(new PutObjectCommand({ Bucket: 'vault', Key: 'secret.txt', Body: canary.repeat(100) }));
+    const now = await s3For(t, clock - Date.now());
+    await now.send(new CreateBucketCommand({ Bucket: 'vault' }));
+    await now.send(new PutObjectCommand({ Bucket: 'vault', Key: 'secret.txt', Body: canary.repeat(100) }));
+    now.destroy();
     const places: [string, Buffer][] = filesUnder(path.join(s.dataDir, 'blobs')).map((f) => [f, readFileSync(f)]);
     assert.ok(places.length >= 1, 'blobs are where the scan looks');
     if (DB === 'sqlite') for (const f of filesUnder(s.dataDir).filter((f) => !f.includes(`${path.sep}blobs${path.sep}`))) places.push([f, readFileSync(f)]);
@@ -277,8 +321,9 @@ describe('S3 API with @aws-sdk/client-s3', () => {
     assert.ok(key, 'objects are encrypted under the tenant\'s obs/default key');
     assert.equal((await s.api('POST', `/v1.0/${project}/kms/schedule-key-deletion`, { token: t.token, body: { key_id: key.key_id, pending_days: '7' } })).status, 200);
     // A client whose clock agrees with the server's, moved past the waiting period.
-    const fresh = await s3For(t, 7 * DAY + 1000);
+    const fresh = await s3For(t, clock + 7 * DAY + 1000 - Date.now());
     clock += 7 * DAY + 1000;
+    t.token = await s.token(t.name, 'admin', PASSWORD);
     assert.equal((await s.custos.kms.runDueJobs()).destroyed, 1);
     try {
       await assert.rejects(fresh.send(new GetObjectCommand({ Bucket: 'vault', Key: 'secret.txt' })), (e: Error & { $metadata: { httpStatusCode: number } }) => {

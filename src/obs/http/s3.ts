@@ -11,7 +11,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { IamService, Principal, ResourceRef } from '../../iam/iam.js';
 import { ProjectLookup, scopeOfProject } from '../../kms/http/common.js';
 import { principalOf, type RouteDef, type RouteMeta } from '../../server/route.js';
-import { ObsError, type ObjectMeta, type ObsService } from '../obs.js';
+import { ObsError, type LifecycleRule, type ObjectMeta, type ObsService } from '../obs.js';
 import type { BucketRow, ObjectRow } from '../store.js';
 import { AwsChunkedDecoder } from './chunked.js';
 
@@ -138,11 +138,18 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): R
     {
       method: 'PUT', url: '/:bucket',
       meta: meta('obs:bucket:CreateBucket', 'bucket', async (req, p) => ({ service: 'obs', type: 'bucket', id: (req.params as { bucket: string }).bucket, accountId: p.accountId }), {
-        bySubresource: { versioning: { action: 'obs:bucket:PutBucketVersioning', resource: bucketRes(false) } },
+        bySubresource: {
+          versioning: { action: 'obs:bucket:PutBucketVersioning', resource: bucketRes(false) },
+          lifecycle: { action: 'obs:bucket:PutLifecycleConfiguration', resource: bucketRes(false) },
+        },
       }),
       handler: async (req, reply) => {
         const p = principalOf(req);
         const q = req.query as Record<string, string>;
+        if ('lifecycle' in q) {
+          await obs.setLifecycle(bucketOf(req), parseLifecycle(parseXml(await readSmallBody(req.body as Readable | undefined, 256 * 1024))));
+          return reply.code(200).send();
+        }
         if ('versioning' in q) {
           const doc = parseXml(await readSmallBody(req.body as Readable | undefined, 64 * 1024)) as { VersioningConfiguration?: { Status?: string } };
           const status = doc.VersioningConfiguration?.Status;
@@ -177,8 +184,12 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): R
       },
     },
     {
-      method: 'DELETE', url: '/:bucket', meta: meta('obs:bucket:DeleteBucket', 'bucket', bucketRes(false)),
+      method: 'DELETE', url: '/:bucket', meta: meta('obs:bucket:DeleteBucket', 'bucket', bucketRes(false), { bySubresource: { lifecycle: { action: 'obs:bucket:PutLifecycleConfiguration' } } }),
       handler: async (req, reply) => {
+        if ('lifecycle' in (req.query as Record<string, string>)) {
+          await obs.setLifecycle(bucketOf(req), null);
+          return reply.code(204).send();
+        }
         await obs.deleteBucket(bucketOf(req));
         return reply.code(204).send();
       },
@@ -215,6 +226,7 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): R
         bySubresource: {
           versioning: { action: 'obs:bucket:GetBucketVersioning' }, versions: { action: 'obs:bucket:ListBucketVersions' },
           location: { action: 'obs:bucket:GetBucketLocation' }, uploads: { action: 'obs:bucket:ListBucketMultipartUploads' },
+          lifecycle: { action: 'obs:bucket:GetLifecycleConfiguration' },
         },
       }),
       handler: async (req, reply) => {
@@ -223,6 +235,21 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): R
         reply.type('application/xml');
         if ('location' in q) return xmlDoc({ LocationConstraint: { '@_xmlns': S3_NS, '#text': b.region } });
         if ('versioning' in q) return xmlDoc({ VersioningConfiguration: { '@_xmlns': S3_NS, ...(b.versioning ? { Status: b.versioning } : {}) } });
+        if ('lifecycle' in q) {
+          const rules = obs.lifecycleOf(b);
+          if (!rules) throw new ObsError(404, 'NoSuchLifecycleConfiguration', 'the lifecycle configuration does not exist');
+          return xmlDoc({
+            LifecycleConfiguration: {
+              '@_xmlns': S3_NS,
+              Rule: rules.map((r) => ({
+                ID: r.id, Filter: { Prefix: r.prefix }, Status: r.status,
+                ...(r.expirationDays !== undefined ? { Expiration: { Days: r.expirationDays } } : {}),
+                ...(r.noncurrentDays !== undefined ? { NoncurrentVersionExpiration: { NoncurrentDays: r.noncurrentDays } } : {}),
+                ...(r.abortIncompleteDays !== undefined ? { AbortIncompleteMultipartUpload: { DaysAfterInitiation: r.abortIncompleteDays } } : {}),
+              })),
+            },
+          });
+        }
         if ('uploads' in q) {
           const uploads = await obs.listUploads(b, q.prefix ?? '');
           return xmlDoc({
@@ -468,6 +495,31 @@ function safeDecode(s: string): string {
   } catch {
     throw new ObsError(400, 'InvalidArgument', 'the copy source is not properly URL-encoded');
   }
+}
+
+/** S3's LifecycleConfiguration, as far as supported: prefix filters, days-based rules. */
+function parseLifecycle(doc: unknown): LifecycleRule[] {
+  const cfg = (doc as { LifecycleConfiguration?: { Rule?: unknown } }).LifecycleConfiguration;
+  const raw = cfg?.Rule;
+  const rules = (Array.isArray(raw) ? raw : raw ? [raw] : []) as Record<string, any>[];
+  if (!cfg || rules.length === 0 || rules.length > 1000) throw new ObsError(400, 'MalformedXML', 'expected a LifecycleConfiguration of 1 to 1000 rules');
+  const days = (v: unknown, what: string) => {
+    if (v === undefined) return undefined;
+    if (typeof v !== 'string' || !/^\d{1,5}$/.test(v) || Number(v) < 1) throw new ObsError(400, 'InvalidArgument', `${what} must be a positive whole number of days`);
+    return Number(v);
+  };
+  return rules.map((r, i) => {
+    if (r.Status !== 'Enabled' && r.Status !== 'Disabled') throw new ObsError(400, 'MalformedXML', 'each rule needs Status Enabled or Disabled');
+    if (r.Expiration?.Date !== undefined || r.Transition !== undefined || r.Filter?.Tag !== undefined || r.Filter?.And !== undefined) {
+      throw new ObsError(501, 'NotImplemented', 'lifecycle rules with dates, transitions or tag filters are not implemented; use prefixes and days');
+    }
+    const rule: LifecycleRule = { id: typeof r.ID === 'string' ? r.ID.slice(0, 255) : `rule-${i + 1}`, status: r.Status, prefix: String(r.Filter?.Prefix ?? r.Prefix ?? '') };
+    const e = days(r.Expiration?.Days, 'Expiration Days');
+    const n = days(r.NoncurrentVersionExpiration?.NoncurrentDays, 'NoncurrentDays');
+    const a = days(r.AbortIncompleteMultipartUpload?.DaysAfterInitiation, 'DaysAfterInitiation');
+    if (e === undefined && n === undefined && a === undefined) throw new ObsError(400, 'MalformedXML', 'each rule needs an action (Expiration, NoncurrentVersionExpiration or AbortIncompleteMultipartUpload)');
+    return { ...rule, ...(e !== undefined ? { expirationDays: e } : {}), ...(n !== undefined ? { noncurrentDays: n } : {}), ...(a !== undefined ? { abortIncompleteDays: a } : {}) };
+  });
 }
 
 function versionIdOf(req: FastifyRequest): string | undefined {

@@ -5,6 +5,7 @@ import * as m0003 from './0003_kms.js';
 import * as m0004 from './0004_obs.js';
 import * as m0005 from './0005_obs_versions.js';
 import * as m0006 from './0006_obs_multipart.js';
+import * as m0007 from './0007_obs_lifecycle.js';
 
 /** Ordered by name; a migration once released is never edited, only followed by a new one. */
 export const migrations: Record<string, Migration> = {
@@ -14,4 +15,5 @@ export const migrations: Record<string, Migration> = {
   '0004_obs': m0004,
   '0005_obs_versions': m0005,
   '0006_obs_multipart': m0006,
+  '0007_obs_lifecycle': m0007,
 };
