@@ -61,9 +61,14 @@ export interface LifecycleRule {
 }
 const DAY = 86_400_000;
 
+export type LockMode = 'GOVERNANCE' | 'COMPLIANCE';
+
 export interface ObjectMeta {
   contentType: string;
   metadata: Record<string, string>;
+  /** Object lock retention requested for the new version (x-amz-object-lock-mode / -retain-until-date). */
+  lock?: { mode: LockMode; until: number } | undefined;
+  legalHold?: boolean | undefined;
   /** x-amz-server-side-encryption-aws-kms-key-id: the key to encrypt under instead of the bucket's. */
   kmsKey?: string | undefined;
 }
@@ -98,9 +103,11 @@ export class ObsService {
 
   // ------------------------------------------------------------------ buckets
 
-  async createBucket(scope: KeyScope, name: string): Promise<BucketRow> {
+  async createBucket(scope: KeyScope, name: string, opts: { objectLock?: boolean } = {}): Promise<BucketRow> {
     if (!validBucketName(name)) throw new ObsError(400, 'InvalidBucketName', 'bucket names are 3 to 63 lower-case letters, digits, dots and hyphens, starting and ending with a letter or digit');
-    const row: BucketRow = { id: randomBytes(16).toString('hex'), account_id: scope.accountId, name, project_id: scope.projectId, region: scope.region, kms_key_id: null, created_at: this.now(), versioning: '', lifecycle_json: null };
+    const row: BucketRow = { id: randomBytes(16).toString('hex'), account_id: scope.accountId, name, project_id: scope.projectId, region: scope.region, kms_key_id: null, created_at: this.now(), versioning: opts.objectLock ? 'Enabled' : '', lifecycle_json: null,
+      object_lock: opts.objectLock ? 1 : 0, lock_default_mode: null, lock_default_days: null,
+    };
     try {
       await this.db.insertInto('obs_buckets').values(row).execute();
     } catch (e) {
@@ -127,7 +134,48 @@ export class ObsService {
 
   /** Versioning can be turned on, then suspended and resumed; never turned off again (as in S3). */
   async setVersioning(bucket: BucketRow, status: 'Enabled' | 'Suspended'): Promise<void> {
+    if (bucket.object_lock && status !== 'Enabled') throw new ObsError(409, 'InvalidBucketState', 'versioning cannot be suspended on a bucket with object lock');
     await this.db.updateTable('obs_buckets').set({ versioning: status }).where('id', '=', bucket.id).execute();
+  }
+
+  // ------------------------------------------------------------------ object lock
+
+  async setLockDefault(bucket: BucketRow, mode: LockMode | null, days: number | null): Promise<void> {
+    if (!bucket.object_lock) throw new ObsError(409, 'InvalidBucketState', 'object lock can only be configured on a bucket created with object lock enabled');
+    await this.db.updateTable('obs_buckets').set({ lock_default_mode: mode, lock_default_days: days }).where('id', '=', bucket.id).execute();
+  }
+
+  /** The lock a new version gets: the request's, else the bucket's default retention. */
+  private lockFor(bucket: BucketRow, meta: ObjectMeta): Pick<ObjectRow, 'lock_mode' | 'lock_until' | 'legal_hold'> {
+    if (!bucket.object_lock) {
+      if (meta.lock || meta.legalHold) throw new ObsError(400, 'InvalidRequest', 'the bucket does not have object lock enabled');
+      return { lock_mode: null, lock_until: null, legal_hold: 0 };
+    }
+    const lock = meta.lock ?? (bucket.lock_default_mode && bucket.lock_default_days ? { mode: bucket.lock_default_mode as LockMode, until: this.now() + bucket.lock_default_days * DAY } : null);
+    if (lock && lock.until <= this.now()) throw new ObsError(400, 'InvalidArgument', 'the retain-until date must be in the future');
+    return { lock_mode: lock?.mode ?? null, lock_until: lock?.until ?? null, legal_hold: meta.legalHold ? 1 : 0 };
+  }
+
+  /**
+   * Sets a version's retention. COMPLIANCE can be neither shortened nor removed; GOVERNANCE only with
+   * `bypass` (which the caller has authorized as obs:object:BypassGovernanceRetention).
+   */
+  async setRetention(bucket: BucketRow, key: string, versionId: string | undefined, lock: { mode: LockMode; until: number } | null, bypass: boolean): Promise<void> {
+    if (!bucket.object_lock) throw new ObsError(400, 'InvalidRequest', 'the bucket does not have object lock enabled');
+    const row = await this.headObject(bucket, key, versionId);
+    const active = row.lock_until !== null && row.lock_until > this.now();
+    const weakens = !lock || lock.until < (row.lock_until ?? 0) || (row.lock_mode === 'COMPLIANCE' && lock.mode !== 'COMPLIANCE');
+    if (active && weakens && (row.lock_mode === 'COMPLIANCE' || !bypass)) {
+      throw new ObsError(403, 'AccessDenied', row.lock_mode === 'COMPLIANCE' ? 'a COMPLIANCE retention cannot be shortened or removed' : 'shortening a GOVERNANCE retention needs x-amz-bypass-governance-retention and the permission to bypass it');
+    }
+    if (lock && lock.until <= this.now()) throw new ObsError(400, 'InvalidArgument', 'the retain-until date must be in the future');
+    await this.db.updateTable('obs_objects').set({ lock_mode: lock?.mode ?? null, lock_until: lock?.until ?? null }).where('bucket_id', '=', bucket.id).where('key', '=', key).where('version_id', '=', row.version_id).execute();
+  }
+
+  async setLegalHold(bucket: BucketRow, key: string, versionId: string | undefined, on: boolean): Promise<void> {
+    if (!bucket.object_lock) throw new ObsError(400, 'InvalidRequest', 'the bucket does not have object lock enabled');
+    const row = await this.headObject(bucket, key, versionId);
+    await this.db.updateTable('obs_objects').set({ legal_hold: on ? 1 : 0 }).where('bucket_id', '=', bucket.id).where('key', '=', key).where('version_id', '=', row.version_id).execute();
   }
 
   // ------------------------------------------------------------------ lifecycle
@@ -169,8 +217,13 @@ export class ObsService {
             // A version stops being current when the next one is written: count the days from then.
             const successor = await this.db.selectFrom('obs_objects').select((eb) => eb.fn.min('created_at').as('at')).where('bucket_id', '=', bucket.id).where('key', '=', r.key).where('seq', '>', r.seq).executeTakeFirst();
             if (successor?.at !== undefined && successor.at !== null && Number(successor.at) <= cutoff) {
-              await this.deleteObject(bucket, r.key, r.version_id);
-              done.noncurrent++;
+              try {
+                await this.deleteObject(bucket, r.key, r.version_id);
+                done.noncurrent++;
+              } catch (e) {
+                // Locked versions stay until their retention ends (or their legal hold is lifted).
+                if (!(e instanceof ObsError && e.status === 403)) throw e;
+              }
             }
           }
         }
@@ -286,6 +339,7 @@ export class ObsService {
    */
   async putObject(bucket: BucketRow, key: string, content: Readable, meta: ObjectMeta, verify: (digests: { md5: Buffer; sha256: Buffer; size: number }) => void): Promise<PutResult> {
     if (!validObjectKey(key)) throw new ObsError(400, 'KeyTooLongError', 'object keys are 1 to 1024 bytes of UTF-8 without NUL');
+    this.lockFor(bucket, meta);
     const cmk = await this.objectKey(bucket, meta.kmsKey);
     const blobId = randomBytes(16).toString('hex');
     let dk: { plaintext: Buffer; ciphertext: Buffer };
@@ -301,6 +355,7 @@ export class ObsService {
         bucket_id: bucket.id, key, version_id: versionId, size: w.size, etag: w.md5.toString('hex'), content_type: meta.contentType,
         metadata_json: JSON.stringify(meta.metadata), blob_id: blobId, cipher_size: w.cipherSize, kms_key_id: cmk.id,
         data_key: dk.ciphertext.toString('base64'), created_at: this.now(), is_latest: 1, delete_marker: 0, seq: 0, parts_json: null,
+        ...this.lockFor(bucket, meta),
       };
       try {
         const replaced = await this.makeCurrent(row, [blobId]);
@@ -409,6 +464,7 @@ export class ObsService {
   /** One data key per upload (one KMS call), each part its own encrypted blob. */
   async createUpload(bucket: BucketRow, key: string, meta: ObjectMeta): Promise<string> {
     if (!validObjectKey(key)) throw new ObsError(400, 'KeyTooLongError', 'object keys are 1 to 1024 bytes of UTF-8 without NUL');
+    if (meta.lock || meta.legalHold) throw new ObsError(501, 'NotImplemented', 'object lock headers on multipart uploads are not implemented; the bucket\'s default retention applies');
     const cmk = await this.objectKey(bucket, meta.kmsKey);
     const id = randomBytes(16).toString('hex');
     let dk: { plaintext: Buffer; ciphertext: Buffer };
@@ -499,6 +555,7 @@ export class ObsService {
       blob_id: u.id, cipher_size: chosen.reduce((n, p) => n + p.cipher_size, 0), kms_key_id: u.kms_key_id, data_key: u.data_key,
       created_at: this.now(), is_latest: 1, delete_marker: 0, seq: 0,
       parts_json: JSON.stringify(chosen.map((p): StoredPart => ({ blob: p.blob_id, size: p.size, cipher: p.cipher_size }))),
+      ...this.lockFor(bucket, { contentType: u.content_type, metadata: {} }),
     };
     const unused = [...stored.values()].filter((p) => !chosen.includes(p)).map((p) => p.blob_id);
     // Claim the upload first, so a concurrent completion or abort of the same upload cannot also use its parts.
@@ -537,11 +594,16 @@ export class ObsService {
    * becomes current); without one, a versioned bucket gets a delete marker and an unversioned bucket
    * loses the object.
    */
-  async deleteObject(bucket: BucketRow, key: string, versionId?: string): Promise<{ versionId?: string; deleteMarker?: boolean }> {
+  async deleteObject(bucket: BucketRow, key: string, versionId?: string, opts: { bypassGovernance?: boolean } = {}): Promise<{ versionId?: string; deleteMarker?: boolean }> {
     if (versionId !== undefined) {
       const removed = await this.db.transaction().execute(async (tx) => {
         const row = await tx.selectFrom('obs_objects').selectAll().where('bucket_id', '=', bucket.id).where('key', '=', key).where('version_id', '=', versionId).executeTakeFirst();
         if (!row) return null;
+        // Object lock: a version under legal hold or unexpired retention stays (GOVERNANCE yields to a bypass).
+        if (row.legal_hold) throw new ObsError(403, 'AccessDenied', 'the object version is under a legal hold');
+        if (row.lock_until !== null && row.lock_until > this.now() && (row.lock_mode === 'COMPLIANCE' || !opts.bypassGovernance)) {
+          throw new ObsError(403, 'AccessDenied', `the object version is locked (${row.lock_mode}) until ${new Date(row.lock_until).toISOString()}`);
+        }
         await tx.deleteFrom('obs_objects').where('bucket_id', '=', bucket.id).where('key', '=', key).where('version_id', '=', versionId).execute();
         if (row.is_latest) {
           const next = await tx.selectFrom('obs_objects').select('version_id').where('bucket_id', '=', bucket.id).where('key', '=', key).orderBy('seq', 'desc').limit(1).executeTakeFirst();
@@ -565,6 +627,7 @@ export class ObsService {
     const marker: ObjectRow = {
       bucket_id: bucket.id, key, version_id: markerId, size: 0, etag: '', content_type: '', metadata_json: '{}', blob_id: '', cipher_size: 0,
       kms_key_id: '', data_key: '', created_at: this.now(), is_latest: 1, delete_marker: 1, seq: 0, parts_json: null,
+      lock_mode: null, lock_until: null, legal_hold: 0,
     };
     await this.dropBlobs(await this.makeCurrent(marker, []));
     return { versionId: markerId, deleteMarker: true };

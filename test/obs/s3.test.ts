@@ -8,7 +8,7 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import {
   AbortMultipartUploadCommand, CompleteMultipartUploadCommand, CopyObjectCommand, CreateBucketCommand, DeleteObjectsCommand, CreateMultipartUploadCommand, DeleteBucketCommand, ListMultipartUploadsCommand, ListPartsCommand, UploadPartCommand, DeleteObjectCommand, GetBucketVersioningCommand, GetObjectCommand, HeadBucketCommand, HeadObjectCommand,
-  GetBucketLifecycleConfigurationCommand, ListBucketsCommand, ListObjectsV2Command, PutBucketLifecycleConfigurationCommand, ListObjectVersionsCommand, PutBucketVersioningCommand, PutObjectCommand, S3Client,
+  GetBucketLifecycleConfigurationCommand, GetObjectLegalHoldCommand, GetObjectLockConfigurationCommand, GetObjectRetentionCommand, PutObjectLegalHoldCommand, PutObjectLockConfigurationCommand, PutObjectRetentionCommand, ListBucketsCommand, ListObjectsV2Command, PutBucketLifecycleConfigurationCommand, ListObjectVersionsCommand, PutBucketVersioningCommand, PutObjectCommand, S3Client,
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
@@ -259,6 +259,38 @@ describe('S3 API with @aws-sdk/client-s3', () => {
     const del = await client.send(new DeleteObjectsCommand({ Bucket: 'copies', Delete: { Objects: [{ Key: 'src.txt' }, { Key: 'dst.txt' }, { Key: 'never-was' }] } }));
     assert.deepEqual(del.Deleted?.map((d) => d.Key).sort(), ['dst.txt', 'never-was', 'src.txt']);
     assert.equal((await client.send(new ListObjectsV2Command({ Bucket: 'copies' }))).KeyCount, 0);
+  });
+
+  test('object lock: retention and legal hold refuse deleting a version; GOVERNANCE yields to a bypass, COMPLIANCE does not', async () => {
+    await client.send(new CreateBucketCommand({ Bucket: 'worm', ObjectLockEnabledForBucket: true }));
+    assert.equal((await client.send(new GetBucketVersioningCommand({ Bucket: 'worm' }))).Status, 'Enabled', 'object lock turns versioning on');
+    await assert.rejects(client.send(new PutBucketVersioningCommand({ Bucket: 'worm', VersioningConfiguration: { Status: 'Suspended' } })), { name: 'InvalidBucketState' });
+    await client.send(new PutObjectLockConfigurationCommand({ Bucket: 'worm', ObjectLockConfiguration: { ObjectLockEnabled: 'Enabled', Rule: { DefaultRetention: { Mode: 'GOVERNANCE', Days: 1 } } } }));
+    assert.equal((await client.send(new GetObjectLockConfigurationCommand({ Bucket: 'worm' }))).ObjectLockConfiguration?.Rule?.DefaultRetention?.Mode, 'GOVERNANCE');
+
+    const gov = await client.send(new PutObjectCommand({ Bucket: 'worm', Key: 'ledger.csv', Body: 'governed' }));
+    const head = await client.send(new HeadObjectCommand({ Bucket: 'worm', Key: 'ledger.csv' }));
+    assert.equal(head.ObjectLockMode, 'GOVERNANCE', 'the default retention applies');
+    assert.ok(head.ObjectLockRetainUntilDate! > new Date(clock));
+    await assert.rejects(client.send(new DeleteObjectCommand({ Bucket: 'worm', Key: 'ledger.csv', VersionId: gov.VersionId })), { name: 'AccessDenied' });
+    // Deleting without a version id only adds a delete marker: allowed, the locked version stays.
+    assert.equal((await client.send(new DeleteObjectCommand({ Bucket: 'worm', Key: 'ledger.csv' }))).DeleteMarker, true);
+    assert.equal(await (await client.send(new GetObjectCommand({ Bucket: 'worm', Key: 'ledger.csv', VersionId: gov.VersionId }))).Body!.transformToString(), 'governed');
+    await client.send(new DeleteObjectCommand({ Bucket: 'worm', Key: 'ledger.csv', VersionId: gov.VersionId, BypassGovernanceRetention: true }));
+
+    const until = new Date(clock + 3 * DAY);
+    const comp = await client.send(new PutObjectCommand({ Bucket: 'worm', Key: 'audit.log', Body: 'kept', ObjectLockMode: 'COMPLIANCE', ObjectLockRetainUntilDate: until }));
+    assert.equal((await client.send(new GetObjectRetentionCommand({ Bucket: 'worm', Key: 'audit.log' }))).Retention?.Mode, 'COMPLIANCE');
+    await assert.rejects(client.send(new DeleteObjectCommand({ Bucket: 'worm', Key: 'audit.log', VersionId: comp.VersionId, BypassGovernanceRetention: true })), { name: 'AccessDenied' });
+    await assert.rejects(client.send(new PutObjectRetentionCommand({ Bucket: 'worm', Key: 'audit.log', Retention: { Mode: 'COMPLIANCE', RetainUntilDate: new Date(clock + DAY) } })), { name: 'AccessDenied' }, 'COMPLIANCE cannot be shortened');
+    await client.send(new PutObjectRetentionCommand({ Bucket: 'worm', Key: 'audit.log', Retention: { Mode: 'COMPLIANCE', RetainUntilDate: new Date(clock + 5 * DAY) } }));
+
+    const held = await client.send(new PutObjectCommand({ Bucket: 'worm', Key: 'evidence.bin', Body: 'held', ObjectLockLegalHoldStatus: 'ON', ObjectLockMode: 'GOVERNANCE', ObjectLockRetainUntilDate: new Date(clock + DAY) }));
+    assert.equal((await client.send(new GetObjectLegalHoldCommand({ Bucket: 'worm', Key: 'evidence.bin' }))).LegalHold?.Status, 'ON');
+    await assert.rejects(client.send(new DeleteObjectCommand({ Bucket: 'worm', Key: 'evidence.bin', VersionId: held.VersionId, BypassGovernanceRetention: true })), { name: 'AccessDenied' }, 'a legal hold wins over a bypass');
+    await client.send(new PutObjectLegalHoldCommand({ Bucket: 'worm', Key: 'evidence.bin', LegalHold: { Status: 'OFF' } }));
+    await client.send(new DeleteObjectCommand({ Bucket: 'worm', Key: 'evidence.bin', VersionId: held.VersionId, BypassGovernanceRetention: true }));
+    await assert.rejects(client.send(new PutObjectCommand({ Bucket: 'photos', Key: 'x', Body: 'x', ObjectLockMode: 'GOVERNANCE', ObjectLockRetainUntilDate: until })), { name: 'InvalidRequest' }, 'no lock on a bucket without object lock');
   });
 
   test('lifecycle: current objects expire under a prefix, noncurrent versions and stale uploads go, once per run', async () => {

@@ -11,7 +11,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { IamService, Principal, ResourceRef } from '../../iam/iam.js';
 import { ProjectLookup, scopeOfProject } from '../../kms/http/common.js';
 import { principalOf, type RouteDef, type RouteMeta } from '../../server/route.js';
-import { ObsError, type LifecycleRule, type ObjectMeta, type ObsService } from '../obs.js';
+import { ObsError, type LifecycleRule, type LockMode, type ObjectMeta, type ObsService } from '../obs.js';
 import type { BucketRow, ObjectRow } from '../store.js';
 import { AwsChunkedDecoder } from './chunked.js';
 
@@ -76,6 +76,11 @@ function objectHeaders(reply: FastifyReply, row: ObjectRow, arn: string, version
   reply.header('x-amz-server-side-encryption', 'aws:kms');
   reply.header('x-amz-server-side-encryption-aws-kms-key-id', arn);
   for (const [k, v] of Object.entries(JSON.parse(row.metadata_json) as Record<string, string>)) reply.header(`x-amz-meta-${k}`, v);
+  if (row.lock_mode && row.lock_until !== null) {
+    reply.header('x-amz-object-lock-mode', row.lock_mode);
+    reply.header('x-amz-object-lock-retain-until-date', isoDate(row.lock_until));
+  }
+  if (row.legal_hold) reply.header('x-amz-object-lock-legal-hold', 'ON');
 }
 
 /** Checksums a client may declare for the content (header or aws-chunked trailer), checked after the last byte. */
@@ -141,11 +146,25 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): R
         bySubresource: {
           versioning: { action: 'obs:bucket:PutBucketVersioning', resource: bucketRes(false) },
           lifecycle: { action: 'obs:bucket:PutLifecycleConfiguration', resource: bucketRes(false) },
+          'object-lock': { action: 'obs:bucket:PutBucketObjectLockConfiguration', resource: bucketRes(false) },
         },
       }),
       handler: async (req, reply) => {
         const p = principalOf(req);
         const q = req.query as Record<string, string>;
+        if ('object-lock' in q) {
+          const doc = parseXml(await readSmallBody(req.body as Readable | undefined, 64 * 1024)) as { ObjectLockConfiguration?: { ObjectLockEnabled?: string; Rule?: { DefaultRetention?: { Mode?: string; Days?: string; Years?: string } } } };
+          const cfg = doc.ObjectLockConfiguration;
+          if (!cfg || cfg.ObjectLockEnabled !== 'Enabled') throw new ObsError(400, 'MalformedXML', 'expected an ObjectLockConfiguration with ObjectLockEnabled Enabled');
+          const r = cfg.Rule?.DefaultRetention;
+          if (r) {
+            if (r.Mode !== 'GOVERNANCE' && r.Mode !== 'COMPLIANCE') throw new ObsError(400, 'MalformedXML', 'DefaultRetention Mode must be GOVERNANCE or COMPLIANCE');
+            const days = r.Days !== undefined ? Number(r.Days) : r.Years !== undefined ? Number(r.Years) * 365 : NaN;
+            if (!Number.isInteger(days) || days < 1 || (r.Days !== undefined && r.Years !== undefined)) throw new ObsError(400, 'MalformedXML', 'DefaultRetention needs Days or Years (a positive whole number), not both');
+            await obs.setLockDefault(bucketOf(req), r.Mode, days);
+          } else await obs.setLockDefault(bucketOf(req), null, null);
+          return reply.code(200).send();
+        }
         if ('lifecycle' in q) {
           await obs.setLifecycle(bucketOf(req), parseLifecycle(parseXml(await readSmallBody(req.body as Readable | undefined, 256 * 1024))));
           return reply.code(200).send();
@@ -169,7 +188,8 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): R
         if (!regions.includes(region)) throw new ObsError(400, 'InvalidLocationConstraint', `the region ${region} is not one of this installation's: ${regions.join(', ')}`);
         const project = await projects.defaultOf(p.accountId, region);
         if (!project) throw new ObsError(400, 'InvalidLocationConstraint', `your account has no project in ${region}`);
-        const b = await obs.createBucket(scopeOfProject(project), (req.params as { bucket: string }).bucket);
+        const lockHeader = req.headers['x-amz-bucket-object-lock-enabled'];
+        const b = await obs.createBucket(scopeOfProject(project), (req.params as { bucket: string }).bucket, { objectLock: String(lockHeader).toLowerCase() === 'true' });
         req.custos.traced.resourceId = b.name;
         req.custos.traced.resourceName = b.name;
         reply.header('location', `/${b.name}`);
@@ -226,7 +246,7 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): R
         bySubresource: {
           versioning: { action: 'obs:bucket:GetBucketVersioning' }, versions: { action: 'obs:bucket:ListBucketVersions' },
           location: { action: 'obs:bucket:GetBucketLocation' }, uploads: { action: 'obs:bucket:ListBucketMultipartUploads' },
-          lifecycle: { action: 'obs:bucket:GetLifecycleConfiguration' },
+          lifecycle: { action: 'obs:bucket:GetLifecycleConfiguration' }, 'object-lock': { action: 'obs:bucket:GetBucketObjectLockConfiguration' },
         },
       }),
       handler: async (req, reply) => {
@@ -235,6 +255,15 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): R
         reply.type('application/xml');
         if ('location' in q) return xmlDoc({ LocationConstraint: { '@_xmlns': S3_NS, '#text': b.region } });
         if ('versioning' in q) return xmlDoc({ VersioningConfiguration: { '@_xmlns': S3_NS, ...(b.versioning ? { Status: b.versioning } : {}) } });
+        if ('object-lock' in q) {
+          if (!b.object_lock) throw new ObsError(404, 'ObjectLockConfigurationNotFoundError', 'object lock configuration does not exist for this bucket');
+          return xmlDoc({
+            ObjectLockConfiguration: {
+              '@_xmlns': S3_NS, ObjectLockEnabled: 'Enabled',
+              ...(b.lock_default_mode ? { Rule: { DefaultRetention: { Mode: b.lock_default_mode, Days: b.lock_default_days } } } : {}),
+            },
+          });
+        }
         if ('lifecycle' in q) {
           const rules = obs.lifecycleOf(b);
           if (!rules) throw new ObsError(404, 'NoSuchLifecycleConfiguration', 'the lifecycle configuration does not exist');
@@ -310,11 +339,30 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): R
       },
     },
     {
-      method: 'PUT', url: '/:bucket/*', meta: meta('obs:object:PutObject', 'object', bucketRes(true)),
+      method: 'PUT', url: '/:bucket/*',
+      meta: meta('obs:object:PutObject', 'object', bucketRes(true), {
+        bySubresource: { retention: { action: 'obs:object:PutObjectRetention' }, 'legal-hold': { action: 'obs:object:PutObjectLegalHold' } },
+      }),
       handler: async (req, reply) => {
         const b = bucketOf(req);
         const h = req.headers;
         const q = req.query as Record<string, string>;
+        if ('retention' in q) {
+          const doc = parseXml(await readSmallBody(req.body as Readable | undefined, 64 * 1024)) as { Retention?: { Mode?: string; RetainUntilDate?: string } };
+          const r = doc.Retention;
+          if (!r) throw new ObsError(400, 'MalformedXML', 'expected a Retention document');
+          const lock = r.Mode === undefined && r.RetainUntilDate === undefined ? null : parseLock(r.Mode, r.RetainUntilDate);
+          const bypass = String(h['x-amz-bypass-governance-retention']).toLowerCase() === 'true' && (await allowed(req, 'obs:object:BypassGovernanceRetention', b, keyOf(req)));
+          await obs.setRetention(b, keyOf(req), versionIdOf(req), lock, bypass);
+          return reply.code(200).send();
+        }
+        if ('legal-hold' in q) {
+          const doc = parseXml(await readSmallBody(req.body as Readable | undefined, 64 * 1024)) as { LegalHold?: { Status?: string } };
+          const status = doc.LegalHold?.Status;
+          if (status !== 'ON' && status !== 'OFF') throw new ObsError(400, 'MalformedXML', 'LegalHold Status must be ON or OFF');
+          await obs.setLegalHold(b, keyOf(req), versionIdOf(req), status === 'ON');
+          return reply.code(200).send();
+        }
         if ('uploadId' in q || 'partNumber' in q) {
           if (q.uploadId === undefined || q.partNumber === undefined || !/^\d{1,5}$/.test(q.partNumber)) throw new ObsError(400, 'InvalidArgument', 'UploadPart needs uploadId and a partNumber from 1 to 10000');
           if (h['x-amz-copy-source'] !== undefined) throw new ObsError(501, 'NotImplemented', 'UploadPartCopy is not implemented yet');
@@ -370,10 +418,21 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): R
     },
     {
       method: 'GET', url: '/:bucket/*',
-      meta: meta('obs:object:GetObject', 'object', bucketRes(true), { traceType: 'data', bySubresource: { versionId: { action: 'obs:object:GetObjectVersion' }, uploadId: { action: 'obs:object:ListMultipartUploadParts', traceType: 'management' } } }),
+      meta: meta('obs:object:GetObject', 'object', bucketRes(true), { traceType: 'data', bySubresource: {
+        retention: { action: 'obs:object:GetObjectRetention', traceType: 'management' }, 'legal-hold': { action: 'obs:object:GetObjectLegalHold', traceType: 'management' },
+        versionId: { action: 'obs:object:GetObjectVersion' }, uploadId: { action: 'obs:object:ListMultipartUploadParts', traceType: 'management' },
+      } }),
       handler: async (req, reply) => {
         const b = bucketOf(req);
-        const uploadId = (req.query as Record<string, string | undefined>).uploadId;
+        const gq = req.query as Record<string, string | undefined>;
+        if ('retention' in gq || 'legal-hold' in gq) {
+          const row = await obs.headObject(b, keyOf(req), versionIdOf(req));
+          reply.type('application/xml');
+          if ('legal-hold' in gq) return xmlDoc({ LegalHold: { '@_xmlns': S3_NS, Status: row.legal_hold ? 'ON' : 'OFF' } });
+          if (!row.lock_mode || row.lock_until === null) throw new ObsError(404, 'NoSuchObjectLockConfiguration', 'the object version has no retention');
+          return xmlDoc({ Retention: { '@_xmlns': S3_NS, Mode: row.lock_mode, RetainUntilDate: isoDate(row.lock_until) } });
+        }
+        const uploadId = gq.uploadId;
         if (uploadId !== undefined) {
           const u = await obs.getUpload(b, keyOf(req), uploadId);
           const parts = await obs.listParts(u);
@@ -420,7 +479,8 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): R
           await obs.abortUpload(await obs.getUpload(bucketOf(req), keyOf(req), uploadId));
           return reply.code(204).send();
         }
-        const r = await obs.deleteObject(bucketOf(req), keyOf(req), versionIdOf(req));
+        const bypass = String(req.headers['x-amz-bypass-governance-retention']).toLowerCase() === 'true' && (await allowed(req, 'obs:object:BypassGovernanceRetention', bucketOf(req), keyOf(req)));
+        const r = await obs.deleteObject(bucketOf(req), keyOf(req), versionIdOf(req), { bypassGovernance: bypass });
         if (r.versionId !== undefined && (bucketOf(req).versioning || versionIdOf(req) !== undefined)) reply.header('x-amz-version-id', r.versionId);
         if (r.deleteMarker) reply.header('x-amz-delete-marker', 'true');
         return reply.code(204).send();
@@ -435,9 +495,15 @@ function objectMeta(req: FastifyRequest): ObjectMeta {
   const sse = req.headers['x-amz-server-side-encryption'];
   if (sse !== undefined && sse !== 'aws:kms' && sse !== 'AES256') throw new ObsError(400, 'InvalidArgument', 'x-amz-server-side-encryption must be aws:kms or AES256 (both mean SSE-KMS here)');
   const kmsKey = req.headers['x-amz-server-side-encryption-aws-kms-key-id'];
+  const mode = req.headers['x-amz-object-lock-mode'];
+  const until = req.headers['x-amz-object-lock-retain-until-date'];
+  const hold = req.headers['x-amz-object-lock-legal-hold'];
+  if (hold !== undefined && hold !== 'ON' && hold !== 'OFF') throw new ObsError(400, 'InvalidArgument', 'x-amz-object-lock-legal-hold must be ON or OFF');
   return {
     contentType: typeof req.headers['content-type'] === 'string' ? req.headers['content-type'] : 'binary/octet-stream', metadata,
     ...(typeof kmsKey === 'string' ? { kmsKey } : {}),
+    ...(mode !== undefined || until !== undefined ? { lock: parseLock(mode as string | undefined, until as string | undefined) } : {}),
+    ...(hold === 'ON' ? { legalHold: true } : {}),
   };
 }
 
@@ -520,6 +586,13 @@ function parseLifecycle(doc: unknown): LifecycleRule[] {
     if (e === undefined && n === undefined && a === undefined) throw new ObsError(400, 'MalformedXML', 'each rule needs an action (Expiration, NoncurrentVersionExpiration or AbortIncompleteMultipartUpload)');
     return { ...rule, ...(e !== undefined ? { expirationDays: e } : {}), ...(n !== undefined ? { noncurrentDays: n } : {}), ...(a !== undefined ? { abortIncompleteDays: a } : {}) };
   });
+}
+
+function parseLock(mode: string | undefined, until: string | undefined): { mode: LockMode; until: number } {
+  if (mode !== 'GOVERNANCE' && mode !== 'COMPLIANCE') throw new ObsError(400, 'InvalidArgument', 'the object lock mode must be GOVERNANCE or COMPLIANCE, given with a retain-until date');
+  const t = until === undefined ? NaN : Date.parse(until);
+  if (!Number.isFinite(t)) throw new ObsError(400, 'InvalidArgument', 'the retain-until date must be an ISO 8601 date, given with a mode');
+  return { mode, until: t };
 }
 
 function versionIdOf(req: FastifyRequest): string | undefined {

@@ -6,6 +6,7 @@ import * as m0004 from './0004_obs.js';
 import * as m0005 from './0005_obs_versions.js';
 import * as m0006 from './0006_obs_multipart.js';
 import * as m0007 from './0007_obs_lifecycle.js';
+import * as m0008 from './0008_obs_object_lock.js';
 
 /** Ordered by name; a migration once released is never edited, only followed by a new one. */
 export const migrations: Record<string, Migration> = {
@@ -16,4 +17,5 @@ export const migrations: Record<string, Migration> = {
   '0005_obs_versions': m0005,
   '0006_obs_multipart': m0006,
   '0007_obs_lifecycle': m0007,
+  '0008_obs_object_lock': m0008,
 };
