@@ -12,6 +12,11 @@ export const ConfigSchema = Type.Object(
     port: Type.Integer({ minimum: 0, maximum: 65535, default: 8080 }),
     /** The S3/OBS listener's port; by default the main port + 1 (0, an ephemeral port, when the main port is 0). */
     obsPort: Type.Optional(Type.Integer({ minimum: 0, maximum: 65535 })),
+    /**
+     * The domain of virtual-hosted-style S3/OBS requests: a request to `<bucket>.<obsDomain>` names the
+     * bucket in its Host header. Unset: path-style only.
+     */
+    obsDomain: Type.Optional(Type.String({ pattern: '^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$' })),
     /** Largest object a single PUT may carry (bytes). */
     obsMaxObjectBytes: Type.Integer({ minimum: 1024, maximum: 5 * 1024 ** 4, default: 5 * 1024 ** 3 }),
     tlsCert: Type.Optional(Type.String({ minLength: 1 })),
@@ -52,6 +57,7 @@ const ENV_MAP: Record<string, keyof Config> = {
   CUSTOS_HOST: 'host',
   CUSTOS_PORT: 'port',
   CUSTOS_OBS_PORT: 'obsPort',
+  CUSTOS_OBS_DOMAIN: 'obsDomain',
   CUSTOS_TLS_CERT: 'tlsCert',
   CUSTOS_TLS_KEY: 'tlsKey',
   CUSTOS_INSECURE: 'insecure',

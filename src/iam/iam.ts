@@ -14,7 +14,7 @@ import {
   type PasswordPolicy,
 } from './passwords.js';
 import { evaluatePolicies, validatePolicyDocument, type ConditionValue, type Decision, type PolicyDocument } from './policy.js';
-import { parseSignature, verifySignature, SignatureError, type SignedRequestInput } from './signing.js';
+import { isV2Scheme, parseSignature, verifySignature, SignatureError, type SignedRequestInput } from './signing.js';
 import type { AccessKeyRow, AccountRow, IamDb, IamTables, ProjectRow, UserRow } from './store.js';
 
 type TokenRow = IamTables['iam_tokens'];
@@ -804,7 +804,10 @@ export class IamService {
       if (e instanceof SignatureError) throw new IamError(e.code === 'RequestTimeTooSkewed' || e.code === 'RequestExpired' ? 403 : 401, IamCodes.signature, `${e.code}: ${e.message}`);
       throw e;
     }
-    if (parsed.scheme !== 'AWS4-HMAC-SHA256-QUERY') {
+    // V2/OBS signatures carry no nonce: two identical reads within a second sign the same. They are
+    // single-use for changes only; a repeated read is harmless.
+    const replayable = parsed.scheme === 'AWS4-HMAC-SHA256-QUERY' || (isV2Scheme(parsed.scheme) && (req.method === 'GET' || req.method === 'HEAD'));
+    if (!replayable) {
       // Presigned URLs are meant to be reused until they expire; every other signature is single-use.
       const windowMs = this.opts.signatureWindowSeconds * 1000;
       // The entry's key starts with its expiry time, so inserts land at the end of the index (a few

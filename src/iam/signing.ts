@@ -20,12 +20,33 @@ export interface SignedRequestInput {
    * signed, and the caller must check the body against it while reading it.
    */
   streamedBody?: boolean;
+  /**
+   * V2/OBS signatures sign a resource that names the bucket: on a virtual-hosted-style request the
+   * bucket is in the Host header, so the edge passes `/bucket` + path here.
+   */
+  v2Resource?: string;
 }
 
 /** The payload forms S3 clients declare in x-amz-content-sha256 besides a hex digest. */
 export const S3_UNSIGNED_PAYLOADS = new Set(['UNSIGNED-PAYLOAD', 'STREAMING-UNSIGNED-PAYLOAD-TRAILER']);
 
-export type SignatureScheme = 'SDK-HMAC-SHA256' | 'AWS4-HMAC-SHA256' | 'AWS4-HMAC-SHA256-QUERY';
+export type SignatureScheme = 'SDK-HMAC-SHA256' | 'AWS4-HMAC-SHA256' | 'AWS4-HMAC-SHA256-QUERY' | 'OBS-V2' | 'AWS-V2';
+
+/** Whether a scheme signs with HMAC-SHA1 over a string without a nonce (Huawei OBS, AWS SigV2). */
+export function isV2Scheme(s: SignatureScheme): boolean {
+  return s === 'OBS-V2' || s === 'AWS-V2';
+}
+
+/** The query parameters a V2/OBS signature covers (as Huawei's and AWS's SDKs list them). */
+const V2_SUBRESOURCES = new Set([
+  'acl', 'backtosource', 'policy', 'torrent', 'logging', 'location', 'storageinfo', 'quota', 'storageclass', 'storagepolicy',
+  'requestpayment', 'versions', 'versioning', 'versionid', 'uploads', 'uploadid', 'partnumber', 'website', 'notification',
+  'replication', 'lifecycle', 'deletebucket', 'delete', 'cors', 'restore', 'tagging', 'append', 'position',
+  'response-content-type', 'response-content-language', 'response-expires', 'response-cache-control',
+  'response-content-disposition', 'response-content-encoding', 'x-image-process', 'x-image-save-object', 'x-image-save-bucket',
+  'encryption', 'directcoldaccess', 'rename', 'name', 'metadata', 'modify', 'attname', 'truncate', 'x-obs-security-token',
+  'object-lock', 'retention', 'legal-hold',
+]);
 
 export interface ParsedSignature {
   scheme: SignatureScheme;
@@ -155,6 +176,19 @@ export function parseSignature(req: SignedRequestInput): ParsedSignature | null 
       const token = header(req, 'x-security-token');
       return { scheme, accessKeyId, signedHeaders: parseSignedHeaders(params.get('SignedHeaders')), timestamp, signature, ...(token ? { securityToken: token } : {}) };
     }
+    if (scheme === 'OBS' || scheme === 'AWS') {
+      // Huawei OBS (`OBS AK:signature`) and AWS SigV2 (`AWS AK:signature`): HMAC-SHA1, base64.
+      const cred = auth.slice(sp + 1).trim();
+      const colon = cred.lastIndexOf(':');
+      const accessKeyId = colon > 0 ? cred.slice(0, colon) : '';
+      const signature = colon > 0 ? cred.slice(colon + 1) : '';
+      if (!/^[A-Za-z0-9]{1,128}$/.test(accessKeyId) || !/^[A-Za-z0-9+/]{27}=$/.test(signature)) throw new SignatureError('MalformedSignature', `${scheme} needs AK:signature with a base64 HMAC-SHA1`);
+      const prefix = scheme === 'OBS' ? 'x-obs-' : 'x-amz-';
+      const timestamp = dateHeader(header(req, `${prefix}date`) ?? header(req, 'date'));
+      if (!timestamp) throw new SignatureError('MalformedSignature', `a ${scheme} signature needs a Date or ${prefix}date header`);
+      const token = header(req, `${prefix}security-token`);
+      return { scheme: scheme === 'OBS' ? 'OBS-V2' : 'AWS-V2', accessKeyId, signedHeaders: [], timestamp, signature, ...(token ? { securityToken: token } : {}) };
+    }
     if (scheme === 'AWS4-HMAC-SHA256') {
       const { accessKeyId, scope } = parseScope(params.get('Credential'));
       const signature = params.get('Signature');
@@ -165,7 +199,7 @@ export function parseSignature(req: SignedRequestInput): ParsedSignature | null 
       const token = header(req, 'x-amz-security-token');
       return { scheme, accessKeyId, signedHeaders: parseSignedHeaders(params.get('SignedHeaders')), timestamp, scope, signature, ...(token ? { securityToken: token } : {}) };
     }
-    throw new SignatureError('MalformedSignature', `unsupported Authorization scheme "${scheme.slice(0, 32)}"; use SDK-HMAC-SHA256 or AWS4-HMAC-SHA256`);
+    throw new SignatureError('MalformedSignature', `unsupported Authorization scheme "${scheme.slice(0, 32)}"; use SDK-HMAC-SHA256, AWS4-HMAC-SHA256, OBS or AWS (V2)`);
   }
   if (/(^|&)X-Amz-Signature=/.test(req.query)) {
     const q = new Map(queryPairs(req.query));
@@ -244,6 +278,7 @@ export function verifySignature(req: SignedRequestInput, parsed: ParsedSignature
   } else if (skew > windowSeconds * 1000) {
     throw new SignatureError('RequestTimeTooSkewed', `the request time differs from the server time by more than ${Math.round(windowSeconds / 60)} minutes`);
   }
+  if (isV2Scheme(parsed.scheme)) return verifyV2(req, parsed, secret);
   requireSigned(parsed, ['host']);
 
   const bodyHash = req.body.length === 0 ? EMPTY_SHA256 : sha256Hex(req.body);
@@ -299,6 +334,43 @@ export function verifySignature(req: SignedRequestInput, parsed: ParsedSignature
   }
   const a = Buffer.from(expected, 'utf8');
   const b = Buffer.from(parsed.signature, 'utf8');
+  if (a.length !== b.length || !timingSafeEqual(a, b)) {
+    throw new SignatureError('SignatureDoesNotMatch', 'the request signature does not match the one computed with the access key\'s secret');
+  }
+}
+
+/**
+ * V2/OBS string to sign: method, Content-MD5, Content-Type, Date (empty when the prefixed date header
+ * is used), the prefixed headers sorted, and the resource with the signed sub-resources.
+ */
+function verifyV2(req: SignedRequestInput, parsed: ParsedSignature, secret: string): void {
+  const prefix = parsed.scheme === 'OBS-V2' ? 'x-obs-' : 'x-amz-';
+  let sts = `${req.method.toUpperCase()}\n${header(req, 'content-md5') ?? ''}\n${header(req, 'content-type') ?? ''}\n`;
+  sts += `${header(req, `${prefix}date`) !== undefined ? '' : (header(req, 'date') ?? '')}\n`;
+  const names = Object.keys(req.headers).filter((n) => n.startsWith(prefix)).sort();
+  for (const n of names) {
+    const v = header(req, n)!;
+    sts += `${n}:${n.startsWith(`${prefix}meta-`) ? v.trim() : v}\n`;
+  }
+  let resource = req.v2Resource ?? req.path;
+  const subs = req.query
+    .split('&')
+    .filter(Boolean)
+    .sort()
+    .map((pair) => {
+      const i = pair.indexOf('=');
+      const k = safeDecode(i < 0 ? pair : pair.slice(0, i));
+      const v = i < 0 ? '' : safeDecode(pair.slice(i + 1));
+      return { k, v };
+    })
+    .filter(({ k }) => V2_SUBRESOURCES.has(k.toLowerCase()));
+  subs.forEach(({ k, v }, i) => {
+    resource += `${i === 0 ? '?' : '&'}${k}${v ? `=${v}` : ''}`;
+  });
+  sts += resource;
+  const expected = createHmac('sha1', secret).update(sts).digest('base64');
+  const a = Buffer.from(expected);
+  const b = Buffer.from(parsed.signature);
   if (a.length !== b.length || !timingSafeEqual(a, b)) {
     throw new SignatureError('SignatureDoesNotMatch', 'the request signature does not match the one computed with the access key\'s secret');
   }

@@ -67,6 +67,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     return503OnClosing: true,
     // S3 defines HEAD itself (HeadBucket, HeadObject); the main listener keeps Fastify's automatic HEAD.
     exposeHeadRoutes: !s3,
+    // Virtual-hosted style: `<bucket>.<obsDomain>/key` is routed as `/<bucket>/key`.
+    ...(s3 && config.obsDomain ? { rewriteUrl: (raw: import('node:http').IncomingMessage) => virtualHost(raw, config.obsDomain!) } : {}),
     forceCloseConnections: 'idle',
     genReqId: (raw) => {
       const given = raw.headers['x-request-id'];
@@ -317,6 +319,18 @@ function parseJsonText(text: string): unknown {
   return JSON.parse(text);
 }
 
+/** Requests that named their bucket in the Host header: the bucket and the URL as sent. */
+const virtualHosted = new WeakMap<import('node:http').IncomingMessage, { bucket: string; originalUrl: string }>();
+function virtualHost(raw: import('node:http').IncomingMessage, domain: string): string {
+  const url = raw.url ?? '/';
+  const host = String(raw.headers.host ?? '').toLowerCase().replace(/:\d+$/, '');
+  if (!host.endsWith(`.${domain}`)) return url;
+  const bucket = host.slice(0, -domain.length - 1);
+  if (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(bucket)) return url;
+  virtualHosted.set(raw, { bucket, originalUrl: url });
+  return `/${bucket}${url.startsWith('/') ? url : `/${url}`}`;
+}
+
 /** Routes `POST /` by the operation its X-Amz-Target header names; without the header the constraint does not apply. */
 const amzTargetConstraint = {
   name: 'amzTarget',
@@ -345,11 +359,15 @@ function notFoundCode(d: ApiDialect): string {
 async function authenticate(iam: IamService, req: FastifyRequest, streamedBody: boolean) {
   const token = req.headers['x-auth-token'];
   if (typeof token === 'string' && token.length > 0) return iam.authenticateToken(token);
-  const raw = req.raw.url ?? '/';
+  // A virtual-hosted request is signed as sent (SigV4), or with `/bucket` + path as its resource (V2/OBS).
+  const vhost = virtualHosted.get(req.raw);
+  const raw = vhost?.originalUrl ?? req.raw.url ?? '/';
   const q = raw.indexOf('?');
+  const rawPath = q >= 0 ? raw.slice(0, q) : raw;
   const principal = await iam.authenticateSigned({
     method: req.method,
-    path: q >= 0 ? raw.slice(0, q) : raw,
+    path: rawPath,
+    ...(vhost ? { v2Resource: `/${vhost.bucket}${rawPath}` } : {}),
     query: q >= 0 ? raw.slice(q + 1) : '',
     headers: req.headers,
     body: req.custos.rawBody,

@@ -75,7 +75,10 @@ function objectHeaders(reply: FastifyReply, row: ObjectRow, arn: string, version
   reply.header('accept-ranges', 'bytes');
   reply.header('x-amz-server-side-encryption', 'aws:kms');
   reply.header('x-amz-server-side-encryption-aws-kms-key-id', arn);
-  for (const [k, v] of Object.entries(JSON.parse(row.metadata_json) as Record<string, string>)) reply.header(`x-amz-meta-${k}`, v);
+  for (const [k, v] of Object.entries(JSON.parse(row.metadata_json) as Record<string, string>)) {
+    reply.header(`x-amz-meta-${k}`, v);
+    reply.header(`x-obs-meta-${k}`, v);
+  }
   if (row.lock_mode && row.lock_until !== null) {
     reply.header('x-amz-object-lock-mode', row.lock_mode);
     reply.header('x-amz-object-lock-retain-until-date', isoDate(row.lock_until));
@@ -491,7 +494,8 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): R
 
 function objectMeta(req: FastifyRequest): ObjectMeta {
   const metadata: Record<string, string> = {};
-  for (const [k, v] of Object.entries(req.headers)) if (k.startsWith('x-amz-meta-') && typeof v === 'string') metadata[k.slice(11)] = v;
+  // User metadata under either cloud's prefix (x-amz-meta-* from S3 clients, x-obs-meta-* from OBS clients).
+  for (const [k, v] of Object.entries(req.headers)) if ((k.startsWith('x-amz-meta-') || k.startsWith('x-obs-meta-')) && typeof v === 'string') metadata[k.slice(11)] = v;
   const sse = req.headers['x-amz-server-side-encryption'];
   if (sse !== undefined && sse !== 'aws:kms' && sse !== 'AES256') throw new ObsError(400, 'InvalidArgument', 'x-amz-server-side-encryption must be aws:kms or AES256 (both mean SSE-KMS here)');
   const kmsKey = req.headers['x-amz-server-side-encryption-aws-kms-key-id'];
