@@ -13,6 +13,7 @@ import {
 import { Upload } from '@aws-sdk/lib-storage';
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
 import { sql } from 'kysely';
+import sharp from 'sharp';
 import { DB, PASSWORD, startTestServer, type Tenant, type TestServer } from '../helpers.js';
 
 const DAY = 86_400_000;
@@ -259,6 +260,44 @@ describe('S3 API with @aws-sdk/client-s3', () => {
     const del = await client.send(new DeleteObjectsCommand({ Bucket: 'copies', Delete: { Objects: [{ Key: 'src.txt' }, { Key: 'dst.txt' }, { Key: 'never-was' }] } }));
     assert.deepEqual(del.Deleted?.map((d) => d.Key).sort(), ['dst.txt', 'never-was', 'src.txt']);
     assert.equal((await client.send(new ListObjectsV2Command({ Bucket: 'copies' }))).KeyCount, 0);
+  });
+
+  test('watermarking: x-image-process adds a text or image watermark with sharp; bad parameters are 400', async () => {
+    await client.send(new CreateBucketCommand({ Bucket: 'images' }));
+    const base = await sharp({ create: { width: 320, height: 200, channels: 3, background: '#ffffff' } }).png().toBuffer();
+    const logo = await sharp({ create: { width: 40, height: 30, channels: 3, background: '#ff0000' } }).png().toBuffer();
+    await client.send(new PutObjectCommand({ Bucket: 'images', Key: 'photo.png', Body: base, ContentType: 'image/png' }));
+    await client.send(new PutObjectCommand({ Bucket: 'images', Key: 'logo.png', Body: logo, ContentType: 'image/png' }));
+    await client.send(new PutObjectCommand({ Bucket: 'images', Key: 'notes.txt', Body: 'not an image' }));
+    const token = await s.token(t.name, 'admin', PASSWORD);
+    const b64 = (v: string) => Buffer.from(v).toString('base64url');
+    const get = (key: string, process: string) => fetch(`${s.custos.obsUrl}/images/${key}?x-image-process=${encodeURIComponent(process)}`, { headers: { 'x-auth-token': token } });
+    const pixels = async (png: Buffer) => sharp(png).raw().toBuffer({ resolveWithObject: true });
+    const at = (img: { data: Buffer; info: { width: number; channels: number } }, x: number, y: number) => [...img.data.subarray((y * img.info.width + x) * img.info.channels, (y * img.info.width + x) * img.info.channels + 3)];
+
+    const text = await get('photo.png', `image/watermark,text_${b64('Custos')},size_40,color_${b64('#000000')},g_br,x_10,y_10`);
+    assert.equal(text.status, 200, await text.clone().text());
+    assert.equal(text.headers.get('content-type'), 'image/png');
+    const marked = await pixels(Buffer.from(await text.arrayBuffer()));
+    assert.deepEqual([marked.info.width, marked.info.height], [320, 200], 'same size');
+    let dark = 0;
+    for (let y = 140; y < 200; y++) for (let x = 160; x < 320; x++) if (at(marked, x, y)[0]! < 128) dark++;
+    assert.ok(dark > 100, `text drawn in the bottom-right corner (${dark} dark pixels)`);
+    assert.deepEqual(at(marked, 5, 5), [255, 255, 255], 'the top-left corner is untouched');
+
+    const image = await get('photo.png', `image/watermark,image_${b64('logo.png')},g_tl,x_0,y_0,t_100`);
+    assert.equal(image.status, 200);
+    const withLogo = await pixels(Buffer.from(await image.arrayBuffer()));
+    assert.deepEqual(at(withLogo, 2, 2), [255, 0, 0], 'the logo sits in the top-left corner');
+    assert.deepEqual(at(withLogo, 300, 190), [255, 255, 255]);
+
+    for (const [key, process] of [['photo.png', 'image/resize,w_10'], ['photo.png', 'image/watermark,size_40'], ['photo.png', `image/watermark,text_${b64('x')},g_nowhere`], ['notes.txt', `image/watermark,text_${b64('x')}`]] as const) {
+      const r = await get(key, process);
+      assert.equal(r.status, 400, `${key} ${process}`);
+      assert.match(await r.text(), /<Code>InvalidArgument<\/Code>/);
+    }
+    // The stored object is unchanged.
+    assert.deepEqual(Buffer.from(await (await client.send(new GetObjectCommand({ Bucket: 'images', Key: 'photo.png' }))).Body!.transformToByteArray()), base);
   });
 
   test('object lock: retention and legal hold refuse deleting a version; GOVERNANCE yields to a bypass, COMPLIANCE does not', async () => {

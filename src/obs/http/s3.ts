@@ -14,6 +14,7 @@ import { principalOf, type RouteDef, type RouteMeta } from '../../server/route.j
 import { ObsError, type LifecycleRule, type LockMode, type ObjectMeta, type ObsService } from '../obs.js';
 import type { BucketRow, ObjectRow } from '../store.js';
 import { AwsChunkedDecoder } from './chunked.js';
+import { applyWatermark, MAX_IMAGE_BYTES, parseWatermark } from '../watermark.js';
 
 const xml = new XMLBuilder({ ignoreAttributes: false, suppressEmptyNode: false });
 const parser = new XMLParser({ ignoreAttributes: true, parseTagValue: false });
@@ -448,6 +449,24 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): R
           });
         }
         const row = await obs.headObject(b, keyOf(req), versionIdOf(req));
+        const process = gq['x-image-process'];
+        if (process !== undefined) {
+          const spec = parseWatermark(process);
+          if (row.size > MAX_IMAGE_BYTES) throw new ObsError(400, 'InvalidArgument', `x-image-process: images over ${MAX_IMAGE_BYTES} bytes are not processed`);
+          const readAll = async (r: ObjectRow, bucket: BucketRow) => Buffer.concat(await (await obs.readObject(bucket, r, 0, r.size - 1)).toArray());
+          let mark: Buffer | undefined;
+          if (spec.imageKey !== undefined) {
+            if (!(await allowed(req, 'obs:object:GetObject', b, spec.imageKey))) throw new ObsError(403, 'AccessDenied', 'not authorized to read the watermark image');
+            const markRow = await obs.headObject(b, spec.imageKey);
+            if (markRow.size > MAX_IMAGE_BYTES) throw new ObsError(400, 'InvalidArgument', 'x-image-process: the watermark image is too large');
+            mark = await readAll(markRow, b);
+          }
+          const out = await applyWatermark(await readAll(row, b), spec, mark);
+          reply.header('content-type', out.contentType);
+          reply.header('content-length', String(out.body.length));
+          reply.header('x-amz-server-side-encryption', 'aws:kms');
+          return reply.send(out.body);
+        }
         const range = parseRange(req.headers.range, row.size);
         const start = range?.start ?? 0;
         const end = range?.end ?? row.size - 1;
