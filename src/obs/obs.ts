@@ -69,6 +69,8 @@ export interface ObjectMeta {
   /** Object lock retention requested for the new version (x-amz-object-lock-mode / -retain-until-date). */
   lock?: { mode: LockMode; until: number } | undefined;
   legalHold?: boolean | undefined;
+  /** x-amz-tagging: the new version's tags. */
+  tags?: Record<string, string> | undefined;
   /** x-amz-server-side-encryption-aws-kms-key-id: the key to encrypt under instead of the bucket's. */
   kmsKey?: string | undefined;
 }
@@ -106,7 +108,7 @@ export class ObsService {
   async createBucket(scope: KeyScope, name: string, opts: { objectLock?: boolean } = {}): Promise<BucketRow> {
     if (!validBucketName(name)) throw new ObsError(400, 'InvalidBucketName', 'bucket names are 3 to 63 lower-case letters, digits, dots and hyphens, starting and ending with a letter or digit');
     const row: BucketRow = { id: randomBytes(16).toString('hex'), account_id: scope.accountId, name, project_id: scope.projectId, region: scope.region, kms_key_id: null, created_at: this.now(), versioning: opts.objectLock ? 'Enabled' : '', lifecycle_json: null,
-      object_lock: opts.objectLock ? 1 : 0, lock_default_mode: null, lock_default_days: null,
+      object_lock: opts.objectLock ? 1 : 0, lock_default_mode: null, lock_default_days: null, tags_json: null,
     };
     try {
       await this.db.insertInto('obs_buckets').values(row).execute();
@@ -136,6 +138,20 @@ export class ObsService {
   async setVersioning(bucket: BucketRow, status: 'Enabled' | 'Suspended'): Promise<void> {
     if (bucket.object_lock && status !== 'Enabled') throw new ObsError(409, 'InvalidBucketState', 'versioning cannot be suspended on a bucket with object lock');
     await this.db.updateTable('obs_buckets').set({ versioning: status }).where('id', '=', bucket.id).execute();
+  }
+
+  // ------------------------------------------------------------------ tagging
+
+  async setBucketTags(bucket: BucketRow, tags: Record<string, string> | null): Promise<void> {
+    if (tags) checkTags(tags, 50);
+    await this.db.updateTable('obs_buckets').set({ tags_json: tags ? JSON.stringify(tags) : null }).where('id', '=', bucket.id).execute();
+  }
+
+  async setObjectTags(bucket: BucketRow, key: string, versionId: string | undefined, tags: Record<string, string> | null): Promise<string> {
+    if (tags) checkTags(tags, 10);
+    const row = await this.headObject(bucket, key, versionId);
+    await this.db.updateTable('obs_objects').set({ tags_json: tags ? JSON.stringify(tags) : null }).where('bucket_id', '=', bucket.id).where('key', '=', key).where('version_id', '=', row.version_id).execute();
+    return row.version_id;
   }
 
   // ------------------------------------------------------------------ object lock
@@ -355,7 +371,7 @@ export class ObsService {
         bucket_id: bucket.id, key, version_id: versionId, size: w.size, etag: w.md5.toString('hex'), content_type: meta.contentType,
         metadata_json: JSON.stringify(meta.metadata), blob_id: blobId, cipher_size: w.cipherSize, kms_key_id: cmk.id,
         data_key: dk.ciphertext.toString('base64'), created_at: this.now(), is_latest: 1, delete_marker: 0, seq: 0, parts_json: null,
-        ...this.lockFor(bucket, meta),
+        ...this.lockFor(bucket, meta), tags_json: meta.tags ? JSON.stringify(meta.tags) : null,
       };
       try {
         const replaced = await this.makeCurrent(row, [blobId]);
@@ -555,7 +571,7 @@ export class ObsService {
       blob_id: u.id, cipher_size: chosen.reduce((n, p) => n + p.cipher_size, 0), kms_key_id: u.kms_key_id, data_key: u.data_key,
       created_at: this.now(), is_latest: 1, delete_marker: 0, seq: 0,
       parts_json: JSON.stringify(chosen.map((p): StoredPart => ({ blob: p.blob_id, size: p.size, cipher: p.cipher_size }))),
-      ...this.lockFor(bucket, { contentType: u.content_type, metadata: {} }),
+      ...this.lockFor(bucket, { contentType: u.content_type, metadata: {} }), tags_json: null,
     };
     const unused = [...stored.values()].filter((p) => !chosen.includes(p)).map((p) => p.blob_id);
     // Claim the upload first, so a concurrent completion or abort of the same upload cannot also use its parts.
@@ -627,7 +643,7 @@ export class ObsService {
     const marker: ObjectRow = {
       bucket_id: bucket.id, key, version_id: markerId, size: 0, etag: '', content_type: '', metadata_json: '{}', blob_id: '', cipher_size: 0,
       kms_key_id: '', data_key: '', created_at: this.now(), is_latest: 1, delete_marker: 1, seq: 0, parts_json: null,
-      lock_mode: null, lock_until: null, legal_hold: 0,
+      lock_mode: null, lock_until: null, legal_hold: 0, tags_json: null,
     };
     await this.dropBlobs(await this.makeCurrent(marker, []));
     return { versionId: markerId, deleteMarker: true };
@@ -684,6 +700,13 @@ export class ObsService {
       if (rows.length < 1000) return { objects, prefixes, truncated: false, next: null };
     }
   }
+}
+
+/** S3's tag limits: keys 1–128 characters, values up to 256, at most `max` tags. */
+export function checkTags(tags: Record<string, string>, max: number): void {
+  const keys = Object.keys(tags);
+  if (keys.length > max) throw new ObsError(400, 'BadRequest', `at most ${max} tags`);
+  for (const k of keys) if (k.length < 1 || k.length > 128 || tags[k]!.length > 256) throw new ObsError(400, 'InvalidTag', 'tag keys are 1 to 128 characters, values at most 256');
 }
 
 function streamContext(bucket: BucketRow, blobId: string): Buffer {

@@ -2,7 +2,7 @@ import type { Kysely } from 'kysely';
 
 /** The tables the OBS service alone owns (migration 0004_obs). */
 export type ObsTables = {
-  obs_buckets: { id: string; account_id: string; name: string; project_id: string; region: string; kms_key_id: string | null; created_at: number; versioning: string; lifecycle_json: string | null; object_lock: number; lock_default_mode: string | null; lock_default_days: number | null };
+  obs_buckets: { id: string; account_id: string; name: string; project_id: string; region: string; kms_key_id: string | null; created_at: number; versioning: string; lifecycle_json: string | null; object_lock: number; lock_default_mode: string | null; lock_default_days: number | null; tags_json: string | null };
   obs_objects: {
     bucket_id: string;
     key: string;
@@ -25,6 +25,7 @@ export type ObsTables = {
     lock_mode: string | null;
     lock_until: number | null;
     legal_hold: number;
+    tags_json: string | null;
   };
   obs_uploads: { id: string; bucket_id: string; key: string; kms_key_id: string; data_key: string; content_type: string; metadata_json: string; created_at: number };
   obs_upload_parts: { upload_id: string; part_number: number; blob_id: string; size: number; cipher_size: number; etag: string; created_at: number };

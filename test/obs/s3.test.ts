@@ -8,7 +8,7 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import {
   AbortMultipartUploadCommand, CompleteMultipartUploadCommand, CopyObjectCommand, CreateBucketCommand, DeleteObjectsCommand, CreateMultipartUploadCommand, DeleteBucketCommand, ListMultipartUploadsCommand, ListPartsCommand, UploadPartCommand, DeleteObjectCommand, GetBucketVersioningCommand, GetObjectCommand, HeadBucketCommand, HeadObjectCommand,
-  GetBucketLifecycleConfigurationCommand, GetObjectLegalHoldCommand, GetObjectLockConfigurationCommand, GetObjectRetentionCommand, PutObjectLegalHoldCommand, PutObjectLockConfigurationCommand, PutObjectRetentionCommand, ListBucketsCommand, ListObjectsV2Command, PutBucketLifecycleConfigurationCommand, ListObjectVersionsCommand, PutBucketVersioningCommand, PutObjectCommand, S3Client,
+  DeleteObjectTaggingCommand, GetBucketTaggingCommand, GetObjectTaggingCommand, PutBucketTaggingCommand, PutObjectTaggingCommand, GetBucketLifecycleConfigurationCommand, GetObjectLegalHoldCommand, GetObjectLockConfigurationCommand, GetObjectRetentionCommand, PutObjectLegalHoldCommand, PutObjectLockConfigurationCommand, PutObjectRetentionCommand, ListBucketsCommand, ListObjectsV2Command, PutBucketLifecycleConfigurationCommand, ListObjectVersionsCommand, PutBucketVersioningCommand, PutObjectCommand, S3Client,
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
@@ -260,6 +260,20 @@ describe('S3 API with @aws-sdk/client-s3', () => {
     const del = await client.send(new DeleteObjectsCommand({ Bucket: 'copies', Delete: { Objects: [{ Key: 'src.txt' }, { Key: 'dst.txt' }, { Key: 'never-was' }] } }));
     assert.deepEqual(del.Deleted?.map((d) => d.Key).sort(), ['dst.txt', 'never-was', 'src.txt']);
     assert.equal((await client.send(new ListObjectsV2Command({ Bucket: 'copies' }))).KeyCount, 0);
+  });
+
+  test('tagging: object tags on upload and by API, bucket tags, limits', async () => {
+    await client.send(new PutObjectCommand({ Bucket: 'photos', Key: 'tagged.txt', Body: 'x', Tagging: 'project=apollo&stage=draft' }));
+    assert.deepEqual((await client.send(new GetObjectTaggingCommand({ Bucket: 'photos', Key: 'tagged.txt' }))).TagSet, [{ Key: 'project', Value: 'apollo' }, { Key: 'stage', Value: 'draft' }]);
+    assert.equal((await client.send(new GetObjectCommand({ Bucket: 'photos', Key: 'tagged.txt' }))).TagCount, 2);
+    await client.send(new PutObjectTaggingCommand({ Bucket: 'photos', Key: 'tagged.txt', Tagging: { TagSet: [{ Key: 'stage', Value: 'final' }] } }));
+    assert.deepEqual((await client.send(new GetObjectTaggingCommand({ Bucket: 'photos', Key: 'tagged.txt' }))).TagSet, [{ Key: 'stage', Value: 'final' }]);
+    await client.send(new DeleteObjectTaggingCommand({ Bucket: 'photos', Key: 'tagged.txt' }));
+    assert.deepEqual((await client.send(new GetObjectTaggingCommand({ Bucket: 'photos', Key: 'tagged.txt' }))).TagSet ?? [], []);
+    await assert.rejects(client.send(new PutObjectTaggingCommand({ Bucket: 'photos', Key: 'tagged.txt', Tagging: { TagSet: Array.from({ length: 11 }, (_, i) => ({ Key: `k${i}`, Value: 'v' })) } })), (e: Error) => /BadRequest|InvalidTag/.test(e.name));
+    await assert.rejects(client.send(new GetBucketTaggingCommand({ Bucket: 'photos' })), { name: 'NoSuchTagSet' });
+    await client.send(new PutBucketTaggingCommand({ Bucket: 'photos', Tagging: { TagSet: [{ Key: 'cost-center', Value: 'cc-7' }] } }));
+    assert.deepEqual((await client.send(new GetBucketTaggingCommand({ Bucket: 'photos' }))).TagSet, [{ Key: 'cost-center', Value: 'cc-7' }]);
   });
 
   test('watermarking: x-image-process adds a text or image watermark with sharp; bad parameters are 400', async () => {

@@ -85,6 +85,7 @@ function objectHeaders(reply: FastifyReply, row: ObjectRow, arn: string, version
     reply.header('x-amz-object-lock-retain-until-date', isoDate(row.lock_until));
   }
   if (row.legal_hold) reply.header('x-amz-object-lock-legal-hold', 'ON');
+  if (row.tags_json) reply.header('x-amz-tagging-count', String(Object.keys(JSON.parse(row.tags_json) as object).length));
 }
 
 /** Checksums a client may declare for the content (header or aws-chunked trailer), checked after the last byte. */
@@ -151,11 +152,16 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): R
           versioning: { action: 'obs:bucket:PutBucketVersioning', resource: bucketRes(false) },
           lifecycle: { action: 'obs:bucket:PutLifecycleConfiguration', resource: bucketRes(false) },
           'object-lock': { action: 'obs:bucket:PutBucketObjectLockConfiguration', resource: bucketRes(false) },
+          tagging: { action: 'obs:bucket:PutBucketTagging', resource: bucketRes(false) },
         },
       }),
       handler: async (req, reply) => {
         const p = principalOf(req);
         const q = req.query as Record<string, string>;
+        if ('tagging' in q) {
+          await obs.setBucketTags(bucketOf(req), parseTagging(parseXml(await readSmallBody(req.body as Readable | undefined, 64 * 1024))));
+          return reply.code(204).send();
+        }
         if ('object-lock' in q) {
           const doc = parseXml(await readSmallBody(req.body as Readable | undefined, 64 * 1024)) as { ObjectLockConfiguration?: { ObjectLockEnabled?: string; Rule?: { DefaultRetention?: { Mode?: string; Days?: string; Years?: string } } } };
           const cfg = doc.ObjectLockConfiguration;
@@ -208,8 +214,12 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): R
       },
     },
     {
-      method: 'DELETE', url: '/:bucket', meta: meta('obs:bucket:DeleteBucket', 'bucket', bucketRes(false), { bySubresource: { lifecycle: { action: 'obs:bucket:PutLifecycleConfiguration' } } }),
+      method: 'DELETE', url: '/:bucket', meta: meta('obs:bucket:DeleteBucket', 'bucket', bucketRes(false), { bySubresource: { lifecycle: { action: 'obs:bucket:PutLifecycleConfiguration' }, tagging: { action: 'obs:bucket:DeleteBucketTagging' } } }),
       handler: async (req, reply) => {
+        if ('tagging' in (req.query as Record<string, string>)) {
+          await obs.setBucketTags(bucketOf(req), null);
+          return reply.code(204).send();
+        }
         if ('lifecycle' in (req.query as Record<string, string>)) {
           await obs.setLifecycle(bucketOf(req), null);
           return reply.code(204).send();
@@ -251,6 +261,7 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): R
           versioning: { action: 'obs:bucket:GetBucketVersioning' }, versions: { action: 'obs:bucket:ListBucketVersions' },
           location: { action: 'obs:bucket:GetBucketLocation' }, uploads: { action: 'obs:bucket:ListBucketMultipartUploads' },
           lifecycle: { action: 'obs:bucket:GetLifecycleConfiguration' }, 'object-lock': { action: 'obs:bucket:GetBucketObjectLockConfiguration' },
+          tagging: { action: 'obs:bucket:GetBucketTagging' },
         },
       }),
       handler: async (req, reply) => {
@@ -259,6 +270,10 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): R
         reply.type('application/xml');
         if ('location' in q) return xmlDoc({ LocationConstraint: { '@_xmlns': S3_NS, '#text': b.region } });
         if ('versioning' in q) return xmlDoc({ VersioningConfiguration: { '@_xmlns': S3_NS, ...(b.versioning ? { Status: b.versioning } : {}) } });
+        if ('tagging' in q) {
+          if (!b.tags_json) throw new ObsError(404, 'NoSuchTagSet', 'there is no tag set');
+          return xmlDoc({ Tagging: { '@_xmlns': S3_NS, TagSet: tagSetXml(b.tags_json) } });
+        }
         if ('object-lock' in q) {
           if (!b.object_lock) throw new ObsError(404, 'ObjectLockConfigurationNotFoundError', 'object lock configuration does not exist for this bucket');
           return xmlDoc({
@@ -345,7 +360,7 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): R
     {
       method: 'PUT', url: '/:bucket/*',
       meta: meta('obs:object:PutObject', 'object', bucketRes(true), {
-        bySubresource: { retention: { action: 'obs:object:PutObjectRetention' }, 'legal-hold': { action: 'obs:object:PutObjectLegalHold' } },
+        bySubresource: { retention: { action: 'obs:object:PutObjectRetention' }, 'legal-hold': { action: 'obs:object:PutObjectLegalHold' }, tagging: { action: 'obs:object:PutObjectTagging' } },
       }),
       handler: async (req, reply) => {
         const b = bucketOf(req);
@@ -358,6 +373,11 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): R
           const lock = r.Mode === undefined && r.RetainUntilDate === undefined ? null : parseLock(r.Mode, r.RetainUntilDate);
           const bypass = String(h['x-amz-bypass-governance-retention']).toLowerCase() === 'true' && (await allowed(req, 'obs:object:BypassGovernanceRetention', b, keyOf(req)));
           await obs.setRetention(b, keyOf(req), versionIdOf(req), lock, bypass);
+          return reply.code(200).send();
+        }
+        if ('tagging' in q) {
+          const v = await obs.setObjectTags(b, keyOf(req), versionIdOf(req), parseTagging(parseXml(await readSmallBody(req.body as Readable | undefined, 64 * 1024))));
+          if (b.versioning) reply.header('x-amz-version-id', v);
           return reply.code(200).send();
         }
         if ('legal-hold' in q) {
@@ -424,11 +444,18 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): R
       method: 'GET', url: '/:bucket/*',
       meta: meta('obs:object:GetObject', 'object', bucketRes(true), { traceType: 'data', bySubresource: {
         retention: { action: 'obs:object:GetObjectRetention', traceType: 'management' }, 'legal-hold': { action: 'obs:object:GetObjectLegalHold', traceType: 'management' },
+        tagging: { action: 'obs:object:GetObjectTagging', traceType: 'management' },
         versionId: { action: 'obs:object:GetObjectVersion' }, uploadId: { action: 'obs:object:ListMultipartUploadParts', traceType: 'management' },
       } }),
       handler: async (req, reply) => {
         const b = bucketOf(req);
         const gq = req.query as Record<string, string | undefined>;
+        if ('tagging' in gq) {
+          const row = await obs.headObject(b, keyOf(req), versionIdOf(req));
+          reply.type('application/xml');
+          if (b.versioning) reply.header('x-amz-version-id', row.version_id);
+          return xmlDoc({ Tagging: { '@_xmlns': S3_NS, TagSet: tagSetXml(row.tags_json) } });
+        }
         if ('retention' in gq || 'legal-hold' in gq) {
           const row = await obs.headObject(b, keyOf(req), versionIdOf(req));
           reply.type('application/xml');
@@ -494,8 +521,12 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): R
       },
     },
     {
-      method: 'DELETE', url: '/:bucket/*', meta: meta('obs:object:DeleteObject', 'object', bucketRes(true), { bySubresource: { versionId: { action: 'obs:object:DeleteObjectVersion' }, uploadId: { action: 'obs:object:AbortMultipartUpload' } } }),
+      method: 'DELETE', url: '/:bucket/*', meta: meta('obs:object:DeleteObject', 'object', bucketRes(true), { bySubresource: { tagging: { action: 'obs:object:DeleteObjectTagging' }, versionId: { action: 'obs:object:DeleteObjectVersion' }, uploadId: { action: 'obs:object:AbortMultipartUpload' } } }),
       handler: async (req, reply) => {
+        if ('tagging' in (req.query as Record<string, string>)) {
+          await obs.setObjectTags(bucketOf(req), keyOf(req), versionIdOf(req), null);
+          return reply.code(204).send();
+        }
         const uploadId = (req.query as Record<string, string | undefined>).uploadId;
         if (uploadId !== undefined) {
           await obs.abortUpload(await obs.getUpload(bucketOf(req), keyOf(req), uploadId));
@@ -521,12 +552,15 @@ function objectMeta(req: FastifyRequest): ObjectMeta {
   const mode = req.headers['x-amz-object-lock-mode'];
   const until = req.headers['x-amz-object-lock-retain-until-date'];
   const hold = req.headers['x-amz-object-lock-legal-hold'];
+  const tagging = req.headers['x-amz-tagging'];
+  const tags = typeof tagging === 'string' ? Object.fromEntries(new URLSearchParams(tagging)) : undefined;
   if (hold !== undefined && hold !== 'ON' && hold !== 'OFF') throw new ObsError(400, 'InvalidArgument', 'x-amz-object-lock-legal-hold must be ON or OFF');
   return {
     contentType: typeof req.headers['content-type'] === 'string' ? req.headers['content-type'] : 'binary/octet-stream', metadata,
     ...(typeof kmsKey === 'string' ? { kmsKey } : {}),
     ...(mode !== undefined || until !== undefined ? { lock: parseLock(mode as string | undefined, until as string | undefined) } : {}),
     ...(hold === 'ON' ? { legalHold: true } : {}),
+    ...(tags ? { tags } : {}),
   };
 }
 
@@ -609,6 +643,25 @@ function parseLifecycle(doc: unknown): LifecycleRule[] {
     if (e === undefined && n === undefined && a === undefined) throw new ObsError(400, 'MalformedXML', 'each rule needs an action (Expiration, NoncurrentVersionExpiration or AbortIncompleteMultipartUpload)');
     return { ...rule, ...(e !== undefined ? { expirationDays: e } : {}), ...(n !== undefined ? { noncurrentDays: n } : {}), ...(a !== undefined ? { abortIncompleteDays: a } : {}) };
   });
+}
+
+function parseTagging(doc: unknown): Record<string, string> {
+  const set = (doc as { Tagging?: { TagSet?: { Tag?: unknown } | string } }).Tagging?.TagSet;
+  if (set === undefined) throw new ObsError(400, 'MalformedXML', 'expected a Tagging document with a TagSet');
+  const raw = typeof set === 'object' ? set.Tag : undefined;
+  const list = (Array.isArray(raw) ? raw : raw ? [raw] : []) as { Key?: string; Value?: string }[];
+  const tags: Record<string, string> = {};
+  for (const t of list) {
+    if (typeof t.Key !== 'string') throw new ObsError(400, 'MalformedXML', 'each Tag needs a Key');
+    if (t.Key in tags) throw new ObsError(400, 'InvalidTag', `the tag key ${t.Key} is given twice`);
+    tags[t.Key] = typeof t.Value === 'string' ? t.Value : '';
+  }
+  return tags;
+}
+function tagSetXml(json: string | null): { Tag: { Key: string; Value: string }[] } | '' {
+  const tags = json ? (JSON.parse(json) as Record<string, string>) : {};
+  const list = Object.entries(tags).map(([Key, Value]) => ({ Key, Value }));
+  return list.length ? { Tag: list } : '';
 }
 
 function parseLock(mode: string | undefined, until: string | undefined): { mode: LockMode; until: number } {
