@@ -7,6 +7,7 @@ import { adminCommands } from './admin.js';
 import { auditCommand } from './audit.js';
 import { clientCommands } from './client.js';
 import { kmsCommand } from './kms.js';
+import { obsCommand } from './obs.js';
 import { serve } from './serve.js';
 
 const program = new Command()
@@ -20,6 +21,7 @@ program.addCommand(adminCommands());
 for (const c of clientCommands()) program.addCommand(c);
 program.addCommand(auditCommand());
 program.addCommand(kmsCommand());
+program.addCommand(obsCommand());
 
 program.parseAsync(process.argv).catch((e: unknown) => {
   if (e instanceof ConfigError || e instanceof RootKeyError) {
