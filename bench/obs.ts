@@ -12,6 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { CreateBucketCommand, GetObjectCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import S3rver from 's3rver';
 import { dropPgDatabase, freshPgDatabase } from './pg.js';
+import { Readable } from 'node:stream';
 import { startServerProcess } from './server-process.js';
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
@@ -79,6 +80,41 @@ async function disk(): Promise<{ write: number[]; read: number[] }> {
   return { write, read };
 }
 
+/** Peak resident memory of a process (Linux), in MiB. */
+async function peakRssMiB(pid: number): Promise<number> {
+  const status = await readFile(`/proc/${pid}/status`, 'utf8');
+  return Number(/VmHWM:\s+(\d+) kB/.exec(status)?.[1] ?? 0) / 1024;
+}
+
+/** One large object streamed up and down; the server's peak memory (target: a 5 GiB upload under 256 MiB). */
+async function bigObject(): Promise<{ mib: number; put: number; get: number; peakMiB: number }> {
+  const mib = Number(process.env.BENCH_BIG_MIB ?? 1024);
+  const srv = await startServerProcess({});
+  try {
+    const t = await srv.createTenant('benchco');
+    const client = new S3Client({ endpoint: srv.obsUrl, region: 'cn-north-4', forcePathStyle: true, credentials: { accessKeyId: t.ak, secretAccessKey: t.sk } });
+    try {
+      await client.send(new CreateBucketCommand({ Bucket: 'big' }));
+      const chunk = randomBytes(MiB);
+      const body = Readable.from((function* () {
+        for (let i = 0; i < mib; i++) yield chunk;
+      })());
+      let t0 = process.hrtime.bigint();
+      await client.send(new PutObjectCommand({ Bucket: 'big', Key: 'huge.bin', Body: body, ContentLength: mib * MiB }));
+      const put = mib / (Number(process.hrtime.bigint() - t0) / 1e9);
+      t0 = process.hrtime.bigint();
+      const r = await client.send(new GetObjectCommand({ Bucket: 'big', Key: 'huge.bin' }));
+      for await (const _ of r.Body as AsyncIterable<Buffer>) void _;
+      const get = mib / (Number(process.hrtime.bigint() - t0) / 1e9);
+      return { mib, put, get, peakMiB: await peakRssMiB(srv.child.pid!) };
+    } finally {
+      client.destroy();
+    }
+  } finally {
+    await srv.stop();
+  }
+}
+
 async function custos(entry?: string): Promise<Figures> {
   const dbUrl = process.env.BENCH_DB ? await freshPgDatabase() : undefined;
   const srv = await startServerProcess({ databaseUrl: dbUrl, ...(entry ? { entry } : {}) });
@@ -125,6 +161,8 @@ async function main() {
   console.log(`  ${'raw disk (write+fsync / read)'.padEnd(34)}${raw.write.map((w, i) => `${f(w)} MiB/s`.padStart(12) + `${f(raw.read[i]!)} MiB/s`.padStart(12)).join('')}`);
   const ratio = (a: number[], b: number[]) => a.map((x, i) => (x / b[i]!).toFixed(2)).join(' / ');
   console.log(`\n  encrypted / plaintext (target >= 0.70): PUT ${ratio(enc.put, plain.put)}, GET ${ratio(enc.get, plain.get)}, 4 KiB PUT ${(enc.smallPut / plain.smallPut).toFixed(2)}, GET ${(enc.smallGet / plain.smallGet).toFixed(2)}`);
+  const big = await bigObject();
+  console.log(`\n  one ${big.mib} MiB object, streamed: PUT ${f(big.put)} MiB/s, GET ${f(big.get)} MiB/s; server peak RSS ${big.peakMiB.toFixed(0)} MiB (target for 5 GiB: < 256 MiB; BENCH_BIG_MIB=5120 for that size)`);
   console.log(`  encrypted / s3rver (target >= 2): PUT ${ratio(enc.put, fake.put)}, GET ${ratio(enc.get, fake.get)}, 4 KiB PUT ${(enc.smallPut / fake.smallPut).toFixed(2)}, GET ${(enc.smallGet / fake.smallGet).toFixed(2)}`);
 }
 
