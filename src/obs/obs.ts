@@ -6,6 +6,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { Readable, Transform } from 'node:stream';
+import { openAesGcm, sealAesGcm } from '../crypto/aead.js';
 import { decryptRange, encryptedSize, encryptStream } from '../crypto/stream.js';
 import { ServiceError } from '../errors.js';
 import type { KeyScope, KmsService } from '../kms/kms.js';
@@ -25,6 +26,8 @@ const BUCKET_NAME = /^(?!xn--)(?!.*-s3alias$)(?!\d+\.\d+\.\d+\.\d+$)[a-z0-9][a-z
 /** The tenant's default object key in a project, made on first use. */
 export const DEFAULT_KEY_ALIAS = 'obs/default';
 export const NULL_VERSION = 'null';
+/** kms_key_id of a version whose data key is sealed under a customer-provided key (SSE-C). */
+const SSE_C = 'SSE-C';
 export type Versioning = '' | 'Enabled' | 'Suspended';
 
 /** Version ids sort by creation time (then randomly within a millisecond). */
@@ -69,6 +72,8 @@ export interface ObjectMeta {
   /** Object lock retention requested for the new version (x-amz-object-lock-mode / -retain-until-date). */
   lock?: { mode: LockMode; until: number } | undefined;
   legalHold?: boolean | undefined;
+  /** SSE-C: the customer's 256-bit key, checked against its MD5 by the edge; never stored. */
+  customerKey?: Buffer | undefined;
   /** x-amz-tagging: the new version's tags. */
   tags?: Record<string, string> | undefined;
   /** x-amz-server-side-encryption-aws-kms-key-id: the key to encrypt under instead of the bucket's. */
@@ -356,11 +361,17 @@ export class ObsService {
   async putObject(bucket: BucketRow, key: string, content: Readable, meta: ObjectMeta, verify: (digests: { md5: Buffer; sha256: Buffer; size: number }) => void): Promise<PutResult> {
     if (!validObjectKey(key)) throw new ObsError(400, 'KeyTooLongError', 'object keys are 1 to 1024 bytes of UTF-8 without NUL');
     this.lockFor(bucket, meta);
-    const cmk = await this.objectKey(bucket, meta.kmsKey);
     const blobId = randomBytes(16).toString('hex');
+    // SSE-C: the object's data key is sealed under the customer's key, which is never stored; KMS is not involved.
+    const cmk = meta.customerKey ? null : await this.objectKey(bucket, meta.kmsKey);
     let dk: { plaintext: Buffer; ciphertext: Buffer };
     try {
-      dk = this.opts.plaintextBaselineForBenchmarks ? { plaintext: Buffer.alloc(32), ciphertext: Buffer.alloc(0) } : await this.kms.generateDataKey(cmk, 32, { 'obs:bucket': bucket.id, 'obs:blob': blobId });
+      if (meta.customerKey) {
+        const plaintext = randomBytes(32);
+        dk = { plaintext, ciphertext: sealAesGcm(meta.customerKey, plaintext, Buffer.from(`custos obs sse-c ${bucket.id}/${blobId}`)) };
+      } else {
+        dk = this.opts.plaintextBaselineForBenchmarks ? { plaintext: Buffer.alloc(32), ciphertext: Buffer.alloc(0) } : await this.kms.generateDataKey(cmk!, 32, { 'obs:bucket': bucket.id, 'obs:blob': blobId });
+      }
     } catch (e) {
       throw kmsFailure(e);
     }
@@ -369,7 +380,7 @@ export class ObsService {
       const versionId = bucket.versioning === 'Enabled' ? newVersionId(this.now()) : NULL_VERSION;
       const row: ObjectRow = {
         bucket_id: bucket.id, key, version_id: versionId, size: w.size, etag: w.md5.toString('hex'), content_type: meta.contentType,
-        metadata_json: JSON.stringify(meta.metadata), blob_id: blobId, cipher_size: w.cipherSize, kms_key_id: cmk.id,
+        metadata_json: JSON.stringify(meta.metadata), blob_id: blobId, cipher_size: w.cipherSize, kms_key_id: cmk ? cmk.id : SSE_C,
         data_key: dk.ciphertext.toString('base64'), created_at: this.now(), is_latest: 1, delete_marker: 0, seq: 0, parts_json: null,
         ...this.lockFor(bucket, meta), tags_json: meta.tags ? JSON.stringify(meta.tags) : null,
       };
@@ -435,16 +446,9 @@ export class ObsService {
   }
 
   /** Opens the object for reading bytes [start, end]; one KMS call unwraps its data key. */
-  async readObject(bucket: BucketRow, row: ObjectRow, start: number, end: number): Promise<Readable> {
+  async readObject(bucket: BucketRow, row: ObjectRow, start: number, end: number, customerKey?: Buffer): Promise<Readable> {
     if (this.opts.plaintextBaselineForBenchmarks) return this.readPlain(row, start, end);
-    const scope = this.scopeOf(bucket);
-    let key: Buffer;
-    try {
-      const cmk = await this.kms.getKey(scope, row.kms_key_id);
-      key = await this.kms.decrypt(cmk, Buffer.from(row.data_key, 'base64'), { 'obs:bucket': bucket.id, 'obs:blob': row.blob_id });
-    } catch (e) {
-      throw kmsFailure(e);
-    }
+    const key = await this.dataKeyOf(bucket, row, customerKey);
     const blobs = this.blobs;
     const parts: StoredPart[] = row.parts_json ? (JSON.parse(row.parts_json) as StoredPart[]) : [{ blob: row.blob_id, size: row.size, cipher: row.cipher_size }];
     async function* content() {
@@ -475,12 +479,40 @@ export class ObsService {
     return Readable.from(content(), { objectMode: false });
   }
 
+  /** Whether the version was stored with a customer-provided key (SSE-C). */
+  isSseC(row: ObjectRow): boolean {
+    return row.kms_key_id === SSE_C;
+  }
+
+  /**
+   * Unwraps a version's data key: through KMS, or (SSE-C) with the key the request carries, which must
+   * be the one it was stored with. Also used by HEAD to check an SSE-C key without reading content.
+   */
+  async dataKeyOf(bucket: BucketRow, row: ObjectRow, customerKey?: Buffer): Promise<Buffer> {
+    if (this.isSseC(row)) {
+      if (!customerKey) throw new ObsError(400, 'InvalidRequest', 'the object was stored with a customer-provided key (SSE-C): send the same key to read it');
+      try {
+        return openAesGcm(customerKey, Buffer.from(row.data_key, 'base64'), Buffer.from(`custos obs sse-c ${bucket.id}/${row.blob_id}`));
+      } catch {
+        throw new ObsError(403, 'AccessDenied', 'the customer-provided key is not the one the object was stored with');
+      }
+    }
+    if (customerKey) throw new ObsError(400, 'InvalidRequest', 'the object was not stored with a customer-provided key (SSE-C)');
+    try {
+      const cmk = await this.kms.getKey(this.scopeOf(bucket), row.kms_key_id);
+      return await this.kms.decrypt(cmk, Buffer.from(row.data_key, 'base64'), { 'obs:bucket': bucket.id, 'obs:blob': row.blob_id });
+    } catch (e) {
+      throw kmsFailure(e);
+    }
+  }
+
   // ------------------------------------------------------------------ multipart uploads
 
   /** One data key per upload (one KMS call), each part its own encrypted blob. */
   async createUpload(bucket: BucketRow, key: string, meta: ObjectMeta): Promise<string> {
     if (!validObjectKey(key)) throw new ObsError(400, 'KeyTooLongError', 'object keys are 1 to 1024 bytes of UTF-8 without NUL');
     if (meta.lock || meta.legalHold) throw new ObsError(501, 'NotImplemented', 'object lock headers on multipart uploads are not implemented; the bucket\'s default retention applies');
+    if (meta.customerKey) throw new ObsError(501, 'NotImplemented', 'SSE-C multipart uploads are not implemented yet');
     const cmk = await this.objectKey(bucket, meta.kmsKey);
     const id = randomBytes(16).toString('hex');
     let dk: { plaintext: Buffer; ciphertext: Buffer };

@@ -262,6 +262,25 @@ describe('S3 API with @aws-sdk/client-s3', () => {
     assert.equal((await client.send(new ListObjectsV2Command({ Bucket: 'copies' }))).KeyCount, 0);
   });
 
+  test('SSE-C: an object stored with a customer key is readable only with that key, and copies out under KMS', async () => {
+    const key = randomBytes(32);
+    const ssec = { SSECustomerAlgorithm: 'AES256', SSECustomerKey: key as unknown as string };
+    const put = await client.send(new PutObjectCommand({ Bucket: 'photos', Key: 'private.bin', Body: 'only with my key', ...ssec }));
+    assert.equal(put.SSECustomerAlgorithm, 'AES256');
+    const got = await client.send(new GetObjectCommand({ Bucket: 'photos', Key: 'private.bin', ...ssec }));
+    assert.equal(await got.Body!.transformToString(), 'only with my key');
+    assert.equal(got.SSECustomerAlgorithm, 'AES256');
+    await assert.rejects(client.send(new GetObjectCommand({ Bucket: 'photos', Key: 'private.bin' })), { name: 'InvalidRequest' });
+    await assert.rejects(client.send(new GetObjectCommand({ Bucket: 'photos', Key: 'private.bin', SSECustomerAlgorithm: 'AES256', SSECustomerKey: randomBytes(32) as unknown as string })), { name: 'AccessDenied' });
+    await assert.rejects(client.send(new HeadObjectCommand({ Bucket: 'photos', Key: 'private.bin' })), (e: { $metadata: { httpStatusCode: number } }) => e.$metadata.httpStatusCode === 400);
+    assert.equal((await client.send(new HeadObjectCommand({ Bucket: 'photos', Key: 'private.bin', ...ssec }))).ContentLength, 16);
+    await client.send(new CopyObjectCommand({ Bucket: 'photos', Key: 'shared.bin', CopySource: 'photos/private.bin', CopySourceSSECustomerAlgorithm: 'AES256', CopySourceSSECustomerKey: key as unknown as string }));
+    assert.equal(await (await client.send(new GetObjectCommand({ Bucket: 'photos', Key: 'shared.bin' }))).Body!.transformToString(), 'only with my key', 'the copy is under KMS');
+    // The key is nowhere on disk or in the database.
+    const dump = DB === 'sqlite' ? Buffer.concat(filesUnder(s.dataDir).map((f) => readFileSync(f))) : Buffer.from((await sql<{ r: string }>`select row_to_json(o)::text as r from obs_objects o`.execute(s.custos.store.db)).rows.map((x) => x.r).join(''));
+    assert.ok(!dump.includes(key) && !dump.includes(Buffer.from(key.toString('base64'))), 'the customer key is not stored');
+  });
+
   test('tagging: object tags on upload and by API, bucket tags, limits', async () => {
     await client.send(new PutObjectCommand({ Bucket: 'photos', Key: 'tagged.txt', Body: 'x', Tagging: 'project=apollo&stage=draft' }));
     assert.deepEqual((await client.send(new GetObjectTaggingCommand({ Bucket: 'photos', Key: 'tagged.txt' }))).TagSet, [{ Key: 'project', Value: 'apollo' }, { Key: 'stage', Value: 'draft' }]);

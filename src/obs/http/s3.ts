@@ -68,14 +68,20 @@ function rangeError(size: number): ObsError {
   return new ObsError(416, 'InvalidRange', `the requested range is not satisfiable (object size ${size})`);
 }
 
-function objectHeaders(reply: FastifyReply, row: ObjectRow, arn: string, versioned: boolean): void {
+function objectHeaders(reply: FastifyReply, row: ObjectRow, arn: string, versioned: boolean, req?: FastifyRequest): void {
   reply.header('etag', `"${row.etag}"`);
   if (versioned || row.version_id !== 'null') reply.header('x-amz-version-id', row.version_id);
   reply.header('last-modified', httpDate(row.created_at));
   reply.header('content-type', row.content_type);
   reply.header('accept-ranges', 'bytes');
-  reply.header('x-amz-server-side-encryption', 'aws:kms');
-  reply.header('x-amz-server-side-encryption-aws-kms-key-id', arn);
+  if (row.kms_key_id === 'SSE-C') {
+    reply.header('x-amz-server-side-encryption-customer-algorithm', 'AES256');
+    const md5 = req?.headers['x-amz-server-side-encryption-customer-key-md5'];
+    if (typeof md5 === 'string') reply.header('x-amz-server-side-encryption-customer-key-md5', md5);
+  } else {
+    reply.header('x-amz-server-side-encryption', 'aws:kms');
+    reply.header('x-amz-server-side-encryption-aws-kms-key-id', arn);
+  }
   for (const [k, v] of Object.entries(JSON.parse(row.metadata_json) as Record<string, string>)) {
     reply.header(`x-amz-meta-${k}`, v);
     reply.header(`x-obs-meta-${k}`, v);
@@ -118,11 +124,15 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): R
     const srcKey = safeDecode(m[2]!);
     if (!(await allowed(req, m[3] ? 'obs:object:GetObjectVersion' : 'obs:object:GetObject', srcBucket, srcKey))) throw new ObsError(403, 'AccessDenied', 'not authorized to read the copy source');
     const row = await obs.headObject(srcBucket, srcKey, m[3] ? safeDecode(m[3]) : undefined);
+    const sourceKey = sseCustomerKey(req, 'x-amz-copy-source-server-side-encryption-customer-');
     const directive = req.headers['x-amz-metadata-directive'] ?? 'COPY';
     if (directive !== 'COPY' && directive !== 'REPLACE') throw new ObsError(400, 'InvalidArgument', 'x-amz-metadata-directive must be COPY or REPLACE');
     const requested = objectMeta(req);
-    const meta: ObjectMeta = directive === 'REPLACE' ? requested : { contentType: row.content_type, metadata: JSON.parse(row.metadata_json) as Record<string, string>, ...(requested.kmsKey ? { kmsKey: requested.kmsKey } : {}) };
-    const content = await obs.readObject(srcBucket, row, 0, row.size - 1);
+    const meta: ObjectMeta = directive === 'REPLACE' ? requested : {
+      contentType: row.content_type, metadata: JSON.parse(row.metadata_json) as Record<string, string>,
+      ...(requested.kmsKey ? { kmsKey: requested.kmsKey } : {}), ...(requested.customerKey ? { customerKey: requested.customerKey } : {}),
+    };
+    const content = await obs.readObject(srcBucket, row, 0, row.size - 1, sourceKey);
     return obs.putObject(dest, keyOf(req), content, meta, ({ size }) => {
       if (size !== row.size) throw new ObsError(500, 'InternalError', 'the copy read a different size than the source has');
     });
@@ -406,9 +416,13 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): R
           return xmlDoc({ CopyObjectResult: { '@_xmlns': S3_NS, ETag: `"${r.etag}"`, LastModified: isoDate(Date.now()) } });
         }
         const body = incomingBody(req);
-        const result = await obs.putObject(b, keyOf(req), body.content, objectMeta(req), body.check);
+        const om = objectMeta(req);
+        const result = await obs.putObject(b, keyOf(req), body.content, om, body.check);
         reply.header('etag', `"${result.etag}"`);
-        reply.header('x-amz-server-side-encryption', 'aws:kms');
+        if (om.customerKey) {
+          reply.header('x-amz-server-side-encryption-customer-algorithm', 'AES256');
+          reply.header('x-amz-server-side-encryption-customer-key-md5', String(req.headers['x-amz-server-side-encryption-customer-key-md5']));
+        } else reply.header('x-amz-server-side-encryption', 'aws:kms');
         if (b.versioning) reply.header('x-amz-version-id', result.versionId);
         return reply.code(200).send();
       },
@@ -421,7 +435,6 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): R
         const q = req.query as Record<string, string>;
         reply.type('application/xml');
         if ('uploads' in q) {
-          if (req.headers['x-amz-server-side-encryption-customer-algorithm'] !== undefined) throw new ObsError(501, 'NotImplemented', 'SSE-C is not implemented yet');
           const id = await obs.createUpload(b, keyOf(req), objectMeta(req));
           reply.header('x-amz-server-side-encryption', 'aws:kms');
           return xmlDoc({ InitiateMultipartUploadResult: { '@_xmlns': S3_NS, Bucket: b.name, Key: keyOf(req), UploadId: id } });
@@ -497,8 +510,8 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): R
         const range = parseRange(req.headers.range, row.size);
         const start = range?.start ?? 0;
         const end = range?.end ?? row.size - 1;
-        const stream = await obs.readObject(b, row, start, end);
-        objectHeaders(reply, row, kmsArn(b, row), b.versioning !== '');
+        const stream = await obs.readObject(b, row, start, end, sseCustomerKey(req));
+        objectHeaders(reply, row, kmsArn(b, row), b.versioning !== '', req);
         reply.header('content-length', String(end - start + 1));
         if (range) {
           reply.code(206);
@@ -515,7 +528,9 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): R
       handler: async (req, reply) => {
         const b = bucketOf(req);
         const row = await obs.headObject(b, keyOf(req), versionIdOf(req));
-        objectHeaders(reply, row, kmsArn(b, row), b.versioning !== '');
+        // An SSE-C object answers HEAD only to the holder of its key, as S3 does.
+        if (obs.isSseC(row)) (await obs.dataKeyOf(b, row, sseCustomerKey(req))).fill(0);
+        objectHeaders(reply, row, kmsArn(b, row), b.versioning !== '', req);
         reply.header('content-length', String(row.size));
         return reply.code(200).send();
       },
@@ -546,6 +561,10 @@ function objectMeta(req: FastifyRequest): ObjectMeta {
   const metadata: Record<string, string> = {};
   // User metadata under either cloud's prefix (x-amz-meta-* from S3 clients, x-obs-meta-* from OBS clients).
   for (const [k, v] of Object.entries(req.headers)) if ((k.startsWith('x-amz-meta-') || k.startsWith('x-obs-meta-')) && typeof v === 'string') metadata[k.slice(11)] = v;
+  const customerKey = sseCustomerKey(req);
+  if (customerKey && (req.headers['x-amz-server-side-encryption'] !== undefined || req.headers['x-amz-server-side-encryption-aws-kms-key-id'] !== undefined)) {
+    throw new ObsError(400, 'InvalidArgument', 'give either a customer-provided key (SSE-C) or SSE-KMS, not both');
+  }
   const sse = req.headers['x-amz-server-side-encryption'];
   if (sse !== undefined && sse !== 'aws:kms' && sse !== 'AES256') throw new ObsError(400, 'InvalidArgument', 'x-amz-server-side-encryption must be aws:kms or AES256 (both mean SSE-KMS here)');
   const kmsKey = req.headers['x-amz-server-side-encryption-aws-kms-key-id'];
@@ -561,6 +580,7 @@ function objectMeta(req: FastifyRequest): ObjectMeta {
     ...(mode !== undefined || until !== undefined ? { lock: parseLock(mode as string | undefined, until as string | undefined) } : {}),
     ...(hold === 'ON' ? { legalHold: true } : {}),
     ...(tags ? { tags } : {}),
+    ...(customerKey ? { customerKey } : {}),
   };
 }
 
@@ -570,7 +590,6 @@ function objectMeta(req: FastifyRequest): ObjectMeta {
  */
 function incomingBody(req: FastifyRequest): { content: Readable; check: (d: { md5: Buffer; sha256: Buffer; size: number }) => void } {
   const h = req.headers;
-  if (h['x-amz-server-side-encryption-customer-algorithm'] !== undefined) throw new ObsError(501, 'NotImplemented', 'SSE-C is not implemented yet');
   for (const u of UNSUPPORTED_CHECKSUMS) if (h[u] !== undefined || String(h['x-amz-trailer'] ?? '').includes(u)) throw new ObsError(400, 'InvalidRequest', `${u} is not supported here; use CRC32, SHA1 or SHA256 checksums`);
   const declared = String(h['x-amz-content-sha256'] ?? '');
   const chunked = declared.startsWith('STREAMING-');
@@ -643,6 +662,19 @@ function parseLifecycle(doc: unknown): LifecycleRule[] {
     if (e === undefined && n === undefined && a === undefined) throw new ObsError(400, 'MalformedXML', 'each rule needs an action (Expiration, NoncurrentVersionExpiration or AbortIncompleteMultipartUpload)');
     return { ...rule, ...(e !== undefined ? { expirationDays: e } : {}), ...(n !== undefined ? { noncurrentDays: n } : {}), ...(a !== undefined ? { abortIncompleteDays: a } : {}) };
   });
+}
+
+/** SSE-C headers: AES256, the 256-bit key in base64, and its MD5, which must match (a mistyped key is refused). */
+function sseCustomerKey(req: FastifyRequest, prefix = 'x-amz-server-side-encryption-customer-'): Buffer | undefined {
+  const alg = req.headers[`${prefix}algorithm`];
+  const key = req.headers[`${prefix}key`];
+  const md5 = req.headers[`${prefix}key-md5`];
+  if (alg === undefined && key === undefined && md5 === undefined) return undefined;
+  if (alg !== 'AES256') throw new ObsError(400, 'InvalidEncryptionAlgorithmError', 'the customer-provided key algorithm must be AES256');
+  const k = typeof key === 'string' ? Buffer.from(key, 'base64') : Buffer.alloc(0);
+  if (k.length !== 32) throw new ObsError(400, 'InvalidArgument', 'the customer-provided key must be 256 bits, base64-encoded');
+  if (typeof md5 !== 'string' || !equalB64(md5, createHash('md5').update(k).digest())) throw new ObsError(400, 'InvalidArgument', 'the customer-provided key MD5 does not match the key');
+  return k;
 }
 
 function parseTagging(doc: unknown): Record<string, string> {
