@@ -145,6 +145,18 @@ export class ObsService {
     await this.db.updateTable('obs_buckets').set({ versioning: status }).where('id', '=', bucket.id).execute();
   }
 
+  // ------------------------------------------------------------------ default encryption
+
+  /**
+   * The bucket's default key for new objects (a KMS key of the bucket's project, by id, alias or ARN),
+   * or null for the tenant's obs/default key. Encryption itself cannot be turned off.
+   */
+  async setDefaultKey(bucket: BucketRow, keyRef: string | null): Promise<string | null> {
+    const id = keyRef === null ? null : (await this.objectKey(bucket, keyRef)).id;
+    await this.db.updateTable('obs_buckets').set({ kms_key_id: id }).where('id', '=', bucket.id).execute();
+    return id;
+  }
+
   // ------------------------------------------------------------------ tagging
 
   async setBucketTags(bucket: BucketRow, tags: Record<string, string> | null): Promise<void> {

@@ -8,7 +8,7 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import {
   AbortMultipartUploadCommand, CompleteMultipartUploadCommand, CopyObjectCommand, CreateBucketCommand, DeleteObjectsCommand, CreateMultipartUploadCommand, DeleteBucketCommand, ListMultipartUploadsCommand, ListPartsCommand, UploadPartCommand, DeleteObjectCommand, GetBucketVersioningCommand, GetObjectCommand, HeadBucketCommand, HeadObjectCommand,
-  DeleteObjectTaggingCommand, GetBucketTaggingCommand, GetObjectTaggingCommand, PutBucketTaggingCommand, PutObjectTaggingCommand, GetBucketLifecycleConfigurationCommand, GetObjectLegalHoldCommand, GetObjectLockConfigurationCommand, GetObjectRetentionCommand, PutObjectLegalHoldCommand, PutObjectLockConfigurationCommand, PutObjectRetentionCommand, ListBucketsCommand, ListObjectsV2Command, PutBucketLifecycleConfigurationCommand, ListObjectVersionsCommand, PutBucketVersioningCommand, PutObjectCommand, S3Client,
+  DeleteObjectTaggingCommand, GetBucketEncryptionCommand, PutBucketEncryptionCommand, GetBucketTaggingCommand, GetObjectTaggingCommand, PutBucketTaggingCommand, PutObjectTaggingCommand, GetBucketLifecycleConfigurationCommand, GetObjectLegalHoldCommand, GetObjectLockConfigurationCommand, GetObjectRetentionCommand, PutObjectLegalHoldCommand, PutObjectLockConfigurationCommand, PutObjectRetentionCommand, ListBucketsCommand, ListObjectsV2Command, PutBucketLifecycleConfigurationCommand, ListObjectVersionsCommand, PutBucketVersioningCommand, PutObjectCommand, S3Client,
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
@@ -255,6 +255,14 @@ describe('S3 API with @aws-sdk/client-s3', () => {
     assert.equal(moved.Metadata?.owner, undefined);
     assert.match(moved.SSEKMSKeyId ?? '', new RegExp(`key/${keyId}$`));
     await assert.rejects(client.send(new CopyObjectCommand({ Bucket: 'copies', Key: 'x', CopySource: 'copies/none.txt' })), { name: 'NoSuchKey' });
+
+    // A bucket's default key: new objects are encrypted under it without naming it.
+    await client.send(new PutBucketEncryptionCommand({ Bucket: 'copies', ServerSideEncryptionConfiguration: { Rules: [{ ApplyServerSideEncryptionByDefault: { SSEAlgorithm: 'aws:kms', KMSMasterKeyID: 'alias/copies-key' } }] } }));
+    assert.match((await client.send(new GetBucketEncryptionCommand({ Bucket: 'copies' }))).ServerSideEncryptionConfiguration?.Rules?.[0]?.ApplyServerSideEncryptionByDefault?.KMSMasterKeyID ?? '', new RegExp(`key/${keyId}$`));
+    await client.send(new PutObjectCommand({ Bucket: 'copies', Key: 'defaulted.txt', Body: 'x' }));
+    assert.match((await client.send(new HeadObjectCommand({ Bucket: 'copies', Key: 'defaulted.txt' }))).SSEKMSKeyId ?? '', new RegExp(`key/${keyId}$`));
+    await client.send(new DeleteObjectCommand({ Bucket: 'copies', Key: 'defaulted.txt' }));
+    await assert.rejects(client.send(new PutBucketEncryptionCommand({ Bucket: 'copies', ServerSideEncryptionConfiguration: { Rules: [{ ApplyServerSideEncryptionByDefault: { SSEAlgorithm: 'aws:kms', KMSMasterKeyID: 'alias/no-such-key' } }] } })), (e: Error) => /KMS/.test(e.name));
     await assert.rejects(theirs.send(new CopyObjectCommand({ Bucket: 'photos', Key: 'stolen', CopySource: 'copies/src.txt' })), { name: 'NoSuchBucket' });
 
     const del = await client.send(new DeleteObjectsCommand({ Bucket: 'copies', Delete: { Objects: [{ Key: 'src.txt' }, { Key: 'dst.txt' }, { Key: 'never-was' }] } }));

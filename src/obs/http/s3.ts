@@ -163,11 +163,20 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): R
           lifecycle: { action: 'obs:bucket:PutLifecycleConfiguration', resource: bucketRes(false) },
           'object-lock': { action: 'obs:bucket:PutBucketObjectLockConfiguration', resource: bucketRes(false) },
           tagging: { action: 'obs:bucket:PutBucketTagging', resource: bucketRes(false) },
+          encryption: { action: 'obs:bucket:PutEncryptionConfiguration', resource: bucketRes(false) },
         },
       }),
       handler: async (req, reply) => {
         const p = principalOf(req);
         const q = req.query as Record<string, string>;
+        if ('encryption' in q) {
+          const doc = parseXml(await readSmallBody(req.body as Readable | undefined, 64 * 1024)) as { ServerSideEncryptionConfiguration?: { Rule?: { ApplyServerSideEncryptionByDefault?: { SSEAlgorithm?: string; KMSMasterKeyID?: string } } | { ApplyServerSideEncryptionByDefault?: { SSEAlgorithm?: string; KMSMasterKeyID?: string } }[] } };
+          const rules = doc.ServerSideEncryptionConfiguration?.Rule;
+          const rule = (Array.isArray(rules) ? rules[0] : rules)?.ApplyServerSideEncryptionByDefault;
+          if (!rule || (rule.SSEAlgorithm !== 'aws:kms' && rule.SSEAlgorithm !== 'AES256' && rule.SSEAlgorithm !== 'kms')) throw new ObsError(400, 'MalformedXML', 'expected a ServerSideEncryptionConfiguration rule with SSEAlgorithm aws:kms (or AES256)');
+          await obs.setDefaultKey(bucketOf(req), rule.KMSMasterKeyID ?? null);
+          return reply.code(200).send();
+        }
         if ('tagging' in q) {
           await obs.setBucketTags(bucketOf(req), parseTagging(parseXml(await readSmallBody(req.body as Readable | undefined, 64 * 1024))));
           return reply.code(204).send();
@@ -224,8 +233,12 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): R
       },
     },
     {
-      method: 'DELETE', url: '/:bucket', meta: meta('obs:bucket:DeleteBucket', 'bucket', bucketRes(false), { bySubresource: { lifecycle: { action: 'obs:bucket:PutLifecycleConfiguration' }, tagging: { action: 'obs:bucket:DeleteBucketTagging' } } }),
+      method: 'DELETE', url: '/:bucket', meta: meta('obs:bucket:DeleteBucket', 'bucket', bucketRes(false), { bySubresource: { lifecycle: { action: 'obs:bucket:PutLifecycleConfiguration' }, tagging: { action: 'obs:bucket:DeleteBucketTagging' }, encryption: { action: 'obs:bucket:PutEncryptionConfiguration' } } }),
       handler: async (req, reply) => {
+        if ('encryption' in (req.query as Record<string, string>)) {
+          await obs.setDefaultKey(bucketOf(req), null);
+          return reply.code(204).send();
+        }
         if ('tagging' in (req.query as Record<string, string>)) {
           await obs.setBucketTags(bucketOf(req), null);
           return reply.code(204).send();
@@ -271,7 +284,7 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): R
           versioning: { action: 'obs:bucket:GetBucketVersioning' }, versions: { action: 'obs:bucket:ListBucketVersions' },
           location: { action: 'obs:bucket:GetBucketLocation' }, uploads: { action: 'obs:bucket:ListBucketMultipartUploads' },
           lifecycle: { action: 'obs:bucket:GetLifecycleConfiguration' }, 'object-lock': { action: 'obs:bucket:GetBucketObjectLockConfiguration' },
-          tagging: { action: 'obs:bucket:GetBucketTagging' },
+          tagging: { action: 'obs:bucket:GetBucketTagging' }, encryption: { action: 'obs:bucket:GetEncryptionConfiguration' },
         },
       }),
       handler: async (req, reply) => {
@@ -280,6 +293,15 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): R
         reply.type('application/xml');
         if ('location' in q) return xmlDoc({ LocationConstraint: { '@_xmlns': S3_NS, '#text': b.region } });
         if ('versioning' in q) return xmlDoc({ VersioningConfiguration: { '@_xmlns': S3_NS, ...(b.versioning ? { Status: b.versioning } : {}) } });
+        if ('encryption' in q) {
+          // Every object is encrypted: without a configured key, under the tenant's obs/default key.
+          return xmlDoc({
+            ServerSideEncryptionConfiguration: {
+              '@_xmlns': S3_NS,
+              Rule: { ApplyServerSideEncryptionByDefault: { SSEAlgorithm: 'aws:kms', ...(b.kms_key_id ? { KMSMasterKeyID: `arn:aws:kms:${b.region}:${b.account_id}:key/${b.kms_key_id}` } : {}) }, BucketKeyEnabled: false },
+            },
+          });
+        }
         if ('tagging' in q) {
           if (!b.tags_json) throw new ObsError(404, 'NoSuchTagSet', 'there is no tag set');
           return xmlDoc({ Tagging: { '@_xmlns': S3_NS, TagSet: tagSetXml(b.tags_json) } });
