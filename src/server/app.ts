@@ -55,7 +55,10 @@ function dialectOf(req: FastifyRequest): ApiDialect {
   return req.url.startsWith('/v1/') ? 'custos' : req.url.startsWith('/v1.0/') ? 'huawei-kms' : 'huawei';
 }
 
+const EMPTY = Buffer.alloc(0);
+
 export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
+  const dateCache = { second: -1, value: '' };
   const { config, iam } = deps;
   const s3 = deps.listener === 's3';
   const now = deps.now ?? Date.now;
@@ -171,11 +174,16 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
 
   app.decorateRequest('custos', null as never);
   app.addHook('onRequest', async (req, reply) => {
-    req.custos = { startedAt: process.hrtime.bigint(), principal: null, resource: null, traced: {}, errorCode: null, rawBody: Buffer.alloc(0) };
+    req.custos = { startedAt: process.hrtime.bigint(), principal: null, resource: null, traced: {}, errorCode: null, rawBody: EMPTY };
     reply.header('x-request-id', req.id);
-    // With an injected clock (tests), the Date header follows it too: clients correct their clock
-    // skew from it, and it must agree with the clock that judges their signatures.
-    if (deps.now) reply.header('date', new Date(now()).toUTCString());
+    // The Date header follows the clock that judges signatures (an injected one in tests): clients
+    // correct their clock skew from it. Formatted once per second.
+    const second = Math.floor(now() / 1000);
+    if (second !== dateCache.second) {
+      dateCache.second = second;
+      dateCache.value = new Date(second * 1000).toUTCString();
+    }
+    reply.header('date', dateCache.value);
     // A NUL character is never meaningful in a path or query here, and PostgreSQL text cannot hold one.
     if (req.url.includes('%00')) throw edgeFailure('badRequest', dialectOf(req), 400, 'the URL contains a NUL character');
   });
