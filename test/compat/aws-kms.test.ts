@@ -2,7 +2,7 @@
 // JavaScript v3 (@aws-sdk/client-kms), the AWS CLI, and the AWS Encryption SDK with a KMS keyring.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile, execFileSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { createHash, createPublicKey, randomBytes, verify as cryptoVerify } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -17,16 +17,10 @@ import {
 } from '@aws-sdk/client-kms';
 import { buildClient, CommitmentPolicy, getClient, KMS, KmsKeyringNode } from '@aws-crypto/client-node';
 import { PASSWORD, startTestServer, type Tenant, type TestServer } from '../helpers.js';
+import { available, CLIENTS_REQUIRED } from '../clients.js';
 
-const required = process.env.CI === 'true' || process.env.CUSTOS_TEST_CLIENTS === '1';
-const awsCli = (() => {
-  try {
-    execFileSync('aws', ['--version'], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-})();
+const required = CLIENTS_REQUIRED;
+const awsCli = available('aws', ['--version']);
 
 let s: TestServer;
 let t: Tenant;

@@ -2,23 +2,17 @@
 // path-style addressing in its config file).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile, execFileSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { startTestServer } from '../helpers.js';
+import { available, CLIENTS_REQUIRED } from '../clients.js';
 
-const required = process.env.CI === 'true' || process.env.CUSTOS_TEST_CLIENTS === '1';
-const awsCli = (() => {
-  try {
-    execFileSync('aws', ['--version'], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-})();
+const required = CLIENTS_REQUIRED;
+const awsCli = available('aws', ['--version']);
 
 test('aws s3 mb/cp/ls/rm and aws s3api versioning against the S3 listener', { skip: !awsCli && !required ? 'the aws CLI is not installed (apt-get install -y awscli)' : false, timeout: 120_000 }, async () => {
   const s = await startTestServer();

@@ -2,26 +2,19 @@
 // as its users configure it (endpoint, region, keys, path-style addressing).
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile, execFileSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { startTestServer, type Tenant, type TestServer } from '../helpers.js';
+import { available, CLIENTS_REQUIRED } from '../clients.js';
 
 const run = promisify(execFile);
-const required = process.env.CI === 'true' || process.env.CUSTOS_TEST_CLIENTS === '1';
-const has = (cmd: string, args: string[]) => {
-  try {
-    execFileSync(cmd, args, { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-};
-const python = ['python3', '/usr/bin/python3'].find((p) => has(p, ['-c', 'import boto3']));
-const s3cmd = has('s3cmd', ['--version']);
+const required = CLIENTS_REQUIRED;
+const python = ['python3', '/usr/bin/python3'].find((p) => available(p, ['-c', 'import boto3']));
+const s3cmd = available('s3cmd', ['--version']);
 
 let s: TestServer;
 let t: Tenant;
