@@ -229,6 +229,7 @@ export class AuditService implements AuditRecorder {
       resource_name: t.resourceName?.slice(0, 255) ?? null, project_id: t.projectId, region: t.region, user, source_ip: t.sourceIp.slice(0, 64),
       user_agent: t.userAgent, request_id: t.requestId.slice(0, 64), http_method: t.httpMethod, api_path: t.apiPath.slice(0, 255), code: t.code,
       error_code: t.errorCode, correlation,
+      ...(t.detail ? { detail: Object.fromEntries(Object.entries(t.detail).map(([k, v]) => [k.slice(0, 64), v.slice(0, 1024)])) } : {}),
     };
   }
 
@@ -559,7 +560,7 @@ function toRow(t: StoredTrace): TraceRow {
     trace_rating: t.trace_rating, service_type: t.service_type, resource_type: t.resource_type, resource_id: t.resource_id, resource_name: t.resource_name,
     project_id: t.project_id, region: t.region, user_name: t.user.user_name, user_json: JSON.stringify(t.user), source_ip: t.source_ip,
     user_agent: t.user_agent, request_id: t.request_id, http_method: t.http_method, api_path: t.api_path, code: t.code, error_code: t.error_code,
-    correlation_json: t.correlation ? JSON.stringify(t.correlation) : null, prev_hash: t.prev_hash, hash: t.hash,
+    correlation_json: t.correlation ? JSON.stringify(t.correlation) : null, detail_json: t.detail ? JSON.stringify(t.detail) : null, prev_hash: t.prev_hash, hash: t.hash,
   };
 }
 
@@ -570,6 +571,7 @@ function fromRow(r: TraceRow): StoredTrace {
     resource_type: r.resource_type, resource_id: r.resource_id, resource_name: r.resource_name, project_id: r.project_id, region: r.region,
     user: JSON.parse(r.user_json) as TraceUser, source_ip: r.source_ip, user_agent: r.user_agent, request_id: r.request_id, http_method: r.http_method,
     api_path: r.api_path, code: Number(r.code), error_code: r.error_code, correlation: r.correlation_json ? (JSON.parse(r.correlation_json) as Record<string, string>) : null,
+    ...(r.detail_json ? { detail: JSON.parse(r.detail_json) as Record<string, string> } : {}),
     prev_hash: r.prev_hash, hash: r.hash,
   };
 }

@@ -41,6 +41,8 @@ export interface StoredTrace {
   error_code: string | null;
   /** HMAC-SHA256 of values that must be correlatable but never stored, e.g. an attempted user name. */
   correlation: Record<string, string> | null;
+  /** Names of what a data operation touched (record, properties, purpose); absent on older traces. */
+  detail?: Record<string, string> | null;
   prev_hash: string;
   hash: string;
 }
@@ -94,6 +96,8 @@ export function canonicalTrace(t: Omit<StoredTrace, 'prev_hash' | 'hash'>): stri
     [u.account_id, u.account_name, u.user_id, u.user_name, u.access_key_id, u.agency ? [u.agency.id, u.agency.name, u.agency.source_account_id, u.agency.source_account_name] : null, u.auth_method],
     t.source_ip, t.user_agent, t.request_id, t.http_method, t.api_path, t.code, t.error_code,
     t.correlation ? Object.keys(t.correlation).sort().map((k) => [k, t.correlation![k]]) : null,
+    // Appended only when present, so traces written before the field existed keep their hashes.
+    ...(t.detail ? [Object.keys(t.detail).sort().map((k) => [k, t.detail![k]])] : []),
   ]);
 }
 

@@ -26,6 +26,7 @@ export type AuditTables = {
     code: number;
     error_code: string | null;
     correlation_json: string | null;
+    detail_json: string | null;
     prev_hash: string;
     hash: string;
   };

@@ -41,6 +41,11 @@ export interface RequestTrace {
    * the audit service keeps only their HMAC.
    */
   correlate?: Record<string, string>;
+  /**
+   * What a data operation touched, by name (a vault record's id, the property names, the stated
+   * purpose): never a value. Stored in the clear and covered by the chain hash.
+   */
+  detail?: Record<string, string>;
 }
 
 export interface AuditRecorder {

@@ -130,6 +130,18 @@ const SYSTEM_POLICIES: { id: string; name: string; description: string; document
       Statement: [{ Effect: 'Allow', Action: ['kms:cmk:encrypt', 'kms:cmk:decrypt', 'kms:cmk:generate', 'kms:cmk:reEncrypt', 'kms:cmk:sign', 'kms:cmk:verify', 'kms:cmk:get*', 'kms:cmk:list', 'kms:cmk:generateRandom'] }],
     },
   },
+  {
+    id: 'system-vaultadmin',
+    name: 'Vault Administrator',
+    description: 'Manage personal-data collections, their schemas and whitelists, subject events and the inventory; reaching records still needs the whitelist',
+    document: { Version: '1.1', Statement: [{ Effect: 'Allow', Action: ['vault:collections:*', 'vault:subjects:*', 'vault:inventory:*'] }] },
+  },
+  {
+    id: 'system-vaultdatauser',
+    name: 'Vault DataUser',
+    description: 'Read, write, search and detokenize records of the collections whose whitelist names the caller',
+    document: { Version: '1.1', Statement: [{ Effect: 'Allow', Action: ['vault:records:*', 'vault:tokens:*', 'vault:collections:get', 'vault:collections:list'] }] },
+  },
 ];
 
 /** The account that operates the platform itself; its administrators may create accounts. */

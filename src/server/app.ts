@@ -422,5 +422,6 @@ function buildTrace(req: FastifyRequest, reply: FastifyReply, meta: RouteMeta | 
     errorCode: req.custos?.errorCode ?? null,
     time: now(),
     ...(req.custos?.traced.correlate ? { correlate: req.custos.traced.correlate } : {}),
+    ...(req.custos?.traced.detail ? { detail: req.custos.traced.detail } : {}),
   };
 }

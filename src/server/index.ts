@@ -17,6 +17,9 @@ import { s3Routes } from '../obs/http/s3.js';
 import { ObsService } from '../obs/obs.js';
 import type { ObsTables } from '../obs/store.js';
 import { FsBlobStore } from '../store/blobs.js';
+import { vaultRoutes } from '../vault/http/custos.js';
+import type { VaultTables } from '../vault/store.js';
+import { VaultService } from '../vault/vault.js';
 import { migrate, openStore, type Store } from '../store/db.js';
 import path from 'node:path';
 import { buildApp } from './app.js';
@@ -29,6 +32,7 @@ export interface Custos {
   audit: AuditService;
   kms: KmsService;
   obs: ObsService;
+  vault: VaultService;
   /** The S3/OBS listener. */
   obsUrl: string;
   root: RootKeyProvider;
@@ -45,6 +49,7 @@ export interface Services {
   audit: AuditService;
   kms: KmsService;
   obs: ObsService;
+  vault: VaultService;
   blobs: FsBlobStore;
   close(): Promise<void>;
 }
@@ -93,8 +98,9 @@ export async function openServices(config: Config, opts: { now?: () => number; o
     const kms = new KmsService(store.db.withTables<KmsTables>(), rootKey, { ...(opts.now ? { now: opts.now } : {}) });
     const blobs = new FsBlobStore(path.join(config.dataDir, 'blobs'));
     const obs = new ObsService(store.db.withTables<ObsTables>(), kms, blobs, { maxObjectBytes: config.obsMaxObjectBytes, ...(opts.now ? { now: opts.now } : {}), ...(opts.plaintextObjectsForBenchmarks ? { plaintextBaselineForBenchmarks: true } : {}) });
+    const vault = new VaultService(store.db.withTables<VaultTables>(), kms, { ...(opts.now ? { now: opts.now } : {}) });
     return {
-      store, root: rootKey, rootKeyCreated, iam, audit, kms, obs, blobs,
+      store, root: rootKey, rootKeyCreated, iam, audit, kms, obs, vault, blobs,
       async close() {
         await store.close();
         await rootKey.close();
@@ -130,11 +136,11 @@ export interface StartOptions {
 export async function startCustos(config: Config, opts: StartOptions = {}): Promise<Custos> {
   let report: (message: string) => void = (m) => process.stderr.write(`${m}\n`);
   const services = await openServices(config, { ...opts, onError: (m) => report(m) });
-  const { store, root, rootKeyCreated, iam, audit, kms, obs, blobs } = services;
+  const { store, root, rootKeyCreated, iam, audit, kms, obs, vault, blobs } = services;
   try {
     const bootstrap = await iam.bootstrap();
     const now = opts.now ?? Date.now;
-    const routes = [...huaweiIamRoutes(iam), ...custosIamRoutes(iam), ...ctsRoutes(audit, iam, now), ...huaweiKmsRoutes(kms, iam), ...awsKmsRoutes(kms, iam)];
+    const routes = [...huaweiIamRoutes(iam), ...custosIamRoutes(iam), ...ctsRoutes(audit, iam, now), ...huaweiKmsRoutes(kms, iam), ...awsKmsRoutes(kms, iam), ...vaultRoutes(vault, iam)];
     const app = await buildApp({
       config, store, iam, audit: opts.untracedBaselineForBenchmarks ? null : audit, routes, now,
       serviceCounters: [
@@ -142,6 +148,10 @@ export async function startCustos(config: Config, opts: StartOptions = {}): Prom
         ['custos_kms_material_cache_hits_total', 'CMK material served from the in-memory cache', () => kms.stats.materialCacheHits],
         ['custos_kms_rotations_total', 'CMK rotations made by this node', () => kms.stats.rotations],
         ['custos_kms_keys_destroyed_total', 'CMKs destroyed (crypto-shredded) by this node', () => kms.stats.destroyed],
+        ['custos_vault_records_written_total', 'Vault records created or rectified by this node', () => vault.stats.recordsWritten],
+        ['custos_vault_records_read_total', 'Vault records decrypted for a read, search or list by this node', () => vault.stats.recordsRead],
+        ['custos_vault_values_deleted_total', 'Vault values deleted by their retention rule on this node', () => vault.stats.valuesDeleted],
+        ['custos_vault_records_deleted_total', 'Vault records deleted (with their data keys) by this node', () => vault.stats.recordsDeleted],
       ],
       grantAllows: (resource, p, op) => (resource.service === 'kms' && resource.type === 'KeyId' ? kms.grantAllows(resource.id, p.userId, op as GrantOperation) : Promise.resolve(false)),
       ...(opts.logStream ? { logStream: opts.logStream } : {}),
@@ -170,6 +180,8 @@ export async function startCustos(config: Config, opts: StartOptions = {}): Prom
       // Key destruction, expiry of imported material and automatic rotation; each step is a
       // conditional update, so however many nodes run this, each piece of work happens once.
       setInterval(() => kms.runDueJobs().catch(warn('KMS jobs')), 60_000),
+      // Vault retention rules; one node at a time holds the run's lease.
+      setInterval(() => vault.runRetention().catch(warn('vault retention')), 60_000),
       // Bucket lifecycle rules; one node at a time holds the run's lease.
       setInterval(() => obs.runLifecycle().catch(warn('OBS lifecycle')), 600_000),
       // Blobs of uploads whose node died before committing them.
@@ -178,7 +190,7 @@ export async function startCustos(config: Config, opts: StartOptions = {}): Prom
     for (const t of timers) t.unref();
     let closed = false;
     return {
-      app, url: address, obsUrl, store, iam, audit, kms, obs, root, bootstrap, rootKeyCreated,
+      app, url: address, obsUrl, store, iam, audit, kms, obs, vault, root, bootstrap, rootKeyCreated,
       async close() {
         if (closed) return;
         closed = true;

@@ -44,6 +44,8 @@ export interface RequestState {
     accountId?: string;
     /** Raw values the audit service stores only as HMACs. */
     correlate?: Record<string, string>;
+    /** Names (never values) of what a data operation touched: record, properties, purpose. */
+    detail?: Record<string, string>;
   };
   errorCode: string | null;
   rawBody: Buffer;

@@ -76,6 +76,7 @@ export function traceView(t: StoredTrace) {
     project_id: t.project_id,
     region_id: t.region,
     correlation: t.correlation,
+    detail: t.detail ?? null,
     seq: t.seq,
     hash: t.hash,
   };

@@ -8,6 +8,8 @@ import * as m0006 from './0006_obs_multipart.js';
 import * as m0007 from './0007_obs_lifecycle.js';
 import * as m0008 from './0008_obs_object_lock.js';
 import * as m0009 from './0009_obs_tagging.js';
+import * as m0010a from './0010_audit_detail.js';
+import * as m0010b from './0010_vault.js';
 
 /** Ordered by name; a migration once released is never edited, only followed by a new one. */
 export const migrations: Record<string, Migration> = {
@@ -20,4 +22,6 @@ export const migrations: Record<string, Migration> = {
   '0007_obs_lifecycle': m0007,
   '0008_obs_object_lock': m0008,
   '0009_obs_tagging': m0009,
+  '0010_audit_detail': m0010a,
+  '0010_vault': m0010b,
 };

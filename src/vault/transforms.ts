@@ -1,0 +1,99 @@
+/**
+ * How a value leaves the vault when the caller may not see it in the clear: masked by its kind of
+ * personal data, partially shown, redacted, replaced by a keyed hash, or generalized to a coarser
+ * value (an IP to its network, a date to its year, a city to its province).
+ */
+import { createHmac } from 'node:crypto';
+import ipaddr from 'ipaddr.js';
+import { parsePhoneNumberFromString } from 'libphonenumber-js/max';
+import type { Property } from './schema.js';
+
+export type Value = string | number | boolean;
+
+const stars = (n: number) => '*'.repeat(Math.max(1, n));
+
+/** Keeps the first `head` and last `tail` characters (by code point), stars in between. */
+function keepEnds(s: string, head: number, tail: number): string {
+  const cp = [...s];
+  if (cp.length <= head + tail) return cp.length <= 1 ? '*' : cp[0] + stars(cp.length - 1);
+  return cp.slice(0, head).join('') + stars(cp.length - head - tail) + cp.slice(cp.length - tail).join('');
+}
+
+export function mask(p: Property, v: Value): Value {
+  if (typeof v !== 'string') return '*';
+  switch (p.pii_type) {
+    case 'email': {
+      const at = v.lastIndexOf('@');
+      return `${[...v.slice(0, at)][0] ?? ''}***@${v.slice(at + 1)}`;
+    }
+    case 'phone_number': {
+      const n = parsePhoneNumberFromString(v);
+      if (!n) return keepEnds(v, 3, 4);
+      const national = String(n.nationalNumber);
+      return `+${n.countryCallingCode} ${keepEnds(national, Math.min(3, national.length - 4), 4)}`;
+    }
+    case 'ip_address': {
+      const a = ipaddr.parse(v);
+      if (a.kind() === 'ipv4') return `${a.toByteArray().slice(0, 2).join('.')}.*.*`;
+      return `${(a as ipaddr.IPv6).toNormalizedString().split(':').slice(0, 3).join(':')}:*:*:*:*:*`;
+    }
+    case 'person_name':
+      return v.split(/(\s+)/).map((w) => (/^\s+$/.test(w) || w === '' ? w : [...w][0] + stars([...w].length - 1))).join('');
+    case 'national_id':
+      return keepEnds(v, v.length === 18 ? 6 : 2, 4);
+    case 'bank_card':
+      return `${stars(v.length - 4)}${v.slice(-4)}`;
+    case 'province_city': {
+      const [province, city] = v.split('/');
+      return city === undefined ? province! : `${province}/${stars([...city].length)}`;
+    }
+    case 'date_of_birth':
+      return '****-**-**';
+    case 'postal_address':
+    case 'free_text':
+    case 'gender':
+      return '***';
+    case 'device_id':
+      return keepEnds(v, 0, 4);
+    default:
+      return p.data_type === 'date' ? '****-**-**' : partial(v);
+  }
+}
+
+/** A generic partial view: a quarter of the characters at each end (at most four), the rest starred. */
+export function partial(v: Value): Value {
+  if (typeof v !== 'string') return '*';
+  const n = [...v].length;
+  const keep = Math.min(4, Math.floor(n / 4));
+  return keepEnds(v, keep, keep);
+}
+
+export const REDACTED = '[REDACTED]';
+
+/** A keyed hash: equal values give equal hashes within one collection, nothing else is learnt. */
+export function keyedHash(key: Buffer, p: Property, canonical: string): string {
+  return `hmac:${createHmac('sha256', key).update(`${p.name}\u0000${canonical}`).digest('hex').slice(0, 32)}`;
+}
+
+export function generalize(p: Property, v: Value): Value {
+  if (typeof v !== 'string') return v;
+  if (p.pii_type === 'ip_address') {
+    const a = ipaddr.parse(v);
+    const bits = a.kind() === 'ipv4' ? 24 : 48;
+    return `${networkOf(a, bits)}/${bits}`;
+  }
+  if (p.pii_type === 'province_city') return v.split('/')[0]!;
+  if (p.data_type === 'date') return v.slice(0, 4);
+  return v;
+}
+
+function networkOf(a: ipaddr.IPv4 | ipaddr.IPv6, bits: number): string {
+  const bytes = a.toByteArray();
+  const out = bytes.map((b, i) => {
+    const from = i * 8;
+    if (from >= bits) return 0;
+    if (from + 8 <= bits) return b;
+    return b & (0xff << (8 - (bits - from))) & 0xff;
+  });
+  return ipaddr.fromByteArray(out).toString();
+}

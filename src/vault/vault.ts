@@ -1,0 +1,878 @@
+/**
+ * The personal-data vault. Applications keep their users' personal data here instead of in plain
+ * columns: each record's values are encrypted with the record's own data key (from KMS, under the
+ * collection's key) before they reach the database; exact-match search goes through keyed blind
+ * indexes; only whitelisted principals reach the data, for a purpose each property is collected for,
+ * and see values masked unless they may unmask them; values go when their deletion rule fires.
+ */
+import { createHmac, hkdfSync, randomBytes, randomUUID } from 'node:crypto';
+import { sql } from 'kysely';
+import { DecryptError, openAesGcm, sealAesGcm } from '../crypto/aead.js';
+import { ServiceError } from '../errors.js';
+import type { KeyScope, KmsService } from '../kms/kms.js';
+import type { KeyRow } from '../kms/store.js';
+import { isUniqueViolation } from '../store/db.js';
+import {
+  canonicalValue, compileRecordValidator, describeDeletion, durationMs, indexForm, normalizeSchema, SchemaError,
+  type CollectionSchema, type Property, type RecordValidator, type Transform, CollectionSchemaInput,
+} from './schema.js';
+import type { Static } from '@sinclair/typebox';
+import type { AccessRow, CollectionRow, RecordRow, StoredValue, VaultDb } from './store.js';
+import { generalize, keyedHash, mask, partial, REDACTED, type Value } from './transforms.js';
+
+export class VaultError extends ServiceError {
+  constructor(status: number, code: string, message: string) {
+    super('VAULT', status, code, message);
+  }
+  static notFound(what: string): VaultError {
+    return new VaultError(404, 'NotFound', `${what} not found`);
+  }
+}
+
+export const PERMISSIONS = ['read', 'write', 'delete', 'search', 'detokenize'] as const;
+export type Permission = (typeof PERMISSIONS)[number];
+export type PrincipalType = 'user' | 'group' | 'agency';
+
+export interface AccessEntry {
+  type: PrincipalType;
+  id: string;
+  permissions: Permission[];
+  /** Properties this principal may read in the clear; `*` for all. */
+  unmask: string[];
+}
+
+/** Who is asking, as the whitelist sees it. */
+export interface Caller {
+  accountId: string;
+  userId: string;
+  groupIds: string[];
+  /** The agency of this account the caller acts through, if any. */
+  agencyId: string | null;
+}
+
+/** The union of the whitelist entries that name the caller. */
+export interface EffectiveAccess {
+  permissions: Set<Permission>;
+  unmask: Set<string>;
+}
+
+export interface Collection {
+  row: CollectionRow;
+  schema: CollectionSchema;
+}
+
+export interface ReadOptions {
+  reason: string;
+  /** Properties to return (default: every property collected for the reason). */
+  props?: string[] | undefined;
+  /** Per-property transformation; `plain` needs the unmask permission for that property. */
+  transforms?: Record<string, Transform> | undefined;
+}
+
+export interface RecordView {
+  id: string;
+  subject_id: string;
+  region: string;
+  created_at: number;
+  updated_at: number;
+  fields: Record<string, Value | null>;
+  /** The transformation each returned field went through. */
+  transforms: Record<string, Transform>;
+}
+
+export interface InventoryRow {
+  collection: string;
+  data: string;
+  description: string;
+  personal_data_type: string;
+  how_collected: string;
+  modifiable: boolean;
+  mandatory: boolean;
+  when_deleted: string;
+  purposes: string[];
+  region: string;
+  kms_key_id: string;
+  kms_key_alias: string | null;
+}
+
+/** The tenant's default vault key in a project, made on first use. */
+export const DEFAULT_KEY_ALIAS = 'vault/default';
+const COLLECTION_NAME = /^[a-z][a-z0-9_-]{1,62}$/;
+const SUBJECT_ID = /^[A-Za-z0-9._:@-]{1,128}$/;
+const SECRET_TTL_MS = 5 * 60_000;
+const MAX_PAGE = 100;
+const LEASE = 'vault.retention.lease';
+
+export interface VaultOptions {
+  now?: () => number;
+}
+
+export class VaultService {
+  private readonly now: () => number;
+  /** Unwrapped collection secrets, dropped after a while unused (zeroed on eviction). */
+  private readonly secrets = new Map<string, { secret: Buffer; keys: Map<string, Buffer>; until: number }>();
+  private readonly validators = new Map<string, { create: RecordValidator; update: RecordValidator }>();
+  readonly stats = { recordsWritten: 0, recordsRead: 0, valuesDeleted: 0, recordsDeleted: 0 };
+
+  constructor(
+    private readonly db: VaultDb,
+    private readonly kms: KmsService,
+    opts: VaultOptions = {},
+  ) {
+    this.now = opts.now ?? Date.now;
+  }
+
+  // ------------------------------------------------------------------ collections
+
+  async createCollection(scope: KeyScope, createdBy: string, input: { name: string; kmsKey?: string | undefined; access?: AccessEntry[] | undefined } & Static<typeof CollectionSchemaInput>): Promise<Collection> {
+    if (!COLLECTION_NAME.test(input.name)) throw new VaultError(400, 'InvalidName', 'a collection name is 2–63 lower-case letters, digits, "_" or "-", starting with a letter');
+    const schema = this.parseSchema(input);
+    const key = await this.collectionKey(scope, input.kmsKey);
+    const id = randomUUID();
+    const secret = randomBytes(32);
+    const wrapped = await this.kmsCall(() => this.kms.encrypt(key, secret, secretContext(id)));
+    secret.fill(0);
+    const now = this.now();
+    const row: CollectionRow = {
+      id, account_id: scope.accountId, project_id: scope.projectId, region: scope.region, name: input.name, kms_key_id: key.id,
+      schema_version: 1, schema_json: JSON.stringify(schema), secret_wrapped: wrapped.toString('base64'), created_at: now, updated_at: now,
+    };
+    try {
+      await this.db.transaction().execute(async (trx) => {
+        await trx.insertInto('vault_collections').values(row).execute();
+        await trx.insertInto('vault_schema_versions').values({ collection_id: id, version: 1, schema_json: row.schema_json, created_at: now, created_by: createdBy }).execute();
+        for (const a of input.access ?? []) await trx.insertInto('vault_access').values(accessRow(id, a, now)).execute();
+      });
+    } catch (e) {
+      if (isUniqueViolation(e)) throw new VaultError(409, 'CollectionExists', `a collection named ${input.name} already exists in this account`);
+      throw e;
+    }
+    return { row, schema };
+  }
+
+  private parseSchema(input: Static<typeof CollectionSchemaInput>): CollectionSchema {
+    try {
+      return normalizeSchema(input);
+    } catch (e) {
+      if (e instanceof SchemaError) throw new VaultError(400, 'InvalidSchema', e.message);
+      throw e;
+    }
+  }
+
+  /** The collection's key: one named in the request (id or alias in the project), else the tenant's default vault key. */
+  private async collectionKey(scope: KeyScope, requested?: string): Promise<KeyRow> {
+    if (requested) {
+      const key = await this.kms.findKey(scope, requested.replace(/^alias\//, ''));
+      if (!key) throw new VaultError(400, 'KeyNotFound', `the KMS key ${requested} does not exist in the collection's project`);
+      if (key.key_spec !== 'AES_256' && key.key_spec !== 'SM4') throw new VaultError(400, 'InvalidKey', 'a collection key must be a symmetric key (AES_256)');
+      return key;
+    }
+    const found = await this.kms.findKey(scope, DEFAULT_KEY_ALIAS);
+    if (found) return found;
+    try {
+      return await this.kms.createKey(scope, { alias: DEFAULT_KEY_ALIAS, description: 'default key of the personal-data vault', keySpec: 'AES_256' });
+    } catch (e) {
+      const again = await this.kms.findKey(scope, DEFAULT_KEY_ALIAS);
+      if (again) return again;
+      throw e;
+    }
+  }
+
+  async getCollection(accountId: string, name: string): Promise<Collection | undefined> {
+    const row = await this.db.selectFrom('vault_collections').selectAll().where('account_id', '=', accountId).where('name', '=', name).executeTakeFirst();
+    return row ? { row, schema: JSON.parse(row.schema_json) as CollectionSchema } : undefined;
+  }
+
+  async listCollections(accountId: string): Promise<Collection[]> {
+    const rows = await this.db.selectFrom('vault_collections').selectAll().where('account_id', '=', accountId).orderBy('name').execute();
+    return rows.map((row) => ({ row, schema: JSON.parse(row.schema_json) as CollectionSchema }));
+  }
+
+  async schemaVersions(c: Collection): Promise<{ version: number; created_at: number; created_by: string; schema: CollectionSchema }[]> {
+    const rows = await this.db.selectFrom('vault_schema_versions').selectAll().where('collection_id', '=', c.row.id).orderBy('version').execute();
+    return rows.map((r) => ({ version: r.version, created_at: r.created_at, created_by: r.created_by, schema: JSON.parse(r.schema_json) as CollectionSchema }));
+  }
+
+  /** Deletes a collection with every record, index entry, token and its secret. */
+  async deleteCollection(c: Collection, opts: { force: boolean }): Promise<{ records: number }> {
+    const count = Number((await this.db.selectFrom('vault_records').select((eb) => eb.fn.countAll().as('n')).where('collection_id', '=', c.row.id).executeTakeFirstOrThrow()).n);
+    if (count > 0 && !opts.force) throw new VaultError(409, 'CollectionNotEmpty', `the collection holds ${count} records; delete them first or pass force=true`);
+    await this.db.transaction().execute(async (trx) => {
+      for (const t of ['vault_index', 'vault_tokens', 'vault_records', 'vault_access', 'vault_schema_versions'] as const) await trx.deleteFrom(t).where('collection_id', '=', c.row.id).execute();
+      await trx.deleteFrom('vault_collections').where('id', '=', c.row.id).execute();
+    });
+    this.dropSecret(c.row.id);
+    this.stats.recordsDeleted += count;
+    return { records: count };
+  }
+
+  /**
+   * A new schema version. It must fit the data already stored: a property that became mandatory must
+   * have a value in every record, a changed type or format must accept every stored value, a removed
+   * property's values go only when `dropRemovedValues` says so. A property that became searchable is
+   * indexed from the stored values.
+   */
+  async updateSchema(c: Collection, by: string, input: Static<typeof CollectionSchemaInput>, opts: { dropRemovedValues: boolean }): Promise<Collection> {
+    const next = this.parseSchema(input);
+    const old = new Map(c.schema.properties.map((p) => [p.name, p]));
+    const nextByName = new Map(next.properties.map((p) => [p.name, p]));
+    const removed = c.schema.properties.filter((p) => !nextByName.has(p.name)).map((p) => p.name);
+    const retyped = next.properties.filter((p) => {
+      const o = old.get(p.name);
+      return o && (o.data_type !== p.data_type || o.pii_type !== p.pii_type || p.max_length < o.max_length);
+    });
+    const nowMandatory = next.properties.filter((p) => p.mandatory && !old.get(p.name)?.mandatory);
+    const indexOn = next.properties.filter((p) => p.searchable && !old.get(p.name)?.searchable);
+    const indexOff = c.schema.properties.filter((p) => p.searchable && !nextByName.get(p.name)?.searchable).map((p) => p.name);
+    const tokensReset = next.properties.filter((p) => old.get(p.name) && old.get(p.name)!.stable_tokens !== p.stable_tokens).map((p) => p.name);
+    const ruleChanged = next.properties.filter((p) => old.get(p.name) && JSON.stringify(old.get(p.name)!.deletion) !== JSON.stringify(p.deletion));
+    const decryptFor = new Set([...retyped, ...indexOn].map((p) => p.name));
+    const validator = compileRecordValidator(next, 'update');
+
+    // First pass, read-only: does every stored record fit the new schema?
+    const problems = new Map<string, number>();
+    const note = (what: string) => problems.set(what, (problems.get(what) ?? 0) + 1);
+    await this.forEachRecord(c.row.id, async (rec) => {
+      const values = JSON.parse(rec.values_json) as Record<string, StoredValue>;
+      for (const name of removed) if (values[name] && !opts.dropRemovedValues) note(`property ${name} was removed but has values`);
+      for (const p of nowMandatory) if (!values[p.name]) note(`property ${p.name} became mandatory but has no value`);
+      const check = retyped.filter((p) => values[p.name]);
+      if (check.length) {
+        const plain = await this.decryptValues(c, rec, check.map((p) => p.name));
+        for (const p of check) {
+          try {
+            validator({ [p.name]: plain[p.name] });
+          } catch {
+            note(`property ${p.name}: a stored value does not fit the new definition`);
+          }
+        }
+      }
+    });
+    if (problems.size) throw new VaultError(409, 'SchemaConflict', `the new schema does not fit the stored records: ${[...problems].map(([w, n]) => `${w} (${n} record${n === 1 ? '' : 's'})`).join('; ')}`);
+
+    // Second pass: drop removed values, re-index, re-time deletion rules.
+    const now = this.now();
+    await this.forEachRecord(c.row.id, async (rec) => {
+      const values = JSON.parse(rec.values_json) as Record<string, StoredValue>;
+      let changed = false;
+      for (const name of removed) if (values[name]) {
+        delete values[name];
+        changed = true;
+      }
+      for (const p of ruleChanged) {
+        const v = values[p.name];
+        if (v && !p.deletion.on_event) {
+          v.d = p.deletion.after ? v.t + durationMs(p.deletion.after, v.t) : null;
+          changed = true;
+        }
+      }
+      const toIndex = indexOn.filter((p) => values[p.name] && decryptFor.has(p.name));
+      const plain = toIndex.length ? await this.decryptValues(c, rec, toIndex.map((p) => p.name)) : {};
+      await this.db.transaction().execute(async (trx) => {
+        const drop = [...removed, ...indexOff];
+        if (drop.length) await trx.deleteFrom('vault_index').where('record_id', '=', rec.id).where('property', 'in', drop).execute();
+        const dropTokens = [...removed, ...tokensReset];
+        if (dropTokens.length) await trx.deleteFrom('vault_tokens').where('record_id', '=', rec.id).where('property', 'in', dropTokens).execute();
+        for (const p of toIndex) {
+          const digest = this.blindIndex(await this.keysOf(c), p, plain[p.name] as Value);
+          await trx.insertInto('vault_index').values({ collection_id: c.row.id, property: p.name, digest, record_id: rec.id }).onConflict((oc) => oc.doNothing()).execute();
+        }
+        if (changed) {
+          await trx.updateTable('vault_records').set({ values_json: JSON.stringify(values), next_delete_at: nextDeletion(values), updated_at: now }).where('id', '=', rec.id).execute();
+        }
+      });
+    });
+
+    const version = c.row.schema_version + 1;
+    const schemaJson = JSON.stringify(next);
+    const r = await this.db.transaction().execute(async (trx) => {
+      const u = await trx.updateTable('vault_collections').set({ schema_version: version, schema_json: schemaJson, updated_at: now })
+        .where('id', '=', c.row.id).where('schema_version', '=', c.row.schema_version).executeTakeFirst();
+      if (Number(u.numUpdatedRows) !== 1) return false;
+      await trx.insertInto('vault_schema_versions').values({ collection_id: c.row.id, version, schema_json: schemaJson, created_at: now, created_by: by }).execute();
+      return true;
+    });
+    if (!r) throw new VaultError(409, 'ConcurrentChange', 'the schema was changed meanwhile; read it again and retry');
+    return { row: { ...c.row, schema_version: version, schema_json: schemaJson, updated_at: now }, schema: next };
+  }
+
+  private async forEachRecord(collectionId: string, fn: (r: RecordRow) => Promise<void>): Promise<void> {
+    let after = '';
+    for (;;) {
+      const rows = await this.db.selectFrom('vault_records').selectAll().where('collection_id', '=', collectionId).where('id', '>', after).orderBy('id').limit(200).execute();
+      for (const r of rows) await fn(r);
+      if (rows.length < 200) return;
+      after = rows[rows.length - 1]!.id;
+    }
+  }
+
+  // ------------------------------------------------------------------ whitelist
+
+  async listAccess(c: Collection): Promise<AccessEntry[]> {
+    const rows = await this.db.selectFrom('vault_access').selectAll().where('collection_id', '=', c.row.id).orderBy('principal_type').orderBy('principal_id').execute();
+    return rows.map(fromAccessRow);
+  }
+
+  /** Replaces the whitelist. Unmask entries must name properties of the schema (or `*`). */
+  async setAccess(c: Collection, entries: AccessEntry[]): Promise<AccessEntry[]> {
+    const names = new Set(c.schema.properties.map((p) => p.name));
+    const seen = new Set<string>();
+    for (const e of entries) {
+      const k = `${e.type}:${e.id}`;
+      if (seen.has(k)) throw new VaultError(400, 'InvalidAccess', `${e.type} ${e.id} is listed twice`);
+      seen.add(k);
+      for (const u of e.unmask) if (u !== '*' && !names.has(u)) throw new VaultError(400, 'InvalidAccess', `unmask names property ${u}, which the collection does not have`);
+      if (e.unmask.length && !e.permissions.includes('read') && !e.permissions.includes('detokenize')) throw new VaultError(400, 'InvalidAccess', `${e.type} ${e.id}: unmask needs the read or detokenize permission`);
+    }
+    const now = this.now();
+    await this.db.transaction().execute(async (trx) => {
+      await trx.deleteFrom('vault_access').where('collection_id', '=', c.row.id).execute();
+      for (const e of entries) await trx.insertInto('vault_access').values(accessRow(c.row.id, e, now)).execute();
+    });
+    return this.listAccess(c);
+  }
+
+  /** What the whitelist lets the caller do; null when it does not name the caller at all. */
+  async accessOf(c: Collection, caller: Caller): Promise<EffectiveAccess | null> {
+    if (caller.accountId !== c.row.account_id) return null;
+    const rows = await this.db.selectFrom('vault_access').selectAll().where('collection_id', '=', c.row.id).execute();
+    const mine = rows.filter((r) =>
+      (r.principal_type === 'user' && r.principal_id === caller.userId && !caller.agencyId) ||
+      (r.principal_type === 'group' && caller.groupIds.includes(r.principal_id) && !caller.agencyId) ||
+      (r.principal_type === 'agency' && r.principal_id === caller.agencyId));
+    if (!mine.length) return null;
+    const eff: EffectiveAccess = { permissions: new Set(), unmask: new Set() };
+    for (const r of mine) {
+      const e = fromAccessRow(r);
+      for (const p of e.permissions) eff.permissions.add(p);
+      for (const u of e.unmask) eff.unmask.add(u);
+    }
+    return eff;
+  }
+
+  private require(access: EffectiveAccess, perm: Permission): void {
+    if (!access.permissions.has(perm)) throw new VaultError(403, 'NotWhitelisted', `the collection's whitelist does not give you the ${perm} permission`);
+  }
+
+  // ------------------------------------------------------------------ keys
+
+  private async keysOf(c: Collection): Promise<Map<string, Buffer>> {
+    const now = this.now();
+    const hit = this.secrets.get(c.row.id);
+    if (hit && hit.until > now) {
+      hit.until = now + SECRET_TTL_MS;
+      return hit.keys;
+    }
+    if (hit) this.dropSecret(c.row.id);
+    const key = await this.kms.getKey(this.scopeOf(c.row), c.row.kms_key_id);
+    const secret = await this.kmsCall(() => this.kms.decrypt(key, Buffer.from(c.row.secret_wrapped, 'base64'), secretContext(c.row.id)));
+    const keys = new Map<string, Buffer>();
+    for (const use of ['index', 'hash', 'token']) keys.set(use, Buffer.from(hkdfSync('sha256', secret, Buffer.from(c.row.id), `custos-vault/${use}`, 32)));
+    this.secrets.set(c.row.id, { secret, keys, until: now + SECRET_TTL_MS });
+    if (this.secrets.size > 10_000) this.sweepSecrets(now);
+    return keys;
+  }
+
+  private dropSecret(id: string): void {
+    const e = this.secrets.get(id);
+    if (!e) return;
+    e.secret.fill(0);
+    for (const k of e.keys.values()) k.fill(0);
+    this.secrets.delete(id);
+  }
+
+  private sweepSecrets(now: number): void {
+    for (const [id, e] of this.secrets) if (e.until <= now) this.dropSecret(id);
+  }
+
+  private scopeOf(row: { account_id: string; project_id: string; region: string }): KeyScope {
+    return { accountId: row.account_id, projectId: row.project_id, region: row.region };
+  }
+
+  /** KMS refusals (disabled, pending deletion, destroyed key) are the vault's 409, not a server error. */
+  private async kmsCall<T>(fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (e) {
+      if (e instanceof ServiceError && e.service !== 'VAULT' && e.status < 500) throw new VaultError(409, 'KeyUnavailable', `the collection's KMS key cannot be used: ${e.message}`);
+      throw e;
+    }
+  }
+
+  private blindIndex(keys: Map<string, Buffer>, p: Property, v: Value): string {
+    return createHmac('sha256', keys.get('index')!).update(`${p.name}\u0000${indexForm(p, v)}`).digest('hex').slice(0, 40);
+  }
+
+  private async recordKey(c: Collection, rec: Pick<RecordRow, 'id' | 'kms_key_id' | 'data_key'>): Promise<Buffer> {
+    const key = await this.kms.getKey(this.scopeOf(c.row), rec.kms_key_id);
+    return this.kmsCall(() => this.kms.decrypt(key, Buffer.from(rec.data_key, 'base64'), recordContext(c.row.id, rec.id)));
+  }
+
+  private async decryptValues(c: Collection, rec: RecordRow, names: string[], dek?: Buffer): Promise<Record<string, Value>> {
+    const values = JSON.parse(rec.values_json) as Record<string, StoredValue>;
+    const key = dek ?? (await this.recordKey(c, rec));
+    try {
+      const out: Record<string, Value> = {};
+      for (const n of names) {
+        const v = values[n];
+        if (!v) continue;
+        try {
+          out[n] = JSON.parse(openAesGcm(key, Buffer.from(v.c, 'base64'), valueAad(c.row, rec.id, n)).toString('utf8')) as Value;
+        } catch (e) {
+          if (e instanceof DecryptError) throw new VaultError(500, 'IntegrityError', `a stored value of record ${rec.id} failed authentication`);
+          throw e;
+        }
+      }
+      return out;
+    } finally {
+      if (!dek) key.fill(0);
+    }
+  }
+
+  private validatorsOf(c: Collection): { create: RecordValidator; update: RecordValidator } {
+    const k = `${c.row.id}:${c.row.schema_version}`;
+    let v = this.validators.get(k);
+    if (!v) {
+      v = { create: compileRecordValidator(c.schema, 'create'), update: compileRecordValidator(c.schema, 'update') };
+      if (this.validators.size > 1000) this.validators.clear();
+      this.validators.set(k, v);
+    }
+    return v;
+  }
+
+  // ------------------------------------------------------------------ records
+
+  async createRecord(c: Collection, access: EffectiveAccess, subjectId: string, fields: Record<string, unknown>): Promise<RecordRow> {
+    this.require(access, 'write');
+    checkSubject(subjectId);
+    try {
+      this.validatorsOf(c).create(fields);
+    } catch (e) {
+      if (e instanceof SchemaError) throw new VaultError(400, 'InvalidRecord', e.message);
+      throw e;
+    }
+    const id = randomUUID();
+    const key = await this.kms.getKey(this.scopeOf(c.row), c.row.kms_key_id);
+    const dk = await this.kmsCall(() => this.kms.generateDataKey(key, 32, recordContext(c.row.id, id)));
+    const now = this.now();
+    const values: Record<string, StoredValue> = {};
+    const index: { property: string; digest: string }[] = [];
+    const searchable = c.schema.properties.filter((p) => p.searchable && fields[p.name] !== undefined);
+    const keys = searchable.length ? await this.keysOf(c) : null;
+    try {
+      for (const p of c.schema.properties) {
+        const raw = fields[p.name];
+        if (raw === undefined || raw === null) continue;
+        const v = canonicalValue(p, raw as Value);
+        values[p.name] = this.seal(c.row, id, p, v, dk.plaintext, now);
+        if (p.searchable) index.push({ property: p.name, digest: this.blindIndex(keys!, p, v) });
+      }
+    } finally {
+      dk.plaintext.fill(0);
+    }
+    const row: RecordRow = {
+      id, collection_id: c.row.id, account_id: c.row.account_id, subject_id: subjectId, region: c.row.region, kms_key_id: key.id,
+      data_key: dk.ciphertext.toString('base64'), values_json: JSON.stringify(values), next_delete_at: nextDeletion(values), created_at: now, updated_at: now,
+    };
+    await this.db.transaction().execute(async (trx) => {
+      await trx.insertInto('vault_records').values(row).execute();
+      if (index.length) await trx.insertInto('vault_index').values(index.map((i) => ({ collection_id: c.row.id, property: i.property, digest: i.digest, record_id: id }))).execute();
+    });
+    this.stats.recordsWritten++;
+    return row;
+  }
+
+  private seal(col: CollectionRow, recordId: string, p: Property, v: Value, dek: Buffer, now: number): StoredValue {
+    const c = sealAesGcm(dek, Buffer.from(JSON.stringify(v), 'utf8'), valueAad(col, recordId, p.name)).toString('base64');
+    const d = p.deletion.after && !p.deletion.on_event ? now + durationMs(p.deletion.after, now) : null;
+    return { c, t: now, d };
+  }
+
+  async getRecordRow(c: Collection, id: string): Promise<RecordRow | undefined> {
+    return this.db.selectFrom('vault_records').selectAll().where('id', '=', id).where('collection_id', '=', c.row.id).executeTakeFirst();
+  }
+
+  private async mustGet(c: Collection, id: string): Promise<RecordRow> {
+    const rec = await this.getRecordRow(c, id);
+    if (!rec) throw VaultError.notFound('record');
+    return rec;
+  }
+
+  /** Which properties a read returns, checked against the purpose they are collected for. */
+  private selectProps(c: Collection, opts: ReadOptions): Property[] {
+    const byName = new Map(c.schema.properties.map((p) => [p.name, p]));
+    if (opts.props?.length) {
+      return opts.props.map((n) => {
+        const p = byName.get(n);
+        if (!p) throw new VaultError(400, 'UnknownProperty', `property ${n} is not in the collection's schema`);
+        if (!p.purposes.includes(opts.reason)) throw new VaultError(403, 'PurposeNotAllowed', `property ${n} is not collected for the purpose ${opts.reason}`);
+        return p;
+      });
+    }
+    const props = c.schema.properties.filter((p) => p.purposes.includes(opts.reason));
+    if (!props.length) throw new VaultError(403, 'PurposeNotAllowed', `no property of the collection is collected for the purpose ${opts.reason}`);
+    return props;
+  }
+
+  private checkTransforms(c: Collection, access: EffectiveAccess, opts: ReadOptions): void {
+    for (const [n, t] of Object.entries(opts.transforms ?? {})) {
+      const p = c.schema.properties.find((x) => x.name === n);
+      if (!p) throw new VaultError(400, 'UnknownProperty', `property ${n} is not in the collection's schema`);
+      if (t === 'plain' && !access.unmask.has('*') && !access.unmask.has(n)) throw new VaultError(403, 'UnmaskNotAllowed', `you may not read property ${n} in the clear`);
+      if (t === 'generalize' && !(p.pii_type === 'ip_address' || p.pii_type === 'province_city' || p.data_type === 'date')) throw new VaultError(400, 'InvalidTransform', `property ${n} (${p.pii_type}) cannot be generalized`);
+    }
+  }
+
+  async readRecord(c: Collection, access: EffectiveAccess, id: string, opts: ReadOptions): Promise<RecordView> {
+    this.require(access, 'read');
+    const props = this.selectProps(c, opts);
+    this.checkTransforms(c, access, opts);
+    const rec = await this.mustGet(c, id);
+    return (await this.view(c, [rec], props, opts))[0]!;
+  }
+
+  /** Decrypts and transforms records for the caller: one KMS call per record. */
+  private async view(c: Collection, recs: RecordRow[], props: Property[], opts: ReadOptions): Promise<RecordView[]> {
+    const needKeys = props.some((p) => ['hash', 'tokenize'].includes(opts.transforms?.[p.name] ?? p.default_transform));
+    const keys = needKeys ? await this.keysOf(c) : null;
+    const out: RecordView[] = [];
+    for (const rec of recs) {
+      const plain = await this.decryptValues(c, rec, props.map((p) => p.name));
+      const fields: Record<string, Value | null> = {};
+      const transforms: Record<string, Transform> = {};
+      for (const p of props) {
+        const t = opts.transforms?.[p.name] ?? p.default_transform;
+        transforms[p.name] = t;
+        const v = plain[p.name];
+        fields[p.name] = v === undefined ? null : await this.apply(c, rec, p, v, t, keys);
+      }
+      out.push({ id: rec.id, subject_id: rec.subject_id, region: rec.region, created_at: rec.created_at, updated_at: rec.updated_at, fields, transforms });
+      this.stats.recordsRead++;
+    }
+    return out;
+  }
+
+  private async apply(c: Collection, rec: RecordRow, p: Property, v: Value, t: Transform, keys: Map<string, Buffer> | null): Promise<Value> {
+    switch (t) {
+      case 'plain':
+        return v;
+      case 'mask':
+        return mask(p, v);
+      case 'partial':
+        return partial(v);
+      case 'redact':
+        return REDACTED;
+      case 'hash':
+        return keyedHash(keys!.get('hash')!, p, indexForm(p, v));
+      case 'generalize':
+        return generalize(p, v);
+      case 'tokenize':
+        return this.tokenFor(c, rec.id, p, v, keys!);
+    }
+  }
+
+  /** A token standing for the value: derived from it (stable) or random and remembered per record and property. */
+  private async tokenFor(c: Collection, recordId: string, p: Property, v: Value, keys: Map<string, Buffer>): Promise<string> {
+    let token: string;
+    if (p.stable_tokens) {
+      token = `tok_${createHmac('sha256', keys.get('token')!).update(`${p.name}\u0000${indexForm(p, v)}`).digest('base64url').slice(0, 32)}`;
+    } else {
+      const existing = await this.db.selectFrom('vault_tokens').select('token').where('record_id', '=', recordId).where('property', '=', p.name).executeTakeFirst();
+      if (existing) return existing.token;
+      token = `tok_${randomBytes(24).toString('base64url')}`;
+    }
+    await this.db.insertInto('vault_tokens').values({ collection_id: c.row.id, token, record_id: recordId, property: p.name, created_at: this.now() }).onConflict((oc) => oc.doNothing()).execute();
+    return token;
+  }
+
+  /** The values tokens stand for; a token that stands for nothing (any more) comes back as null. */
+  async detokenize(c: Collection, access: EffectiveAccess, tokens: string[], reason: string): Promise<{ token: string; property: string | null; record_id: string | null; value: Value | null }[]> {
+    this.require(access, 'detokenize');
+    const out = [];
+    for (const token of tokens) {
+      const row = await this.db.selectFrom('vault_tokens').selectAll().where('collection_id', '=', c.row.id).where('token', '=', token).orderBy('created_at').limit(1).executeTakeFirst();
+      if (!row) {
+        out.push({ token, property: null, record_id: null, value: null });
+        continue;
+      }
+      const p = c.schema.properties.find((x) => x.name === row.property);
+      const rec = p ? await this.getRecordRow(c, row.record_id) : undefined;
+      if (!p || !rec) {
+        out.push({ token, property: null, record_id: null, value: null });
+        continue;
+      }
+      if (!p.purposes.includes(reason)) throw new VaultError(403, 'PurposeNotAllowed', `property ${p.name} is not collected for the purpose ${reason}`);
+      const plain = (await this.decryptValues(c, rec, [p.name]))[p.name];
+      const clear = access.unmask.has('*') || access.unmask.has(p.name);
+      // In the clear only for a caller who may unmask the property; masked otherwise.
+      const value = plain === undefined ? null : clear ? plain : mask(p, plain);
+      out.push({ token, property: p.name, record_id: rec.id, value });
+    }
+    return out;
+  }
+
+  async listBySubject(c: Collection, access: EffectiveAccess, subjectId: string, opts: ReadOptions & { limit: number; after?: string | undefined }): Promise<{ records: RecordView[]; next: string | null }> {
+    this.require(access, 'read');
+    checkSubject(subjectId);
+    const props = this.selectProps(c, opts);
+    this.checkTransforms(c, access, opts);
+    const limit = Math.min(Math.max(opts.limit, 1), MAX_PAGE);
+    let q = this.db.selectFrom('vault_records').selectAll().where('collection_id', '=', c.row.id).where('subject_id', '=', subjectId);
+    if (opts.after) q = q.where('id', '>', opts.after);
+    const rows = await q.orderBy('id').limit(limit + 1).execute();
+    const page = rows.slice(0, limit);
+    return { records: await this.view(c, page, props, opts), next: rows.length > limit ? page[page.length - 1]!.id : null };
+  }
+
+  /** Exact-match search on searchable properties (all must match), through the blind indexes only. */
+  async search(c: Collection, access: EffectiveAccess, match: Record<string, unknown>, opts: ReadOptions & { limit: number }): Promise<RecordView[]> {
+    this.require(access, 'search');
+    const entries = Object.entries(match);
+    if (!entries.length) throw new VaultError(400, 'InvalidSearch', 'name at least one property to match');
+    const keys = await this.keysOf(c);
+    const digests: { property: string; digest: string }[] = [];
+    for (const [n, raw] of entries) {
+      const p = c.schema.properties.find((x) => x.name === n);
+      if (!p) throw new VaultError(400, 'UnknownProperty', `property ${n} is not in the collection's schema`);
+      if (!p.searchable) throw new VaultError(400, 'NotSearchable', `property ${n} is not searchable`);
+      if (!p.purposes.includes(opts.reason)) throw new VaultError(403, 'PurposeNotAllowed', `property ${n} is not collected for the purpose ${opts.reason}`);
+      try {
+        this.validatorsOf(c).update({ [n]: raw });
+      } catch (e) {
+        if (e instanceof SchemaError) throw new VaultError(400, 'InvalidSearch', e.message);
+        throw e;
+      }
+      if (raw === null) throw new VaultError(400, 'InvalidSearch', `property ${n}: search for a value, not null`);
+      digests.push({ property: n, digest: this.blindIndex(keys, p, raw as Value) });
+    }
+    const props = this.selectProps(c, opts);
+    this.checkTransforms(c, access, opts);
+    const limit = Math.min(Math.max(opts.limit, 1), MAX_PAGE);
+    let ids: string[] | null = null;
+    for (const d of digests) {
+      const rows = await this.db.selectFrom('vault_index').select('record_id').where('collection_id', '=', c.row.id).where('property', '=', d.property).where('digest', '=', d.digest)
+        .$if(ids !== null, (q) => q.where('record_id', 'in', ids!.length ? ids! : ['']))
+        .limit(ids === null && digests.length === 1 ? limit : 10_000).execute();
+      ids = rows.map((r) => r.record_id);
+      if (!ids.length) return [];
+    }
+    const recs = await this.db.selectFrom('vault_records').selectAll().where('collection_id', '=', c.row.id).where('id', 'in', ids!.slice(0, limit)).orderBy('id').execute();
+    return this.view(c, recs, props, opts);
+  }
+
+  /** Rectification: only modifiable properties; null clears an optional value. */
+  async updateRecord(c: Collection, access: EffectiveAccess, id: string, fields: Record<string, unknown>): Promise<RecordRow> {
+    this.require(access, 'write');
+    try {
+      this.validatorsOf(c).update(fields);
+    } catch (e) {
+      if (e instanceof SchemaError) throw new VaultError(400, 'InvalidRecord', e.message);
+      throw e;
+    }
+    const byName = new Map(c.schema.properties.map((p) => [p.name, p]));
+    for (const n of Object.keys(fields)) if (!byName.get(n)!.modifiable) throw new VaultError(403, 'PropertyNotModifiable', `property ${n} cannot be modified once collected`);
+    for (let attempt = 0; attempt < 3; attempt++) {
+      const rec = await this.mustGet(c, id);
+      const values = JSON.parse(rec.values_json) as Record<string, StoredValue>;
+      const dek = await this.recordKey(c, rec);
+      const now = this.now();
+      const index: { property: string; digest: string }[] = [];
+      const changed = Object.keys(fields);
+      const keys = changed.some((n) => byName.get(n)!.searchable) ? await this.keysOf(c) : null;
+      try {
+        for (const n of changed) {
+          const p = byName.get(n)!;
+          const raw = fields[n];
+          if (raw === null) {
+            delete values[n];
+            continue;
+          }
+          const v = canonicalValue(p, raw as Value);
+          values[n] = this.seal(c.row, id, p, v, dek, now);
+          if (p.searchable) index.push({ property: n, digest: this.blindIndex(keys!, p, v) });
+        }
+      } finally {
+        dek.fill(0);
+      }
+      const done = await this.db.transaction().execute(async (trx) => {
+        const u = await trx.updateTable('vault_records').set({ values_json: JSON.stringify(values), next_delete_at: nextDeletion(values), updated_at: Math.max(now, rec.updated_at + 1) })
+          .where('id', '=', id).where('updated_at', '=', rec.updated_at).executeTakeFirst();
+        if (Number(u.numUpdatedRows) !== 1) return false;
+        await trx.deleteFrom('vault_index').where('record_id', '=', id).where('property', 'in', changed).execute();
+        await trx.deleteFrom('vault_tokens').where('record_id', '=', id).where('property', 'in', changed).execute();
+        if (index.length) await trx.insertInto('vault_index').values(index.map((i) => ({ collection_id: c.row.id, property: i.property, digest: i.digest, record_id: id }))).execute();
+        return true;
+      });
+      if (done) {
+        this.stats.recordsWritten++;
+        return (await this.mustGet(c, id));
+      }
+    }
+    throw new VaultError(409, 'ConcurrentChange', 'the record was changed meanwhile; retry');
+  }
+
+  /** Deletes a record: its values, index entries, tokens and wrapped data key. */
+  async deleteRecord(c: Collection, access: EffectiveAccess, id: string): Promise<void> {
+    this.require(access, 'delete');
+    await this.mustGet(c, id);
+    await this.removeRecords([id]);
+  }
+
+  private async removeRecords(ids: string[]): Promise<void> {
+    if (!ids.length) return;
+    await this.db.transaction().execute(async (trx) => {
+      await trx.deleteFrom('vault_index').where('record_id', 'in', ids).execute();
+      await trx.deleteFrom('vault_tokens').where('record_id', 'in', ids).execute();
+      await trx.deleteFrom('vault_records').where('id', 'in', ids).execute();
+    });
+    this.stats.recordsDeleted += ids.length;
+  }
+
+  // ------------------------------------------------------------------ retention
+
+  /**
+   * A subject event (`delivered`, `account_deregistered`, ...): every value of the subject's records
+   * whose deletion rule waits for it is scheduled (now, or the rule's duration after the event), and
+   * what is due goes at once.
+   */
+  async recordEvent(accountId: string, subjectId: string, event: string, occurredAt?: number): Promise<{ scheduled: number; deleted_values: number; deleted_records: number }> {
+    checkSubject(subjectId);
+    const now = this.now();
+    const at = occurredAt ?? now;
+    if (at > now + 5 * 60_000) throw new VaultError(400, 'InvalidEvent', 'an event cannot have occurred in the future');
+    const collections = new Map((await this.listCollections(accountId)).map((c) => [c.row.id, c]));
+    const recs = await this.db.selectFrom('vault_records').selectAll().where('account_id', '=', accountId).where('subject_id', '=', subjectId).execute();
+    let scheduled = 0;
+    for (const first of recs) {
+      const c = collections.get(first.collection_id);
+      if (!c) continue;
+      // A conditional update; a concurrent rectification makes it read the record again.
+      let rec: RecordRow | undefined = first;
+      for (let attempt = 0; rec && attempt < 5; attempt++) {
+        const values = JSON.parse(rec.values_json) as Record<string, StoredValue>;
+        let n = 0;
+        for (const p of c.schema.properties) {
+          const v = values[p.name];
+          if (!v || p.deletion.on_event !== event) continue;
+          const due = at + (p.deletion.after ? durationMs(p.deletion.after, at) : 0);
+          if (v.d === null || due < v.d) {
+            v.d = due;
+            n++;
+          }
+        }
+        if (!n) break;
+        const u = await this.db.updateTable('vault_records').set({ values_json: JSON.stringify(values), next_delete_at: nextDeletion(values) })
+          .where('id', '=', rec.id).where('values_json', '=', rec.values_json).executeTakeFirst();
+        if (Number(u.numUpdatedRows) === 1) {
+          scheduled += n;
+          break;
+        }
+        rec = await this.db.selectFrom('vault_records').selectAll().where('id', '=', rec.id).executeTakeFirst();
+      }
+    }
+    await this.db.insertInto('vault_subject_events').values({ id: randomUUID(), account_id: accountId, subject_id: subjectId, event, occurred_at: at, received_at: now, values_scheduled: scheduled }).execute();
+    const purged = await this.purgeDue(now, { accountId, subjectId });
+    return { scheduled, deleted_values: purged.values, deleted_records: purged.records };
+  }
+
+  async subjectEvents(accountId: string, subjectId: string): Promise<{ event: string; occurred_at: number; received_at: number; values_scheduled: number }[]> {
+    return this.db.selectFrom('vault_subject_events').select(['event', 'occurred_at', 'received_at', 'values_scheduled']).where('account_id', '=', accountId).where('subject_id', '=', subjectId).orderBy('occurred_at').execute();
+  }
+
+  /** The retention job: one node at a time (a lease in the database) deletes every value that is due. */
+  async runRetention(): Promise<{ values: number; records: number } | null> {
+    const now = this.now();
+    if (!(await this.takeLease(now, 10 * 60_000))) return null;
+    try {
+      return await this.purgeDue(now);
+    } finally {
+      await this.db.updateTable('settings').set({ value: '0' }).where('name', '=', LEASE).execute();
+    }
+  }
+
+  private async takeLease(now: number, ttlMs: number): Promise<boolean> {
+    await this.db.insertInto('settings').values({ name: LEASE, value: '0' }).onConflict((oc) => oc.column('name').doNothing()).execute();
+    const r = await this.db.updateTable('settings').set({ value: String(now + ttlMs) }).where('name', '=', LEASE).where(sql<boolean>`cast(value as bigint) <= ${now}`).executeTakeFirst();
+    return Number(r.numUpdatedRows) === 1;
+  }
+
+  private async purgeDue(now: number, only?: { accountId: string; subjectId: string }): Promise<{ values: number; records: number }> {
+    let values = 0;
+    let records = 0;
+    for (;;) {
+      let q = this.db.selectFrom('vault_records').selectAll().where('next_delete_at', '<=', now);
+      if (only) q = q.where('account_id', '=', only.accountId).where('subject_id', '=', only.subjectId);
+      const due = await q.orderBy('next_delete_at').limit(500).execute();
+      if (!due.length) break;
+      const gone: string[] = [];
+      for (const rec of due) {
+        const vals = JSON.parse(rec.values_json) as Record<string, StoredValue>;
+        const expired = Object.keys(vals).filter((k) => vals[k]!.d !== null && vals[k]!.d! <= now);
+        for (const k of expired) delete vals[k];
+        values += expired.length;
+        if (!Object.keys(vals).length) {
+          gone.push(rec.id);
+          continue;
+        }
+        await this.db.transaction().execute(async (trx) => {
+          const u = await trx.updateTable('vault_records').set({ values_json: JSON.stringify(vals), next_delete_at: nextDeletion(vals) }).where('id', '=', rec.id).where('updated_at', '=', rec.updated_at).where('values_json', '=', rec.values_json).executeTakeFirst();
+          if (Number(u.numUpdatedRows) !== 1) return;
+          if (expired.length) {
+            await trx.deleteFrom('vault_index').where('record_id', '=', rec.id).where('property', 'in', expired).execute();
+            await trx.deleteFrom('vault_tokens').where('record_id', '=', rec.id).where('property', 'in', expired).execute();
+          }
+        });
+      }
+      await this.removeRecords(gone);
+      records += gone.length;
+      if (due.length < 500) break;
+    }
+    this.stats.valuesDeleted += values;
+    return { values, records };
+  }
+
+  // ------------------------------------------------------------------ inventory
+
+  /** The table a privacy notice needs, from the schemas: what, how collected, why, how long, where, under which key. */
+  async inventory(accountId: string): Promise<InventoryRow[]> {
+    const rows: InventoryRow[] = [];
+    for (const c of await this.listCollections(accountId)) {
+      const key = await this.kms.findKey(this.scopeOf(c.row), c.row.kms_key_id);
+      for (const p of c.schema.properties) {
+        rows.push({
+          collection: c.row.name, data: p.name, description: p.description, personal_data_type: p.pii_type, how_collected: p.collection_method,
+          modifiable: p.modifiable, mandatory: p.mandatory, when_deleted: describeDeletion(p.deletion), purposes: p.purposes, region: c.row.region,
+          kms_key_id: c.row.kms_key_id, kms_key_alias: key?.alias ?? null,
+        });
+      }
+    }
+    return rows;
+  }
+}
+
+// ------------------------------------------------------------------ helpers
+
+function secretContext(collectionId: string): Record<string, string> {
+  return { 'vault:collection': collectionId, 'vault:use': 'collection-secret' };
+}
+function recordContext(collectionId: string, recordId: string): Record<string, string> {
+  return { 'vault:collection': collectionId, 'vault:record': recordId };
+}
+/** A value's ciphertext is bound to its tenant, collection, record and property: it cannot be moved. */
+function valueAad(col: Pick<CollectionRow, 'account_id' | 'id'>, recordId: string, property: string): Buffer {
+  return Buffer.from(`custos-vault-v1\u0000${col.account_id}\u0000${col.id}\u0000${recordId}\u0000${property}`, 'utf8');
+}
+function nextDeletion(values: Record<string, StoredValue>): number | null {
+  let min: number | null = null;
+  for (const v of Object.values(values)) if (v.d !== null && (min === null || v.d < min)) min = v.d;
+  return min;
+}
+function checkSubject(id: string): void {
+  if (!SUBJECT_ID.test(id)) throw new VaultError(400, 'InvalidSubject', 'a subject id is 1–128 letters, digits or ._:@-');
+}
+function accessRow(collectionId: string, e: AccessEntry, now: number): AccessRow {
+  return { collection_id: collectionId, principal_type: e.type, principal_id: e.id, permissions_json: JSON.stringify([...new Set(e.permissions)].sort()), unmask_json: JSON.stringify([...new Set(e.unmask)].sort()), created_at: now };
+}
+function fromAccessRow(r: AccessRow): AccessEntry {
+  return { type: r.principal_type as PrincipalType, id: r.principal_id, permissions: JSON.parse(r.permissions_json) as Permission[], unmask: JSON.parse(r.unmask_json) as string[] };
+}
