@@ -72,6 +72,23 @@ export async function call(p: Profile, method: string, url: string, body?: unkno
   return json;
 }
 
+/** Like `call`, for routes that answer text (CSV, Markdown). */
+export async function callText(p: Profile, method: string, url: string): Promise<string> {
+  const res = await fetch(new URL(url, p.endpoint), { method, headers: { 'x-auth-token': p.token ?? '' } });
+  const text = await res.text();
+  if (!res.ok) {
+    let msg = text;
+    try {
+      const e = JSON.parse(text) as { error?: { code?: string; message?: string } };
+      msg = `${e.error?.code ?? ''}: ${e.error?.message ?? text}`;
+    } catch {
+      // not JSON: the text says it
+    }
+    throw Object.assign(new Error(`${res.status} ${msg}`), { exitCode: 1 });
+  }
+  return text;
+}
+
 export function clientCommands(): Command[] {
   const common = (c: Command) => c.option('--profile <name>', 'stored profile', process.env.CUSTOS_PROFILE ?? 'default').option('-o, --output <format>', 'json or table', 'table');
 

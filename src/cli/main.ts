@@ -8,6 +8,7 @@ import { auditCommand } from './audit.js';
 import { clientCommands } from './client.js';
 import { kmsCommand } from './kms.js';
 import { obsCommand } from './obs.js';
+import { vaultCommand } from './vault.js';
 import { serve } from './serve.js';
 
 const program = new Command()
@@ -22,6 +23,7 @@ for (const c of clientCommands()) program.addCommand(c);
 program.addCommand(auditCommand());
 program.addCommand(kmsCommand());
 program.addCommand(obsCommand());
+program.addCommand(vaultCommand());
 
 program.parseAsync(process.argv).catch((e: unknown) => {
   if (e instanceof ConfigError || e instanceof RootKeyError) {

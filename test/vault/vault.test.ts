@@ -445,7 +445,9 @@ describe('personal-data vault', () => {
   });
 
   test('delete a record, then the collection', async () => {
-    const list = await api('GET', `${V}/customers/records?subject_id=user-2&reason=support`);
+    const list = await api('GET', `${V}/customers/records?subject_id=user-2&reason=support&limit=1`);
+    assert.equal(list.json.next_marker, null);
+    assert.equal((await api('GET', `${V}/customers/records?subject_id=user-2&reason=support&limit=0`)).status, 400);
     assert.equal(list.json.records.length, 1);
     assert.equal((await api('DELETE', `${V}/customers/records/${rec2}`)).status, 204);
     assert.equal((await api('DELETE', `${V}/customers/records/${rec2}`)).status, 404);

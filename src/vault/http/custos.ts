@@ -236,15 +236,15 @@ export function vaultRoutes(vault: VaultService, iam: IamService): RouteDef[] {
       method: 'GET', url: '/v1/vault/collections/:collection/records', meta: data('vault:records:list'),
       schema: {
         summary: 'The records of one data subject, masked unless unmasked', tags, params: collectionParams,
-        querystring: Type.Object({ subject_id: Type.String({ pattern: SUBJECT }), ...ReadQuery, limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 100 })), marker: Type.Optional(Type.String({ format: 'uuid' })) }, S),
+        querystring: Type.Object({ subject_id: Type.String({ pattern: SUBJECT }), ...ReadQuery, limit: Type.Optional(Type.String({ pattern: '^(100|[1-9][0-9]?)$', description: '1 to 100 (default 50)' })), marker: Type.Optional(Type.String({ format: 'uuid' })) }, S),
         response: { 200: Type.Object({ records: Type.Array(RecordViewSchema), next_marker: Type.Union([Type.String(), Type.Null()]) }), '4xx': ErrorView },
       },
       handler: async (req) => {
         const { collection, access } = ctx(req);
-        const q = req.query as { subject_id: string; reason: string; props?: string; transform?: string; unmask?: string; limit?: number; marker?: string };
+        const q = req.query as { subject_id: string; reason: string; props?: string; transform?: string; unmask?: string; limit?: string; marker?: string };
         req.custos.traced.correlate = { subject: q.subject_id };
         const o = readOptions(q);
-        const r = await vault.listBySubject(collection, access, q.subject_id, { ...withUnmaskAll(collection, o), limit: q.limit ?? 50, after: q.marker });
+        const r = await vault.listBySubject(collection, access, q.subject_id, { ...withUnmaskAll(collection, o), limit: q.limit ? Number(q.limit) : 50, after: q.marker });
         traceRead(req, r.records, q.reason);
         return { records: r.records.map(recordView), next_marker: r.next };
       },
