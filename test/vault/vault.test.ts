@@ -2,7 +2,12 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { sql } from 'kysely';
+import { verifyTrail } from '../../src/audit/chain.js';
+import { loadExport } from '../../src/cli/audit.js';
 import { PASSWORD, startTestServer, type Tenant, type TestServer } from '../helpers.js';
 
 const DAY = 86_400_000;
@@ -297,6 +302,21 @@ describe('personal-data vault', () => {
     assert.equal(cts.status, 200, cts.text);
     const mine = cts.json.traces.find((x: { request_id: string }) => x.request_id === reqId);
     assert.equal(mine?.detail?.purpose, 'support');
+    // The detail is covered by the chain: an export of the trail verifies offline, and editing a detail is caught.
+    const dir = mkdtempSync(path.join(tmpdir(), 'custos-vault-audit-'));
+    try {
+      await s.custos.audit.writeDueDigests({ force: true });
+      await s.custos.audit.exportTo(dir, { trails: [t.accountId] });
+      const exported = await loadExport(dir);
+      assert.ok(exported.traces.some((x) => 'detail' in x && x.detail?.purpose === 'support'));
+      const ok = verifyTrail(exported.traces, exported.digests, exported.keys).trails[0]!;
+      assert.equal(ok.first_trace_problem, null);
+      assert.equal(ok.first_digest_problem, null);
+      const edited = exported.traces.map((x) => ('detail' in x && x.detail?.purpose === 'support' ? { ...x, detail: { ...x.detail, purpose: 'marketing' } } : x));
+      assert.notEqual(verifyTrail(edited, exported.digests, exported.keys).trails[0]!.first_trace_problem, null);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
     // No value of any record in any trace or in the log.
     const all = (await sql<{ t: string }>`select coalesce(detail_json, '') || coalesce(resource_name, '') || coalesce(correlation_json, '') as t from audit_traces`.execute(s.custos.store.db)).rows.map((x) => x.t).join('\n');
     for (const v of ['Jane.Doe@example.com', 'jane.doe', '13812345678', '10.1.2.3', 'Shenzhen', '1990-05-17', 'Jane Doe', '4111', 'robert@example.org', 'user-1']) {
