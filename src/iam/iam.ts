@@ -137,6 +137,12 @@ const SYSTEM_POLICIES: { id: string; name: string; description: string; document
     document: { Version: '1.1', Statement: [{ Effect: 'Allow', Action: ['vault:collections:*', 'vault:subjects:*', 'vault:inventory:*'] }] },
   },
   {
+    id: 'system-privacyofficer',
+    name: 'Privacy Officer',
+    description: 'Purposes, consent, data-subject requests (verify, extend, refuse, execute), subject events and the personal-data inventory',
+    document: { Version: '1.1', Statement: [{ Effect: 'Allow', Action: ['privacy:*:*', 'vault:subjects:*', 'vault:inventory:get'] }] },
+  },
+  {
     id: 'system-vaultdatauser',
     name: 'Vault DataUser',
     description: 'Read, write, search and detokenize records of the collections whose whitelist names the caller',

@@ -17,6 +17,9 @@ import { s3Routes } from '../obs/http/s3.js';
 import { ObsService } from '../obs/obs.js';
 import type { ObsTables } from '../obs/store.js';
 import { FsBlobStore } from '../store/blobs.js';
+import { privacyRightsRoutes } from '../privacy/http/rights.js';
+import { PrivacyRightsService } from '../privacy/rights.js';
+import type { RightsTables } from '../privacy/rights-store.js';
 import { vaultRoutes } from '../vault/http/custos.js';
 import type { VaultTables } from '../vault/store.js';
 import { VaultService } from '../vault/vault.js';
@@ -33,6 +36,7 @@ export interface Custos {
   kms: KmsService;
   obs: ObsService;
   vault: VaultService;
+  rights: PrivacyRightsService;
   /** The S3/OBS listener. */
   obsUrl: string;
   root: RootKeyProvider;
@@ -50,6 +54,7 @@ export interface Services {
   kms: KmsService;
   obs: ObsService;
   vault: VaultService;
+  rights: PrivacyRightsService;
   blobs: FsBlobStore;
   close(): Promise<void>;
 }
@@ -99,8 +104,11 @@ export async function openServices(config: Config, opts: { now?: () => number; o
     const blobs = new FsBlobStore(path.join(config.dataDir, 'blobs'));
     const obs = new ObsService(store.db.withTables<ObsTables>(), kms, blobs, { maxObjectBytes: config.obsMaxObjectBytes, ...(opts.now ? { now: opts.now } : {}), ...(opts.plaintextObjectsForBenchmarks ? { plaintextBaselineForBenchmarks: true } : {}) });
     const vault = new VaultService(store.db.withTables<VaultTables>(), kms, { ...(opts.now ? { now: opts.now } : {}) });
+    const rights = new PrivacyRightsService(store.db.withTables<RightsTables>(), vault, kms, { ...(opts.now ? { now: opts.now } : {}), onAlert: (m) => opts.onError?.(m) });
+    // Every vault read asks the privacy service: consent, restriction, objection.
+    vault.setProcessingGate(rights);
     return {
-      store, root: rootKey, rootKeyCreated, iam, audit, kms, obs, vault, blobs,
+      store, root: rootKey, rootKeyCreated, iam, audit, kms, obs, vault, rights, blobs,
       async close() {
         await store.close();
         await rootKey.close();
@@ -136,11 +144,11 @@ export interface StartOptions {
 export async function startCustos(config: Config, opts: StartOptions = {}): Promise<Custos> {
   let report: (message: string) => void = (m) => process.stderr.write(`${m}\n`);
   const services = await openServices(config, { ...opts, onError: (m) => report(m) });
-  const { store, root, rootKeyCreated, iam, audit, kms, obs, vault, blobs } = services;
+  const { store, root, rootKeyCreated, iam, audit, kms, obs, vault, rights, blobs } = services;
   try {
     const bootstrap = await iam.bootstrap();
     const now = opts.now ?? Date.now;
-    const routes = [...huaweiIamRoutes(iam), ...custosIamRoutes(iam), ...ctsRoutes(audit, iam, now), ...huaweiKmsRoutes(kms, iam), ...awsKmsRoutes(kms, iam), ...vaultRoutes(vault, iam)];
+    const routes = [...huaweiIamRoutes(iam), ...custosIamRoutes(iam), ...ctsRoutes(audit, iam, now), ...huaweiKmsRoutes(kms, iam), ...awsKmsRoutes(kms, iam), ...vaultRoutes(vault, iam), ...privacyRightsRoutes(rights, iam)];
     const app = await buildApp({
       config, store, iam, audit: opts.untracedBaselineForBenchmarks ? null : audit, routes, now,
       serviceCounters: [
@@ -151,6 +159,8 @@ export async function startCustos(config: Config, opts: StartOptions = {}): Prom
         ['custos_vault_records_written_total', 'Vault records created or rectified by this node', () => vault.stats.recordsWritten],
         ['custos_vault_records_read_total', 'Vault records decrypted for a read, search or list by this node', () => vault.stats.recordsRead],
         ['custos_vault_values_deleted_total', 'Vault values deleted by their retention rule on this node', () => vault.stats.valuesDeleted],
+        ['custos_privacy_requests_completed_total', 'Data-subject requests carried out by this node', () => rights.stats.requestsCompleted],
+        ['custos_privacy_requests_overdue_total', 'Data-subject requests found past their deadline (one alert each)', () => rights.stats.overdueAlerts],
         ['custos_vault_records_deleted_total', 'Vault records deleted (with their data keys) by this node', () => vault.stats.recordsDeleted],
       ],
       grantAllows: (resource, p, op) => (resource.service === 'kms' && resource.type === 'KeyId' ? kms.grantAllows(resource.id, p.userId, op as GrantOperation) : Promise.resolve(false)),
@@ -182,6 +192,8 @@ export async function startCustos(config: Config, opts: StartOptions = {}): Prom
       setInterval(() => kms.runDueJobs().catch(warn('KMS jobs')), 60_000),
       // Vault retention rules; one node at a time holds the run's lease.
       setInterval(() => vault.runRetention().catch(warn('vault retention')), 60_000),
+      // Overdue data-subject requests raise their alert once; expired archives go.
+      setInterval(() => rights.runDueJobs().catch(warn('privacy jobs')), 60_000),
       // Bucket lifecycle rules; one node at a time holds the run's lease.
       setInterval(() => obs.runLifecycle().catch(warn('OBS lifecycle')), 600_000),
       // Blobs of uploads whose node died before committing them.
@@ -190,7 +202,7 @@ export async function startCustos(config: Config, opts: StartOptions = {}): Prom
     for (const t of timers) t.unref();
     let closed = false;
     return {
-      app, url: address, obsUrl, store, iam, audit, kms, obs, vault, root, bootstrap, rootKeyCreated,
+      app, url: address, obsUrl, store, iam, audit, kms, obs, vault, rights, root, bootstrap, rootKeyCreated,
       async close() {
         if (closed) return;
         closed = true;

@@ -5,12 +5,13 @@
  */
 import { createHmac } from 'node:crypto';
 import ipaddr from 'ipaddr.js';
-import { parsePhoneNumberFromString } from 'libphonenumber-js/max';
+import { getCountries, getCountryCallingCode } from 'libphonenumber-js/max';
 import type { Property } from './schema.js';
 
 export type Value = string | number | boolean;
 
 const stars = (n: number) => '*'.repeat(Math.max(1, n));
+const CALLING_CODES = new Set(getCountries().map((c) => getCountryCallingCode(c) as string));
 
 /** Keeps the first `head` and last `tail` characters (by code point), stars in between. */
 function keepEnds(s: string, head: number, tail: number): string {
@@ -27,10 +28,12 @@ export function mask(p: Property, v: Value): Value {
       return `${[...v.slice(0, at)][0] ?? ''}***@${v.slice(at + 1)}`;
     }
     case 'phone_number': {
-      const n = parsePhoneNumberFromString(v);
-      if (!n) return keepEnds(v, 3, 4);
-      const national = String(n.nationalNumber);
-      return `+${n.countryCallingCode} ${keepEnds(national, Math.min(3, national.length - 4), 4)}`;
+      // Stored in E.164; calling codes are prefix-free, so the first 1–3 digits that are one split it.
+      const digits = v.startsWith('+') ? v.slice(1) : '';
+      const cc = [1, 2, 3].map((n) => digits.slice(0, n)).find((p) => CALLING_CODES.has(p));
+      if (!cc) return keepEnds(v, 3, 4);
+      const national = digits.slice(cc.length);
+      return `+${cc} ${keepEnds(national, Math.max(0, Math.min(3, national.length - 4)), 4)}`;
     }
     case 'ip_address': {
       const a = ipaddr.parse(v);

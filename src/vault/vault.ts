@@ -107,12 +107,32 @@ export interface VaultOptions {
   now?: () => number;
 }
 
+/**
+ * Decides whether a subject's data may be processed for a purpose (consent, restriction, objection):
+ * the privacy service implements it; the vault asks before it decrypts anything for a read.
+ */
+export interface ProcessingGate {
+  /** For each subject that may not be processed for the purpose, why not. */
+  blocked(accountId: string, subjectIds: string[], purpose: string): Promise<Map<string, string>>;
+}
+
+/** Everything the vault holds about one subject, in the clear (for access and portability requests). */
+export interface SubjectData {
+  collection: string;
+  region: string;
+  record_id: string;
+  created_at: number;
+  updated_at: number;
+  fields: Record<string, Value>;
+}
+
 export class VaultService {
   private readonly now: () => number;
   /** Unwrapped collection secrets, dropped after a while unused (zeroed on eviction). */
   private readonly secrets = new Map<string, { secret: Buffer; keys: Map<string, Buffer>; until: number }>();
   private readonly validators = new Map<string, { create: RecordValidator; update: RecordValidator }>();
   readonly stats = { recordsWritten: 0, recordsRead: 0, valuesDeleted: 0, recordsDeleted: 0 };
+  private gate: ProcessingGate | null = null;
 
   constructor(
     private readonly db: VaultDb,
@@ -120,6 +140,11 @@ export class VaultService {
     opts: VaultOptions = {},
   ) {
     this.now = opts.now ?? Date.now;
+  }
+
+  /** Installs the consent/restriction check every read goes through. */
+  setProcessingGate(gate: ProcessingGate): void {
+    this.gate = gate;
   }
 
   // ------------------------------------------------------------------ collections
@@ -528,7 +553,17 @@ export class VaultService {
     const props = this.selectProps(c, opts);
     this.checkTransforms(c, access, opts);
     const rec = await this.mustGet(c, id);
+    await this.admitted(c, [rec], opts.reason, true);
     return (await this.view(c, [rec], props, opts))[0]!;
+  }
+
+  /** Records whose subject may be processed for the purpose; `single` makes a blocked one an error. */
+  private async admitted(c: Collection, recs: RecordRow[], purpose: string, single: boolean): Promise<RecordRow[]> {
+    if (!this.gate || !recs.length) return recs;
+    const blocked = await this.gate.blocked(c.row.account_id, [...new Set(recs.map((r) => r.subject_id))], purpose);
+    if (!blocked.size) return recs;
+    if (single) throw new VaultError(403, 'ProcessingNotAllowed', `the data subject's data may not be processed for ${purpose}: ${blocked.values().next().value}`);
+    return recs.filter((r) => !blocked.has(r.subject_id));
   }
 
   /** Decrypts and transforms records for the caller: one KMS call per record. */
@@ -602,6 +637,7 @@ export class VaultService {
         continue;
       }
       if (!p.purposes.includes(reason)) throw new VaultError(403, 'PurposeNotAllowed', `property ${p.name} is not collected for the purpose ${reason}`);
+      await this.admitted(c, [rec], reason, true);
       const plain = (await this.decryptValues(c, rec, [p.name]))[p.name];
       const clear = access.unmask.has('*') || access.unmask.has(p.name);
       // In the clear only for a caller who may unmask the property; masked otherwise.
@@ -621,6 +657,7 @@ export class VaultService {
     if (opts.after) q = q.where('id', '>', opts.after);
     const rows = await q.orderBy('id').limit(limit + 1).execute();
     const page = rows.slice(0, limit);
+    await this.admitted(c, page, opts.reason, true);
     return { records: await this.view(c, page, props, opts), next: rows.length > limit ? page[page.length - 1]!.id : null };
   }
 
@@ -657,7 +694,8 @@ export class VaultService {
       if (!ids.length) return [];
     }
     const recs = await this.db.selectFrom('vault_records').selectAll().where('collection_id', '=', c.row.id).where('id', 'in', ids!.slice(0, limit)).orderBy('id').execute();
-    return this.view(c, recs, props, opts);
+    // Subjects whose data may not be processed for this purpose are left out of the results.
+    return this.view(c, await this.admitted(c, recs, opts.reason, false), props, opts);
   }
 
   /** Rectification: only modifiable properties; null clears an optional value. */
@@ -829,6 +867,73 @@ export class VaultService {
     }
     this.stats.valuesDeleted += values;
     return { values, records };
+  }
+
+  // ------------------------------------------------------------------ data-subject requests
+
+  /** Every value held about a subject across the account's collections, in the clear. */
+  async subjectData(accountId: string, subjectId: string): Promise<SubjectData[]> {
+    checkSubject(subjectId);
+    const collections = new Map((await this.listCollections(accountId)).map((c) => [c.row.id, c]));
+    const recs = await this.db.selectFrom('vault_records').selectAll().where('account_id', '=', accountId).where('subject_id', '=', subjectId).orderBy('created_at').orderBy('id').execute();
+    const out: SubjectData[] = [];
+    for (const rec of recs) {
+      const c = collections.get(rec.collection_id);
+      if (!c) continue;
+      const fields = await this.decryptValues(c, rec, c.schema.properties.map((p) => p.name));
+      out.push({ collection: c.row.name, region: rec.region, record_id: rec.id, created_at: rec.created_at, updated_at: rec.updated_at, fields });
+      this.stats.recordsRead++;
+    }
+    return out;
+  }
+
+  /**
+   * Erasure: every value of the subject goes, except those `keep` names a reason for (a legal
+   * obligation); a record left without values goes with its data key. Returns what was kept and why.
+   */
+  async eraseSubject(accountId: string, subjectId: string, keep: (collection: Collection, p: Property) => string | null): Promise<{ deleted_values: number; deleted_records: number; kept: { collection: string; record_id: string; property: string; reason: string; until: number | null }[] }> {
+    checkSubject(subjectId);
+    const collections = new Map((await this.listCollections(accountId)).map((c) => [c.row.id, c]));
+    const recs = await this.db.selectFrom('vault_records').selectAll().where('account_id', '=', accountId).where('subject_id', '=', subjectId).execute();
+    let deletedValues = 0;
+    const gone: string[] = [];
+    const kept: { collection: string; record_id: string; property: string; reason: string; until: number | null }[] = [];
+    for (const rec of recs) {
+      const c = collections.get(rec.collection_id);
+      const values = JSON.parse(rec.values_json) as Record<string, StoredValue>;
+      const drop: string[] = [];
+      for (const name of Object.keys(values)) {
+        const p = c?.schema.properties.find((x) => x.name === name);
+        const why = c && p ? keep(c, p) : null;
+        if (why) kept.push({ collection: c!.row.name, record_id: rec.id, property: name, reason: why, until: values[name]!.d });
+        else drop.push(name);
+      }
+      deletedValues += drop.length;
+      if (drop.length === Object.keys(values).length) {
+        gone.push(rec.id);
+        continue;
+      }
+      if (!drop.length) continue;
+      for (const n of drop) delete values[n];
+      await this.db.transaction().execute(async (trx) => {
+        await trx.updateTable('vault_records').set({ values_json: JSON.stringify(values), next_delete_at: nextDeletion(values), updated_at: Math.max(this.now(), rec.updated_at + 1) }).where('id', '=', rec.id).execute();
+        await trx.deleteFrom('vault_index').where('record_id', '=', rec.id).where('property', 'in', drop).execute();
+        await trx.deleteFrom('vault_tokens').where('record_id', '=', rec.id).where('property', 'in', drop).execute();
+      });
+    }
+    await this.removeRecords(gone);
+    this.stats.valuesDeleted += deletedValues;
+    return { deleted_values: deletedValues, deleted_records: gone.length, kept };
+  }
+
+  /** Rectification on a subject's behalf: the given values in every record of the subject in one collection. */
+  async rectifySubject(accountId: string, subjectId: string, collectionName: string, fields: Record<string, unknown>): Promise<number> {
+    const c = await this.getCollection(accountId, collectionName);
+    if (!c) throw new VaultError(400, 'UnknownCollection', `there is no collection ${collectionName}`);
+    const all: EffectiveAccess = { permissions: new Set(['write']), unmask: new Set() };
+    const recs = await this.db.selectFrom('vault_records').select('id').where('collection_id', '=', c.row.id).where('subject_id', '=', subjectId).execute();
+    for (const r of recs) await this.updateRecord(c, all, r.id, fields);
+    return recs.length;
   }
 
   // ------------------------------------------------------------------ inventory

@@ -1,0 +1,21 @@
+import type { Kysely } from 'kysely';
+
+/** The tables of consent and data-subject requests (migration 0013_privacy_consent_requests). */
+export type RightsTables = {
+  privacy_purposes: { account_id: string; name: string; legal_basis: string; description: string; created_at: number };
+  privacy_consents: { id: string; account_id: string; subject_id: string; purpose: string; status: string; source: string; notice_version: string; recorded_at: number; seq: number };
+  privacy_requests: {
+    id: string; account_id: string; subject_id: string; type: string; status: string; details_json: string; received_at: number; due_at: number;
+    extended_due_at: number | null; extension_reason: string | null; verified_at: number | null; verification_json: string | null; refusal_reason: string | null;
+    completed_at: number | null; result_json: string | null; overdue_alerted_at: number | null; updated_at: number;
+  };
+  privacy_request_events: { request_id: string; seq: number; at: number; event: string; actor: string; note: string };
+  privacy_limits: { id: string; account_id: string; subject_id: string; kind: string; purposes_json: string; request_id: string; since: number; lifted_at: number | null };
+  privacy_archives: {
+    request_id: string; account_id: string; kms_key_id: string; project_id: string; region: string; data_key: string; content: string;
+    link_secret_hash: string; expires_at: number; created_at: number;
+  };
+};
+
+export type RightsDb = Kysely<RightsTables>;
+export type RequestRow = RightsTables['privacy_requests'];

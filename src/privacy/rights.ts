@@ -1,0 +1,427 @@
+/**
+ * Privacy operations on top of the vault: the account's purposes and their legal bases, consent per
+ * subject and purpose, and data-subject requests (access, rectification, erasure, restriction,
+ * objection, portability, consent withdrawal) with the legal deadline: answered within 30 days,
+ * extendable once by up to two months with a reason before the first deadline, or refused with a
+ * reason. A request runs only after the subject's identity was verified.
+ */
+import { createHash, randomBytes, randomUUID, timingSafeEqual } from 'node:crypto';
+import { strToU8, zipSync } from 'fflate';
+import { stringify } from 'csv-stringify/sync';
+import { openAesGcm, sealAesGcm } from '../crypto/aead.js';
+import { ServiceError } from '../errors.js';
+import type { KeyScope, KmsService } from '../kms/kms.js';
+import type { KeyRow } from '../kms/store.js';
+import { isUniqueViolation } from '../store/db.js';
+import { durationMs } from '../vault/schema.js';
+import type { ProcessingGate, VaultService } from '../vault/vault.js';
+import type { RequestRow, RightsDb } from './rights-store.js';
+
+export class PrivacyError extends ServiceError {
+  constructor(status: number, code: string, message: string) {
+    super('PRIVACY', status, code, message);
+  }
+}
+
+export const LEGAL_BASES = ['consent', 'contract', 'legal_obligation', 'vital_interests', 'public_task', 'legitimate_interests'] as const;
+export type LegalBasis = (typeof LEGAL_BASES)[number];
+export const REQUEST_TYPES = ['access', 'rectification', 'erasure', 'restriction', 'objection', 'portability', 'consent_withdrawal'] as const;
+export type RequestType = (typeof REQUEST_TYPES)[number];
+export type RequestStatus = 'received' | 'verified' | 'in_progress' | 'completed' | 'refused';
+/** The one purpose a restriction still allows processing for. */
+export const LEGAL_CLAIMS = 'legal_claims';
+const OPEN: RequestStatus[] = ['received', 'verified', 'in_progress'];
+const SUBJECT_ID = /^[A-Za-z0-9._:@-]{1,128}$/;
+export const ARCHIVE_KEY_ALIAS = 'privacy/default';
+
+export interface RequestDetails {
+  /** objection, consent_withdrawal: the purposes concerned. */
+  purposes?: string[];
+  /** rectification: the corrected values, per collection. */
+  rectify?: { collection: string; fields: Record<string, unknown> }[];
+  /** Free text from the subject (what they asked for), kept with the request. */
+  note?: string;
+}
+
+/**
+ * A pluggable identity check. The built-in `attestation` records that a privacy officer checked the
+ * subject's identity (and how); deployments add verifiers that check evidence themselves.
+ */
+export interface IdentityVerifier {
+  name: string;
+  verify(request: RequestRow, evidence: Record<string, string>): Promise<{ ok: boolean; detail: string }>;
+}
+export const attestationVerifier: IdentityVerifier = {
+  name: 'attestation',
+  async verify(_req, evidence) {
+    const how = evidence.method?.trim();
+    const ref = evidence.reference?.trim();
+    if (!how || !ref) return { ok: false, detail: 'an attestation names how identity was checked (method) and a reference to the evidence' };
+    return { ok: true, detail: `${how} (${ref})` };
+  },
+};
+
+export interface RequestView {
+  id: string;
+  subject_id: string;
+  type: RequestType;
+  status: RequestStatus;
+  received_at: number;
+  due_at: number;
+  /** The deadline in force: the extended one when there is one. */
+  effective_due_at: number;
+  extended: boolean;
+  extension_reason: string | null;
+  overdue: boolean;
+  verified_at: number | null;
+  verification: { verifier: string; detail: string; by: string } | null;
+  refusal_reason: string | null;
+  completed_at: number | null;
+  details: RequestDetails;
+  result: Record<string, unknown> | null;
+}
+
+export interface RightsOptions {
+  now?: () => number;
+  verifiers?: IdentityVerifier[];
+  /** How long an access/portability archive's link works (default 7 days). */
+  archiveTtlMs?: number;
+  onAlert?: (message: string) => void;
+}
+
+export class PrivacyRightsService implements ProcessingGate {
+  private readonly now: () => number;
+  private readonly verifiers: Map<string, IdentityVerifier>;
+  private readonly archiveTtlMs: number;
+  readonly stats = { requestsCompleted: 0, overdueAlerts: 0 };
+
+  constructor(
+    private readonly db: RightsDb,
+    private readonly vault: VaultService,
+    private readonly kms: KmsService,
+    private readonly opts: RightsOptions = {},
+  ) {
+    this.now = opts.now ?? Date.now;
+    this.verifiers = new Map([attestationVerifier, ...(opts.verifiers ?? [])].map((v) => [v.name, v]));
+    this.archiveTtlMs = opts.archiveTtlMs ?? 7 * 86_400_000;
+  }
+
+  // ------------------------------------------------------------------ purposes
+
+  async putPurpose(accountId: string, name: string, legalBasis: LegalBasis, description: string) {
+    const now = this.now();
+    await this.db.insertInto('privacy_purposes').values({ account_id: accountId, name, legal_basis: legalBasis, description, created_at: now })
+      .onConflict((oc) => oc.columns(['account_id', 'name']).doUpdateSet({ legal_basis: legalBasis, description })).execute();
+    return (await this.db.selectFrom('privacy_purposes').selectAll().where('account_id', '=', accountId).where('name', '=', name).executeTakeFirstOrThrow());
+  }
+  async listPurposes(accountId: string) {
+    return this.db.selectFrom('privacy_purposes').selectAll().where('account_id', '=', accountId).orderBy('name').execute();
+  }
+  async deletePurpose(accountId: string, name: string): Promise<void> {
+    const r = await this.db.deleteFrom('privacy_purposes').where('account_id', '=', accountId).where('name', '=', name).executeTakeFirst();
+    if (!Number(r.numDeletedRows)) throw new PrivacyError(404, 'NotFound', 'purpose not found');
+  }
+
+  // ------------------------------------------------------------------ consent
+
+  /**
+   * A consent given or withdrawn, appended to the subject's history. Withdrawal takes effect at once
+   * for new processing (vault reads for the purpose are refused) and fires the vault's
+   * `consent_withdrawn` event, so values whose deletion rule waits for it go.
+   */
+  async recordConsent(accountId: string, subjectId: string, input: { purpose: string; status: 'granted' | 'withdrawn'; source: string; noticeVersion: string }) {
+    checkSubject(subjectId);
+    const purpose = await this.db.selectFrom('privacy_purposes').selectAll().where('account_id', '=', accountId).where('name', '=', input.purpose).executeTakeFirst();
+    if (!purpose) throw new PrivacyError(400, 'UnknownPurpose', `the purpose ${input.purpose} is not in the account's catalogue`);
+    if (purpose.legal_basis !== 'consent') throw new PrivacyError(400, 'NotConsentBased', `the purpose ${input.purpose} rests on ${purpose.legal_basis}, not on consent`);
+    const now = this.now();
+    let row;
+    for (let attempt = 0; ; attempt++) {
+      const last = await this.db.selectFrom('privacy_consents').select('seq').where('account_id', '=', accountId).where('subject_id', '=', subjectId).where('purpose', '=', input.purpose).orderBy('seq', 'desc').limit(1).executeTakeFirst();
+      row = { id: randomUUID(), account_id: accountId, subject_id: subjectId, purpose: input.purpose, status: input.status, source: input.source, notice_version: input.noticeVersion, recorded_at: now, seq: (last?.seq ?? 0) + 1 };
+      try {
+        await this.db.insertInto('privacy_consents').values(row).execute();
+        break;
+      } catch (e) {
+        // Another change to the same consent took this position: take the next one.
+        if (!isUniqueViolation(e) || attempt >= 4) throw e;
+      }
+    }
+    let event = null;
+    if (input.status === 'withdrawn') event = await this.vault.recordEvent(accountId, subjectId, 'consent_withdrawn');
+    return { consent: row, ...(event ? { vault: event } : {}) };
+  }
+
+  async consents(accountId: string, subjectId: string) {
+    checkSubject(subjectId);
+    const history = await this.db.selectFrom('privacy_consents').selectAll().where('account_id', '=', accountId).where('subject_id', '=', subjectId).orderBy('recorded_at').orderBy('purpose').orderBy('seq').execute();
+    const current = new Map<string, (typeof history)[number]>();
+    for (const h of history) current.set(h.purpose, h);
+    return { current: [...current.values()], history };
+  }
+
+  // ------------------------------------------------------------------ the processing gate
+
+  async blocked(accountId: string, subjectIds: string[], purpose: string): Promise<Map<string, string>> {
+    const out = new Map<string, string>();
+    if (!subjectIds.length) return out;
+    const limits = await this.db.selectFrom('privacy_limits').selectAll().where('account_id', '=', accountId).where('subject_id', 'in', subjectIds).where('lifted_at', 'is', null).execute();
+    for (const l of limits) {
+      const purposes = JSON.parse(l.purposes_json) as string[];
+      if (l.kind === 'restriction' && purpose !== LEGAL_CLAIMS) out.set(l.subject_id, 'processing is restricted at the data subject\'s request (only legal claims)');
+      if (l.kind === 'objection' && purposes.includes(purpose)) out.set(l.subject_id, `the data subject objected to processing for ${purpose}`);
+    }
+    const p = await this.db.selectFrom('privacy_purposes').select('legal_basis').where('account_id', '=', accountId).where('name', '=', purpose).executeTakeFirst();
+    if (p?.legal_basis === 'consent') {
+      const rows = await this.db.selectFrom('privacy_consents').select(['subject_id', 'status', 'seq']).where('account_id', '=', accountId).where('purpose', '=', purpose).where('subject_id', 'in', subjectIds).orderBy('seq').execute();
+      const last = new Map<string, string>();
+      for (const r of rows) last.set(r.subject_id, r.status);
+      for (const s of subjectIds) if (last.get(s) !== 'granted' && !out.has(s)) out.set(s, last.get(s) === 'withdrawn' ? `consent for ${purpose} was withdrawn` : `no consent for ${purpose}`);
+    }
+    return out;
+  }
+
+  // ------------------------------------------------------------------ requests
+
+  async createRequest(accountId: string, actor: string, input: { subjectId: string; type: RequestType; details: RequestDetails; receivedAt?: number | undefined }): Promise<RequestView> {
+    checkSubject(input.subjectId);
+    const now = this.now();
+    const received = input.receivedAt ?? now;
+    if (received > now + 60_000) throw new PrivacyError(400, 'InvalidRequest', 'a request cannot be received in the future');
+    if (input.type === 'objection' && !input.details.purposes?.length) throw new PrivacyError(400, 'InvalidRequest', 'an objection names the purposes it objects to');
+    if (input.type === 'rectification' && !input.details.rectify?.length) throw new PrivacyError(400, 'InvalidRequest', 'a rectification request carries the corrected values (details.rectify)');
+    const row: RequestRow = {
+      id: randomUUID(), account_id: accountId, subject_id: input.subjectId, type: input.type, status: 'received', details_json: JSON.stringify(input.details),
+      received_at: received, due_at: received + durationMs('P30D', received), extended_due_at: null, extension_reason: null, verified_at: null,
+      verification_json: null, refusal_reason: null, completed_at: null, result_json: null, overdue_alerted_at: null, updated_at: now,
+    };
+    await this.db.insertInto('privacy_requests').values(row).execute();
+    await this.event(row.id, 'received', actor, `${input.type} request received`);
+    return this.view(row);
+  }
+
+  async getRequest(accountId: string, id: string): Promise<RequestRow | undefined> {
+    return this.db.selectFrom('privacy_requests').selectAll().where('account_id', '=', accountId).where('id', '=', id).executeTakeFirst();
+  }
+
+  async listRequests(accountId: string, filter: { status?: string | undefined; overdue?: boolean | undefined; subjectId?: string | undefined }): Promise<RequestView[]> {
+    let q = this.db.selectFrom('privacy_requests').selectAll().where('account_id', '=', accountId);
+    if (filter.status) q = q.where('status', '=', filter.status);
+    if (filter.subjectId) q = q.where('subject_id', '=', filter.subjectId);
+    const rows = (await q.orderBy('received_at').limit(1000).execute()).map((r) => this.view(r));
+    return filter.overdue === undefined ? rows : rows.filter((r) => r.overdue === filter.overdue);
+  }
+
+  async history(id: string) {
+    return this.db.selectFrom('privacy_request_events').select(['seq', 'at', 'event', 'actor', 'note']).where('request_id', '=', id).orderBy('seq').execute();
+  }
+
+  view(r: RequestRow): RequestView {
+    const effective = r.extended_due_at ?? r.due_at;
+    return {
+      id: r.id, subject_id: r.subject_id, type: r.type as RequestType, status: r.status as RequestStatus, received_at: r.received_at, due_at: r.due_at,
+      effective_due_at: effective, extended: r.extended_due_at !== null, extension_reason: r.extension_reason,
+      overdue: OPEN.includes(r.status as RequestStatus) && this.now() > effective, verified_at: r.verified_at,
+      verification: r.verification_json ? (JSON.parse(r.verification_json) as RequestView['verification']) : null, refusal_reason: r.refusal_reason,
+      completed_at: r.completed_at, details: JSON.parse(r.details_json) as RequestDetails, result: r.result_json ? (JSON.parse(r.result_json) as Record<string, unknown>) : null,
+    };
+  }
+
+  /** Moves a request from one status to another, only if no one else moved it meanwhile. */
+  private async transition(r: RequestRow, to: RequestStatus, set: Partial<RequestRow>, actor: string, note: string): Promise<RequestRow> {
+    const now = this.now();
+    const u = await this.db.updateTable('privacy_requests').set({ ...set, status: to, updated_at: now }).where('id', '=', r.id).where('status', '=', r.status).where('updated_at', '=', r.updated_at).executeTakeFirst();
+    if (Number(u.numUpdatedRows) !== 1) throw new PrivacyError(409, 'ConcurrentChange', 'the request changed meanwhile; read it again');
+    await this.event(r.id, to === r.status ? 'updated' : to, actor, note);
+    return { ...r, ...set, status: to, updated_at: now };
+  }
+
+  private async event(requestId: string, event: string, actor: string, note: string): Promise<void> {
+    for (let i = 0; i < 5; i++) {
+      const last = await this.db.selectFrom('privacy_request_events').select('seq').where('request_id', '=', requestId).orderBy('seq', 'desc').limit(1).executeTakeFirst();
+      try {
+        await this.db.insertInto('privacy_request_events').values({ request_id: requestId, seq: (last?.seq ?? 0) + 1, at: this.now(), event, actor, note: note.slice(0, 1024) }).execute();
+        return;
+      } catch (e) {
+        if (i === 4) throw e;
+      }
+    }
+  }
+
+  async verify(r: RequestRow, actor: string, verifierName: string, evidence: Record<string, string>): Promise<RequestView> {
+    if (r.status !== 'received') throw new PrivacyError(409, 'InvalidState', `a ${r.status} request cannot be verified`);
+    const v = this.verifiers.get(verifierName);
+    if (!v) throw new PrivacyError(400, 'UnknownVerifier', `no identity verifier ${verifierName}; available: ${[...this.verifiers.keys()].join(', ')}`);
+    const res = await v.verify(r, evidence);
+    if (!res.ok) {
+      await this.event(r.id, 'verification_failed', actor, res.detail);
+      throw new PrivacyError(400, 'VerificationFailed', res.detail);
+    }
+    return this.view(await this.transition(r, 'verified', { verified_at: this.now(), verification_json: JSON.stringify({ verifier: v.name, detail: res.detail, by: actor }) }, actor, `identity verified by ${v.name}`));
+  }
+
+  /** One extension, by up to two months, with a reason, before the first deadline passes. */
+  async extend(r: RequestRow, actor: string, months: number, reason: string): Promise<RequestView> {
+    if (!OPEN.includes(r.status as RequestStatus)) throw new PrivacyError(409, 'InvalidState', `a ${r.status} request cannot be extended`);
+    if (r.extended_due_at !== null) throw new PrivacyError(409, 'AlreadyExtended', 'a request can be extended once');
+    if (this.now() > r.due_at) throw new PrivacyError(409, 'DeadlinePassed', 'the extension had to be given before the first deadline');
+    if (!Number.isInteger(months) || months < 1 || months > 2) throw new PrivacyError(400, 'InvalidExtension', 'an extension is one or two months');
+    const until = r.due_at + durationMs(`P${months}M`, r.due_at);
+    return this.view(await this.transition(r, r.status as RequestStatus, { extended_due_at: until, extension_reason: reason }, actor, `deadline extended by ${months} month(s): ${reason}`));
+  }
+
+  async refuse(r: RequestRow, actor: string, reason: string): Promise<RequestView> {
+    if (!OPEN.includes(r.status as RequestStatus)) throw new PrivacyError(409, 'InvalidState', `a ${r.status} request cannot be refused`);
+    return this.view(await this.transition(r, 'refused', { refusal_reason: reason, completed_at: this.now() }, actor, `refused: ${reason}`));
+  }
+
+  /** Carries a verified request out over everything the account holds about the subject. */
+  async execute(r: RequestRow, actor: string, scope: KeyScope): Promise<RequestView> {
+    if (r.status === 'received') throw new PrivacyError(409, 'NotVerified', 'the data subject\'s identity must be verified before the request runs');
+    if (r.status !== 'verified') throw new PrivacyError(409, 'InvalidState', `a ${r.status} request cannot run`);
+    let cur = await this.transition(r, 'in_progress', {}, actor, 'execution started');
+    const details = JSON.parse(r.details_json) as RequestDetails;
+    let result: Record<string, unknown>;
+    try {
+      result = await this.carryOut(cur, details, actor, scope);
+    } catch (e) {
+      // Back to verified, so it can be retried; the failure is in the history.
+      cur = await this.transition(cur, 'verified', {}, actor, `execution failed: ${(e as Error).message}`);
+      throw e;
+    }
+    this.stats.requestsCompleted++;
+    return this.view(await this.transition(cur, 'completed', { completed_at: this.now(), result_json: JSON.stringify(result) }, actor, 'completed'));
+  }
+
+  private async carryOut(r: RequestRow, d: RequestDetails, actor: string, scope: KeyScope): Promise<Record<string, unknown>> {
+    const account = r.account_id;
+    const now = this.now();
+    switch (r.type as RequestType) {
+      case 'access':
+      case 'portability':
+        return this.buildArchive(r, scope);
+      case 'erasure': {
+        const legal = new Map((await this.listPurposes(account)).filter((p) => p.legal_basis === 'legal_obligation').map((p) => [p.name, p]));
+        const res = await this.vault.eraseSubject(account, r.subject_id, (_c, p) => {
+          const kept = p.purposes.find((x) => legal.has(x));
+          return kept ? `kept under a legal obligation (${kept}${legal.get(kept)!.description ? `: ${legal.get(kept)!.description}` : ''}) until its own deletion rule` : null;
+        });
+        return { ...res, kept: res.kept.map((k) => ({ ...k, until: k.until === null ? null : new Date(k.until).toISOString() })), consent_records: 'kept as proof of lawful processing' };
+      }
+      case 'rectification': {
+        let records = 0;
+        for (const x of d.rectify ?? []) records += await this.vault.rectifySubject(account, r.subject_id, x.collection, x.fields);
+        return { records_rectified: records, collections: (d.rectify ?? []).map((x) => x.collection) };
+      }
+      case 'restriction':
+      case 'objection': {
+        const purposes = r.type === 'restriction' ? ['*'] : d.purposes!;
+        await this.db.insertInto('privacy_limits').values({ id: randomUUID(), account_id: account, subject_id: r.subject_id, kind: r.type, purposes_json: JSON.stringify(purposes), request_id: r.id, since: now, lifted_at: null }).execute();
+        return r.type === 'restriction' ? { restricted: true, still_allowed: [LEGAL_CLAIMS] } : { objected_purposes: purposes };
+      }
+      case 'consent_withdrawal': {
+        const state = await this.consents(account, r.subject_id);
+        const targets = d.purposes?.length ? d.purposes : state.current.filter((c) => c.status === 'granted').map((c) => c.purpose);
+        for (const p of targets) await this.recordConsent(account, r.subject_id, { purpose: p, status: 'withdrawn', source: `data-subject request ${r.id}`, noticeVersion: 'n/a' });
+        return { withdrawn: targets, by: actor };
+      }
+    }
+  }
+
+  async liftLimit(accountId: string, subjectId: string, kind: 'restriction' | 'objection'): Promise<number> {
+    const r = await this.db.updateTable('privacy_limits').set({ lifted_at: this.now() }).where('account_id', '=', accountId).where('subject_id', '=', subjectId).where('kind', '=', kind).where('lifted_at', 'is', null).executeTakeFirst();
+    return Number(r.numUpdatedRows);
+  }
+
+  // ------------------------------------------------------------------ archives
+
+  /**
+   * Access and portability: everything held about the subject — vault records, consent history and
+   * this account's requests — as one ZIP (JSON and CSV files), encrypted under the account's
+   * privacy key, offered through a link that expires.
+   */
+  private async buildArchive(r: RequestRow, scope: KeyScope): Promise<Record<string, unknown>> {
+    const vault = await this.vault.subjectData(r.account_id, r.subject_id);
+    const consent = await this.consents(r.account_id, r.subject_id);
+    const requests = await this.listRequests(r.account_id, { subjectId: r.subject_id });
+    const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
+    const doc = {
+      format: 'custos-subject-archive-v1', subject_id: r.subject_id, generated_at: iso(this.now()), request_id: r.id,
+      vault: vault.map((v) => ({ ...v, created_at: iso(v.created_at), updated_at: iso(v.updated_at) })),
+      consents: consent.history.map((c) => ({ purpose: c.purpose, status: c.status, source: c.source, notice_version: c.notice_version, recorded_at: iso(c.recorded_at) })),
+      requests: requests.map((q) => ({ id: q.id, type: q.type, status: q.status, received_at: iso(q.received_at), due_at: iso(q.effective_due_at), completed_at: iso(q.completed_at) })),
+    };
+    const vaultCsv = stringify([['collection', 'region', 'record_id', 'property', 'value'], ...vault.flatMap((v) => Object.entries(v.fields).map(([k, val]) => [v.collection, v.region, v.record_id, k, String(val)]))]);
+    const consentCsv = stringify([['purpose', 'status', 'source', 'notice_version', 'recorded_at'], ...doc.consents.map((c) => [c.purpose, c.status, c.source, c.notice_version, c.recorded_at])]);
+    const requestCsv = stringify([['id', 'type', 'status', 'received_at', 'due_at', 'completed_at'], ...doc.requests.map((q) => [q.id, q.type, q.status, q.received_at, q.due_at, q.completed_at])]);
+    const zip = Buffer.from(zipSync({
+      'subject.json': strToU8(JSON.stringify(doc, null, 2)), 'vault.csv': strToU8(vaultCsv), 'consents.csv': strToU8(consentCsv), 'requests.csv': strToU8(requestCsv),
+    }));
+    const key = await this.archiveKey(scope);
+    const dk = await this.kms.generateDataKey(key, 32, { 'privacy:archive': r.id });
+    const content = sealAesGcm(dk.plaintext, zip, Buffer.from(`custos-privacy-archive\u0000${r.account_id}\u0000${r.id}`));
+    dk.plaintext.fill(0);
+    const secret = randomBytes(32).toString('base64url');
+    const now = this.now();
+    const expires = now + this.archiveTtlMs;
+    await this.db.insertInto('privacy_archives').values({
+      request_id: r.id, account_id: r.account_id, kms_key_id: key.id, project_id: scope.projectId, region: scope.region, data_key: dk.ciphertext.toString('base64'),
+      content: content.toString('base64'), link_secret_hash: createHash('sha256').update(secret).digest('hex'), expires_at: expires, created_at: now,
+    }).onConflict((oc) => oc.column('request_id').doNothing()).execute();
+    return {
+      archive: `/v1/privacy/archives/${r.id}?token=${secret}`, expires_at: new Date(expires).toISOString(), bytes: zip.length,
+      records: vault.length, values: vault.reduce((n, v) => n + Object.keys(v.fields).length, 0), consents: doc.consents.length, requests: doc.requests.length,
+    };
+  }
+
+  private async archiveKey(scope: KeyScope): Promise<KeyRow> {
+    const found = await this.kms.findKey(scope, ARCHIVE_KEY_ALIAS);
+    if (found) return found;
+    try {
+      return await this.kms.createKey(scope, { alias: ARCHIVE_KEY_ALIAS, description: 'default key of data-subject request archives', keySpec: 'AES_256' });
+    } catch (e) {
+      const again = await this.kms.findKey(scope, ARCHIVE_KEY_ALIAS);
+      if (again) return again;
+      throw e;
+    }
+  }
+
+  /** The archive behind a link: the token must match (constant time) and the link must not have expired. */
+  async openArchive(requestId: string, token: string): Promise<Buffer> {
+    const a = await this.db.selectFrom('privacy_archives').selectAll().where('request_id', '=', requestId).executeTakeFirst();
+    const given = createHash('sha256').update(token).digest();
+    if (!a || !timingSafeEqual(given, Buffer.from(a.link_secret_hash, 'hex'))) throw new PrivacyError(404, 'NotFound', 'no such archive');
+    if (this.now() >= a.expires_at) throw new PrivacyError(410, 'Expired', 'the archive link has expired; run the request again for a new one');
+    const key = await this.kms.getKey({ accountId: a.account_id, projectId: a.project_id, region: a.region }, a.kms_key_id);
+    const dek = await this.kms.decrypt(key, Buffer.from(a.data_key, 'base64'), { 'privacy:archive': requestId });
+    try {
+      return openAesGcm(dek, Buffer.from(a.content, 'base64'), Buffer.from(`custos-privacy-archive\u0000${a.account_id}\u0000${requestId}`));
+    } finally {
+      dek.fill(0);
+    }
+  }
+
+  // ------------------------------------------------------------------ jobs
+
+  /** Overdue requests raise one alert each (history, log, metric); expired archives are deleted. */
+  async runDueJobs(): Promise<{ overdue: number; archivesDeleted: number }> {
+    const now = this.now();
+    const open = await this.db.selectFrom('privacy_requests').selectAll().where('status', 'in', OPEN).where('overdue_alerted_at', 'is', null).where('due_at', '<', now).limit(1000).execute();
+    let overdue = 0;
+    for (const r of open) {
+      if ((r.extended_due_at ?? r.due_at) >= now) continue;
+      const u = await this.db.updateTable('privacy_requests').set({ overdue_alerted_at: now }).where('id', '=', r.id).where('overdue_alerted_at', 'is', null).executeTakeFirst();
+      if (Number(u.numUpdatedRows) !== 1) continue;
+      overdue++;
+      this.stats.overdueAlerts++;
+      await this.event(r.id, 'overdue', 'system', `the deadline ${new Date(r.extended_due_at ?? r.due_at).toISOString()} passed without an answer`);
+      this.opts.onAlert?.(`data-subject request ${r.id} (${r.type}, account ${r.account_id}) is overdue`);
+    }
+    const del = await this.db.deleteFrom('privacy_archives').where('expires_at', '<=', now).executeTakeFirst();
+    return { overdue, archivesDeleted: Number(del.numDeletedRows) };
+  }
+}
+
+function checkSubject(id: string): void {
+  if (!SUBJECT_ID.test(id)) throw new PrivacyError(400, 'InvalidSubject', 'a subject id is 1–128 letters, digits or ._:@-');
+}

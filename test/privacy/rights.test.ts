@@ -1,0 +1,229 @@
+// Consent and data-subject requests over real HTTP, with an injectable clock, over data in the vault.
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { strFromU8, unzipSync } from 'fflate';
+import { PASSWORD, startTestServer, type Tenant, type TestServer } from '../helpers.js';
+
+const DAY = 86_400_000;
+
+describe('privacy: consent and data-subject requests', () => {
+  let s: TestServer;
+  let t: Tenant;
+  let other: Tenant;
+  let clock = Date.parse('2026-03-01T09:00:00Z');
+  const api = (method: string, p: string, body?: unknown, token = t.token) => s.api(method, p, { token, ...(body !== undefined ? { body } : {}) });
+  const advance = async (ms: number) => {
+    clock += ms;
+    t.token = await s.token(t.name, 'admin', PASSWORD);
+    other.token = await s.token(other.name, 'admin', PASSWORD);
+  };
+  const C = '/v1/vault/collections/members';
+  const read = (id: string, reason: string, extra = '') => api('GET', `${C}/records/${id}?reason=${reason}${extra}`);
+  const request = async (subject: string, type: string, details?: unknown) => {
+    const r = await api('POST', '/v1/privacy/requests', { subject_id: subject, type, ...(details ? { details } : {}) });
+    assert.equal(r.status, 201, r.text);
+    return r.json as { id: string; due_at: string; status: string };
+  };
+  const verify = async (id: string) => {
+    const r = await api('POST', `/v1/privacy/requests/${id}/verify`, { verifier: 'attestation', evidence: { method: 'passport checked at the front desk', reference: 'ticket-4711' } });
+    assert.equal(r.status, 200, r.text);
+    return r.json;
+  };
+  const execute = async (id: string) => {
+    const r = await api('POST', `/v1/privacy/requests/${id}/execute`, { project_id: t.projects[0]!.id });
+    assert.equal(r.status, 200, r.text);
+    assert.equal(r.json.status, 'completed');
+    return r.json;
+  };
+  const records: Record<string, string> = {};
+
+  before(async () => {
+    s = await startTestServer({ now: () => clock });
+    t = await s.createTenant();
+    other = await s.createTenant();
+    for (const [name, basis] of [['service_delivery', 'contract'], ['marketing', 'consent'], ['accounting', 'legal_obligation'], ['legal_claims', 'legitimate_interests']] as const) {
+      const r = await api('PUT', `/v1/privacy/purposes/${name}`, { legal_basis: basis, description: name === 'accounting' ? 'tax law: 10 years' : '' });
+      assert.equal(r.status, 200, r.text);
+    }
+    const c = await api('POST', '/v1/vault/collections', {
+      name: 'members', project_id: t.projects[0]!.id,
+      access: [{ type: 'user', id: t.adminUserId, permissions: ['read', 'write', 'search', 'delete'], unmask: ['*'] }],
+      properties: [
+        { name: 'email', pii_type: 'email', mandatory: true, searchable: true, purposes: ['service_delivery', 'marketing', 'legal_claims'], collection_method: 'sign-up', deletion: { on_event: 'account_deregistered' } },
+        { name: 'phone', pii_type: 'phone_number', purposes: ['service_delivery'], collection_method: 'sign-up', deletion: { after: 'P2Y' } },
+        { name: 'interests', pii_type: 'free_text', purposes: ['marketing'], collection_method: 'preferences page', deletion: { on_event: 'consent_withdrawn' } },
+        { name: 'invoice_address', pii_type: 'postal_address', purposes: ['accounting'], collection_method: 'checkout', deletion: { after: 'P10Y', basis: 'tax law' } },
+      ],
+    });
+    assert.equal(c.status, 201, c.text);
+    for (const [subject, email] of [['alice', 'alice@example.com'], ['bob', 'bob@example.com'], ['carol', 'carol@example.com'], ['dave', 'dave@example.com']] as const) {
+      const r = await api('POST', `${C}/records`, { subject_id: subject, fields: { email, phone: '+4930123456', interests: `${subject} likes sailing`, invoice_address: `${subject}, 1 Main Street, Berlin` } });
+      assert.equal(r.status, 201, r.text);
+      records[subject] = r.json.id;
+    }
+  });
+  after(async () => {
+    await s?.close();
+  });
+
+  test('consent: reads for a consent-based purpose need it; withdrawal stops them at once and keeps the history', async () => {
+    const none = await read(records.alice!, 'marketing');
+    assert.equal(none.status, 403, none.text);
+    assert.equal(none.json.error.code, 'ProcessingNotAllowed');
+    assert.match(none.json.error.message, /no consent for marketing/);
+    const grant = await api('POST', '/v1/privacy/subjects/alice/consents', { purpose: 'marketing', status: 'granted', source: 'newsletter checkbox', notice_version: '2026-01' });
+    assert.equal(grant.status, 201, grant.text);
+    const ok = await read(records.alice!, 'marketing', '&unmask=interests');
+    assert.equal(ok.status, 200, ok.text);
+    assert.equal(ok.json.fields.interests, 'alice likes sailing');
+    // Contract-based processing never needed consent.
+    assert.equal((await read(records.alice!, 'service_delivery')).status, 200);
+    // Consent only exists for consent-based purposes in the catalogue.
+    assert.equal((await api('POST', '/v1/privacy/subjects/alice/consents', { purpose: 'service_delivery', status: 'granted', source: 'x', notice_version: '1' })).status, 400);
+    assert.equal((await api('POST', '/v1/privacy/subjects/alice/consents', { purpose: 'unknown', status: 'granted', source: 'x', notice_version: '1' })).status, 400);
+
+    await advance(DAY);
+    const withdraw = await api('POST', '/v1/privacy/subjects/alice/consents', { purpose: 'marketing', status: 'withdrawn', source: 'unsubscribe link', notice_version: '2026-01' });
+    assert.equal(withdraw.status, 201, withdraw.text);
+    // Values whose deletion rule waits for the withdrawal go with it.
+    assert.deepEqual(withdraw.json.vault, { scheduled: 1, deleted_values: 1, deleted_records: 0 });
+    const refused = await read(records.alice!, 'marketing');
+    assert.equal(refused.status, 403);
+    assert.match(refused.json.error.message, /consent for marketing was withdrawn/);
+    // A search for the purpose leaves the subject out.
+    const search = await api('POST', `${C}/search`, { reason: 'marketing', match: { email: 'alice@example.com' } });
+    assert.deepEqual(search.json.records, []);
+    const state = await api('GET', '/v1/privacy/subjects/alice/consents');
+    assert.deepEqual(state.json.current.map((c: { purpose: string; status: string }) => [c.purpose, c.status]), [['marketing', 'withdrawn']]);
+    assert.deepEqual(state.json.history.map((c: { status: string; source: string }) => [c.status, c.source]), [['granted', 'newsletter checkbox'], ['withdrawn', 'unsubscribe link']]);
+  });
+
+  test('deadlines: due 30 days after receipt, one extension of up to two months before it, overdue alerts', async () => {
+    const r = await request('bob', 'access');
+    assert.equal(r.status, 'received');
+    assert.equal(Date.parse(r.due_at) - clock, 30 * DAY);
+    // Unverified requests cannot run.
+    const early = await api('POST', `/v1/privacy/requests/${r.id}/execute`, {});
+    assert.equal(early.status, 409);
+    assert.equal(early.json.error.code, 'NotVerified');
+    const badVerify = await api('POST', `/v1/privacy/requests/${r.id}/verify`, { verifier: 'attestation', evidence: { method: 'trust me' } });
+    assert.equal(badVerify.status, 400);
+    assert.equal((await api('POST', `/v1/privacy/requests/${r.id}/verify`, { verifier: 'psychic', evidence: {} })).status, 400);
+    assert.equal((await api('POST', `/v1/privacy/requests/${r.id}/extend`, { months: 3, reason: 'complex' })).status, 400);
+    await advance(10 * DAY);
+    const ext = await api('POST', `/v1/privacy/requests/${r.id}/extend`, { months: 2, reason: 'the request covers ten years of records' });
+    assert.equal(ext.status, 200, ext.text);
+    assert.equal(ext.json.extended, true);
+    assert.equal(ext.json.effective_due_at, '2026-06-01T09:00:00.000Z');
+    const again = await api('POST', `/v1/privacy/requests/${r.id}/extend`, { months: 1, reason: 'more' });
+    assert.equal(again.status, 409);
+    assert.equal(again.json.error.code, 'AlreadyExtended');
+
+    const late = await request('carol', 'objection', { purposes: ['marketing'] });
+    await advance(31 * DAY);
+    const tooLate = await api('POST', `/v1/privacy/requests/${late.id}/extend`, { months: 1, reason: 'forgot' });
+    assert.equal(tooLate.status, 409);
+    assert.equal(tooLate.json.error.code, 'DeadlinePassed');
+    const overdue = await api('GET', '/v1/privacy/requests?overdue=true');
+    assert.deepEqual(overdue.json.requests.map((x: { id: string }) => x.id), [late.id], 'the extended request is not overdue');
+    const job = await s.custos.rights.runDueJobs();
+    assert.equal(job.overdue, 1);
+    assert.equal((await s.custos.rights.runDueJobs()).overdue, 0, 'one alert per request');
+    const hist = await api('GET', `/v1/privacy/requests/${late.id}`);
+    assert.deepEqual(hist.json.history.map((h: { event: string }) => h.event), ['received', 'overdue']);
+    assert.ok(s.logs().includes(`data-subject request ${late.id} (objection`), 'the alert reaches the log');
+    const metrics = await s.api('GET', '/metrics');
+    assert.match(metrics.text, /custos_privacy_requests_overdue_total 1/);
+    // Refusal needs a reason and ends the request.
+    const refused = await api('POST', `/v1/privacy/requests/${late.id}/refuse`, { reason: 'the subject withdrew the request by phone' });
+    assert.equal(refused.json.status, 'refused');
+    assert.equal((await api('POST', `/v1/privacy/requests/${late.id}/refuse`, { reason: 'again' })).status, 409);
+    assert.equal((await api('POST', `/v1/privacy/requests/${late.id}/refuse`, {})).status, 400);
+
+    // The access request, verified and run: an archive of the subject, and nothing of anyone else.
+    await verify(r.id);
+    const done = await execute(r.id);
+    assert.equal(done.result.records, 1);
+    const link = done.result.archive as string;
+    const zip = await s.api('GET', link);
+    assert.equal(zip.status, 200, zip.text);
+    const raw = await fetch(s.url + link);
+    const files = unzipSync(new Uint8Array(await raw.arrayBuffer()));
+    assert.deepEqual(Object.keys(files).sort(), ['consents.csv', 'requests.csv', 'subject.json', 'vault.csv']);
+    const doc = JSON.parse(strFromU8(files['subject.json']!));
+    assert.equal(doc.subject_id, 'bob');
+    assert.deepEqual(doc.vault[0].fields, { email: 'bob@example.com', phone: '+4930123456', interests: 'bob likes sailing', invoice_address: 'bob, 1 Main Street, Berlin' });
+    assert.match(strFromU8(files['vault.csv']!), /members,.*,email,bob@example\.com/);
+    const everything = Object.values(files).map((f) => strFromU8(f)).join('\n');
+    for (const x of ['alice', 'carol', 'dave']) assert.ok(!everything.includes(x), `the archive holds ${x}'s data`);
+    assert.equal((await fetch(`${s.url}/v1/privacy/archives/${r.id}?token=${'A'.repeat(43)}`)).status, 404);
+    await advance(8 * DAY);
+    assert.equal((await fetch(s.url + link)).status, 410);
+    await s.custos.rights.runDueJobs();
+    assert.equal((await fetch(s.url + link)).status, 404);
+  });
+
+  test('erasure deletes everything but what a legal obligation keeps, and says what was kept and why', async () => {
+    const r = await request('dave', 'erasure');
+    await verify(r.id);
+    const done = await execute(r.id);
+    assert.equal(done.result.deleted_values, 3);
+    assert.equal(done.result.deleted_records, 0);
+    assert.equal(done.result.kept.length, 1);
+    assert.equal(done.result.kept[0].property, 'invoice_address');
+    assert.match(done.result.kept[0].reason, /legal obligation \(accounting: tax law: 10 years\)/);
+    assert.ok(done.result.kept[0].until, 'the kept value has its own deletion date');
+    const left = await read(records.dave!, 'accounting', '&unmask=*');
+    assert.deepEqual(left.json.fields, { invoice_address: 'dave, 1 Main Street, Berlin' });
+    const gone = await read(records.dave!, 'service_delivery', '&unmask=*');
+    assert.deepEqual(gone.json.fields, { email: null, phone: null });
+    assert.deepEqual((await api('POST', `${C}/search`, { reason: 'service_delivery', match: { email: 'dave@example.com' } })).json.records, []);
+  });
+
+  test('restriction allows only legal claims; objection stops the named purposes; both can be lifted', async () => {
+    const restrict = await request('bob', 'restriction');
+    await verify(restrict.id);
+    await execute(restrict.id);
+    assert.equal((await read(records.bob!, 'service_delivery')).status, 403);
+    assert.equal((await read(records.bob!, 'legal_claims')).status, 200);
+    assert.equal((await api('DELETE', '/v1/privacy/subjects/bob/limits/restriction')).status, 200);
+    assert.equal((await read(records.bob!, 'service_delivery')).status, 200);
+
+    await api('POST', '/v1/privacy/subjects/carol/consents', { purpose: 'marketing', status: 'granted', source: 'form', notice_version: '1' });
+    assert.equal((await read(records.carol!, 'marketing')).status, 200);
+    const object = await request('carol', 'objection', { purposes: ['marketing'] });
+    await verify(object.id);
+    await execute(object.id);
+    const refused = await read(records.carol!, 'marketing');
+    assert.equal(refused.status, 403);
+    assert.match(refused.json.error.message, /objected to processing for marketing/);
+    assert.equal((await read(records.carol!, 'service_delivery')).status, 200);
+    assert.equal((await api('POST', '/v1/privacy/requests', { subject_id: 'carol', type: 'objection' })).status, 400, 'an objection names its purposes');
+  });
+
+  test('rectification and consent withdrawal as requests', async () => {
+    const fix = await request('bob', 'rectification', { rectify: [{ collection: 'members', fields: { phone: '+4930999999' } }] });
+    await verify(fix.id);
+    const done = await execute(fix.id);
+    assert.equal(done.result.records_rectified, 1);
+    assert.equal((await read(records.bob!, 'service_delivery', '&unmask=phone')).json.fields.phone, '+4930999999');
+    const w = await request('carol', 'consent_withdrawal');
+    await verify(w.id);
+    const wd = await execute(w.id);
+    assert.deepEqual(wd.result.withdrawn, ['marketing']);
+    const c = await api('GET', '/v1/privacy/subjects/carol/consents');
+    assert.equal(c.json.current[0].status, 'withdrawn');
+  });
+
+  test('another tenant sees none of it', async () => {
+    const mine = (await api('GET', '/v1/privacy/requests')).json.requests as { id: string }[];
+    assert.ok(mine.length >= 5);
+    assert.deepEqual((await api('GET', '/v1/privacy/requests', undefined, other.token)).json.requests, []);
+    for (const r of mine) {
+      assert.equal((await api('GET', `/v1/privacy/requests/${r.id}`, undefined, other.token)).status, 404);
+      assert.equal((await api('POST', `/v1/privacy/requests/${r.id}/execute`, {}, other.token)).status, 404);
+    }
+    assert.deepEqual((await api('GET', '/v1/privacy/subjects/alice/consents', undefined, other.token)).json, { current: [], history: [] });
+    assert.deepEqual((await api('GET', '/v1/privacy/purposes', undefined, other.token)).json.purposes, []);
+  });
+});
