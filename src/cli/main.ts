@@ -9,6 +9,7 @@ import { clientCommands } from './client.js';
 import { kmsCommand } from './kms.js';
 import { obsCommand } from './obs.js';
 import { vaultCommand } from './vault.js';
+import { privacyCommand } from './privacy-rights.js';
 import { serve } from './serve.js';
 
 const program = new Command()
@@ -24,6 +25,7 @@ program.addCommand(auditCommand());
 program.addCommand(kmsCommand());
 program.addCommand(obsCommand());
 program.addCommand(vaultCommand());
+program.addCommand(privacyCommand());
 
 program.parseAsync(process.argv).catch((e: unknown) => {
   if (e instanceof ConfigError || e instanceof RootKeyError) {
