@@ -56,6 +56,8 @@ export type PropertyInput = Static<typeof PropertySchema>;
 
 export const CollectionSchemaInput = Type.Object({
   description: Type.Optional(Type.String({ maxLength: 255 })),
+  /** Records of subjects younger than this (by their mandatory date of birth) are refused. */
+  min_age: Type.Optional(Type.Integer({ minimum: 1, maximum: 25 })),
   properties: Type.Array(PropertySchema, { minItems: 1, maxItems: 100 }),
 }, S);
 
@@ -79,6 +81,7 @@ export interface Property {
 export interface CollectionSchema {
   description: string;
   properties: Property[];
+  min_age?: number;
 }
 
 /** The data type a personal-data type implies when none is given. */
@@ -114,7 +117,11 @@ export function normalizeSchema(input: Static<typeof CollectionSchemaInput>): Co
       max_length: Math.min(p.max_length ?? defaultMax(p.pii_type), 65536),
     };
   });
-  return { description: input.description ?? '', properties };
+  if (input.min_age !== undefined) {
+    const dob = properties.filter((p) => p.pii_type === 'date_of_birth');
+    if (dob.length !== 1 || !dob[0]!.mandatory) throw new SchemaError('a minimum age needs exactly one date_of_birth property, and it must be mandatory');
+  }
+  return { description: input.description ?? '', properties, ...(input.min_age !== undefined ? { min_age: input.min_age } : {}) };
 }
 
 export function canGeneralize(pii: PiiType, dataType: DataType): boolean {
@@ -272,4 +279,13 @@ export function indexForm(p: Property, v: string | number | boolean): string {
   const c = canonicalValue(p, v);
   if (typeof c !== 'string') return JSON.stringify(c);
   return p.pii_type === 'email' ? c.toLowerCase() : c;
+}
+
+/** Whole years between a date of birth (YYYY-MM-DD) and a moment. */
+export function ageAt(dateOfBirth: string, at: number): number {
+  const [y, m, d] = dateOfBirth.split('-').map(Number) as [number, number, number];
+  const now = new Date(at);
+  let age = now.getUTCFullYear() - y;
+  if (now.getUTCMonth() + 1 < m || (now.getUTCMonth() + 1 === m && now.getUTCDate() < d)) age--;
+  return age;
 }

@@ -13,7 +13,7 @@ import type { KeyScope, KmsService } from '../kms/kms.js';
 import type { KeyRow } from '../kms/store.js';
 import { isUniqueViolation } from '../store/db.js';
 import {
-  canonicalValue, compileRecordValidator, describeDeletion, durationMs, indexForm, normalizeSchema, SchemaError,
+  ageAt, canonicalValue, compileRecordValidator, describeDeletion, durationMs, indexForm, normalizeSchema, SchemaError,
   type CollectionSchema, type Property, type RecordValidator, type Transform, CollectionSchemaInput,
 } from './schema.js';
 import type { Static } from '@sinclair/typebox';
@@ -476,6 +476,7 @@ export class VaultService {
       if (e instanceof SchemaError) throw new VaultError(400, 'InvalidRecord', e.message);
       throw e;
     }
+    this.checkAge(c, fields);
     const id = randomUUID();
     const key = await this.kms.getKey(this.scopeOf(c.row), c.row.kms_key_id);
     const dk = await this.kmsCall(() => this.kms.generateDataKey(key, 32, recordContext(c.row.id, id)));
@@ -505,6 +506,16 @@ export class VaultService {
     });
     this.stats.recordsWritten++;
     return row;
+  }
+
+  /** A collection with a minimum age refuses subjects below it (the date itself is never echoed). */
+  private checkAge(c: Collection, fields: Record<string, unknown>): void {
+    if (c.schema.min_age === undefined) return;
+    const dob = c.schema.properties.find((p) => p.pii_type === 'date_of_birth');
+    const v = dob ? fields[dob.name] : undefined;
+    if (typeof v === 'string' && ageAt(v, this.now()) < c.schema.min_age) {
+      throw new VaultError(422, 'BelowMinimumAge', `the collection accepts data subjects aged ${c.schema.min_age} or more; property ${dob!.name} is below that`);
+    }
   }
 
   private seal(col: CollectionRow, recordId: string, p: Property, v: Value, dek: Buffer, now: number): StoredValue {
@@ -707,6 +718,7 @@ export class VaultService {
       if (e instanceof SchemaError) throw new VaultError(400, 'InvalidRecord', e.message);
       throw e;
     }
+    this.checkAge(c, fields);
     const byName = new Map(c.schema.properties.map((p) => [p.name, p]));
     for (const n of Object.keys(fields)) if (!byName.get(n)!.modifiable) throw new VaultError(403, 'PropertyNotModifiable', `property ${n} cannot be modified once collected`);
     for (let attempt = 0; attempt < 3; attempt++) {

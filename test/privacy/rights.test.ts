@@ -215,6 +215,32 @@ describe('privacy: consent and data-subject requests', () => {
     assert.equal(c.json.current[0].status, 'withdrawn');
   });
 
+  test('minors: a collection with a minimum age refuses younger subjects, to the day', async () => {
+    const props = [{ name: 'birth', pii_type: 'date_of_birth', mandatory: true, modifiable: true, purposes: ['service_delivery'], collection_method: 'sign-up', deletion: { after: 'P1Y' } }];
+    const noDob = await api('POST', '/v1/vault/collections', { name: 'kids', project_id: t.projects[0]!.id, min_age: 14, properties: [{ ...props[0], pii_type: 'free_text', data_type: 'string' }] });
+    assert.equal(noDob.status, 400);
+    assert.match(noDob.json.error.message, /minimum age needs exactly one date_of_birth property/);
+    const c = await api('POST', '/v1/vault/collections', { name: 'kids', project_id: t.projects[0]!.id, min_age: 14, access: [{ type: 'user', id: t.adminUserId, permissions: ['read', 'write'] }], properties: props });
+    assert.equal(c.status, 201, c.text);
+    assert.equal(c.json.min_age, 14);
+    const today = new Date(clock);
+    const ymd = (y: number, m: number, d: number) => `${y}-${String(m).padStart(2, '0')}-${String(d).padStart(2, '0')}`;
+    const y = today.getUTCFullYear();
+    const m = today.getUTCMonth() + 1;
+    const d = today.getUTCDate();
+    const turnsTomorrow = ymd(y - 14, m, d + 1 > 28 ? d : d + 1);
+    const turnedToday = ymd(y - 14, m, d);
+    const young = await api('POST', '/v1/vault/collections/kids/records', { subject_id: 'kid', fields: { birth: turnsTomorrow } });
+    assert.equal(young.status, 422, young.text);
+    assert.equal(young.json.error.code, 'BelowMinimumAge');
+    assert.ok(!young.text.includes(turnsTomorrow), 'the error does not echo the date of birth');
+    const ok = await api('POST', '/v1/vault/collections/kids/records', { subject_id: 'teen', fields: { birth: turnedToday } });
+    assert.equal(ok.status, 201, ok.text);
+    // Rectifying the date of birth to an age below the minimum is refused too.
+    const fix = await api('PATCH', `/v1/vault/collections/kids/records/${ok.json.id}`, { fields: { birth: ymd(y - 5, 1, 1) } });
+    assert.equal(fix.status, 422);
+  });
+
   test('another tenant sees none of it', async () => {
     const mine = (await api('GET', '/v1/privacy/requests')).json.requests as { id: string }[];
     assert.ok(mine.length >= 5);

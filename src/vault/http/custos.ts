@@ -43,14 +43,14 @@ const PropertyView = Type.Object({
 });
 const CollectionView = Type.Object({
   id: Type.String(), name: Type.String(), description: Type.String(), project_id: Type.String(), region: Type.String(), kms_key_id: Type.String(),
-  schema_version: Type.Integer(), properties: Type.Array(PropertyView), created_at: Type.String(), updated_at: Type.String(),
+  schema_version: Type.Integer(), min_age: Type.Optional(Type.Integer()), properties: Type.Array(PropertyView), created_at: Type.String(), updated_at: Type.String(),
 });
 
 const iso = (ms: number) => new Date(ms).toISOString();
 function collectionView(c: Collection) {
   return {
     id: c.row.id, name: c.row.name, description: c.schema.description, project_id: c.row.project_id, region: c.row.region, kms_key_id: c.row.kms_key_id,
-    schema_version: c.row.schema_version, properties: c.schema.properties, created_at: iso(c.row.created_at), updated_at: iso(c.row.updated_at),
+    schema_version: c.row.schema_version, ...(c.schema.min_age !== undefined ? { min_age: c.schema.min_age } : {}), properties: c.schema.properties, created_at: iso(c.row.created_at), updated_at: iso(c.row.updated_at),
   };
 }
 function recordView(r: RecordView) {
@@ -144,7 +144,7 @@ export function vaultRoutes(vault: VaultService, iam: IamService): RouteDef[] {
         const access = (b.access ?? []).map((a) => ({ ...a, unmask: a.unmask ?? [] }));
         await checkPrincipals(iam, p.accountId, access);
         const c = await vault.createCollection({ accountId: p.accountId, projectId: project.id, region: project.region }, p.userId, {
-          name: b.name, kmsKey: b.kms_key_id, access, properties: b.properties, ...(b.description !== undefined ? { description: b.description } : {}),
+          name: b.name, kmsKey: b.kms_key_id, access, properties: b.properties, ...(b.description !== undefined ? { description: b.description } : {}), ...(b.min_age !== undefined ? { min_age: b.min_age } : {}),
         });
         req.custos.traced = { resourceId: c.row.id, resourceName: c.row.name };
         return reply.code(201).send(collectionView(c));
