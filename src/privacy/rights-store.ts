@@ -15,6 +15,11 @@ export type RightsTables = {
     request_id: string; account_id: string; kms_key_id: string; project_id: string; region: string; data_key: string; content: string;
     link_secret_hash: string; expires_at: number; created_at: number;
   };
+  privacy_webhooks: { account_id: string; url: string; secret_sealed: string; created_at: number };
+  privacy_outbox: {
+    id: string; account_id: string; event: string; payload_json: string; created_at: number; attempts: number; next_attempt_at: number;
+    delivered_at: number | null; failed_at: number | null; last_error: string | null;
+  };
 };
 
 export type RightsDb = Kysely<RightsTables>;

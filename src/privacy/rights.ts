@@ -5,10 +5,11 @@
  * extendable once by up to two months with a reason before the first deadline, or refused with a
  * reason. A request runs only after the subject's identity was verified.
  */
-import { createHash, randomBytes, randomUUID, timingSafeEqual } from 'node:crypto';
+import { createHash, createHmac, randomBytes, randomUUID, timingSafeEqual } from 'node:crypto';
 import { strToU8, zipSync } from 'fflate';
 import { stringify } from 'csv-stringify/sync';
 import { openAesGcm, sealAesGcm } from '../crypto/aead.js';
+import type { SecretBox } from '../crypto/secretbox.js';
 import { ServiceError } from '../errors.js';
 import type { KeyScope, KmsService } from '../kms/kms.js';
 import type { KeyRow } from '../kms/store.js';
@@ -86,6 +87,8 @@ export interface RightsOptions {
   verifiers?: IdentityVerifier[];
   /** How long an access/portability archive's link works (default 7 days). */
   archiveTtlMs?: number;
+  /** Webhook delivery; tests inject it. */
+  fetch?: typeof fetch;
   onAlert?: (message: string) => void;
 }
 
@@ -93,12 +96,13 @@ export class PrivacyRightsService implements ProcessingGate {
   private readonly now: () => number;
   private readonly verifiers: Map<string, IdentityVerifier>;
   private readonly archiveTtlMs: number;
-  readonly stats = { requestsCompleted: 0, overdueAlerts: 0 };
+  readonly stats = { requestsCompleted: 0, overdueAlerts: 0, webhooksDelivered: 0, webhookFailures: 0 };
 
   constructor(
     private readonly db: RightsDb,
     private readonly vault: VaultService,
     private readonly kms: KmsService,
+    private readonly secrets: SecretBox,
     private readonly opts: RightsOptions = {},
   ) {
     this.now = opts.now ?? Date.now;
@@ -195,8 +199,10 @@ export class PrivacyRightsService implements ProcessingGate {
       received_at: received, due_at: received + durationMs('P30D', received), extended_due_at: null, extension_reason: null, verified_at: null,
       verification_json: null, refusal_reason: null, completed_at: null, result_json: null, overdue_alerted_at: null, updated_at: now,
     };
-    await this.db.insertInto('privacy_requests').values(row).execute();
-    await this.event(row.id, 'received', actor, `${input.type} request received`);
+    await this.db.transaction().execute(async (trx) => {
+      await trx.insertInto('privacy_requests').values(row).execute();
+      await this.event(trx, row, 'received', actor, `${input.type} request received`);
+    });
     return this.view(row);
   }
 
@@ -227,25 +233,35 @@ export class PrivacyRightsService implements ProcessingGate {
     };
   }
 
-  /** Moves a request from one status to another, only if no one else moved it meanwhile. */
+  /**
+   * Moves a request from one status to another, only if no one else moved it meanwhile; the history
+   * entry and the webhook notification are written in the same transaction.
+   */
   private async transition(r: RequestRow, to: RequestStatus, set: Partial<RequestRow>, actor: string, note: string): Promise<RequestRow> {
     const now = this.now();
-    const u = await this.db.updateTable('privacy_requests').set({ ...set, status: to, updated_at: now }).where('id', '=', r.id).where('status', '=', r.status).where('updated_at', '=', r.updated_at).executeTakeFirst();
-    if (Number(u.numUpdatedRows) !== 1) throw new PrivacyError(409, 'ConcurrentChange', 'the request changed meanwhile; read it again');
-    await this.event(r.id, to === r.status ? 'updated' : to, actor, note);
-    return { ...r, ...set, status: to, updated_at: now };
+    const next = { ...r, ...set, status: to, updated_at: now };
+    await this.db.transaction().execute(async (trx) => {
+      const u = await trx.updateTable('privacy_requests').set({ ...set, status: to, updated_at: now }).where('id', '=', r.id).where('status', '=', r.status).where('updated_at', '=', r.updated_at).executeTakeFirst();
+      if (Number(u.numUpdatedRows) !== 1) throw new PrivacyError(409, 'ConcurrentChange', 'the request changed meanwhile; read it again');
+      await this.event(trx, next, to === r.status ? 'updated' : to, actor, note);
+    });
+    return next;
   }
 
-  private async event(requestId: string, event: string, actor: string, note: string): Promise<void> {
-    for (let i = 0; i < 5; i++) {
-      const last = await this.db.selectFrom('privacy_request_events').select('seq').where('request_id', '=', requestId).orderBy('seq', 'desc').limit(1).executeTakeFirst();
-      try {
-        await this.db.insertInto('privacy_request_events').values({ request_id: requestId, seq: (last?.seq ?? 0) + 1, at: this.now(), event, actor, note: note.slice(0, 1024) }).execute();
-        return;
-      } catch (e) {
-        if (i === 4) throw e;
-      }
-    }
+  /** A history entry (the request's row is locked by the caller's update, so seq cannot collide) and its notification. */
+  private async event(db: RightsDb, r: RequestRow, event: string, actor: string, note: string): Promise<void> {
+    const last = await db.selectFrom('privacy_request_events').select('seq').where('request_id', '=', r.id).orderBy('seq', 'desc').limit(1).executeTakeFirst();
+    const at = this.now();
+    await db.insertInto('privacy_request_events').values({ request_id: r.id, seq: (last?.seq ?? 0) + 1, at, event, actor, note: note.slice(0, 1024) }).execute();
+    const hook = await db.selectFrom('privacy_webhooks').select('account_id').where('account_id', '=', r.account_id).executeTakeFirst();
+    if (!hook) return;
+    const v = this.view(r);
+    const payload = {
+      event: `privacy.request.${event}`, occurred_at: new Date(at).toISOString(), account_id: r.account_id,
+      request: { id: v.id, subject_id: v.subject_id, type: v.type, status: v.status, received_at: new Date(v.received_at).toISOString(), due_at: new Date(v.effective_due_at).toISOString(), extended: v.extended, overdue: v.overdue },
+      note: note.slice(0, 1024),
+    };
+    await db.insertInto('privacy_outbox').values({ id: randomUUID(), account_id: r.account_id, event: payload.event, payload_json: JSON.stringify(payload), created_at: at, attempts: 0, next_attempt_at: at, delivered_at: null, failed_at: null, last_error: null }).execute();
   }
 
   async verify(r: RequestRow, actor: string, verifierName: string, evidence: Record<string, string>): Promise<RequestView> {
@@ -254,7 +270,7 @@ export class PrivacyRightsService implements ProcessingGate {
     if (!v) throw new PrivacyError(400, 'UnknownVerifier', `no identity verifier ${verifierName}; available: ${[...this.verifiers.keys()].join(', ')}`);
     const res = await v.verify(r, evidence);
     if (!res.ok) {
-      await this.event(r.id, 'verification_failed', actor, res.detail);
+      await this.event(this.db, r, 'verification_failed', actor, res.detail);
       throw new PrivacyError(400, 'VerificationFailed', res.detail);
     }
     return this.view(await this.transition(r, 'verified', { verified_at: this.now(), verification_json: JSON.stringify({ verifier: v.name, detail: res.detail, by: actor }) }, actor, `identity verified by ${v.name}`));
@@ -401,6 +417,79 @@ export class PrivacyRightsService implements ProcessingGate {
     }
   }
 
+  // ------------------------------------------------------------------ webhooks
+
+  /** Sets the account's endpoint; the signing secret is returned once and stored sealed. */
+  async setWebhook(accountId: string, url: string): Promise<{ url: string; secret: string }> {
+    const u = new URL(url);
+    if (u.protocol !== 'https:' && u.protocol !== 'http:') throw new PrivacyError(400, 'InvalidWebhook', 'a webhook is an http or https URL');
+    if (u.username || u.password) throw new PrivacyError(400, 'InvalidWebhook', 'a webhook URL carries no credentials; requests are signed instead');
+    const secret = `whsec_${randomBytes(32).toString('base64url')}`;
+    const sealed = this.secrets.seal(secret, `privacy-webhook:${accountId}`);
+    await this.db.insertInto('privacy_webhooks').values({ account_id: accountId, url: u.toString(), secret_sealed: sealed, created_at: this.now() })
+      .onConflict((oc) => oc.column('account_id').doUpdateSet({ url: u.toString(), secret_sealed: sealed })).execute();
+    return { url: u.toString(), secret };
+  }
+  async getWebhook(accountId: string): Promise<{ url: string } | undefined> {
+    return this.db.selectFrom('privacy_webhooks').select('url').where('account_id', '=', accountId).executeTakeFirst();
+  }
+  async deleteWebhook(accountId: string): Promise<boolean> {
+    return Number((await this.db.deleteFrom('privacy_webhooks').where('account_id', '=', accountId).executeTakeFirst()).numDeletedRows) === 1;
+  }
+  async outbox(accountId: string) {
+    return this.db.selectFrom('privacy_outbox').select(['id', 'event', 'created_at', 'attempts', 'next_attempt_at', 'delivered_at', 'failed_at', 'last_error']).where('account_id', '=', accountId).orderBy('created_at').limit(1000).execute();
+  }
+
+  /**
+   * Delivers due notifications: POST of the JSON payload with `X-Custos-Signature: t=<unix>,v1=<hex
+   * HMAC-SHA256(secret, t + "." + body)>`. A 2xx is delivered; anything else is retried with
+   * exponential backoff (30 s doubling, at most 6 h) and given up after 12 attempts. A row is claimed
+   * by a conditional update first, so two nodes never send it at the same time.
+   */
+  async runOutbox(): Promise<{ delivered: number; failed: number }> {
+    const send = this.opts.fetch ?? fetch;
+    const now = this.now();
+    const due = await this.db.selectFrom('privacy_outbox').selectAll().where('delivered_at', 'is', null).where('failed_at', 'is', null).where('next_attempt_at', '<=', now).orderBy('next_attempt_at').limit(100).execute();
+    let delivered = 0;
+    let failed = 0;
+    for (const row of due) {
+      const claim = await this.db.updateTable('privacy_outbox').set({ next_attempt_at: now + 60_000 }).where('id', '=', row.id).where('next_attempt_at', '=', row.next_attempt_at).where('delivered_at', 'is', null).executeTakeFirst();
+      if (Number(claim.numUpdatedRows) !== 1) continue;
+      const hook = await this.db.selectFrom('privacy_webhooks').selectAll().where('account_id', '=', row.account_id).executeTakeFirst();
+      let error: string | null = null;
+      if (!hook) error = 'no webhook configured';
+      else {
+        const secret = this.secrets.open(hook.secret_sealed, `privacy-webhook:${row.account_id}`);
+        const t = Math.floor(now / 1000);
+        const sig = createHmac('sha256', secret).update(`${t}.${row.payload_json}`).digest('hex');
+        secret.fill(0);
+        try {
+          const res = await send(hook.url, {
+            method: 'POST', body: row.payload_json, redirect: 'manual', signal: AbortSignal.timeout(5000),
+            headers: { 'content-type': 'application/json', 'user-agent': 'Custos-Webhook/1', 'x-custos-event': row.event, 'x-custos-delivery': row.id, 'x-custos-signature': `t=${t},v1=${sig}` },
+          });
+          await res.arrayBuffer().catch(() => undefined);
+          if (res.status < 200 || res.status >= 300) error = `HTTP ${res.status}`;
+        } catch (e) {
+          error = (e as Error).name === 'TimeoutError' ? 'timed out after 5 s' : 'connection failed';
+        }
+      }
+      const attempts = row.attempts + 1;
+      if (!error) {
+        delivered++;
+        this.stats.webhooksDelivered++;
+        await this.db.updateTable('privacy_outbox').set({ attempts, delivered_at: this.now(), last_error: null }).where('id', '=', row.id).execute();
+      } else {
+        failed++;
+        this.stats.webhookFailures++;
+        const giveUp = attempts >= 12;
+        await this.db.updateTable('privacy_outbox').set({ attempts, last_error: error, next_attempt_at: now + Math.min(30_000 * 2 ** (attempts - 1), 6 * 3_600_000), ...(giveUp ? { failed_at: this.now() } : {}) }).where('id', '=', row.id).execute();
+        if (giveUp) this.opts.onAlert?.(`privacy webhook delivery ${row.id} (account ${row.account_id}) given up after ${attempts} attempts: ${error}`);
+      }
+    }
+    return { delivered, failed };
+  }
+
   // ------------------------------------------------------------------ jobs
 
   /** Overdue requests raise one alert each (history, log, metric); expired archives are deleted. */
@@ -414,7 +503,7 @@ export class PrivacyRightsService implements ProcessingGate {
       if (Number(u.numUpdatedRows) !== 1) continue;
       overdue++;
       this.stats.overdueAlerts++;
-      await this.event(r.id, 'overdue', 'system', `the deadline ${new Date(r.extended_due_at ?? r.due_at).toISOString()} passed without an answer`);
+      await this.event(this.db, r, 'overdue', 'system', `the deadline ${new Date(r.extended_due_at ?? r.due_at).toISOString()} passed without an answer`);
       this.opts.onAlert?.(`data-subject request ${r.id} (${r.type}, account ${r.account_id}) is overdue`);
     }
     const del = await this.db.deleteFrom('privacy_archives').where('expires_at', '<=', now).executeTakeFirst();

@@ -104,7 +104,7 @@ export async function openServices(config: Config, opts: { now?: () => number; o
     const blobs = new FsBlobStore(path.join(config.dataDir, 'blobs'));
     const obs = new ObsService(store.db.withTables<ObsTables>(), kms, blobs, { maxObjectBytes: config.obsMaxObjectBytes, ...(opts.now ? { now: opts.now } : {}), ...(opts.plaintextObjectsForBenchmarks ? { plaintextBaselineForBenchmarks: true } : {}) });
     const vault = new VaultService(store.db.withTables<VaultTables>(), kms, { ...(opts.now ? { now: opts.now } : {}) });
-    const rights = new PrivacyRightsService(store.db.withTables<RightsTables>(), vault, kms, { ...(opts.now ? { now: opts.now } : {}), onAlert: (m) => opts.onError?.(m) });
+    const rights = new PrivacyRightsService(store.db.withTables<RightsTables>(), vault, kms, await SecretBox.open(store.db, rootKey, 'privacy-secrets'), { ...(opts.now ? { now: opts.now } : {}), onAlert: (m) => opts.onError?.(m) });
     // Every vault read asks the privacy service: consent, restriction, objection.
     vault.setProcessingGate(rights);
     return {
@@ -194,6 +194,8 @@ export async function startCustos(config: Config, opts: StartOptions = {}): Prom
       setInterval(() => vault.runRetention().catch(warn('vault retention')), 60_000),
       // Overdue data-subject requests raise their alert once; expired archives go.
       setInterval(() => rights.runDueJobs().catch(warn('privacy jobs')), 60_000),
+      // Webhook notifications of data-subject request changes (signed, retried with backoff).
+      setInterval(() => rights.runOutbox().catch(warn('privacy webhooks')), 10_000),
       // Bucket lifecycle rules; one node at a time holds the run's lease.
       setInterval(() => obs.runLifecycle().catch(warn('OBS lifecycle')), 600_000),
       // Blobs of uploads whose node died before committing them.

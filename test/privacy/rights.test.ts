@@ -1,6 +1,9 @@
 // Consent and data-subject requests over real HTTP, with an injectable clock, over data in the vault.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { createHmac } from 'node:crypto';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { strFromU8, unzipSync } from 'fflate';
 import { PASSWORD, startTestServer, type Tenant, type TestServer } from '../helpers.js';
 
@@ -239,6 +242,53 @@ describe('privacy: consent and data-subject requests', () => {
     // Rectifying the date of birth to an age below the minimum is refused too.
     const fix = await api('PATCH', `/v1/vault/collections/kids/records/${ok.json.id}`, { fields: { birth: ymd(y - 5, 1, 1) } });
     assert.equal(fix.status, 422);
+  });
+
+  test('every state change is notified through the outbox: signed, retried until delivered', async () => {
+    const got: { headers: Record<string, string | string[] | undefined>; body: string }[] = [];
+    let failFirst = 2;
+    const hook = createServer((req, res) => {
+      let body = '';
+      req.on('data', (c: Buffer) => (body += c.toString('utf8')));
+      req.on('end', () => {
+        got.push({ headers: req.headers, body });
+        res.statusCode = failFirst-- > 0 ? 503 : 204;
+        res.end();
+      });
+    });
+    await new Promise<void>((r) => hook.listen(0, '127.0.0.1', r));
+    try {
+      const url = `http://127.0.0.1:${(hook.address() as AddressInfo).port}/custos`;
+      assert.equal((await api('PUT', '/v1/privacy/webhook', { url: 'ftp://example.com/x' })).status, 400);
+      const set = await api('PUT', '/v1/privacy/webhook', { url });
+      assert.equal(set.status, 200, set.text);
+      const secret = set.json.secret as string;
+      assert.match(secret, /^whsec_/);
+      assert.equal((await api('GET', '/v1/privacy/webhook')).json.secret, undefined, 'the secret is shown once');
+
+      const r = await request('bob', 'access');
+      await verify(r.id);
+      // Two failures, then delivery: retried with backoff, in order, each signed.
+      const first = await s.custos.rights.runOutbox();
+      assert.deepEqual(first, { delivered: 0, failed: 2 });
+      assert.deepEqual(await s.custos.rights.runOutbox(), { delivered: 0, failed: 0 }, 'nothing is due before the backoff');
+      clock += 31_000;
+      assert.deepEqual(await s.custos.rights.runOutbox(), { delivered: 2, failed: 0 });
+      const events = got.slice(2).map((g) => JSON.parse(g.body).event);
+      assert.deepEqual(events.sort(), ['privacy.request.received', 'privacy.request.verified']);
+      for (const g of got) {
+        const m = /^t=(\d+),v1=([0-9a-f]{64})$/.exec(String(g.headers['x-custos-signature']));
+        assert.ok(m, 'signed');
+        const expected = createHmac('sha256', secret).update(`${m![1]}.${g.body}`).digest('hex');
+        assert.equal(m![2], expected, 'the signature verifies with the secret');
+        assert.ok(!g.body.includes('bob@example.com'), 'no personal-data value in a notification');
+      }
+      const status = await api('GET', '/v1/privacy/webhook');
+      assert.ok(status.json.deliveries.every((d: { delivered_at: string | null; attempts: number }) => d.delivered_at && d.attempts === 2));
+      assert.equal((await api('DELETE', '/v1/privacy/webhook')).status, 204);
+    } finally {
+      hook.close();
+    }
   });
 
   test('another tenant sees none of it', async () => {

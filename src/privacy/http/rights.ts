@@ -119,6 +119,36 @@ export function privacyRightsRoutes(rights: PrivacyRightsService, iam: IamServic
       },
     },
 
+    // ---------------------------------------------------------------- webhook
+    {
+      method: 'PUT', url: '/v1/privacy/webhook', meta: meta('privacy:webhook:put', 'webhook'),
+      schema: {
+        summary: 'Set the endpoint that receives request changes (signed with the returned secret, shown once)', tags,
+        body: Type.Object({ url: Type.String({ format: 'uri', maxLength: 2048 }) }, S),
+        response: { 200: Type.Object({ url: Type.String(), secret: Type.String() }), '4xx': ErrorView },
+      },
+      handler: async (req) => rights.setWebhook(principalOf(req).accountId, (req.body as { url: string }).url),
+    },
+    {
+      method: 'GET', url: '/v1/privacy/webhook', meta: meta('privacy:webhook:get', 'webhook'),
+      schema: { summary: 'The webhook endpoint and its recent deliveries', tags },
+      handler: async (req) => {
+        const a = principalOf(req).accountId;
+        const hook = await rights.getWebhook(a);
+        if (!hook) throw new PrivacyError(404, 'NotFound', 'no webhook is set');
+        const rows = await rights.outbox(a);
+        return { url: hook.url, deliveries: rows.map((r) => ({ id: r.id, event: r.event, created_at: iso(r.created_at), attempts: r.attempts, next_attempt_at: r.delivered_at || r.failed_at ? null : iso(r.next_attempt_at), delivered_at: iso(r.delivered_at), failed_at: iso(r.failed_at), last_error: r.last_error })) };
+      },
+    },
+    {
+      method: 'DELETE', url: '/v1/privacy/webhook', meta: meta('privacy:webhook:delete', 'webhook'),
+      schema: { summary: 'Stop sending notifications', tags, response: { 204: Type.Null(), '4xx': ErrorView } },
+      handler: async (req, reply) => {
+        if (!(await rights.deleteWebhook(principalOf(req).accountId))) throw new PrivacyError(404, 'NotFound', 'no webhook is set');
+        return reply.code(204).send();
+      },
+    },
+
     // ---------------------------------------------------------------- requests
     {
       method: 'POST', url: '/v1/privacy/requests', meta: meta('privacy:requests:create', 'request'),

@@ -84,8 +84,31 @@ export async function up(db: Kysely<any>): Promise<void> {
     .addColumn('expires_at', 'int8', (c) => c.notNull())
     .addColumn('created_at', 'int8', (c) => c.notNull())
     .execute();
+  // Webhooks: one endpoint per account (its signing secret sealed under a system key) and the outbox
+  // of notifications, written with the state change and delivered (signed, retried) by a job.
+  await db.schema
+    .createTable('privacy_webhooks')
+    .addColumn('account_id', 'varchar(32)', (c) => c.primaryKey())
+    .addColumn('url', 'varchar(2048)', (c) => c.notNull())
+    .addColumn('secret_sealed', 'text', (c) => c.notNull())
+    .addColumn('created_at', 'int8', (c) => c.notNull())
+    .execute();
+  await db.schema
+    .createTable('privacy_outbox')
+    .addColumn('id', 'varchar(36)', (c) => c.primaryKey())
+    .addColumn('account_id', 'varchar(32)', (c) => c.notNull())
+    .addColumn('event', 'varchar(64)', (c) => c.notNull())
+    .addColumn('payload_json', 'text', (c) => c.notNull())
+    .addColumn('created_at', 'int8', (c) => c.notNull())
+    .addColumn('attempts', 'integer', (c) => c.notNull())
+    .addColumn('next_attempt_at', 'int8', (c) => c.notNull())
+    .addColumn('delivered_at', 'int8')
+    .addColumn('failed_at', 'int8')
+    .addColumn('last_error', 'varchar(255)')
+    .execute();
+  await db.schema.createIndex('privacy_outbox_due').on('privacy_outbox').columns(['delivered_at', 'failed_at', 'next_attempt_at']).execute();
 }
 
 export async function down(db: Kysely<any>): Promise<void> {
-  for (const t of ['privacy_archives', 'privacy_limits', 'privacy_request_events', 'privacy_requests', 'privacy_consents', 'privacy_purposes']) await db.schema.dropTable(t).execute();
+  for (const t of ['privacy_outbox', 'privacy_webhooks', 'privacy_archives', 'privacy_limits', 'privacy_request_events', 'privacy_requests', 'privacy_consents', 'privacy_purposes']) await db.schema.dropTable(t).execute();
 }
