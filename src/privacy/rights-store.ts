@@ -20,6 +20,10 @@ export type RightsTables = {
     id: string; account_id: string; event: string; payload_json: string; created_at: number; attempts: number; next_attempt_at: number;
     delivered_at: number | null; failed_at: number | null; last_error: string | null;
   };
+  privacy_transfers: {
+    id: string; account_id: string; source_kind: string; source_name: string; source_region: string; destination_project_id: string; destination_region: string;
+    purpose: string; safeguard: string; notes: string; created_by: string; created_at: number; used_at: number | null;
+  };
 };
 
 export type RightsDb = Kysely<RightsTables>;

@@ -34,6 +34,14 @@ export const LEGAL_CLAIMS = 'legal_claims';
 const OPEN: RequestStatus[] = ['received', 'verified', 'in_progress'];
 const SUBJECT_ID = /^[A-Za-z0-9._:@-]{1,128}$/;
 export const ARCHIVE_KEY_ALIAS = 'privacy/default';
+/** What makes a transfer of personal data to another region lawful, as the transfer record states it. */
+export const SAFEGUARDS = ['adequacy_decision', 'standard_contractual_clauses', 'binding_corporate_rules', 'certification', 'explicit_consent', 'security_assessment'] as const;
+export type Safeguard = (typeof SAFEGUARDS)[number];
+
+/** Checks a cross-region copy against its transfer record (the vault's copy route asks it). */
+export interface TransferCheck {
+  requireTransfer(accountId: string, transferId: string | undefined, what: { kind: 'collection' | 'bucket'; name: string; sourceRegion: string; destinationRegion: string }): Promise<void>;
+}
 
 export interface RequestDetails {
   /** objection, consent_withdrawal: the purposes concerned. */
@@ -92,7 +100,7 @@ export interface RightsOptions {
   onAlert?: (message: string) => void;
 }
 
-export class PrivacyRightsService implements ProcessingGate {
+export class PrivacyRightsService implements ProcessingGate, TransferCheck {
   private readonly now: () => number;
   private readonly verifiers: Map<string, IdentityVerifier>;
   private readonly archiveTtlMs: number;
@@ -415,6 +423,30 @@ export class PrivacyRightsService implements ProcessingGate {
     } finally {
       dek.fill(0);
     }
+  }
+
+  // ------------------------------------------------------------------ cross-border transfers
+
+  async recordTransfer(accountId: string, actor: string, t: { kind: 'collection' | 'bucket'; name: string; sourceRegion: string; destinationProjectId: string; destinationRegion: string; purpose: string; safeguard: Safeguard; notes: string }) {
+    if (t.sourceRegion === t.destinationRegion) throw new PrivacyError(400, 'SameRegion', `the source and the destination are both in ${t.sourceRegion}: no transfer to record`);
+    const row = {
+      id: randomUUID(), account_id: accountId, source_kind: t.kind, source_name: t.name, source_region: t.sourceRegion, destination_project_id: t.destinationProjectId,
+      destination_region: t.destinationRegion, purpose: t.purpose, safeguard: t.safeguard, notes: t.notes, created_by: actor, created_at: this.now(), used_at: null,
+    };
+    await this.db.insertInto('privacy_transfers').values(row).execute();
+    return row;
+  }
+  async listTransfers(accountId: string) {
+    return this.db.selectFrom('privacy_transfers').selectAll().where('account_id', '=', accountId).orderBy('created_at').limit(1000).execute();
+  }
+
+  async requireTransfer(accountId: string, transferId: string | undefined, what: { kind: 'collection' | 'bucket'; name: string; sourceRegion: string; destinationRegion: string }): Promise<void> {
+    if (what.sourceRegion === what.destinationRegion) return;
+    const t = transferId ? await this.db.selectFrom('privacy_transfers').selectAll().where('account_id', '=', accountId).where('id', '=', transferId).executeTakeFirst() : undefined;
+    if (!t || t.source_kind !== what.kind || t.source_name !== what.name || t.source_region !== what.sourceRegion || t.destination_region !== what.destinationRegion) {
+      throw new PrivacyError(403, 'TransferNotRecorded', `copying ${what.kind} ${what.name} from ${what.sourceRegion} to ${what.destinationRegion} needs a transfer record for exactly that (POST /v1/privacy/transfers), named by transfer_id`);
+    }
+    await this.db.updateTable('privacy_transfers').set({ used_at: this.now() }).where('id', '=', t.id).execute();
   }
 
   // ------------------------------------------------------------------ webhooks

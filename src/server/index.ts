@@ -148,7 +148,7 @@ export async function startCustos(config: Config, opts: StartOptions = {}): Prom
   try {
     const bootstrap = await iam.bootstrap();
     const now = opts.now ?? Date.now;
-    const routes = [...huaweiIamRoutes(iam), ...custosIamRoutes(iam), ...ctsRoutes(audit, iam, now), ...huaweiKmsRoutes(kms, iam), ...awsKmsRoutes(kms, iam), ...vaultRoutes(vault, iam), ...privacyRightsRoutes(rights, iam)];
+    const routes = [...huaweiIamRoutes(iam), ...custosIamRoutes(iam), ...ctsRoutes(audit, iam, now), ...huaweiKmsRoutes(kms, iam), ...awsKmsRoutes(kms, iam), ...vaultRoutes(vault, iam, rights), ...privacyRightsRoutes(rights, iam, vault)];
     const app = await buildApp({
       config, store, iam, audit: opts.untracedBaselineForBenchmarks ? null : audit, routes, now,
       serviceCounters: [

@@ -331,6 +331,49 @@ export class VaultService {
     }
   }
 
+  /**
+   * Copies a collection — schema, whitelist and every record — into another project (region) under
+   * the destination's key: each record gets a new data key there, values keep their collection and
+   * deletion times, indexes are rebuilt under the copy's own secret. Whether the copy may cross
+   * regions is the caller's decision (a transfer record); the vault only copies.
+   */
+  async copyCollection(src: Collection, dest: KeyScope, name: string, by: string): Promise<{ collection: Collection; records: number }> {
+    const access = await this.listAccess(src);
+    const copy = await this.createCollection(dest, by, { name, access, properties: src.schema.properties, description: src.schema.description, ...(src.schema.min_age !== undefined ? { min_age: src.schema.min_age } : {}) });
+    const key = await this.kms.getKey(dest, copy.row.kms_key_id);
+    const keys = copy.schema.properties.some((p) => p.searchable) ? await this.keysOf(copy) : null;
+    let records = 0;
+    await this.forEachRecord(src.row.id, async (rec) => {
+      const stored = JSON.parse(rec.values_json) as Record<string, StoredValue>;
+      const plain = await this.decryptValues(src, rec, Object.keys(stored));
+      const id = randomUUID();
+      const dk = await this.kmsCall(() => this.kms.generateDataKey(key, 32, recordContext(copy.row.id, id)));
+      const values: Record<string, StoredValue> = {};
+      const index: { property: string; digest: string }[] = [];
+      try {
+        for (const p of copy.schema.properties) {
+          const v = plain[p.name];
+          if (v === undefined) continue;
+          const c = sealAesGcm(dk.plaintext, Buffer.from(JSON.stringify(v), 'utf8'), valueAad(copy.row, id, p.name)).toString('base64');
+          values[p.name] = { c, t: stored[p.name]!.t, d: stored[p.name]!.d };
+          if (p.searchable) index.push({ property: p.name, digest: this.blindIndex(keys!, p, v) });
+        }
+      } finally {
+        dk.plaintext.fill(0);
+      }
+      await this.db.transaction().execute(async (trx) => {
+        await trx.insertInto('vault_records').values({
+          id, collection_id: copy.row.id, account_id: copy.row.account_id, subject_id: rec.subject_id, region: copy.row.region, kms_key_id: key.id,
+          data_key: dk.ciphertext.toString('base64'), values_json: JSON.stringify(values), next_delete_at: nextDeletion(values), created_at: rec.created_at, updated_at: this.now(),
+        }).execute();
+        if (index.length) await trx.insertInto('vault_index').values(index.map((i) => ({ collection_id: copy.row.id, property: i.property, digest: i.digest, record_id: id }))).execute();
+      });
+      records++;
+    });
+    this.stats.recordsWritten += records;
+    return { collection: copy, records };
+  }
+
   // ------------------------------------------------------------------ whitelist
 
   async listAccess(c: Collection): Promise<AccessEntry[]> {

@@ -291,6 +291,35 @@ describe('privacy: consent and data-subject requests', () => {
     }
   });
 
+  test('cross-border: a copy to another region needs a transfer record; within the region it does not', async () => {
+    const home = t.projects[0]!;
+    const abroad = t.projects.find((p) => p.name !== home.name)!;
+    const copy = (name: string, project: string, transfer?: string) => api('POST', `${C}/copy`, { destination_project_id: project, name, ...(transfer ? { transfer_id: transfer } : {}) });
+    const refused = await copy('members_abroad', abroad.id);
+    assert.equal(refused.status, 403, refused.text);
+    assert.equal(refused.json.error.code, 'TransferNotRecorded');
+    assert.equal((await api('POST', '/v1/privacy/transfers', { source_kind: 'collection', source_name: 'members', destination_project_id: home.id, purpose: 'x', safeguard: 'adequacy_decision' })).status, 400, 'same region: nothing to record');
+    const tr = await api('POST', '/v1/privacy/transfers', { source_kind: 'collection', source_name: 'members', destination_project_id: abroad.id, purpose: 'customer support from the regional office', safeguard: 'standard_contractual_clauses', notes: 'SCC 2021/914 module 1' });
+    assert.equal(tr.status, 201, tr.text);
+    assert.equal(tr.json.destination_region, abroad.name);
+    const other = await api('POST', '/v1/privacy/transfers', { source_kind: 'collection', source_name: 'kids', destination_project_id: abroad.id, purpose: 'x', safeguard: 'certification' });
+    assert.equal((await copy('members_abroad', abroad.id, other.json.id)).status, 403, 'a record for another collection does not cover this one');
+    const done = await copy('members_abroad', abroad.id, tr.json.id);
+    assert.equal(done.status, 201, done.text);
+    assert.equal(done.json.records, 4);
+    assert.equal(done.json.collection.region, abroad.name);
+    const found = await api('POST', '/v1/vault/collections/members_abroad/search', { reason: 'service_delivery', match: { email: 'bob@example.com' } });
+    assert.equal(found.json.records.length, 1, 'the copy has its own blind index');
+    const rec = await api('GET', `/v1/vault/collections/members_abroad/records/${found.json.records[0].id}?reason=service_delivery&unmask=*`);
+    assert.equal(rec.json.fields.email, 'bob@example.com');
+    assert.equal(rec.json.region, abroad.name);
+    const keys = await api('POST', `/v1.0/${abroad.id}/kms/list-keys`, { limit: '100' });
+    assert.ok(keys.json.keys.includes(done.json.collection.kms_key_id), 'the copy is encrypted under a key of the destination region');
+    const used = (await api('GET', '/v1/privacy/transfers')).json.transfers.find((x: { id: string }) => x.id === tr.json.id);
+    assert.ok(used.used_at);
+    assert.equal((await copy('members_copy', home.id)).status, 201, 'within one region no transfer record is needed');
+  });
+
   test('another tenant sees none of it', async () => {
     const mine = (await api('GET', '/v1/privacy/requests')).json.requests as { id: string }[];
     assert.ok(mine.length >= 5);

@@ -106,9 +106,27 @@ export async function up(db: Kysely<any>): Promise<void> {
     .addColumn('failed_at', 'int8')
     .addColumn('last_error', 'varchar(255)')
     .execute();
+  // Cross-border transfers: the record a copy of personal data to another region needs.
+  await db.schema
+    .createTable('privacy_transfers')
+    .addColumn('id', 'varchar(36)', (c) => c.primaryKey())
+    .addColumn('account_id', 'varchar(32)', (c) => c.notNull())
+    .addColumn('source_kind', 'varchar(16)', (c) => c.notNull())
+    .addColumn('source_name', 'varchar(255)', (c) => c.notNull())
+    .addColumn('source_region', 'varchar(32)', (c) => c.notNull())
+    .addColumn('destination_project_id', 'varchar(32)', (c) => c.notNull())
+    .addColumn('destination_region', 'varchar(32)', (c) => c.notNull())
+    .addColumn('purpose', 'varchar(255)', (c) => c.notNull())
+    .addColumn('safeguard', 'varchar(64)', (c) => c.notNull())
+    .addColumn('notes', 'varchar(1024)', (c) => c.notNull())
+    .addColumn('created_by', 'varchar(64)', (c) => c.notNull())
+    .addColumn('created_at', 'int8', (c) => c.notNull())
+    .addColumn('used_at', 'int8')
+    .execute();
+  await db.schema.createIndex('privacy_transfers_account').on('privacy_transfers').columns(['account_id', 'created_at']).execute();
   await db.schema.createIndex('privacy_outbox_due').on('privacy_outbox').columns(['delivered_at', 'failed_at', 'next_attempt_at']).execute();
 }
 
 export async function down(db: Kysely<any>): Promise<void> {
-  for (const t of ['privacy_outbox', 'privacy_webhooks', 'privacy_archives', 'privacy_limits', 'privacy_request_events', 'privacy_requests', 'privacy_consents', 'privacy_purposes']) await db.schema.dropTable(t).execute();
+  for (const t of ['privacy_transfers', 'privacy_outbox', 'privacy_webhooks', 'privacy_archives', 'privacy_limits', 'privacy_request_events', 'privacy_requests', 'privacy_consents', 'privacy_purposes']) await db.schema.dropTable(t).execute();
 }

@@ -84,7 +84,12 @@ function readOptions(q: { reason: string; props?: string; transform?: string; un
   return { reason: q.reason, props: list(q.props), transforms, unmaskAll: q.unmask === '*' };
 }
 
-export function vaultRoutes(vault: VaultService, iam: IamService): RouteDef[] {
+/** Decides whether a copy may leave its region (the privacy service's transfer records). */
+export interface TransferGate {
+  requireTransfer(accountId: string, transferId: string | undefined, what: { kind: 'collection' | 'bucket'; name: string; sourceRegion: string; destinationRegion: string }): Promise<void>;
+}
+
+export function vaultRoutes(vault: VaultService, iam: IamService, transfers?: TransferGate): RouteDef[] {
   const callerOf = async (p: Principal): Promise<Caller> => ({
     accountId: p.accountId, userId: p.userId, agencyId: p.agency?.id ?? null,
     groupIds: p.agency ? [] : (await iam.listUserGroups(p.userId)).map((g) => g.id),
@@ -185,6 +190,28 @@ export function vaultRoutes(vault: VaultService, iam: IamService): RouteDef[] {
         const r = await vault.deleteCollection(mgmt(req), { force: (req.query as { force?: string }).force === 'true' });
         req.custos.traced.detail = { collection: mgmt(req).row.name, records_deleted: String(r.records) };
         return reply.code(204).send();
+      },
+    },
+    {
+      method: 'POST', url: '/v1/vault/collections/:collection/copy', meta: meta('vault:collections:copy', 'collection', { resource: collectionRes, traceType: 'data' }),
+      schema: {
+        summary: 'Copy a collection (schema, whitelist, records) into another project; across regions it needs a transfer record', tags, params: collectionParams,
+        body: Type.Object({ destination_project_id: Type.String({ pattern: '^[A-Za-z0-9_-]{1,64}$' }), name: Type.String({ pattern: NAME }), transfer_id: Type.Optional(Type.String({ format: 'uuid' })) }, S),
+        response: { 201: Type.Object({ collection: CollectionView, records: Type.Integer(), transfer_id: Type.Union([Type.String(), Type.Null()]) }), '4xx': ErrorView },
+      },
+      handler: async (req, reply) => {
+        const p = principalOf(req);
+        const src = mgmt(req);
+        const b = req.body as { destination_project_id: string; name: string; transfer_id?: string };
+        const project = await iam.getProject(p.accountId, b.destination_project_id);
+        if (!project) throw new VaultError(404, 'NotFound', 'destination project not found');
+        if (project.region !== src.row.region) {
+          if (!transfers) throw new VaultError(403, 'TransferNotRecorded', 'copies across regions need a transfer record');
+          await transfers.requireTransfer(p.accountId, b.transfer_id, { kind: 'collection', name: src.row.name, sourceRegion: src.row.region, destinationRegion: project.region });
+        }
+        const r = await vault.copyCollection(src, { accountId: p.accountId, projectId: project.id, region: project.region }, b.name, p.userId);
+        req.custos.traced.detail = { collection: src.row.name, copy: r.collection.row.name, from_region: src.row.region, to_region: project.region, records: String(r.records), ...(b.transfer_id ? { transfer: b.transfer_id } : {}) };
+        return reply.code(201).send({ collection: collectionView(r.collection), records: r.records, transfer_id: project.region !== src.row.region ? b.transfer_id! : null });
       },
     },
     {
