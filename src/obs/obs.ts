@@ -26,6 +26,8 @@ const BUCKET_NAME = /^(?!xn--)(?!.*-s3alias$)(?!\d+\.\d+\.\d+\.\d+$)[a-z0-9][a-z
 /** The tenant's default object key in a project, made on first use. */
 export const DEFAULT_KEY_ALIAS = 'obs/default';
 export const NULL_VERSION = 'null';
+/** The object tag that ties an object to a data subject (data-subject requests find objects by it). */
+export const SUBJECT_TAG = 'custos:subject';
 /** kms_key_id of a version whose data key is sealed under a customer-provided key (SSE-C). */
 const SSE_C = 'SSE-C';
 export type Versioning = '' | 'Enabled' | 'Suspended';
@@ -691,6 +693,28 @@ export class ObsService {
     };
     await this.dropBlobs(await this.makeCurrent(marker, []));
     return { versionId: markerId, deleteMarker: true };
+  }
+
+  /**
+   * Every object version (not delete markers) of the account tagged `custos:subject` = the subject:
+   * what data-subject requests (access, portability, erasure) cover in object storage.
+   */
+  async subjectObjects(accountId: string, subjectId: string): Promise<{ bucket: BucketRow; row: ObjectRow }[]> {
+    const buckets = new Map((await this.listBuckets(accountId)).map((b) => [b.id, b]));
+    if (!buckets.size) return [];
+    const needle = `%${JSON.stringify(SUBJECT_TAG).slice(0, -1)}%`;
+    const rows = await this.db.selectFrom('obs_objects').selectAll().where('bucket_id', 'in', [...buckets.keys()]).where('delete_marker', '=', 0).where('tags_json', 'like', needle).orderBy('bucket_id').orderBy('key').orderBy('seq', 'desc').execute();
+    return rows
+      .filter((r) => (JSON.parse(r.tags_json!) as Record<string, string>)[SUBJECT_TAG] === subjectId)
+      .map((row) => ({ bucket: buckets.get(row.bucket_id)!, row }));
+  }
+
+  /** An object version's whole content (for archives; callers bound the size). */
+  async readWhole(bucket: BucketRow, row: ObjectRow): Promise<Buffer> {
+    const chunks: Buffer[] = [];
+    if (row.size === 0) return Buffer.alloc(0);
+    for await (const c of await this.readObject(bucket, row, 0, row.size - 1)) chunks.push(c as Buffer);
+    return Buffer.concat(chunks);
   }
 
   /** ListObjectVersions: every version and delete marker, by key, newest first within a key; pages end at a key. */

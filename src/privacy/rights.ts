@@ -12,6 +12,7 @@ import { openAesGcm, sealAesGcm } from '../crypto/aead.js';
 import type { SecretBox } from '../crypto/secretbox.js';
 import { ServiceError } from '../errors.js';
 import type { KeyScope, KmsService } from '../kms/kms.js';
+import { ObsError, type ObsService } from '../obs/obs.js';
 import type { KeyRow } from '../kms/store.js';
 import { isUniqueViolation } from '../store/db.js';
 import { durationMs } from '../vault/schema.js';
@@ -34,6 +35,8 @@ export const LEGAL_CLAIMS = 'legal_claims';
 const OPEN: RequestStatus[] = ['received', 'verified', 'in_progress'];
 const SUBJECT_ID = /^[A-Za-z0-9._:@-]{1,128}$/;
 export const ARCHIVE_KEY_ALIAS = 'privacy/default';
+/** Objects an archive may hold in all (it is built in memory). */
+const MAX_ARCHIVE_OBJECT_BYTES = 256 * 1024 * 1024;
 /** What makes a transfer of personal data to another region lawful, as the transfer record states it. */
 export const SAFEGUARDS = ['adequacy_decision', 'standard_contractual_clauses', 'binding_corporate_rules', 'certification', 'explicit_consent', 'security_assessment'] as const;
 export type Safeguard = (typeof SAFEGUARDS)[number];
@@ -110,6 +113,7 @@ export class PrivacyRightsService implements ProcessingGate, TransferCheck {
     private readonly db: RightsDb,
     private readonly vault: VaultService,
     private readonly kms: KmsService,
+    private readonly obs: ObsService,
     private readonly secrets: SecretBox,
     private readonly opts: RightsOptions = {},
   ) {
@@ -330,7 +334,18 @@ export class PrivacyRightsService implements ProcessingGate, TransferCheck {
           const kept = p.purposes.find((x) => legal.has(x));
           return kept ? `kept under a legal obligation (${kept}${legal.get(kept)!.description ? `: ${legal.get(kept)!.description}` : ''}) until its own deletion rule` : null;
         });
-        return { ...res, kept: res.kept.map((k) => ({ ...k, until: k.until === null ? null : new Date(k.until).toISOString() })), consent_records: 'kept as proof of lawful processing' };
+        // Objects tagged with the subject: every version goes, unless object lock keeps it.
+        const objects = { deleted_versions: 0, kept: [] as { bucket: string; key: string; version_id: string; reason: string }[] };
+        for (const o of await this.obs.subjectObjects(account, r.subject_id)) {
+          try {
+            await this.obs.deleteObject(o.bucket, o.row.key, o.row.version_id);
+            objects.deleted_versions++;
+          } catch (e) {
+            if (!(e instanceof ObsError) || e.status !== 403) throw e;
+            objects.kept.push({ bucket: o.bucket.name, key: o.row.key, version_id: o.row.version_id, reason: `object lock: ${e.message}` });
+          }
+        }
+        return { ...res, kept: res.kept.map((k) => ({ ...k, until: k.until === null ? null : new Date(k.until).toISOString() })), objects, consent_records: 'kept as proof of lawful processing' };
       }
       case 'rectification': {
         let records = 0;
@@ -366,21 +381,30 @@ export class PrivacyRightsService implements ProcessingGate, TransferCheck {
    */
   private async buildArchive(r: RequestRow, scope: KeyScope): Promise<Record<string, unknown>> {
     const vault = await this.vault.subjectData(r.account_id, r.subject_id);
+    const objects = await this.obs.subjectObjects(r.account_id, r.subject_id);
     const consent = await this.consents(r.account_id, r.subject_id);
     const requests = await this.listRequests(r.account_id, { subjectId: r.subject_id });
     const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
     const doc = {
       format: 'custos-subject-archive-v1', subject_id: r.subject_id, generated_at: iso(this.now()), request_id: r.id,
       vault: vault.map((v) => ({ ...v, created_at: iso(v.created_at), updated_at: iso(v.updated_at) })),
+      objects: objects.map((o) => ({ bucket: o.bucket.name, region: o.bucket.region, key: o.row.key, version_id: o.row.version_id, size: o.row.size, content_type: o.row.content_type, created_at: iso(o.row.created_at), current: o.row.is_latest === 1, file: `objects/${o.bucket.name}/${o.row.version_id}/${encodeURIComponent(o.row.key)}` })),
       consents: consent.history.map((c) => ({ purpose: c.purpose, status: c.status, source: c.source, notice_version: c.notice_version, recorded_at: iso(c.recorded_at) })),
       requests: requests.map((q) => ({ id: q.id, type: q.type, status: q.status, received_at: iso(q.received_at), due_at: iso(q.effective_due_at), completed_at: iso(q.completed_at) })),
     };
     const vaultCsv = stringify([['collection', 'region', 'record_id', 'property', 'value'], ...vault.flatMap((v) => Object.entries(v.fields).map(([k, val]) => [v.collection, v.region, v.record_id, k, String(val)]))]);
     const consentCsv = stringify([['purpose', 'status', 'source', 'notice_version', 'recorded_at'], ...doc.consents.map((c) => [c.purpose, c.status, c.source, c.notice_version, c.recorded_at])]);
     const requestCsv = stringify([['id', 'type', 'status', 'received_at', 'due_at', 'completed_at'], ...doc.requests.map((q) => [q.id, q.type, q.status, q.received_at, q.due_at, q.completed_at])]);
-    const zip = Buffer.from(zipSync({
+    const files: Record<string, Uint8Array> = {
       'subject.json': strToU8(JSON.stringify(doc, null, 2)), 'vault.csv': strToU8(vaultCsv), 'consents.csv': strToU8(consentCsv), 'requests.csv': strToU8(requestCsv),
-    }));
+    };
+    let objectBytes = 0;
+    for (const [i, o] of objects.entries()) {
+      objectBytes += o.row.size;
+      if (objectBytes > MAX_ARCHIVE_OBJECT_BYTES) throw new PrivacyError(413, 'ArchiveTooLarge', `the subject's objects exceed ${MAX_ARCHIVE_OBJECT_BYTES / 1024 / 1024} MiB; export them from object storage instead`);
+      files[doc.objects[i]!.file] = await this.obs.readWhole(o.bucket, o.row);
+    }
+    const zip = Buffer.from(zipSync(files));
     const key = await this.archiveKey(scope);
     const dk = await this.kms.generateDataKey(key, 32, { 'privacy:archive': r.id });
     const content = sealAesGcm(dk.plaintext, zip, Buffer.from(`custos-privacy-archive\u0000${r.account_id}\u0000${r.id}`));
@@ -394,7 +418,7 @@ export class PrivacyRightsService implements ProcessingGate, TransferCheck {
     }).onConflict((oc) => oc.column('request_id').doNothing()).execute();
     return {
       archive: `/v1/privacy/archives/${r.id}?token=${secret}`, expires_at: new Date(expires).toISOString(), bytes: zip.length,
-      records: vault.length, values: vault.reduce((n, v) => n + Object.keys(v.fields).length, 0), consents: doc.consents.length, requests: doc.requests.length,
+      records: vault.length, objects: objects.length, values: vault.reduce((n, v) => n + Object.keys(v.fields).length, 0), consents: doc.consents.length, requests: doc.requests.length,
     };
   }
 

@@ -104,7 +104,7 @@ export async function openServices(config: Config, opts: { now?: () => number; o
     const blobs = new FsBlobStore(path.join(config.dataDir, 'blobs'));
     const obs = new ObsService(store.db.withTables<ObsTables>(), kms, blobs, { maxObjectBytes: config.obsMaxObjectBytes, ...(opts.now ? { now: opts.now } : {}), ...(opts.plaintextObjectsForBenchmarks ? { plaintextBaselineForBenchmarks: true } : {}) });
     const vault = new VaultService(store.db.withTables<VaultTables>(), kms, { ...(opts.now ? { now: opts.now } : {}) });
-    const rights = new PrivacyRightsService(store.db.withTables<RightsTables>(), vault, kms, await SecretBox.open(store.db, rootKey, 'privacy-secrets'), { ...(opts.now ? { now: opts.now } : {}), onAlert: (m) => opts.onError?.(m) });
+    const rights = new PrivacyRightsService(store.db.withTables<RightsTables>(), vault, kms, obs, await SecretBox.open(store.db, rootKey, 'privacy-secrets'), { ...(opts.now ? { now: opts.now } : {}), onAlert: (m) => opts.onError?.(m) });
     // Every vault read asks the privacy service: consent, restriction, objection.
     vault.setProcessingGate(rights);
     return {

@@ -4,6 +4,7 @@ import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { CreateBucketCommand, ListObjectVersionsCommand, PutBucketVersioningCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { strFromU8, unzipSync } from 'fflate';
 import { PASSWORD, startTestServer, type Tenant, type TestServer } from '../helpers.js';
 
@@ -318,6 +319,38 @@ describe('privacy: consent and data-subject requests', () => {
     const used = (await api('GET', '/v1/privacy/transfers')).json.transfers.find((x: { id: string }) => x.id === tr.json.id);
     assert.ok(used.used_at);
     assert.equal((await copy('members_copy', home.id)).status, 201, 'within one region no transfer record is needed');
+  });
+
+  test('objects tagged with the subject: in the access archive, erased in every version', async () => {
+    const cred = await api('POST', '/v3.0/OS-CREDENTIAL/credentials', { credential: { user_id: t.adminUserId } });
+    assert.equal(cred.status, 201, cred.text);
+    const s3 = new S3Client({
+      endpoint: s.custos.obsUrl, region: t.projects[0]!.name, forcePathStyle: true, systemClockOffset: clock - Date.now(),
+      credentials: { accessKeyId: cred.json.credential.access, secretAccessKey: cred.json.credential.secret },
+    });
+    const Bucket = 'subject-files';
+    await s3.send(new CreateBucketCommand({ Bucket, CreateBucketConfiguration: { LocationConstraint: t.projects[0]!.name as never } }));
+    await s3.send(new PutBucketVersioningCommand({ Bucket, VersioningConfiguration: { Status: 'Enabled' } }));
+    for (const body of ['erin v1', 'erin v2']) await s3.send(new PutObjectCommand({ Bucket, Key: 'erin/../photo.txt', Body: body, Tagging: 'custos:subject=erin' }));
+    await s3.send(new PutObjectCommand({ Bucket, Key: 'frank.txt', Body: 'frank', Tagging: 'custos:subject=frank' }));
+
+    const access = await request('erin', 'access');
+    await verify(access.id);
+    const done = await execute(access.id);
+    assert.equal(done.result.objects, 2);
+    const files = unzipSync(new Uint8Array(await (await fetch(s.url + done.result.archive)).arrayBuffer()));
+    const objectFiles = Object.keys(files).filter((f) => f.startsWith('objects/'));
+    assert.equal(objectFiles.length, 2);
+    assert.ok(objectFiles.every((f) => !f.includes('/../')), 'object keys cannot climb out of the archive');
+    assert.deepEqual(objectFiles.map((f) => strFromU8(files[f]!)).sort(), ['erin v1', 'erin v2']);
+    assert.ok(!Object.values(files).some((f) => strFromU8(f).includes('frank')));
+
+    const erase = await request('erin', 'erasure');
+    await verify(erase.id);
+    const gone = await execute(erase.id);
+    assert.equal(gone.result.objects.deleted_versions, 2);
+    const left = await s3.send(new ListObjectVersionsCommand({ Bucket }));
+    assert.deepEqual((left.Versions ?? []).map((v) => v.Key), ['frank.txt']);
   });
 
   test('another tenant sees none of it', async () => {
