@@ -268,6 +268,27 @@ describe('personal-data vault', () => {
     assert.equal(purpose.status, 403);
   });
 
+  test('an agency on the whitelist: a user of another account reaches records only through it', async () => {
+    const ag = await api('POST', '/v3.0/OS-AGENCY/agencies', { agency: { name: 'dpo-from-other', domain_id: t.accountId, trust_domain_name: other.name, duration: 'FOREVER' } });
+    assert.equal(ag.status, 201, ag.text);
+    const agencyId = ag.json.agency.id as string;
+    assert.equal((await api('PUT', `/v3.0/OS-AGENCY/domains/${t.accountId}/agencies/${agencyId}/roles/system-vaultdatauser`)).status, 204);
+    const assumed = await s.api('POST', '/v3/auth/tokens', { token: other.token, body: { auth: { identity: { methods: ['assume_role'], assume_role: { domain_name: t.name, agency_name: 'dpo-from-other', duration_seconds: 3600 } } } } });
+    assert.equal(assumed.status, 201, assumed.text);
+    const viaAgency = assumed.headers.get('x-subject-token')!;
+    assert.equal((await get(rec1, 'reason=support', viaAgency)).status, 404, 'not on the whitelist yet');
+    const current = (await api('GET', `${V}/customers/access`)).json.access;
+    assert.equal((await api('PUT', `${V}/customers/access`, { access: [...current, { type: 'agency', id: agencyId, permissions: ['read'] }] })).status, 200);
+    const r = await get(rec1, 'reason=support', viaAgency);
+    assert.equal(r.status, 200, r.text);
+    assert.equal(r.json.fields.email, 'J***@example.com');
+    assert.equal((await get(rec1, 'reason=support&unmask=email', viaAgency)).status, 403);
+    // The same person with their own account's token is another tenant: 404.
+    assert.equal((await get(rec1, 'reason=support', other.token)).status, 404);
+    assert.equal((await api('PUT', `${V}/customers/access`, { access: current })).status, 200);
+    assert.equal((await get(rec1, 'reason=support', viaAgency)).status, 404, 'off the whitelist again');
+  });
+
   test('rectification respects modifiable and re-indexes', async () => {
     const fixed = await api('PATCH', `${V}/customers/records/${rec2}`, { fields: { email: 'robert@example.org' } });
     assert.equal(fixed.status, 200, fixed.text);
