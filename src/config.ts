@@ -43,6 +43,8 @@ export const ConfigSchema = Type.Object(
     /** Directory each signed digest and the traces it covers are also written to, as gzip'd JSON. */
     auditExportDir: Type.Optional(Type.String({ minLength: 1 })),
     shutdownGraceMs: Type.Integer({ minimum: 0, maximum: 120000, default: 10000 }),
+    /** Days a deregistered account stays frozen (and the deregistration cancellable) before its data is destroyed. */
+    deregistrationRetentionDays: Type.Integer({ minimum: 1, maximum: 3650, default: 30 }),
   },
   { additionalProperties: false },
 );
@@ -68,6 +70,7 @@ const ENV_MAP: Record<string, keyof Config> = {
   CUSTOS_TOKEN_TTL_SECONDS: 'tokenTtlSeconds',
   CUSTOS_AUDIT_DIGEST_INTERVAL_SECONDS: 'auditDigestIntervalSeconds',
   CUSTOS_AUDIT_EXPORT_DIR: 'auditExportDir',
+  CUSTOS_DEREGISTRATION_RETENTION_DAYS: 'deregistrationRetentionDays',
   CUSTOS_ROOT_KEY_PROVIDER: 'rootKeyProvider',
   CUSTOS_PKCS11_MODULE: 'pkcs11Module',
   CUSTOS_PKCS11_TOKEN_LABEL: 'pkcs11TokenLabel',

@@ -44,6 +44,8 @@ export interface Principal {
   method: 'token' | 'aksk';
   mfa: boolean;
   expiresAt: number | null;
+  /** The account is being deregistered: content is out of reach until the deregistration is cancelled. */
+  frozen?: boolean;
 }
 
 /** What an action applies to, resolved by the route before the decision. */
@@ -198,7 +200,7 @@ export const MUTATING_METHODS = [
   'bootstrap', 'createAccount', 'updateSecuritySettings', 'createProject', 'createUser', 'updateUser', 'deleteUser', 'setPassword',
   'unlockUser', 'createGroup', 'deleteGroup', 'addUserToGroup', 'removeUserFromGroup', 'recordFailedLogin', 'revokeToken',
   'revokeUserTokens', 'updateAccessKey', 'deleteAccessKey', 'bindMfa', 'unbindMfa', 'createPolicy', 'updatePolicy', 'deletePolicy',
-  'attachPolicy', 'detachPolicy', 'createAgency', 'deleteAgency',
+  'attachPolicy', 'detachPolicy', 'createAgency', 'deleteAgency', 'setAccountStatus', 'destroyAccountPrincipals',
 ] as const;
 /** Writes that add something new or bookkeep, and so cannot make a cached answer wrong. */
 export const NON_INVALIDATING_WRITES = [
@@ -367,6 +369,37 @@ export class IamService {
   async getAccountByName(name: string): Promise<AccountRow | undefined> {
     return this.db.selectFrom('iam_accounts').selectAll().where('name', '=', name).executeTakeFirst();
   }
+  /**
+   * `deregistering`: the account is frozen for its retention period — its users still log in, but
+   * the edge lets them only see or cancel the deregistration. `destroyed`: nobody logs in again.
+   */
+  async setAccountStatus(accountId: string, status: 'active' | 'deregistering' | 'destroyed'): Promise<void> {
+    await this.db.updateTable('iam_accounts').set({ status }).where('id', '=', accountId).execute();
+  }
+
+  /** Account destruction: users, groups, credentials, tokens, MFA seeds, policies, agencies. The account row stays, destroyed. */
+  async destroyAccountPrincipals(accountId: string): Promise<{ users: number; groups: number; access_keys: number; policies: number; agencies: number }> {
+    return this.db.transaction().execute(async (tx) => {
+      const users = (await tx.selectFrom('iam_users').select('id').where('account_id', '=', accountId).execute()).map((u) => u.id);
+      const groups = (await tx.selectFrom('iam_groups').select('id').where('account_id', '=', accountId).execute()).map((g) => g.id);
+      const agencies = (await tx.selectFrom('iam_agencies').select('id').where('account_id', '=', accountId).execute()).map((a) => a.id);
+      const keys = await tx.deleteFrom('iam_access_keys').where('account_id', '=', accountId).executeTakeFirst();
+      if (users.length) {
+        await tx.deleteFrom('iam_tokens').where('user_id', 'in', users).execute();
+        await tx.deleteFrom('iam_password_history').where('user_id', 'in', users).execute();
+        await tx.deleteFrom('iam_group_members').where('user_id', 'in', users).execute();
+      }
+      const principals = [...users, ...groups, ...agencies];
+      if (principals.length) await tx.deleteFrom('iam_policy_attachments').where('principal_id', 'in', principals).execute();
+      const policies = await tx.deleteFrom('iam_policies').where('account_id', '=', accountId).executeTakeFirst();
+      await tx.deleteFrom('iam_agencies').where('account_id', '=', accountId).execute();
+      await tx.deleteFrom('iam_groups').where('account_id', '=', accountId).execute();
+      await tx.deleteFrom('iam_users').where('account_id', '=', accountId).execute();
+      await tx.updateTable('iam_accounts').set({ status: 'destroyed', security_settings: '{}' }).where('id', '=', accountId).execute();
+      return { users: users.length, groups: groups.length, access_keys: Number(keys.numDeletedRows), policies: Number(policies.numDeletedRows), agencies: agencies.length };
+    });
+  }
+
   async listAccounts(): Promise<AccountRow[]> {
     return this.db.selectFrom('iam_accounts').selectAll().orderBy('created_at').execute();
   }
@@ -563,7 +596,7 @@ export class IamService {
       throw IamError.unauthenticated('the user name or password is wrong');
     }
     if (!user.enabled) throw IamError.unauthenticated('the user is disabled');
-    if (account.status !== 'active') throw new IamError(403, IamCodes.accountFrozen, 'the account is frozen');
+    if (account.status !== 'active' && account.status !== 'deregistering') throw new IamError(403, IamCodes.accountFrozen, 'the account is frozen');
     let mfa = false;
     if (user.mfa_secret) {
       if (!req.totp || (req.totp.userId !== user.id && req.totp.userId !== user.name)) {
@@ -704,13 +737,14 @@ export class IamService {
       if (!user) throw IamError.unauthenticated();
     }
     if (!user.enabled) throw IamError.unauthenticated('the user is disabled');
-    if (account.status !== 'active') throw new IamError(403, IamCodes.accountFrozen, 'the account is frozen');
+    if (account.status !== 'active' && account.status !== 'deregistering') throw new IamError(403, IamCodes.accountFrozen, 'the account is frozen');
     const project = a.projectId ? await this.getProject(a.accountId, a.projectId) : undefined;
     return {
       principal: {
         accountId: account.id, accountName: account.name, userId: user.id, userName: user.name,
         projectId: project?.id ?? null, projectName: project?.name ?? null, region: project?.region ?? null,
         agency, accessKeyId: a.accessKeyId, method: a.method, mfa: a.mfa, expiresAt: a.expiresAt,
+        ...(account.status === 'deregistering' ? { frozen: true } : {}),
       },
       agencyExpiresAt,
     };

@@ -463,6 +463,28 @@ export class KmsService {
     return done;
   }
 
+  /**
+   * Account destruction: every key of the account is destroyed at once, whatever its state or
+   * waiting period (crypto-shredding of everything encrypted under it), its grants removed.
+   */
+  async destroyAccountKeys(accountId: string): Promise<string[]> {
+    const now = this.now();
+    const keys = await this.db.selectFrom('kms_keys').select('id').where('account_id', '=', accountId).where('state', '!=', 'destroyed').execute();
+    const ids = keys.map((k) => k.id);
+    for (const id of ids) {
+      await this.db.transaction().execute(async (tx) => {
+        await tx.updateTable('kms_keys')
+          .set({ state: 'destroyed', destroyed_at: now, updated_at: now, alias: null, rotation_enabled: 0, next_rotation_at: null, import_token_hash: null, import_wrapping_key: null, import_expires_at: null, tags_json: '{}', description: '' })
+          .where('id', '=', id).execute();
+        await tx.updateTable('kms_key_versions').set({ material_wrapped: null }).where('key_id', '=', id).execute();
+        await tx.deleteFrom('kms_grants').where('key_id', '=', id).execute();
+      });
+      this.cache.dropKey(id);
+      this.stats.destroyed++;
+    }
+    return ids;
+  }
+
   // ------------------------------------------------------------------ crypto
 
   private stateError(key: KeyRow): KmsError {

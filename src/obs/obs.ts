@@ -717,6 +717,42 @@ export class ObsService {
     return Buffer.concat(chunks);
   }
 
+  /**
+   * Account destruction: every bucket, object version, delete marker and unfinished upload of the
+   * account, with their blobs — object lock included (the account's keys are destroyed with it, so
+   * nothing locked could be read again anyway).
+   */
+  async destroyAccount(accountId: string): Promise<{ buckets: number; versions: number; uploads: number; blobs: number }> {
+    const buckets = await this.listBuckets(accountId);
+    let versions = 0;
+    let uploads = 0;
+    let blobs = 0;
+    for (const b of buckets) {
+      for (;;) {
+        const rows = await this.db.selectFrom('obs_objects').select(['key', 'version_id', 'blob_id', 'parts_json', 'delete_marker']).where('bucket_id', '=', b.id).limit(500).execute();
+        if (!rows.length) break;
+        for (const r of rows) {
+          const ids = this.blobsOfRow(r);
+          await this.db.deleteFrom('obs_objects').where('bucket_id', '=', b.id).where('key', '=', r.key).where('version_id', '=', r.version_id).execute();
+          await this.dropBlobs(ids);
+          blobs += ids.length;
+          versions++;
+        }
+      }
+      const ups = await this.db.selectFrom('obs_uploads').select('id').where('bucket_id', '=', b.id).execute();
+      for (const u of ups) {
+        const parts = await this.db.selectFrom('obs_upload_parts').select('blob_id').where('upload_id', '=', u.id).execute();
+        await this.db.deleteFrom('obs_upload_parts').where('upload_id', '=', u.id).execute();
+        await this.db.deleteFrom('obs_uploads').where('id', '=', u.id).execute();
+        await this.dropBlobs(parts.map((x) => x.blob_id));
+        blobs += parts.length;
+        uploads++;
+      }
+      await this.db.deleteFrom('obs_buckets').where('id', '=', b.id).execute();
+    }
+    return { buckets: buckets.length, versions, uploads, blobs };
+  }
+
   /** ListObjectVersions: every version and delete marker, by key, newest first within a key; pages end at a key. */
   async listVersions(bucket: BucketRow, opts: { prefix: string; keyMarker: string; maxKeys: number }): Promise<{ versions: ObjectRow[]; truncated: boolean; nextKeyMarker: string | null }> {
     let q = this.db.selectFrom('obs_objects').selectAll().where('bucket_id', '=', bucket.id).where('key', '>', opts.keyMarker);

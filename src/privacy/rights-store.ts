@@ -24,6 +24,11 @@ export type RightsTables = {
     id: string; account_id: string; source_kind: string; source_name: string; source_region: string; destination_project_id: string; destination_region: string;
     purpose: string; safeguard: string; notes: string; created_by: string; created_at: number; used_at: number | null;
   };
+  privacy_deregistrations: {
+    account_id: string; account_name: string; status: string; requested_at: number; requested_by: string; destroy_after: number; cancelled_at: number | null;
+    cancelled_by: string | null; destroying_since: number | null; destroyed_at: number | null; certificate_json: string | null; signature: string | null; key_id: string | null;
+  };
+  settings: { name: string; value: string };
 };
 
 export type RightsDb = Kysely<RightsTables>;

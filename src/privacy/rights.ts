@@ -546,6 +546,17 @@ export class PrivacyRightsService implements ProcessingGate, TransferCheck {
     return { delivered, failed };
   }
 
+  /** Account destruction: purposes, consent, requests, limits, archives, transfers, webhook and outbox. */
+  async destroyAccountData(accountId: string): Promise<{ consents: number; requests: number }> {
+    const reqs = (await this.db.selectFrom('privacy_requests').select('id').where('account_id', '=', accountId).execute()).map((r) => r.id);
+    if (reqs.length) await this.db.deleteFrom('privacy_request_events').where('request_id', 'in', reqs).execute();
+    const consents = await this.db.deleteFrom('privacy_consents').where('account_id', '=', accountId).executeTakeFirst();
+    for (const t of ['privacy_requests', 'privacy_limits', 'privacy_archives', 'privacy_transfers', 'privacy_webhooks', 'privacy_outbox', 'privacy_purposes'] as const) {
+      await this.db.deleteFrom(t).where('account_id', '=', accountId).execute();
+    }
+    return { consents: Number(consents.numDeletedRows), requests: reqs.length };
+  }
+
   // ------------------------------------------------------------------ jobs
 
   /** Overdue requests raise one alert each (history, log, metric); expired archives are deleted. */

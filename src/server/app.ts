@@ -5,7 +5,7 @@ import swagger from '@fastify/swagger';
 import { collectDefaultMetrics, Counter, Histogram, Registry } from 'prom-client';
 import type { Config } from '../config.js';
 import type { AuditRecorder, RequestTrace } from '../audit/trace.js';
-import { IamError } from '../iam/errors.js';
+import { IamCodes, IamError } from '../iam/errors.js';
 import type { IamService, Principal, ResourceRef } from '../iam/iam.js';
 import { sql } from 'kysely';
 import type { Store } from '../store/db.js';
@@ -203,6 +203,10 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     const meta = metaOf(req);
     const p = req.custos.principal;
     if (!meta || meta.action === null || meta.authenticatedOnly || !p) return;
+    // An account being deregistered is frozen: its users may only see or cancel the deregistration.
+    if (p.frozen && !meta.action.startsWith('privacy:deregistration:')) {
+      throw new IamError(403, IamCodes.accountFrozen, 'the account is being deregistered and is frozen: only the deregistration can be viewed or cancelled');
+    }
     let resource = null;
     if (meta.resource) {
       resource = await meta.resource(req, p);

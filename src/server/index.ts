@@ -17,6 +17,8 @@ import { s3Routes } from '../obs/http/s3.js';
 import { ObsService } from '../obs/obs.js';
 import type { ObsTables } from '../obs/store.js';
 import { FsBlobStore } from '../store/blobs.js';
+import { DeregistrationService } from '../privacy/deregistration.js';
+import { deregistrationRoutes } from '../privacy/http/deregistration.js';
 import { privacyRightsRoutes } from '../privacy/http/rights.js';
 import { PrivacyRightsService } from '../privacy/rights.js';
 import type { RightsTables } from '../privacy/rights-store.js';
@@ -37,6 +39,7 @@ export interface Custos {
   obs: ObsService;
   vault: VaultService;
   rights: PrivacyRightsService;
+  deregistration: DeregistrationService;
   /** The S3/OBS listener. */
   obsUrl: string;
   root: RootKeyProvider;
@@ -55,6 +58,7 @@ export interface Services {
   obs: ObsService;
   vault: VaultService;
   rights: PrivacyRightsService;
+  deregistration: DeregistrationService;
   blobs: FsBlobStore;
   close(): Promise<void>;
 }
@@ -104,11 +108,15 @@ export async function openServices(config: Config, opts: { now?: () => number; o
     const blobs = new FsBlobStore(path.join(config.dataDir, 'blobs'));
     const obs = new ObsService(store.db.withTables<ObsTables>(), kms, blobs, { maxObjectBytes: config.obsMaxObjectBytes, ...(opts.now ? { now: opts.now } : {}), ...(opts.plaintextObjectsForBenchmarks ? { plaintextBaselineForBenchmarks: true } : {}) });
     const vault = new VaultService(store.db.withTables<VaultTables>(), kms, { ...(opts.now ? { now: opts.now } : {}) });
-    const rights = new PrivacyRightsService(store.db.withTables<RightsTables>(), vault, kms, obs, await SecretBox.open(store.db, rootKey, 'privacy-secrets'), { ...(opts.now ? { now: opts.now } : {}), onAlert: (m) => opts.onError?.(m) });
+    const privacySecrets = await SecretBox.open(store.db, rootKey, 'privacy-secrets');
+    const rights = new PrivacyRightsService(store.db.withTables<RightsTables>(), vault, kms, obs, privacySecrets, { ...(opts.now ? { now: opts.now } : {}), onAlert: (m) => opts.onError?.(m) });
     // Every vault read asks the privacy service: consent, restriction, objection.
     vault.setProcessingGate(rights);
+    const deregistration = new DeregistrationService(store.db.withTables<RightsTables>(), {
+      iam, kms, obs, vault, rights, secrets: privacySecrets, dialect: store.dialect, retentionDays: config.deregistrationRetentionDays, ...(opts.now ? { now: opts.now } : {}),
+    });
     return {
-      store, root: rootKey, rootKeyCreated, iam, audit, kms, obs, vault, rights, blobs,
+      store, root: rootKey, rootKeyCreated, iam, audit, kms, obs, vault, rights, deregistration, blobs,
       async close() {
         await store.close();
         await rootKey.close();
@@ -144,11 +152,11 @@ export interface StartOptions {
 export async function startCustos(config: Config, opts: StartOptions = {}): Promise<Custos> {
   let report: (message: string) => void = (m) => process.stderr.write(`${m}\n`);
   const services = await openServices(config, { ...opts, onError: (m) => report(m) });
-  const { store, root, rootKeyCreated, iam, audit, kms, obs, vault, rights, blobs } = services;
+  const { store, root, rootKeyCreated, iam, audit, kms, obs, vault, rights, deregistration, blobs } = services;
   try {
     const bootstrap = await iam.bootstrap();
     const now = opts.now ?? Date.now;
-    const routes = [...huaweiIamRoutes(iam), ...custosIamRoutes(iam), ...ctsRoutes(audit, iam, now), ...huaweiKmsRoutes(kms, iam), ...awsKmsRoutes(kms, iam), ...vaultRoutes(vault, iam, rights), ...privacyRightsRoutes(rights, iam, vault)];
+    const routes = [...huaweiIamRoutes(iam), ...custosIamRoutes(iam), ...ctsRoutes(audit, iam, now), ...huaweiKmsRoutes(kms, iam), ...awsKmsRoutes(kms, iam), ...vaultRoutes(vault, iam, rights), ...privacyRightsRoutes(rights, iam, vault), ...deregistrationRoutes(deregistration)];
     const app = await buildApp({
       config, store, iam, audit: opts.untracedBaselineForBenchmarks ? null : audit, routes, now,
       serviceCounters: [
@@ -161,6 +169,7 @@ export async function startCustos(config: Config, opts: StartOptions = {}): Prom
         ['custos_vault_values_deleted_total', 'Vault values deleted by their retention rule on this node', () => vault.stats.valuesDeleted],
         ['custos_privacy_requests_completed_total', 'Data-subject requests carried out by this node', () => rights.stats.requestsCompleted],
         ['custos_privacy_requests_overdue_total', 'Data-subject requests found past their deadline (one alert each)', () => rights.stats.overdueAlerts],
+        ['custos_accounts_destroyed_total', 'Deregistered accounts destroyed by this node', () => deregistration.stats.destroyed],
         ['custos_vault_records_deleted_total', 'Vault records deleted (with their data keys) by this node', () => vault.stats.recordsDeleted],
       ],
       grantAllows: (resource, p, op) => (resource.service === 'kms' && resource.type === 'KeyId' ? kms.grantAllows(resource.id, p.userId, op as GrantOperation) : Promise.resolve(false)),
@@ -194,6 +203,8 @@ export async function startCustos(config: Config, opts: StartOptions = {}): Prom
       setInterval(() => vault.runRetention().catch(warn('vault retention')), 60_000),
       // Overdue data-subject requests raise their alert once; expired archives go.
       setInterval(() => rights.runDueJobs().catch(warn('privacy jobs')), 60_000),
+      // Accounts whose deregistration retention ended are destroyed (each claimed by one node).
+      setInterval(() => deregistration.runDue().catch(warn('account destruction')), 60_000),
       // Webhook notifications of data-subject request changes (signed, retried with backoff).
       setInterval(() => rights.runOutbox().catch(warn('privacy webhooks')), 10_000),
       // Bucket lifecycle rules; one node at a time holds the run's lease.
@@ -204,7 +215,7 @@ export async function startCustos(config: Config, opts: StartOptions = {}): Prom
     for (const t of timers) t.unref();
     let closed = false;
     return {
-      app, url: address, obsUrl, store, iam, audit, kms, obs, vault, rights, root, bootstrap, rootKeyCreated,
+      app, url: address, obsUrl, store, iam, audit, kms, obs, vault, rights, deregistration, root, bootstrap, rootKeyCreated,
       async close() {
         if (closed) return;
         closed = true;

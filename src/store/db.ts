@@ -35,6 +35,9 @@ export function openStore(opts: { databaseUrl?: string; dataDir: string }): Stor
   database.pragma('synchronous = NORMAL');
   database.pragma('busy_timeout = 5000');
   database.pragma('foreign_keys = ON');
+  // Deleted content is overwritten with zeros, not left in free pages: destroyed keys, erased
+  // personal data and deleted credentials must not be recoverable from the file.
+  database.pragma('secure_delete = ON');
   // 64 MiB of page cache (the default is 2 MiB): the audit trail's indexes take random inserts.
   database.pragma('cache_size = -65536');
   // Checkpoint every ~40 MiB of WAL instead of ~4 MiB: the hot pages (index ends, chain heads) are

@@ -991,6 +991,15 @@ export class VaultService {
     return recs.length;
   }
 
+  /** Account destruction: every collection with its records, index entries, tokens, secrets and events. */
+  async destroyAccount(accountId: string): Promise<{ collections: number; records: number }> {
+    let records = 0;
+    const cols = await this.listCollections(accountId);
+    for (const c of cols) records += (await this.deleteCollection(c, { force: true })).records;
+    await this.db.deleteFrom('vault_subject_events').where('account_id', '=', accountId).execute();
+    return { collections: cols.length, records };
+  }
+
   // ------------------------------------------------------------------ inventory
 
   /** The table a privacy notice needs, from the schemas: what, how collected, why, how long, where, under which key. */

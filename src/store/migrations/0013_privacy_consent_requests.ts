@@ -124,9 +124,27 @@ export async function up(db: Kysely<any>): Promise<void> {
     .addColumn('used_at', 'int8')
     .execute();
   await db.schema.createIndex('privacy_transfers_account').on('privacy_transfers').columns(['account_id', 'created_at']).execute();
+  // Account deregistration: frozen for a retention period, then destroyed; the signed destruction
+  // certificate is what stays.
+  await db.schema
+    .createTable('privacy_deregistrations')
+    .addColumn('account_id', 'varchar(32)', (c) => c.primaryKey())
+    .addColumn('account_name', 'varchar(64)', (c) => c.notNull())
+    .addColumn('status', 'varchar(16)', (c) => c.notNull())
+    .addColumn('requested_at', 'int8', (c) => c.notNull())
+    .addColumn('requested_by', 'varchar(64)', (c) => c.notNull())
+    .addColumn('destroy_after', 'int8', (c) => c.notNull())
+    .addColumn('cancelled_at', 'int8')
+    .addColumn('cancelled_by', 'varchar(64)')
+    .addColumn('destroying_since', 'int8')
+    .addColumn('destroyed_at', 'int8')
+    .addColumn('certificate_json', 'text')
+    .addColumn('signature', 'text')
+    .addColumn('key_id', 'varchar(32)')
+    .execute();
   await db.schema.createIndex('privacy_outbox_due').on('privacy_outbox').columns(['delivered_at', 'failed_at', 'next_attempt_at']).execute();
 }
 
 export async function down(db: Kysely<any>): Promise<void> {
-  for (const t of ['privacy_transfers', 'privacy_outbox', 'privacy_webhooks', 'privacy_archives', 'privacy_limits', 'privacy_request_events', 'privacy_requests', 'privacy_consents', 'privacy_purposes']) await db.schema.dropTable(t).execute();
+  for (const t of ['privacy_deregistrations', 'privacy_transfers', 'privacy_outbox', 'privacy_webhooks', 'privacy_archives', 'privacy_limits', 'privacy_request_events', 'privacy_requests', 'privacy_consents', 'privacy_purposes']) await db.schema.dropTable(t).execute();
 }
