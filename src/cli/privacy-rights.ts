@@ -1,8 +1,10 @@
-/** `custos privacy ...` for purposes, consent and data-subject requests. */
+/** `custos privacy ...`: purposes, consent, data-subject requests, account deregistration and its certificate. */
+import { createPublicKey, verify } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { Command } from 'commander';
 import { call, profile } from './client.js';
 import { print, type OutputFormat } from './output.js';
+import { canonicalJson } from '../privacy/deregistration.js';
 
 const P = '/v1/privacy';
 const enc = encodeURIComponent;
@@ -89,9 +91,31 @@ export function addRightsCommands(privacy: Command): Command {
       }
       print(opts.output as OutputFormat, [{ ...row(r), ...(r.result ?? {}) }]);
     });
+  const dereg = (r: Record<string, unknown>) => ({ account: r.account_name, status: r.status, requested_at: r.requested_at, by: r.requested_by, destroy_after: r.destroy_after, cancelled_at: r.cancelled_at, destroyed_at: r.destroyed_at });
+  common(privacy.command('deregister').description('deregister the account (needs a login with MFA): frozen now, destroyed after the retention period'))
+    .requiredOption('--confirm <account-name>', 'the account\'s name, to confirm').action(async (opts) => {
+      print(opts.output as OutputFormat, [dereg((await call(profile(opts.profile), 'POST', `${P}/deregistration`, { confirm_account_name: opts.confirm })) as Record<string, unknown>)]);
+    });
+  common(privacy.command('deregistration').description('the account\'s deregistration status')).action(async (opts) => {
+    print(opts.output as OutputFormat, [dereg((await call(profile(opts.profile), 'GET', `${P}/deregistration`)) as Record<string, unknown>)]);
+  });
+  common(privacy.command('cancel-deregistration').description('cancel during the retention period; access comes back')).action(async (opts) => {
+    print(opts.output as OutputFormat, [dereg((await call(profile(opts.profile), 'DELETE', `${P}/deregistration`)) as Record<string, unknown>)]);
+  });
+  common(privacy.command('certificate').description('a destroyed account\'s destruction certificate, its signature checked against the published key (operator)').argument('<account-id>'))
+    .option('--out <file.json>', 'save the certificate with its signature').action(async (accountId: string, opts) => {
+      const p = profile(opts.profile);
+      const c = (await call(p, 'GET', `${P}/destruction-certificates/${enc(accountId)}`)) as { certificate: Record<string, any>; signature: string; key_id: string };
+      const k = (await call(p, 'GET', `${P}/certificate-key`)) as { key_id: string; public_key: string };
+      const ok = k.key_id === c.key_id && verify(null, Buffer.from(canonicalJson(c.certificate)), createPublicKey(k.public_key), Buffer.from(c.signature, 'base64'));
+      if (opts.out) writeFileSync(opts.out, JSON.stringify(c, null, 2));
+      if (!ok) throw Object.assign(new Error('the certificate\'s signature does NOT verify'), { exitCode: 4 });
+      const d = c.certificate.destroyed;
+      print(opts.output as OutputFormat, [{ account: c.certificate.account.name, destroyed_at: c.certificate.destroyed_at, signature: 'verified', collections: d.vault.collections, records: d.vault.records, buckets: d.object_storage.buckets, object_versions: d.object_storage.object_versions, kms_keys: d.kms.keys_destroyed, users: d.iam.users }]);
+    });
   return privacy;
 }
 
 export function privacyCommand(): Command {
-  return addRightsCommands(new Command('privacy').description('privacy operations: purposes, consent, data-subject requests'));
+  return addRightsCommands(new Command('privacy').description('privacy operations: purposes, consent, data-subject requests, deregistration'));
 }

@@ -52,6 +52,9 @@ test('custos privacy: purposes, consent, requests with deadlines, an access arch
     assert.match(await custos('privacy', 'requests', 'show', req!.id), /extended/);
     assert.match(await custos('privacy', 'requests', 'list', '--status', 'completed'), /access/);
 
+    await assert.rejects(custos('privacy', 'deregistration'), (e: { code: number; stderr: string }) => e.code === 1 && /404/.test(e.stderr));
+    await assert.rejects(custos('privacy', 'deregister', '--confirm', t.name), (e: { code: number; stderr: string }) => e.code === 1 && /403 MfaRequired/.test(e.stderr));
+
     await custos('privacy', 'consent', 'withdraw', 'r1', 'newsletter', '--source', 'unsubscribe link');
     const hist = await json('privacy', 'consent', 'show', 'r1', '--history');
     assert.deepEqual(hist.map((h) => h.status), ['granted', 'withdrawn']);
