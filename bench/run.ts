@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
 const here = path.dirname(fileURLToPath(import.meta.url));
 const only = process.argv.slice(2);
 let failed = 0;
-for (const name of ['iam', 'audit', 'kms', 'obs', 'vault']) {
+for (const name of ['iam', 'audit', 'kms', 'obs', 'vault', 'privacy']) {
   if (only.length && !only.includes(name)) continue;
   const file = path.join(here, `${name}.js`);
   if (!existsSync(file)) continue;

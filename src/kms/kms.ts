@@ -249,6 +249,22 @@ export class KmsService {
   }
 
   /** A key of the caller's project by id (or alias); another project's or tenant's key is not found. */
+  /**
+   * A service's default key in a project (`obs/default`, `vault/default`, ...), made on first use; two
+   * nodes making it at once end up with the same key (the alias is unique per project).
+   */
+  async defaultKey(scope: KeyScope, alias: string, description: string): Promise<KeyRow> {
+    const found = await this.findKey(scope, alias);
+    if (found) return found;
+    try {
+      return await this.createKey(scope, { alias, description, keySpec: 'AES_256' });
+    } catch (e) {
+      const again = await this.findKey(scope, alias);
+      if (again) return again;
+      throw e;
+    }
+  }
+
   async findKey(scope: KeyScope, ref: string): Promise<KeyRow | undefined> {
     let q = this.db.selectFrom('kms_keys').selectAll().where('account_id', '=', scope.accountId).where('project_id', '=', scope.projectId);
     q = UUID.test(ref) ? q.where('id', '=', ref) : q.where('alias', '=', ref);

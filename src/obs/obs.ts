@@ -305,15 +305,7 @@ export class ObsService {
       return key;
     }
     if (bucket.kms_key_id) return this.kms.getKey(scope, bucket.kms_key_id);
-    const found = await this.kms.findKey(scope, DEFAULT_KEY_ALIAS);
-    if (found) return found;
-    try {
-      return await this.kms.createKey(scope, { alias: DEFAULT_KEY_ALIAS, description: 'default key of object storage', keySpec: 'AES_256' });
-    } catch (e) {
-      const again = await this.kms.findKey(scope, DEFAULT_KEY_ALIAS);
-      if (again) return again;
-      throw e;
-    }
+    return this.kms.defaultKey(scope, DEFAULT_KEY_ALIAS, 'default key of object storage');
   }
 
   /**

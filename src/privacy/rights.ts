@@ -206,6 +206,9 @@ export class PrivacyRightsService implements ProcessingGate, TransferCheck {
     if (received > now + 60_000) throw new PrivacyError(400, 'InvalidRequest', 'a request cannot be received in the future');
     if (input.type === 'objection' && !input.details.purposes?.length) throw new PrivacyError(400, 'InvalidRequest', 'an objection names the purposes it objects to');
     if (input.type === 'rectification' && !input.details.rectify?.length) throw new PrivacyError(400, 'InvalidRequest', 'a rectification request carries the corrected values (details.rectify)');
+    if (!(await this.subjectKnown(accountId, input.subjectId))) throw new PrivacyError(404, 'UnknownSubject', 'nothing is held about this data subject (no vault record, tagged object or consent record)');
+    const open = await this.db.selectFrom('privacy_requests').select('id').where('account_id', '=', accountId).where('subject_id', '=', input.subjectId).where('type', '=', input.type).where('status', 'in', OPEN).limit(1).executeTakeFirst();
+    if (open) throw new PrivacyError(409, 'DuplicateRequest', `an open ${input.type} request for this subject exists already (${open.id})`);
     const row: RequestRow = {
       id: randomUUID(), account_id: accountId, subject_id: input.subjectId, type: input.type, status: 'received', details_json: JSON.stringify(input.details),
       received_at: received, due_at: received + durationMs('P30D', received), extended_due_at: null, extension_reason: null, verified_at: null,
@@ -216,6 +219,13 @@ export class PrivacyRightsService implements ProcessingGate, TransferCheck {
       await this.event(trx, row, 'received', actor, `${input.type} request received`);
     });
     return this.view(row);
+  }
+
+  /** Whether the account holds anything about the subject: vault records, tagged objects, consent records. */
+  private async subjectKnown(accountId: string, subjectId: string): Promise<boolean> {
+    if (await this.db.selectFrom('privacy_consents').select('id').where('account_id', '=', accountId).where('subject_id', '=', subjectId).limit(1).executeTakeFirst()) return true;
+    if (await this.vault.subjectKnown(accountId, subjectId)) return true;
+    return (await this.obs.subjectObjects(accountId, subjectId)).length > 0;
   }
 
   async getRequest(accountId: string, id: string): Promise<RequestRow | undefined> {
@@ -422,16 +432,8 @@ export class PrivacyRightsService implements ProcessingGate, TransferCheck {
     };
   }
 
-  private async archiveKey(scope: KeyScope): Promise<KeyRow> {
-    const found = await this.kms.findKey(scope, ARCHIVE_KEY_ALIAS);
-    if (found) return found;
-    try {
-      return await this.kms.createKey(scope, { alias: ARCHIVE_KEY_ALIAS, description: 'default key of data-subject request archives', keySpec: 'AES_256' });
-    } catch (e) {
-      const again = await this.kms.findKey(scope, ARCHIVE_KEY_ALIAS);
-      if (again) return again;
-      throw e;
-    }
+  private archiveKey(scope: KeyScope): Promise<KeyRow> {
+    return this.kms.defaultKey(scope, ARCHIVE_KEY_ALIAS, 'default key of data-subject request archives');
   }
 
   /** The archive behind a link: the token must match (constant time) and the link must not have expired. */

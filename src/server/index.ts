@@ -156,7 +156,7 @@ export async function startCustos(config: Config, opts: StartOptions = {}): Prom
   try {
     const bootstrap = await iam.bootstrap();
     const now = opts.now ?? Date.now;
-    const routes = [...huaweiIamRoutes(iam), ...custosIamRoutes(iam), ...ctsRoutes(audit, iam, now), ...huaweiKmsRoutes(kms, iam), ...awsKmsRoutes(kms, iam), ...vaultRoutes(vault, iam, rights), ...privacyRightsRoutes(rights, iam, vault), ...deregistrationRoutes(deregistration)];
+    const routes = [...huaweiIamRoutes(iam), ...custosIamRoutes(iam), ...ctsRoutes(audit, iam, now), ...huaweiKmsRoutes(kms, iam), ...awsKmsRoutes(kms, iam), ...vaultRoutes(vault, iam, rights), ...privacyRightsRoutes(rights, iam, vault, obs), ...deregistrationRoutes(deregistration)];
     const app = await buildApp({
       config, store, iam, audit: opts.untracedBaselineForBenchmarks ? null : audit, routes, now,
       serviceCounters: [
@@ -177,7 +177,7 @@ export async function startCustos(config: Config, opts: StartOptions = {}): Prom
     });
     report = (m) => app.log.error(m);
     const s3App = await buildApp({
-      config, store, iam, audit: opts.untracedBaselineForBenchmarks ? null : audit, routes: s3Routes(obs, iam, config.regions), now, listener: 's3',
+      config, store, iam, audit: opts.untracedBaselineForBenchmarks ? null : audit, routes: s3Routes(obs, iam, config.regions, rights), now, listener: 's3',
       ...(opts.logStream ? { logStream: opts.logStream } : {}),
     });
     const address = await app.listen({ host: config.host, port: config.port });

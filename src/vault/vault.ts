@@ -192,15 +192,7 @@ export class VaultService {
       if (key.key_spec !== 'AES_256' && key.key_spec !== 'SM4') throw new VaultError(400, 'InvalidKey', 'a collection key must be a symmetric key (AES_256)');
       return key;
     }
-    const found = await this.kms.findKey(scope, DEFAULT_KEY_ALIAS);
-    if (found) return found;
-    try {
-      return await this.kms.createKey(scope, { alias: DEFAULT_KEY_ALIAS, description: 'default key of the personal-data vault', keySpec: 'AES_256' });
-    } catch (e) {
-      const again = await this.kms.findKey(scope, DEFAULT_KEY_ALIAS);
-      if (again) return again;
-      throw e;
-    }
+    return this.kms.defaultKey(scope, DEFAULT_KEY_ALIAS, 'default key of the personal-data vault');
   }
 
   async getCollection(accountId: string, name: string): Promise<Collection | undefined> {
@@ -925,6 +917,10 @@ export class VaultService {
   }
 
   // ------------------------------------------------------------------ data-subject requests
+
+  async subjectKnown(accountId: string, subjectId: string): Promise<boolean> {
+    return !!(await this.db.selectFrom('vault_records').select('id').where('account_id', '=', accountId).where('subject_id', '=', subjectId).limit(1).executeTakeFirst());
+  }
 
   /** Every value held about a subject across the account's collections, in the clear. */
   async subjectData(accountId: string, subjectId: string): Promise<SubjectData[]> {

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { CreateBucketCommand, ListObjectVersionsCommand, PutBucketVersioningCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { CopyObjectCommand, CreateBucketCommand, GetObjectCommand, ListObjectVersionsCommand, PutBucketVersioningCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { strFromU8, unzipSync } from 'fflate';
 import { PASSWORD, startTestServer, type Tenant, type TestServer } from '../helpers.js';
 
@@ -319,6 +319,29 @@ describe('privacy: consent and data-subject requests', () => {
     const used = (await api('GET', '/v1/privacy/transfers')).json.transfers.find((x: { id: string }) => x.id === tr.json.id);
     assert.ok(used.used_at);
     assert.equal((await copy('members_copy', home.id)).status, 201, 'within one region no transfer record is needed');
+
+    // Objects: CopyObject into a bucket of another region names its transfer record in x-custos-transfer-id.
+    const cred = await api('POST', '/v3.0/OS-CREDENTIAL/credentials', { credential: { user_id: t.adminUserId } });
+    const client = (transferId?: string) => {
+      const c = new S3Client({ endpoint: s.custos.obsUrl, region: home.name, forcePathStyle: true, systemClockOffset: clock - Date.now(), credentials: { accessKeyId: cred.json.credential.access, secretAccessKey: cred.json.credential.secret } });
+      if (transferId) c.middlewareStack.add((next) => async (args) => {
+        (args.request as { headers: Record<string, string> }).headers['x-custos-transfer-id'] = transferId;
+        return next(args);
+      }, { step: 'build', name: 'transferId' });
+      return c;
+    };
+    await client().send(new CreateBucketCommand({ Bucket: 'files-home', CreateBucketConfiguration: { LocationConstraint: home.name as never } }));
+    await client().send(new CreateBucketCommand({ Bucket: 'files-abroad', CreateBucketConfiguration: { LocationConstraint: abroad.name as never } }));
+    await client().send(new CreateBucketCommand({ Bucket: 'files-home2', CreateBucketConfiguration: { LocationConstraint: home.name as never } }));
+    await client().send(new PutObjectCommand({ Bucket: 'files-home', Key: 'cv.txt', Body: 'a CV' }));
+    await assert.rejects(client().send(new CopyObjectCommand({ Bucket: 'files-abroad', Key: 'cv.txt', CopySource: 'files-home/cv.txt' })), (e: { name: string; message: string }) => e.name === 'AccessDenied' && /transfer record/.test(e.message));
+    await client().send(new CopyObjectCommand({ Bucket: 'files-home2', Key: 'cv.txt', CopySource: 'files-home/cv.txt' }));
+    const btr = await api('POST', '/v1/privacy/transfers', { source_kind: 'bucket', source_name: 'files-home', destination_project_id: abroad.id, purpose: 'recruiting abroad', safeguard: 'binding_corporate_rules' });
+    assert.equal(btr.status, 201, btr.text);
+    await assert.rejects(client(tr.json.id).send(new CopyObjectCommand({ Bucket: 'files-abroad', Key: 'cv.txt', CopySource: 'files-home/cv.txt' })), (e: { name: string }) => e.name === 'AccessDenied', 'a collection\'s record does not cover a bucket');
+    await client(btr.json.id).send(new CopyObjectCommand({ Bucket: 'files-abroad', Key: 'cv.txt', CopySource: 'files-home/cv.txt' }));
+    const copied = await client().send(new GetObjectCommand({ Bucket: 'files-abroad', Key: 'cv.txt' }));
+    assert.equal(await copied.Body!.transformToString(), 'a CV');
   });
 
   test('objects tagged with the subject: in the access archive, erased in every version', async () => {
@@ -351,6 +374,32 @@ describe('privacy: consent and data-subject requests', () => {
     assert.equal(gone.result.objects.deleted_versions, 2);
     const left = await s3.send(new ListObjectVersionsCommand({ Bucket }));
     assert.deepEqual((left.Versions ?? []).map((v) => v.Key), ['frank.txt']);
+  });
+
+  test('bad input: unknown subjects, duplicate requests, illegal transitions get clear 4xx', async () => {
+    const unknown = await api('POST', '/v1/privacy/requests', { subject_id: 'nobody-we-know', type: 'access' });
+    assert.equal(unknown.status, 404, unknown.text);
+    assert.equal(unknown.json.error.code, 'UnknownSubject');
+    const first = await request('carol', 'portability');
+    const dup = await api('POST', '/v1/privacy/requests', { subject_id: 'carol', type: 'portability' });
+    assert.equal(dup.status, 409);
+    assert.equal(dup.json.error.code, 'DuplicateRequest');
+    assert.equal((await api('POST', '/v1/privacy/requests', { subject_id: 'carol', type: 'shredding' })).status, 400);
+    assert.equal((await api('POST', '/v1/privacy/requests', { subject_id: 'bad subject', type: 'access' })).status, 400);
+    // Portability, end to end: the archive opens and holds carol's values and nobody else's.
+    await verify(first.id);
+    assert.equal((await api('POST', `/v1/privacy/requests/${first.id}/verify`, { verifier: 'attestation', evidence: { method: 'again', reference: 'x' } })).status, 409, 'verified twice');
+    const done = await execute(first.id);
+    assert.equal((await api('POST', `/v1/privacy/requests/${first.id}/execute`, {})).status, 409, 'executed twice');
+    assert.equal((await api('POST', `/v1/privacy/requests/${first.id}/extend`, { months: 1, reason: 'late' })).status, 409, 'a completed request is not extended');
+    const files = unzipSync(new Uint8Array(await (await fetch(s.url + done.result.archive)).arrayBuffer()));
+    const doc = JSON.parse(strFromU8(files['subject.json']!));
+    assert.equal(doc.subject_id, 'carol');
+    // Her interests went when she withdrew her consent (their deletion rule waits for that event).
+    assert.deepEqual(doc.vault[0].fields, { email: 'carol@example.com', phone: '+4930123456', invoice_address: 'carol, 1 Main Street, Berlin' });
+    const all = Object.values(files).map((f) => strFromU8(f)).join('\n');
+    for (const x of ['alice', 'bob', 'dave', 'erin']) assert.ok(!all.includes(x), `the archive holds ${x}'s data`);
+    assert.equal((await api('GET', `/v1/privacy/requests/${'0'.repeat(8)}-0000-4000-8000-000000000000`)).status, 404);
   });
 
   test('another tenant sees none of it', async () => {

@@ -98,7 +98,12 @@ function objectHeaders(reply: FastifyReply, row: ObjectRow, arn: string, version
 const CHECKSUMS = ['x-amz-checksum-crc32', 'x-amz-checksum-sha256', 'x-amz-checksum-sha1'] as const;
 const UNSUPPORTED_CHECKSUMS = ['x-amz-checksum-crc32c', 'x-amz-checksum-crc64nvme'];
 
-export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): RouteDef[] {
+/** Decides whether a copy may leave its region (the privacy service's transfer records). */
+export interface TransferGate {
+  requireTransfer(accountId: string, transferId: string | undefined, what: { kind: 'collection' | 'bucket'; name: string; sourceRegion: string; destinationRegion: string }): Promise<void>;
+}
+
+export function s3Routes(obs: ObsService, iam: IamService, regions: string[], transfers?: TransferGate): RouteDef[] {
   const projects = new ProjectLookup(iam);
   const meta = (action: string, resourceType: string, resource: RouteMeta['resource'], extra: Partial<RouteMeta> = {}): RouteMeta => ({
     dialect: 's3', service: 'OBS', action, resourceType, ...(resource ? { resource } : {}), ...extra,
@@ -122,6 +127,12 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): R
     const srcBucket = await obs.findBucket(principalOf(req).accountId, safeDecode(m[1]!));
     if (!srcBucket) throw new ObsError(404, 'NoSuchBucket', 'the source bucket does not exist');
     const srcKey = safeDecode(m[2]!);
+    // Personal data stays in its region: a copy into a bucket of another region names its transfer record.
+    if (srcBucket.region !== dest.region) {
+      if (!transfers) throw new ObsError(403, 'AccessDenied', 'copies between regions need a transfer record');
+      const id = req.headers['x-custos-transfer-id'];
+      await transfers.requireTransfer(principalOf(req).accountId, typeof id === 'string' ? id : undefined, { kind: 'bucket', name: srcBucket.name, sourceRegion: srcBucket.region, destinationRegion: dest.region });
+    }
     if (!(await allowed(req, m[3] ? 'obs:object:GetObjectVersion' : 'obs:object:GetObject', srcBucket, srcKey))) throw new ObsError(403, 'AccessDenied', 'not authorized to read the copy source');
     const row = await obs.headObject(srcBucket, srcKey, m[3] ? safeDecode(m[3]) : undefined);
     const sourceKey = sseCustomerKey(req, 'x-amz-copy-source-server-side-encryption-customer-');

@@ -7,6 +7,7 @@ import type { FastifyRequest } from 'fastify';
 import type { IamService, Principal, ResourceRef } from '../../iam/iam.js';
 import type { RouteDef, RouteMeta } from '../../server/route.js';
 import { principalOf } from '../../server/route.js';
+import type { ObsService } from '../../obs/obs.js';
 import type { VaultService } from '../../vault/vault.js';
 import { LEGAL_BASES, PrivacyError, REQUEST_TYPES, SAFEGUARDS, type LegalBasis, type Safeguard, type PrivacyRightsService, type RequestDetails, type RequestType, type RequestView } from '../rights.js';
 import type { RequestRow } from '../rights-store.js';
@@ -33,7 +34,7 @@ function requestOf(req: FastifyRequest): RequestRow {
   return r;
 }
 
-export function privacyRightsRoutes(rights: PrivacyRightsService, iam: IamService, vault: VaultService): RouteDef[] {
+export function privacyRightsRoutes(rights: PrivacyRightsService, iam: IamService, vault: VaultService, obs: ObsService): RouteDef[] {
   const meta = (action: string | null, resourceType: string, extra: Partial<RouteMeta> = {}): RouteMeta => ({ dialect: 'custos', service: 'PRIVACY', action, resourceType, ...extra });
   const requestRes = async (req: FastifyRequest, p: Principal): Promise<ResourceRef | null> => {
     const r = await rights.getRequest(p.accountId, (req.params as { request_id: string }).request_id);
@@ -124,22 +125,22 @@ export function privacyRightsRoutes(rights: PrivacyRightsService, iam: IamServic
     {
       method: 'POST', url: '/v1/privacy/transfers', meta: meta('privacy:transfers:create', 'transfer'),
       schema: {
-        summary: 'Record a cross-border transfer (destination, purpose, safeguard) before copying a collection to another region', tags,
+        summary: 'Record a cross-border transfer (destination, purpose, safeguard) before copying a collection or a bucket\'s objects to another region', tags,
         body: Type.Object({
-          source_kind: Type.Literal('collection'), source_name: Type.String({ pattern: '^[a-z][a-z0-9_-]{1,62}$' }), destination_project_id: Type.String({ pattern: '^[A-Za-z0-9_-]{1,64}$' }),
+          source_kind: Type.Union([Type.Literal('collection'), Type.Literal('bucket')]), source_name: Type.String({ pattern: '^[a-z0-9][a-z0-9._-]{1,62}$' }), destination_project_id: Type.String({ pattern: '^[A-Za-z0-9_-]{1,64}$' }),
           purpose: Type.String({ minLength: 1, maxLength: 255 }), safeguard: Type.Union(SAFEGUARDS.map((x) => Type.Literal(x))), notes: Type.Optional(Type.String({ maxLength: 1024 })),
         }, S),
       },
       handler: async (req, reply) => {
         const p = principalOf(req);
-        const b = req.body as { source_kind: 'collection'; source_name: string; destination_project_id: string; purpose: string; safeguard: Safeguard; notes?: string };
-        const src = await vault.getCollection(p.accountId, b.source_name);
-        if (!src) throw new PrivacyError(404, 'NotFound', 'collection not found');
+        const b = req.body as { source_kind: 'collection' | 'bucket'; source_name: string; destination_project_id: string; purpose: string; safeguard: Safeguard; notes?: string };
+        const src = b.source_kind === 'collection' ? (await vault.getCollection(p.accountId, b.source_name))?.row : await obs.findBucket(p.accountId, b.source_name);
+        if (!src) throw new PrivacyError(404, 'NotFound', `${b.source_kind} not found`);
         const dest = await iam.getProject(p.accountId, b.destination_project_id);
         if (!dest) throw new PrivacyError(404, 'NotFound', 'destination project not found');
-        const t = await rights.recordTransfer(p.accountId, actorOf(p), { kind: 'collection', name: src.row.name, sourceRegion: src.row.region, destinationProjectId: dest.id, destinationRegion: dest.region, purpose: b.purpose, safeguard: b.safeguard, notes: b.notes ?? '' });
+        const t = await rights.recordTransfer(p.accountId, actorOf(p), { kind: b.source_kind, name: src.name, sourceRegion: src.region, destinationProjectId: dest.id, destinationRegion: dest.region, purpose: b.purpose, safeguard: b.safeguard, notes: b.notes ?? '' });
         req.custos.traced.resourceId = t.id;
-        req.custos.traced.detail = { collection: src.row.name, from_region: t.source_region, to_region: t.destination_region, safeguard: t.safeguard };
+        req.custos.traced.detail = { [b.source_kind]: src.name, from_region: t.source_region, to_region: t.destination_region, safeguard: t.safeguard };
         return reply.code(201).send({ ...t, created_at: iso(t.created_at), used_at: iso(t.used_at) });
       },
     },
