@@ -12,7 +12,7 @@ import { CLI_MAIN } from '../process.js';
 
 const run = promisify(execFile);
 
-test('custos privacy: purposes, consent, requests with deadlines, an access archive', { timeout: 120_000 }, async () => {
+test('custos privacy: purposes, consent, requests with deadlines, an access archive', { timeout: 300_000 }, async () => {
   const s = await startTestServer();
   const home = mkdtempSync(path.join(tmpdir(), 'custos-privacy-cli-'));
   const env = { ...process.env, CUSTOS_PROFILES_FILE: path.join(home, 'profiles.json'), CUSTOS_PASSWORD: PASSWORD };
