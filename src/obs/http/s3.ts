@@ -539,6 +539,8 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): R
           const body = incomingBody(req);
           const etag = await obs.uploadPart(b, u, Number(q.partNumber), body.content, body.check, customerKey);
           reply.header('etag', `"${etag}"`);
+          const sum = body.verified();
+          if (sum) reply.header(sum.name, sum.value);
           uploadEncryptionHeaders(reply, req, obs.isSseCUpload(u));
           return reply.code(200).send();
         }
@@ -554,6 +556,8 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): R
         const om = objectMeta(req);
         const result = await obs.putObject(b, keyOf(req), body.content, om, body.check, { condition: writeCondition(req) });
         reply.header('etag', `"${result.etag}"`);
+        const sum = body.verified();
+        if (sum) reply.header(sum.name, sum.value);
         uploadEncryptionHeaders(reply, req, om.customerKey !== undefined);
         if (b.versioning) reply.header('x-amz-version-id', result.versionId);
         return reply.code(200).send();
@@ -744,7 +748,7 @@ function objectMeta(req: FastifyRequest): ObjectMeta {
  * The content of an upload as a stream (aws-chunked bodies decoded), and the check to run after its
  * last byte: declared length, Content-MD5, x-amz-checksum-* (header or trailer), x-amz-content-sha256.
  */
-function incomingBody(req: FastifyRequest): { content: Readable; check: (d: { md5: Buffer; sha256: Buffer; size: number }) => void } {
+function incomingBody(req: FastifyRequest): { content: Readable; check: (d: { md5: Buffer; sha256: Buffer; size: number }) => void; verified: () => { name: string; value: string } | null } {
   const h = req.headers;
   const declared = String(h['x-amz-content-sha256'] ?? '');
   const chunked = declared.startsWith('STREAMING-');
@@ -779,6 +783,7 @@ function incomingBody(req: FastifyRequest): { content: Readable; check: (d: { md
   // Only the checksum the client declares is computed (SHA-256 always is, by the object store).
   const sum = algorithm && algorithm !== 'sha256' ? checksummer(algorithm) : null;
   let computed: Buffer | null = null;
+  let verified: { name: string; value: string } | null = null;
   const tap = new Transform({
     transform(chunk: Buffer, _e, done) {
       sum?.update(chunk);
@@ -803,12 +808,13 @@ function incomingBody(req: FastifyRequest): { content: Readable; check: (d: { md
       if (given === undefined) throw new ObsError(400, 'InvalidRequest', `the ${name} trailer was announced but not sent`);
       if (!validChecksum(given, algorithm)) throw new ObsError(400, 'InvalidRequest', `Value for ${name} trailing header is invalid.`);
       if (!equalB64(given, algorithm === 'sha256' ? sha256 : computed ?? Buffer.alloc(0))) throw new ObsError(400, 'BadDigest', `The ${algorithm.toUpperCase()} you specified did not match the calculated checksum.`);
+      verified = { name, value: given };
     }
     const contentMd5 = h['content-md5'];
     if (typeof contentMd5 === 'string' && !equalB64(contentMd5, md5)) throw new ObsError(400, 'BadDigest', 'the Content-MD5 you specified did not match what we received');
     if (/^[0-9a-f]{64}$/.test(declared) && declared !== sha256.toString('hex')) throw new ObsError(400, 'XAmzContentSHA256Mismatch', 'the provided x-amz-content-sha256 header does not match what was computed');
   };
-  return { content: source.pipe(tap), check };
+  return { content: source.pipe(tap), check, verified: () => verified };
 }
 
 /** A checksum value: base64 of exactly the algorithm's digest length. */
