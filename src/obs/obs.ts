@@ -80,6 +80,12 @@ export interface ObjectMeta {
   kmsKey?: string | undefined;
 }
 
+/**
+ * Checks an upload after its last byte (declared length, digests, checksums): throws to refuse it, or
+ * may name the verified full-object checksum (`<algorithm>:<base64>`) to keep with the object.
+ */
+export type VerifyUpload = (digests: { md5: Buffer; sha256: Buffer; size: number }) => { checksum?: string } | void;
+
 export interface PutResult {
   etag: string;
   size: number;
@@ -346,7 +352,7 @@ export class ObsService {
    * digests, lengths); if it or anything else fails, the blob is removed. The blob stays registered as
    * pending until the caller's commit removes that mark (or orphan collection removes the blob).
    */
-  private async writeBlob(bucket: BucketRow, blobId: string, dek: Buffer, content: Readable, verify: (digests: { md5: Buffer; sha256: Buffer; size: number }) => void): Promise<{ size: number; md5: Buffer; cipherSize: number }> {
+  private async writeBlob(bucket: BucketRow, blobId: string, dek: Buffer, content: Readable, verify: VerifyUpload): Promise<{ size: number; md5: Buffer; cipherSize: number; checksum: string | null }> {
     const md5 = createHash('md5');
     const sha256 = createHash('sha256');
     let size = 0;
@@ -369,8 +375,8 @@ export class ObsService {
       const { bytes } = await this.blobs.write(blobId, encrypted);
       if (bytes !== (plain ? size : encryptedSize(size))) throw new Error('the encrypted blob has an unexpected size');
       const digest = md5.digest();
-      verify({ md5: digest, sha256: sha256.digest(), size });
-      return { size, md5: digest, cipherSize: bytes };
+      const verified = verify({ md5: digest, sha256: sha256.digest(), size });
+      return { size, md5: digest, cipherSize: bytes, checksum: verified?.checksum ?? null };
     } catch (e) {
       await this.dropBlobs([blobId]);
       throw e;
@@ -397,7 +403,7 @@ export class ObsService {
    * Stores an object from a stream of its content. The content is encrypted as it arrives; the object
    * becomes visible only once its blob is durable and its row committed.
    */
-  async putObject(bucket: BucketRow, key: string, content: Readable, meta: ObjectMeta, verify: (digests: { md5: Buffer; sha256: Buffer; size: number }) => void, opts: { condition?: WriteCondition | undefined } = {}): Promise<PutResult> {
+  async putObject(bucket: BucketRow, key: string, content: Readable, meta: ObjectMeta, verify: VerifyUpload, opts: { condition?: WriteCondition | undefined } = {}): Promise<PutResult> {
     if (!validObjectKey(key)) throw new ObsError(400, 'KeyTooLongError', 'object keys are 1 to 1024 bytes of UTF-8 without NUL');
     this.lockFor(bucket, meta);
     // Refuse early what would be refused anyway; the decision that counts is made again when committing.
@@ -422,7 +428,7 @@ export class ObsService {
         bucket_id: bucket.id, key, version_id: versionId, size: w.size, etag: w.md5.toString('hex'), content_type: meta.contentType,
         metadata_json: JSON.stringify(meta.metadata), blob_id: blobId, cipher_size: w.cipherSize, kms_key_id: cmk ? cmk.id : SSE_C,
         data_key: dk.ciphertext.toString('base64'), created_at: this.now(), is_latest: 1, delete_marker: 0, seq: 0, parts_json: null,
-        ...this.lockFor(bucket, meta), tags_json: meta.tags ? JSON.stringify(meta.tags) : null,
+        ...this.lockFor(bucket, meta), tags_json: meta.tags ? JSON.stringify(meta.tags) : null, checksum: w.checksum,
       };
       try {
         const replaced = await this.makeCurrent(row, [blobId], { condition: opts.condition });
@@ -616,7 +622,7 @@ export class ObsService {
     }
   }
 
-  async uploadPart(bucket: BucketRow, u: UploadRow, partNumber: number, content: Readable, verify: (digests: { md5: Buffer; sha256: Buffer; size: number }) => void, customerKey?: Buffer): Promise<string> {
+  async uploadPart(bucket: BucketRow, u: UploadRow, partNumber: number, content: Readable, verify: VerifyUpload, customerKey?: Buffer): Promise<string> {
     if (!Number.isInteger(partNumber) || partNumber < 1 || partNumber > MAX_PARTS) throw new ObsError(400, 'InvalidArgument', `part numbers are 1 to ${MAX_PARTS}`);
     const dek = await this.uploadKey(bucket, u, customerKey);
     const blobId = randomBytes(16).toString('hex');
@@ -698,7 +704,7 @@ export class ObsService {
       blob_id: u.id, cipher_size: chosen.reduce((n, p) => n + p.cipher_size, 0), kms_key_id: u.kms_key_id, data_key: u.data_key,
       created_at: this.now(), is_latest: 1, delete_marker: 0, seq: 0,
       parts_json: JSON.stringify(chosen.map((p): StoredPart => ({ blob: p.blob_id, size: p.size, cipher: p.cipher_size }))),
-      ...this.lockFor(bucket, { contentType: u.content_type, metadata: {} }), tags_json: null,
+      ...this.lockFor(bucket, { contentType: u.content_type, metadata: {} }), tags_json: null, checksum: null,
     };
     const unused = [...stored.values()].filter((p) => !chosen.includes(p)).map((p) => p.blob_id);
     const replaced = await this.makeCurrent(row, [], { condition: opts.condition, claimUpload: u.id });
@@ -767,7 +773,7 @@ export class ObsService {
     const marker: ObjectRow = {
       bucket_id: bucket.id, key, version_id: markerId, size: 0, etag: '', content_type: '', metadata_json: '{}', blob_id: '', cipher_size: 0,
       kms_key_id: '', data_key: '', created_at: this.now(), is_latest: 1, delete_marker: 1, seq: 0, parts_json: null,
-      lock_mode: null, lock_until: null, legal_hold: 0, tags_json: null,
+      lock_mode: null, lock_until: null, legal_hold: 0, tags_json: null, checksum: null,
     };
     await this.dropBlobs(await this.makeCurrent(marker, []));
     return { versionId: markerId, deleteMarker: true };

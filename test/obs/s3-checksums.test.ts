@@ -8,7 +8,7 @@ import { Readable } from 'node:stream';
 import { Sha256 } from '@aws-crypto/sha256-js';
 import { SignatureV4 } from '@smithy/signature-v4';
 import {
-  CompleteMultipartUploadCommand, CreateBucketCommand, CreateMultipartUploadCommand, GetObjectCommand, PutObjectCommand, S3Client, UploadPartCommand,
+  CompleteMultipartUploadCommand, CreateBucketCommand, CreateMultipartUploadCommand, GetObjectCommand, HeadObjectCommand, PutObjectCommand, S3Client, UploadPartCommand,
 } from '@aws-sdk/client-s3';
 import { startTestServer, type Tenant, type TestServer } from '../helpers.js';
 
@@ -62,10 +62,22 @@ describe('CRC32C and CRC64NVME checksums', () => {
       const put = await client.send(new PutObjectCommand({ Bucket: 'sums', Key: `buffer-${alg}`, Body: data, ChecksumAlgorithm: alg }));
       assert.ok(alg === 'CRC32C' ? put.ChecksumCRC32C : put.ChecksumCRC64NVME, `the verified ${alg} is echoed`);
       assert.ok((await read(`buffer-${alg}`)).equals(data));
+      // x-amz-checksum-mode: ENABLED returns the checksum kept with the object (and the SDK checks the body against it).
+      const field = alg === 'CRC32C' ? 'ChecksumCRC32C' : 'ChecksumCRC64NVME';
+      const got = await client.send(new GetObjectCommand({ Bucket: 'sums', Key: `buffer-${alg}`, ChecksumMode: 'ENABLED' }));
+      assert.equal(got[field], put[field]);
+      assert.equal(got.ChecksumType, 'FULL_OBJECT');
+      assert.ok(Buffer.from(await got.Body!.transformToByteArray()).equals(data));
+      assert.equal((await client.send(new HeadObjectCommand({ Bucket: 'sums', Key: `buffer-${alg}`, ChecksumMode: 'ENABLED' })))[field], put[field]);
+      assert.equal((await client.send(new HeadObjectCommand({ Bucket: 'sums', Key: `buffer-${alg}` })))[field], undefined, 'only when asked for');
+      const part = await client.send(new GetObjectCommand({ Bucket: 'sums', Key: `buffer-${alg}`, ChecksumMode: 'ENABLED', Range: 'bytes=0-99' }));
+      assert.equal(part[field], undefined, 'not for a range');
+      await part.Body!.transformToByteArray();
       // A stream goes as aws-chunked with the checksum in a trailer.
       const streamed = randomBytes(200_000);
       await client.send(new PutObjectCommand({ Bucket: 'sums', Key: `stream-${alg}`, Body: Readable.from([streamed.subarray(0, 70_000), streamed.subarray(70_000)]), ContentLength: streamed.length, ChecksumAlgorithm: alg }));
       assert.ok((await read(`stream-${alg}`)).equals(streamed));
+      assert.ok((await client.send(new HeadObjectCommand({ Bucket: 'sums', Key: `stream-${alg}`, ChecksumMode: 'ENABLED' })))[field], 'a trailer checksum is kept too');
       // A value that is not the content's: refused, nothing stored.
       const wrong = alg === 'CRC32C' ? { ChecksumCRC32C: b64('00000000') } : { ChecksumCRC64NVME: b64('0000000000000000') };
       await assert.rejects(client.send(new PutObjectCommand({ Bucket: 'sums', Key: `wrong-${alg}`, Body: data, ...wrong })), { name: 'BadDigest' });
@@ -86,6 +98,8 @@ describe('CRC32C and CRC64NVME checksums', () => {
       const ok = await signedPut(`check-${name}`, CHECK_INPUT, { [name]: value });
       assert.equal(ok.status, 200, ok.text);
       assert.equal(ok.headers.get(name), value);
+      const head = await client.send(new HeadObjectCommand({ Bucket: 'sums', Key: `check-${name}`, ChecksumMode: 'ENABLED' }));
+      assert.equal(name === 'x-amz-checksum-crc32c' ? head.ChecksumCRC32C : head.ChecksumCRC64NVME, value, 'the stored checksum is the catalogued check value');
       const trailed = await signedPut(`trailer-${name}`, awsChunked(CHECK_INPUT, `${name}:${value}`), chunkedHeaders(CHECK_INPUT.length, name));
       assert.equal(trailed.status, 200, trailed.text);
       assert.ok((await read(`trailer-${name}`)).equals(CHECK_INPUT));

@@ -12,7 +12,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { IamService, Principal, ResourceRef } from '../../iam/iam.js';
 import { ProjectLookup, scopeOfProject } from '../../kms/http/common.js';
 import { principalOf, type RouteDef, type RouteMeta } from '../../server/route.js';
-import { etagMatches, ObsError, type LifecycleRule, type LockMode, type ObjectMeta, type ObsService, type WriteCondition } from '../obs.js';
+import { etagMatches, ObsError, type LifecycleRule, type LockMode, type ObjectMeta, type ObsService, type VerifyUpload, type WriteCondition } from '../obs.js';
 import type { BucketRow, ObjectRow } from '../store.js';
 import { AwsChunkedDecoder } from './chunked.js';
 import { applyWatermark, MAX_IMAGE_BYTES, parseWatermark } from '../watermark.js';
@@ -654,6 +654,7 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): R
         const end = range?.end ?? row.size - 1;
         const stream = await obs.readObject(b, row, start, end, customerKey);
         objectHeaders(reply, row, kmsArn(b, row), b.versioning !== '', req);
+        if (!range) checksumHeaders(reply, req, row);
         reply.header('content-length', String(end - start + 1));
         if (range) {
           reply.code(206);
@@ -674,6 +675,7 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): R
         if (obs.isSseC(row)) (await obs.dataKeyOf(b, row, sseCustomerKey(req))).fill(0);
         if (evaluateConditions(req, row) === 'not-modified') return notModified(reply, row, b.versioning !== '');
         objectHeaders(reply, row, kmsArn(b, row), b.versioning !== '', req);
+        checksumHeaders(reply, req, row);
         reply.header('content-length', String(row.size));
         return reply.code(200).send();
       },
@@ -698,6 +700,17 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[]): R
       },
     },
   ];
+}
+
+/**
+ * x-amz-checksum-mode: ENABLED: the full-object checksum verified when the object was uploaded (only
+ * for whole-object reads; objects uploaded without one, multipart objects and copies have none).
+ */
+function checksumHeaders(reply: FastifyReply, req: FastifyRequest, row: ObjectRow): void {
+  if (!row.checksum || String(req.headers['x-amz-checksum-mode']).toUpperCase() !== 'ENABLED') return;
+  const i = row.checksum.indexOf(':');
+  reply.header(`x-amz-checksum-${row.checksum.slice(0, i)}`, row.checksum.slice(i + 1));
+  reply.header('x-amz-checksum-type', 'FULL_OBJECT');
 }
 
 /** 304 Not Modified: the validators, no body. */
@@ -748,7 +761,7 @@ function objectMeta(req: FastifyRequest): ObjectMeta {
  * The content of an upload as a stream (aws-chunked bodies decoded), and the check to run after its
  * last byte: declared length, Content-MD5, x-amz-checksum-* (header or trailer), x-amz-content-sha256.
  */
-function incomingBody(req: FastifyRequest): { content: Readable; check: (d: { md5: Buffer; sha256: Buffer; size: number }) => void; verified: () => { name: string; value: string } | null } {
+function incomingBody(req: FastifyRequest): { content: Readable; check: VerifyUpload; verified: () => { name: string; value: string } | null } {
   const h = req.headers;
   const declared = String(h['x-amz-content-sha256'] ?? '');
   const chunked = declared.startsWith('STREAMING-');
@@ -813,6 +826,7 @@ function incomingBody(req: FastifyRequest): { content: Readable; check: (d: { md
     const contentMd5 = h['content-md5'];
     if (typeof contentMd5 === 'string' && !equalB64(contentMd5, md5)) throw new ObsError(400, 'BadDigest', 'the Content-MD5 you specified did not match what we received');
     if (/^[0-9a-f]{64}$/.test(declared) && declared !== sha256.toString('hex')) throw new ObsError(400, 'XAmzContentSHA256Mismatch', 'the provided x-amz-content-sha256 header does not match what was computed');
+    return verified && algorithm ? { checksum: `${algorithm}:${Buffer.from(verified.value, 'base64').toString('base64')}` } : undefined;
   };
   return { content: source.pipe(tap), check, verified: () => verified };
 }

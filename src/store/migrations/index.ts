@@ -8,6 +8,7 @@ import * as m0006 from './0006_obs_multipart.js';
 import * as m0007 from './0007_obs_lifecycle.js';
 import * as m0008 from './0008_obs_object_lock.js';
 import * as m0009 from './0009_obs_tagging.js';
+import * as m0012 from './0012_obs_checksums.js';
 
 /** Ordered by name; a migration once released is never edited, only followed by a new one. */
 export const migrations: Record<string, Migration> = {
@@ -20,4 +21,5 @@ export const migrations: Record<string, Migration> = {
   '0007_obs_lifecycle': m0007,
   '0008_obs_object_lock': m0008,
   '0009_obs_tagging': m0009,
+  '0012_obs_checksums': m0012,
 };
