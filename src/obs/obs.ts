@@ -35,6 +35,8 @@ function newVersionId(now: number): string {
   return now.toString(16).padStart(12, '0') + randomBytes(10).toString('hex');
 }
 const RETRIES = 3;
+/** Another writer made a version current between a conditional write's decision and its commit. */
+class WriteConflict extends Error {}
 
 export function validBucketName(name: string): boolean {
   return BUCKET_NAME.test(name) && !name.includes('..') && !name.includes('.-') && !name.includes('-.');
@@ -459,9 +461,14 @@ export class ObsService {
     for (let attempt = 1; ; attempt++) {
       try {
         return await this.db.transaction().execute(async (tx) => {
+          // A conditional write remembers which version it decided on (its seq; null: none), and commits
+          // only if that is the version it displaces. Under PostgreSQL's READ COMMITTED a writer that
+          // committed in between would otherwise be displaced unseen.
+          let decidedOn: number | null | undefined;
           if (opts.condition) {
-            const current = await tx.selectFrom('obs_objects').select(['etag', 'delete_marker']).where('bucket_id', '=', row.bucket_id).where('key', '=', row.key).where('is_latest', '=', 1).executeTakeFirst();
+            const current = await tx.selectFrom('obs_objects').select(['etag', 'delete_marker', 'seq']).where('bucket_id', '=', row.bucket_id).where('key', '=', row.key).where('is_latest', '=', 1).executeTakeFirst();
             checkWriteCondition(current, opts.condition, `/${row.key}`);
+            decidedOn = current ? Number(current.seq) : null;
           }
           if (opts.claimUpload !== undefined) {
             // Claimed here, so a concurrent completion or abort of the same upload cannot also use its parts.
@@ -469,21 +476,27 @@ export class ObsService {
             if (Number(claimed.numDeletedRows) !== 1) throw new ObsError(404, 'NoSuchUpload', 'the specified multipart upload does not exist: it may have been aborted or completed');
           }
           let replaced: string[] = [];
+          const displaced: number[] = [];
           if (row.version_id === NULL_VERSION) {
-            const old = await tx.selectFrom('obs_objects').select(['blob_id', 'parts_json', 'delete_marker']).where('bucket_id', '=', row.bucket_id).where('key', '=', row.key).where('version_id', '=', NULL_VERSION).executeTakeFirst();
+            const old = await tx.deleteFrom('obs_objects').where('bucket_id', '=', row.bucket_id).where('key', '=', row.key).where('version_id', '=', NULL_VERSION)
+              .returning(['blob_id', 'parts_json', 'delete_marker', 'is_latest', 'seq']).executeTakeFirst();
             if (old) {
-              await tx.deleteFrom('obs_objects').where('bucket_id', '=', row.bucket_id).where('key', '=', row.key).where('version_id', '=', NULL_VERSION).execute();
               replaced = this.blobsOfRow(old);
+              if (old.is_latest) displaced.push(Number(old.seq));
             }
           }
           const top = await tx.selectFrom('obs_objects').select((eb) => eb.fn.max('seq').as('seq')).where('bucket_id', '=', row.bucket_id).where('key', '=', row.key).executeTakeFirst();
-          await tx.updateTable('obs_objects').set({ is_latest: 0 }).where('bucket_id', '=', row.bucket_id).where('key', '=', row.key).where('is_latest', '=', 1).execute();
+          const demoted = await tx.updateTable('obs_objects').set({ is_latest: 0 }).where('bucket_id', '=', row.bucket_id).where('key', '=', row.key).where('is_latest', '=', 1).returning('seq').execute();
+          displaced.push(...demoted.map((d) => Number(d.seq)));
+          if (decidedOn !== undefined && (displaced.length !== (decidedOn === null ? 0 : 1) || (decidedOn !== null && displaced[0] !== decidedOn))) throw new WriteConflict();
           await tx.insertInto('obs_objects').values({ ...row, seq: Number(top?.seq ?? 0) + 1 }).execute();
           if (newBlobs.length) await tx.deleteFrom('obs_pending_blobs').where('blob_id', 'in', newBlobs).execute();
           return replaced;
         });
       } catch (e) {
-        if (attempt < RETRIES && isUniqueViolation(e)) continue;
+        // The loser of a race retries: a plain write then wins after the other, a conditional one decides again.
+        if (attempt < RETRIES && (isUniqueViolation(e) || e instanceof WriteConflict)) continue;
+        if (e instanceof WriteConflict) throw new ObsError(409, 'ConditionalRequestConflict', 'A conflicting conditional operation is currently in progress against this resource. Please try again.');
         throw e;
       }
     }
