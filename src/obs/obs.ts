@@ -37,6 +37,8 @@ function newVersionId(now: number): string {
   return now.toString(16).padStart(12, '0') + randomBytes(10).toString('hex');
 }
 const RETRIES = 3;
+/** Another writer made a version current between a conditional write's decision and its commit. */
+class WriteConflict extends Error {}
 
 export function validBucketName(name: string): boolean {
   return BUCKET_NAME.test(name) && !name.includes('..') && !name.includes('.-') && !name.includes('-.');
@@ -82,10 +84,43 @@ export interface ObjectMeta {
   kmsKey?: string | undefined;
 }
 
+/**
+ * Checks an upload after its last byte (declared length, digests, checksums): throws to refuse it, or
+ * may name the verified full-object checksum (`<algorithm>:<base64>`) to keep with the object.
+ */
+export type VerifyUpload = (digests: { md5: Buffer; sha256: Buffer; size: number }) => { checksum?: string } | void;
+
 export interface PutResult {
   etag: string;
   size: number;
   versionId: string;
+}
+
+/**
+ * A conditional write: `If-None-Match: *` (only if the key has no current object) or `If-Match: <etag>`
+ * (only if the current object has that ETag). Decided in the transaction that makes the new version
+ * current, so two writers racing on one key cannot both pass.
+ */
+export interface WriteCondition {
+  ifNoneMatch?: boolean;
+  ifMatch?: string;
+}
+
+/** Whether an If-Match / If-None-Match header value (a list of ETags, or `*`) names the ETag. */
+export function etagMatches(header: string, etag: string): boolean {
+  return header.split(',').some((t) => {
+    const v = t.trim();
+    return v === '*' || v.replace(/^W\//, '').replace(/"/g, '') === etag;
+  });
+}
+
+function checkWriteCondition(current: Pick<ObjectRow, 'etag' | 'delete_marker'> | undefined, cond: WriteCondition, where: string): void {
+  const exists = current !== undefined && !current.delete_marker;
+  if (cond.ifNoneMatch && exists) throw new ObsError(412, 'PreconditionFailed', 'At least one of the pre-conditions you specified did not hold (If-None-Match: the key exists)', { condition: 'If-None-Match' });
+  if (cond.ifMatch !== undefined) {
+    if (!exists) throw new ObsError(404, 'NoSuchKey', 'the specified key does not exist (If-Match needs a current object)', { resource: where });
+    if (!etagMatches(cond.ifMatch, current.etag)) throw new ObsError(412, 'PreconditionFailed', 'At least one of the pre-conditions you specified did not hold (If-Match)', { condition: 'If-Match' });
+  }
 }
 
 export interface ObsOptions {
@@ -313,7 +348,7 @@ export class ObsService {
    * digests, lengths); if it or anything else fails, the blob is removed. The blob stays registered as
    * pending until the caller's commit removes that mark (or orphan collection removes the blob).
    */
-  private async writeBlob(bucket: BucketRow, blobId: string, dek: Buffer, content: Readable, verify: (digests: { md5: Buffer; sha256: Buffer; size: number }) => void): Promise<{ size: number; md5: Buffer; cipherSize: number }> {
+  private async writeBlob(bucket: BucketRow, blobId: string, dek: Buffer, content: Readable, verify: VerifyUpload): Promise<{ size: number; md5: Buffer; cipherSize: number; checksum: string | null }> {
     const md5 = createHash('md5');
     const sha256 = createHash('sha256');
     let size = 0;
@@ -336,8 +371,8 @@ export class ObsService {
       const { bytes } = await this.blobs.write(blobId, encrypted);
       if (bytes !== (plain ? size : encryptedSize(size))) throw new Error('the encrypted blob has an unexpected size');
       const digest = md5.digest();
-      verify({ md5: digest, sha256: sha256.digest(), size });
-      return { size, md5: digest, cipherSize: bytes };
+      const verified = verify({ md5: digest, sha256: sha256.digest(), size });
+      return { size, md5: digest, cipherSize: bytes, checksum: verified?.checksum ?? null };
     } catch (e) {
       await this.dropBlobs([blobId]);
       throw e;
@@ -364,17 +399,18 @@ export class ObsService {
    * Stores an object from a stream of its content. The content is encrypted as it arrives; the object
    * becomes visible only once its blob is durable and its row committed.
    */
-  async putObject(bucket: BucketRow, key: string, content: Readable, meta: ObjectMeta, verify: (digests: { md5: Buffer; sha256: Buffer; size: number }) => void): Promise<PutResult> {
+  async putObject(bucket: BucketRow, key: string, content: Readable, meta: ObjectMeta, verify: VerifyUpload, opts: { condition?: WriteCondition | undefined } = {}): Promise<PutResult> {
     if (!validObjectKey(key)) throw new ObsError(400, 'KeyTooLongError', 'object keys are 1 to 1024 bytes of UTF-8 without NUL');
     this.lockFor(bucket, meta);
+    // Refuse early what would be refused anyway; the decision that counts is made again when committing.
+    if (opts.condition) await this.precheckWrite(bucket, key, opts.condition);
     const blobId = randomBytes(16).toString('hex');
     // SSE-C: the object's data key is sealed under the customer's key, which is never stored; KMS is not involved.
     const cmk = meta.customerKey ? null : await this.objectKey(bucket, meta.kmsKey);
     let dk: { plaintext: Buffer; ciphertext: Buffer };
     try {
       if (meta.customerKey) {
-        const plaintext = randomBytes(32);
-        dk = { plaintext, ciphertext: sealAesGcm(meta.customerKey, plaintext, Buffer.from(`custos obs sse-c ${bucket.id}/${blobId}`)) };
+        dk = sealForCustomer(bucket, blobId, meta.customerKey);
       } else {
         dk = this.opts.plaintextBaselineForBenchmarks ? { plaintext: Buffer.alloc(32), ciphertext: Buffer.alloc(0) } : await this.kms.generateDataKey(cmk!, 32, { 'obs:bucket': bucket.id, 'obs:blob': blobId });
       }
@@ -388,10 +424,10 @@ export class ObsService {
         bucket_id: bucket.id, key, version_id: versionId, size: w.size, etag: w.md5.toString('hex'), content_type: meta.contentType,
         metadata_json: JSON.stringify(meta.metadata), blob_id: blobId, cipher_size: w.cipherSize, kms_key_id: cmk ? cmk.id : SSE_C,
         data_key: dk.ciphertext.toString('base64'), created_at: this.now(), is_latest: 1, delete_marker: 0, seq: 0, parts_json: null,
-        ...this.lockFor(bucket, meta), tags_json: meta.tags ? JSON.stringify(meta.tags) : null,
+        ...this.lockFor(bucket, meta), tags_json: meta.tags ? JSON.stringify(meta.tags) : null, checksum: w.checksum,
       };
       try {
-        const replaced = await this.makeCurrent(row, [blobId]);
+        const replaced = await this.makeCurrent(row, [blobId], { condition: opts.condition });
         await this.dropBlobs(replaced);
       } catch (e) {
         await this.dropBlobs([blobId]);
@@ -403,31 +439,58 @@ export class ObsService {
     }
   }
 
+  private async precheckWrite(bucket: BucketRow, key: string, condition: WriteCondition): Promise<void> {
+    const current = await this.db.selectFrom('obs_objects').select(['etag', 'delete_marker']).where('bucket_id', '=', bucket.id).where('key', '=', key).where('is_latest', '=', 1).executeTakeFirst();
+    checkWriteCondition(current, condition, `/${bucket.name}/${key}`);
+  }
+
   /**
    * Inserts a version (or delete marker) as the key's current one. A 'null' version replaces the
    * previous 'null' version, whose blob id is returned for deletion once committed. Concurrent writers
-   * of one key are serialised by the unique current-version index: the loser retries.
+   * of one key are serialised by the unique current-version index (and the primary key of a 'null'
+   * version): the loser retries, and a conditional write's retry sees the winner's version. A multipart
+   * completion claims its upload in the same transaction, so a failed condition leaves the upload.
    */
-  private async makeCurrent(row: ObjectRow, newBlobs: string[]): Promise<string[]> {
+  private async makeCurrent(row: ObjectRow, newBlobs: string[], opts: { condition?: WriteCondition | undefined; claimUpload?: string } = {}): Promise<string[]> {
     for (let attempt = 1; ; attempt++) {
       try {
         return await this.db.transaction().execute(async (tx) => {
+          // A conditional write remembers which version it decided on (its seq; null: none), and commits
+          // only if that is the version it displaces. Under PostgreSQL's READ COMMITTED a writer that
+          // committed in between would otherwise be displaced unseen.
+          let decidedOn: number | null | undefined;
+          if (opts.condition) {
+            const current = await tx.selectFrom('obs_objects').select(['etag', 'delete_marker', 'seq']).where('bucket_id', '=', row.bucket_id).where('key', '=', row.key).where('is_latest', '=', 1).executeTakeFirst();
+            checkWriteCondition(current, opts.condition, `/${row.key}`);
+            decidedOn = current ? Number(current.seq) : null;
+          }
+          if (opts.claimUpload !== undefined) {
+            // Claimed here, so a concurrent completion or abort of the same upload cannot also use its parts.
+            const claimed = await tx.deleteFrom('obs_uploads').where('id', '=', opts.claimUpload).executeTakeFirst();
+            if (Number(claimed.numDeletedRows) !== 1) throw new ObsError(404, 'NoSuchUpload', 'the specified multipart upload does not exist: it may have been aborted or completed');
+          }
           let replaced: string[] = [];
+          const displaced: number[] = [];
           if (row.version_id === NULL_VERSION) {
-            const old = await tx.selectFrom('obs_objects').select(['blob_id', 'parts_json', 'delete_marker']).where('bucket_id', '=', row.bucket_id).where('key', '=', row.key).where('version_id', '=', NULL_VERSION).executeTakeFirst();
+            const old = await tx.deleteFrom('obs_objects').where('bucket_id', '=', row.bucket_id).where('key', '=', row.key).where('version_id', '=', NULL_VERSION)
+              .returning(['blob_id', 'parts_json', 'delete_marker', 'is_latest', 'seq']).executeTakeFirst();
             if (old) {
-              await tx.deleteFrom('obs_objects').where('bucket_id', '=', row.bucket_id).where('key', '=', row.key).where('version_id', '=', NULL_VERSION).execute();
               replaced = this.blobsOfRow(old);
+              if (old.is_latest) displaced.push(Number(old.seq));
             }
           }
           const top = await tx.selectFrom('obs_objects').select((eb) => eb.fn.max('seq').as('seq')).where('bucket_id', '=', row.bucket_id).where('key', '=', row.key).executeTakeFirst();
-          await tx.updateTable('obs_objects').set({ is_latest: 0 }).where('bucket_id', '=', row.bucket_id).where('key', '=', row.key).where('is_latest', '=', 1).execute();
+          const demoted = await tx.updateTable('obs_objects').set({ is_latest: 0 }).where('bucket_id', '=', row.bucket_id).where('key', '=', row.key).where('is_latest', '=', 1).returning('seq').execute();
+          displaced.push(...demoted.map((d) => Number(d.seq)));
+          if (decidedOn !== undefined && (displaced.length !== (decidedOn === null ? 0 : 1) || (decidedOn !== null && displaced[0] !== decidedOn))) throw new WriteConflict();
           await tx.insertInto('obs_objects').values({ ...row, seq: Number(top?.seq ?? 0) + 1 }).execute();
           if (newBlobs.length) await tx.deleteFrom('obs_pending_blobs').where('blob_id', 'in', newBlobs).execute();
           return replaced;
         });
       } catch (e) {
-        if (attempt < RETRIES && isUniqueViolation(e)) continue;
+        // The loser of a race retries: a plain write then wins after the other, a conditional one decides again.
+        if (attempt < RETRIES && (isUniqueViolation(e) || e instanceof WriteConflict)) continue;
+        if (e instanceof WriteConflict) throw new ObsError(409, 'ConditionalRequestConflict', 'A conflicting conditional operation is currently in progress against this resource. Please try again.');
         throw e;
       }
     }
@@ -498,7 +561,7 @@ export class ObsService {
     if (this.isSseC(row)) {
       if (!customerKey) throw new ObsError(400, 'InvalidRequest', 'the object was stored with a customer-provided key (SSE-C): send the same key to read it');
       try {
-        return openAesGcm(customerKey, Buffer.from(row.data_key, 'base64'), Buffer.from(`custos obs sse-c ${bucket.id}/${row.blob_id}`));
+        return openForCustomer(bucket, row.blob_id, row.data_key, customerKey);
       } catch {
         throw new ObsError(403, 'AccessDenied', 'the customer-provided key is not the one the object was stored with');
       }
@@ -518,18 +581,19 @@ export class ObsService {
   async createUpload(bucket: BucketRow, key: string, meta: ObjectMeta): Promise<string> {
     if (!validObjectKey(key)) throw new ObsError(400, 'KeyTooLongError', 'object keys are 1 to 1024 bytes of UTF-8 without NUL');
     if (meta.lock || meta.legalHold) throw new ObsError(501, 'NotImplemented', 'object lock headers on multipart uploads are not implemented; the bucket\'s default retention applies');
-    if (meta.customerKey) throw new ObsError(501, 'NotImplemented', 'SSE-C multipart uploads are not implemented yet');
-    const cmk = await this.objectKey(bucket, meta.kmsKey);
     const id = randomBytes(16).toString('hex');
+    // SSE-C: the upload's data key is sealed under the customer's key, bound to the upload id (which the
+    // completed object keeps as its blob id), so every part and every read must bring the same key.
+    const cmk = meta.customerKey ? null : await this.objectKey(bucket, meta.kmsKey);
     let dk: { plaintext: Buffer; ciphertext: Buffer };
     try {
-      dk = await this.kms.generateDataKey(cmk, 32, { 'obs:bucket': bucket.id, 'obs:blob': id });
+      dk = meta.customerKey ? sealForCustomer(bucket, id, meta.customerKey) : await this.kms.generateDataKey(cmk!, 32, { 'obs:bucket': bucket.id, 'obs:blob': id });
     } catch (e) {
       throw kmsFailure(e);
     }
     dk.plaintext.fill(0);
     await this.db.insertInto('obs_uploads').values({
-      id, bucket_id: bucket.id, key, kms_key_id: cmk.id, data_key: dk.ciphertext.toString('base64'),
+      id, bucket_id: bucket.id, key, kms_key_id: cmk ? cmk.id : SSE_C, data_key: dk.ciphertext.toString('base64'),
       content_type: meta.contentType, metadata_json: JSON.stringify(meta.metadata), created_at: this.now(),
     }).execute();
     return id;
@@ -541,7 +605,22 @@ export class ObsService {
     return u;
   }
 
-  private async uploadKey(bucket: BucketRow, u: UploadRow): Promise<Buffer> {
+  /** Whether the upload was created with a customer-provided key (SSE-C). */
+  isSseCUpload(u: UploadRow): boolean {
+    return u.kms_key_id === SSE_C;
+  }
+
+  /** The upload's data key: through KMS, or (SSE-C) opened with the key the part request carries. */
+  private async uploadKey(bucket: BucketRow, u: UploadRow, customerKey?: Buffer): Promise<Buffer> {
+    if (this.isSseCUpload(u)) {
+      if (!customerKey) throw new ObsError(400, 'InvalidRequest', 'the multipart upload was created with a customer-provided key (SSE-C): every part must carry the same key');
+      try {
+        return openForCustomer(bucket, u.id, u.data_key, customerKey);
+      } catch {
+        throw new ObsError(400, 'InvalidArgument', 'the customer-provided key does not match the one the multipart upload was created with');
+      }
+    }
+    if (customerKey) throw new ObsError(400, 'InvalidArgument', 'the multipart upload was not created with a customer-provided key (SSE-C)');
     try {
       const cmk = await this.kms.getKey(this.scopeOf(bucket), u.kms_key_id);
       return await this.kms.decrypt(cmk, Buffer.from(u.data_key, 'base64'), { 'obs:bucket': bucket.id, 'obs:blob': u.id });
@@ -550,9 +629,9 @@ export class ObsService {
     }
   }
 
-  async uploadPart(bucket: BucketRow, u: UploadRow, partNumber: number, content: Readable, verify: (digests: { md5: Buffer; sha256: Buffer; size: number }) => void): Promise<string> {
+  async uploadPart(bucket: BucketRow, u: UploadRow, partNumber: number, content: Readable, verify: VerifyUpload, customerKey?: Buffer): Promise<string> {
     if (!Number.isInteger(partNumber) || partNumber < 1 || partNumber > MAX_PARTS) throw new ObsError(400, 'InvalidArgument', `part numbers are 1 to ${MAX_PARTS}`);
-    const dek = await this.uploadKey(bucket, u);
+    const dek = await this.uploadKey(bucket, u, customerKey);
     const blobId = randomBytes(16).toString('hex');
     try {
       const w = await this.writeBlob(bucket, blobId, dek, content, verify);
@@ -575,6 +654,28 @@ export class ObsService {
     }
   }
 
+  /**
+   * UploadPartCopy: bytes [start, end] of a source version (decrypted with its own data key, or the
+   * customer's key for an SSE-C source) become a part of the upload, encrypted under the upload's key.
+   */
+  async uploadPartCopy(bucket: BucketRow, u: UploadRow, partNumber: number, source: { bucket: BucketRow; row: ObjectRow; start: number; end: number; customerKey?: Buffer | undefined }, customerKey?: Buffer): Promise<{ etag: string; lastModified: number }> {
+    if (!Number.isInteger(partNumber) || partNumber < 1 || partNumber > MAX_PARTS) throw new ObsError(400, 'InvalidArgument', `part numbers are 1 to ${MAX_PARTS}`);
+    const length = source.end - source.start + 1;
+    if (length > MAX_PART_BYTES) throw new ObsError(400, 'InvalidRequest', `a copied part is at most ${MAX_PART_BYTES} bytes: give x-amz-copy-source-range`);
+    // Check the destination's key before reading (and unwrapping) the source.
+    if (this.isSseCUpload(u) || customerKey) (await this.uploadKey(bucket, u, customerKey)).fill(0);
+    const content = await this.readObject(source.bucket, source.row, source.start, source.end, source.customerKey);
+    try {
+      const etag = await this.uploadPart(bucket, u, partNumber, content, ({ size }) => {
+        if (size !== length) throw new ObsError(500, 'InternalError', 'the copy read a different number of bytes than the range has');
+      }, customerKey);
+      return { etag, lastModified: this.now() };
+    } finally {
+      // Ends the reader (and wipes the source's data key) if the part was refused before reading it all.
+      content.destroy();
+    }
+  }
+
   async listParts(u: UploadRow): Promise<UploadPartRow[]> {
     return this.db.selectFrom('obs_upload_parts').selectAll().where('upload_id', '=', u.id).orderBy('part_number').execute();
   }
@@ -584,8 +685,9 @@ export class ObsService {
   }
 
   /** CompleteMultipartUpload: the listed parts, in ascending order, with their ETags, become the object. */
-  async completeUpload(bucket: BucketRow, u: UploadRow, listed: { partNumber: number; etag: string }[]): Promise<PutResult> {
+  async completeUpload(bucket: BucketRow, u: UploadRow, listed: { partNumber: number; etag: string }[], opts: { condition?: WriteCondition | undefined } = {}): Promise<PutResult> {
     if (listed.length === 0) throw new ObsError(400, 'MalformedXML', 'the upload lists no parts');
+    if (opts.condition) await this.precheckWrite(bucket, u.key, opts.condition);
     const stored = new Map((await this.listParts(u)).map((p) => [p.part_number, p]));
     const chosen: UploadPartRow[] = [];
     let last = 0;
@@ -609,13 +711,10 @@ export class ObsService {
       blob_id: u.id, cipher_size: chosen.reduce((n, p) => n + p.cipher_size, 0), kms_key_id: u.kms_key_id, data_key: u.data_key,
       created_at: this.now(), is_latest: 1, delete_marker: 0, seq: 0,
       parts_json: JSON.stringify(chosen.map((p): StoredPart => ({ blob: p.blob_id, size: p.size, cipher: p.cipher_size }))),
-      ...this.lockFor(bucket, { contentType: u.content_type, metadata: {} }), tags_json: null,
+      ...this.lockFor(bucket, { contentType: u.content_type, metadata: {} }), tags_json: null, checksum: null,
     };
     const unused = [...stored.values()].filter((p) => !chosen.includes(p)).map((p) => p.blob_id);
-    // Claim the upload first, so a concurrent completion or abort of the same upload cannot also use its parts.
-    const claimed = await this.db.deleteFrom('obs_uploads').where('id', '=', u.id).executeTakeFirst();
-    if (Number(claimed.numDeletedRows) !== 1) throw new ObsError(404, 'NoSuchUpload', 'the specified multipart upload does not exist: it may have been aborted or completed');
-    const replaced = await this.makeCurrent(row, []);
+    const replaced = await this.makeCurrent(row, [], { condition: opts.condition, claimUpload: u.id });
     await this.db.deleteFrom('obs_upload_parts').where('upload_id', '=', u.id).execute();
     await this.dropBlobs([...replaced, ...unused]);
     return { etag, size, versionId };
@@ -681,7 +780,7 @@ export class ObsService {
     const marker: ObjectRow = {
       bucket_id: bucket.id, key, version_id: markerId, size: 0, etag: '', content_type: '', metadata_json: '{}', blob_id: '', cipher_size: 0,
       kms_key_id: '', data_key: '', created_at: this.now(), is_latest: 1, delete_marker: 1, seq: 0, parts_json: null,
-      lock_mode: null, lock_until: null, legal_hold: 0, tags_json: null,
+      lock_mode: null, lock_until: null, legal_hold: 0, tags_json: null, checksum: null,
     };
     await this.dropBlobs(await this.makeCurrent(marker, []));
     return { versionId: markerId, deleteMarker: true };
@@ -803,6 +902,16 @@ export function checkTags(tags: Record<string, string>, max: number): void {
   const keys = Object.keys(tags);
   if (keys.length > max) throw new ObsError(400, 'BadRequest', `at most ${max} tags`);
   for (const k of keys) if (k.length < 1 || k.length > 128 || tags[k]!.length > 256) throw new ObsError(400, 'InvalidTag', 'tag keys are 1 to 128 characters, values at most 256');
+}
+
+/** SSE-C: a fresh data key sealed under the customer's key, bound to the bucket and the blob (or upload) id. */
+function sealForCustomer(bucket: BucketRow, blobId: string, customerKey: Buffer): { plaintext: Buffer; ciphertext: Buffer } {
+  const plaintext = randomBytes(32);
+  return { plaintext, ciphertext: sealAesGcm(customerKey, plaintext, Buffer.from(`custos obs sse-c ${bucket.id}/${blobId}`)) };
+}
+/** Throws when the customer's key is not the one the data key was sealed under. */
+function openForCustomer(bucket: BucketRow, blobId: string, sealed: string, customerKey: Buffer): Buffer {
+  return openAesGcm(customerKey, Buffer.from(sealed, 'base64'), Buffer.from(`custos obs sse-c ${bucket.id}/${blobId}`));
 }
 
 function streamContext(bucket: BucketRow, blobId: string): Buffer {

@@ -6,12 +6,13 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { PassThrough, Readable, Transform } from 'node:stream';
 import { crc32 } from 'node:zlib';
+import { Crc32c, Crc64Nvme } from '@aws-sdk/checksums/crc';
 import { XMLBuilder, XMLParser } from 'fast-xml-parser';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { IamService, Principal, ResourceRef } from '../../iam/iam.js';
 import { ProjectLookup, scopeOfProject } from '../../kms/http/common.js';
 import { principalOf, type RouteDef, type RouteMeta } from '../../server/route.js';
-import { ObsError, type LifecycleRule, type LockMode, type ObjectMeta, type ObsService } from '../obs.js';
+import { etagMatches, ObsError, type LifecycleRule, type LockMode, type ObjectMeta, type ObsService, type VerifyUpload, type WriteCondition } from '../obs.js';
 import type { BucketRow, ObjectRow } from '../store.js';
 import { AwsChunkedDecoder } from './chunked.js';
 import { applyWatermark, MAX_IMAGE_BYTES, parseWatermark } from '../watermark.js';
@@ -94,9 +95,86 @@ function objectHeaders(reply: FastifyReply, row: ObjectRow, arn: string, version
   if (row.tags_json) reply.header('x-amz-tagging-count', String(Object.keys(JSON.parse(row.tags_json) as object).length));
 }
 
-/** Checksums a client may declare for the content (header or aws-chunked trailer), checked after the last byte. */
-const CHECKSUMS = ['x-amz-checksum-crc32', 'x-amz-checksum-sha256', 'x-amz-checksum-sha1'] as const;
-const UNSUPPORTED_CHECKSUMS = ['x-amz-checksum-crc32c', 'x-amz-checksum-crc64nvme'];
+/**
+ * Checksums a client may declare for the content (header or aws-chunked trailer), checked after the
+ * last byte, with their digest lengths. CRC32C and CRC64NVME come from the AWS SDK's own checksum package.
+ */
+const CHECKSUM_BYTES = { crc32: 4, crc32c: 4, crc64nvme: 8, sha1: 20, sha256: 32 } as const;
+type ChecksumAlgorithm = keyof typeof CHECKSUM_BYTES;
+const isChecksumAlgorithm = (a: string): a is ChecksumAlgorithm => Object.hasOwn(CHECKSUM_BYTES, a);
+/** x-amz-checksum-* headers that carry no checksum value. */
+const CHECKSUM_SETTINGS = new Set(['algorithm', 'type', 'mode']);
+
+/** A running checksum over the content; SHA-256 is not here because the object store computes it anyway. */
+function checksummer(alg: Exclude<ChecksumAlgorithm, 'sha256'>): { update(b: Buffer): void; digest(): Promise<Buffer> } {
+  switch (alg) {
+    case 'crc32': {
+      let c = 0;
+      return { update: (b) => void (c = crc32(b, c)), digest: async () => u32(c) };
+    }
+    case 'crc32c':
+    case 'crc64nvme': {
+      const h = alg === 'crc32c' ? new Crc32c() : new Crc64Nvme();
+      return { update: (b) => h.update(b), digest: async () => Buffer.from(await h.digest()) };
+    }
+    case 'sha1': {
+      const h = createHash('sha1');
+      return { update: (b) => void h.update(b), digest: async () => h.digest() };
+    }
+  }
+}
+
+/**
+ * Conditional headers, evaluated in RFC 7232's order as S3 applies it: If-Match (or, without it,
+ * If-Unmodified-Since) failing is 412; then If-None-Match (or, without it, If-Modified-Since) failing is
+ * "not modified" (304 on GET/HEAD; 412 for a copy source, whose headers carry the x-amz-copy-source- prefix).
+ * Last-Modified has one-second resolution; an unparsable date is ignored.
+ */
+function evaluateConditions(req: FastifyRequest, row: ObjectRow, prefix: '' | 'x-amz-copy-source-' = ''): 'ok' | 'not-modified' {
+  const header = (name: string) => {
+    const v = req.headers[prefix + name];
+    return typeof v === 'string' ? v : undefined;
+  };
+  const date = (name: string) => {
+    const t = Date.parse(header(name) ?? '');
+    return Number.isFinite(t) ? t : null;
+  };
+  const lastModified = Math.floor(row.created_at / 1000) * 1000;
+  const ifMatch = header('if-match');
+  if (ifMatch !== undefined) {
+    if (!etagMatches(ifMatch, row.etag)) throw preconditionFailed(`${prefix}If-Match`);
+  } else {
+    const since = date('if-unmodified-since');
+    if (since !== null && lastModified > since) throw preconditionFailed(`${prefix}If-Unmodified-Since`);
+  }
+  const ifNoneMatch = header('if-none-match');
+  if (ifNoneMatch !== undefined) return etagMatches(ifNoneMatch, row.etag) ? 'not-modified' : 'ok';
+  const since = date('if-modified-since');
+  return since !== null && lastModified <= since ? 'not-modified' : 'ok';
+}
+function preconditionFailed(condition: string): ObsError {
+  return new ObsError(412, 'PreconditionFailed', `At least one of the pre-conditions you specified did not hold (${condition})`, { condition });
+}
+
+/** If-None-Match: * and If-Match: <etag> on PutObject, CopyObject and CompleteMultipartUpload. */
+function writeCondition(req: FastifyRequest): WriteCondition | undefined {
+  const none = req.headers['if-none-match'];
+  const match = req.headers['if-match'];
+  if (none === undefined && match === undefined) return undefined;
+  if (none !== undefined && String(none).trim() !== '*') throw new ObsError(501, 'NotImplemented', 'A header you provided implies functionality that is not implemented: If-None-Match on a write takes only *');
+  return { ...(none !== undefined ? { ifNoneMatch: true } : {}), ...(typeof match === 'string' ? { ifMatch: match } : {}) };
+}
+
+/** x-amz-copy-source-range on UploadPartCopy: exactly `bytes=first-last`, inside the source. */
+function parseCopyRange(header: string | string[] | undefined, size: number): { start: number; end: number } {
+  if (header === undefined) return { start: 0, end: size - 1 };
+  const m = typeof header === 'string' ? /^bytes=(\d+)-(\d+)$/.exec(header.trim()) : null;
+  if (!m) throw new ObsError(400, 'InvalidArgument', 'The x-amz-copy-source-range value must be of the form bytes=first-last where first and last are the zero-based offsets of the first and last bytes to copy');
+  const start = Number(m[1]);
+  const end = Number(m[2]);
+  if (start > end || end >= size) throw new ObsError(400, 'InvalidArgument', `Range specified is not valid for source object of size: ${size}`);
+  return { start, end };
+}
 
 /** Decides whether a copy may leave its region (the privacy service's transfer records). */
 export interface TransferGate {
@@ -120,8 +198,12 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
     return d.effect === 'allow';
   };
 
-  /** CopyObject: the source is read (and decrypted) and written anew under the destination's key. */
-  const copyObject = async (req: FastifyRequest, dest: BucketRow, source: string) => {
+  /**
+   * The source of CopyObject and UploadPartCopy: `/bucket/key[?versionId=id]` of the caller's account,
+   * authorized as a read of its own, its SSE-C key (x-amz-copy-source-server-side-encryption-customer-*)
+   * checked, and the x-amz-copy-source-if-* conditions met (412 otherwise).
+   */
+  const copySource = async (req: FastifyRequest, dest: BucketRow, source: string) => {
     const m = /^\/?([^/]+)\/(.+?)(?:\?versionId=([^&]+))?$/.exec(source);
     if (!m) throw new ObsError(400, 'InvalidArgument', 'x-amz-copy-source must be /bucket/key[?versionId=id]');
     const srcBucket = await obs.findBucket(principalOf(req).accountId, safeDecode(m[1]!));
@@ -135,7 +217,20 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
     }
     if (!(await allowed(req, m[3] ? 'obs:object:GetObjectVersion' : 'obs:object:GetObject', srcBucket, srcKey))) throw new ObsError(403, 'AccessDenied', 'not authorized to read the copy source');
     const row = await obs.headObject(srcBucket, srcKey, m[3] ? safeDecode(m[3]) : undefined);
-    const sourceKey = sseCustomerKey(req, 'x-amz-copy-source-server-side-encryption-customer-');
+    const customerKey = sseCustomerKey(req, 'x-amz-copy-source-server-side-encryption-customer-');
+    // An SSE-C source answers conditions only to the holder of its key.
+    if (obs.isSseC(row)) (await obs.dataKeyOf(srcBucket, row, customerKey)).fill(0);
+    if (evaluateConditions(req, row, 'x-amz-copy-source-') !== 'ok') throw preconditionFailed(req.headers['x-amz-copy-source-if-none-match'] !== undefined ? 'x-amz-copy-source-If-None-Match' : 'x-amz-copy-source-If-Modified-Since');
+    return { bucket: srcBucket, row, customerKey };
+  };
+  const copySourceHeaders = (reply: FastifyReply, src: { bucket: BucketRow; row: ObjectRow }) => {
+    if (src.bucket.versioning || src.row.version_id !== 'null') reply.header('x-amz-copy-source-version-id', src.row.version_id);
+  };
+
+  /** CopyObject: the source is read (and decrypted) and written anew under the destination's key. */
+  const copyObject = async (req: FastifyRequest, reply: FastifyReply, dest: BucketRow, source: string) => {
+    const src = await copySource(req, dest, source);
+    const row = src.row;
     const directive = req.headers['x-amz-metadata-directive'] ?? 'COPY';
     if (directive !== 'COPY' && directive !== 'REPLACE') throw new ObsError(400, 'InvalidArgument', 'x-amz-metadata-directive must be COPY or REPLACE');
     const requested = objectMeta(req);
@@ -143,10 +238,16 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
       contentType: row.content_type, metadata: JSON.parse(row.metadata_json) as Record<string, string>,
       ...(requested.kmsKey ? { kmsKey: requested.kmsKey } : {}), ...(requested.customerKey ? { customerKey: requested.customerKey } : {}),
     };
-    const content = await obs.readObject(srcBucket, row, 0, row.size - 1, sourceKey);
-    return obs.putObject(dest, keyOf(req), content, meta, ({ size }) => {
-      if (size !== row.size) throw new ObsError(500, 'InternalError', 'the copy read a different size than the source has');
-    });
+    const condition = writeCondition(req);
+    const content = await obs.readObject(src.bucket, row, 0, row.size - 1, src.customerKey);
+    copySourceHeaders(reply, src);
+    try {
+      return await obs.putObject(dest, keyOf(req), content, meta, ({ size }) => {
+        if (size !== row.size) throw new ObsError(500, 'InternalError', 'the copy read a different size than the source has');
+      }, { condition });
+    } finally {
+      content.destroy();
+    }
   };
   const kmsArn = (b: BucketRow, row: ObjectRow) => `arn:aws:kms:${b.region}:${b.account_id}:key/${row.kms_key_id}`;
 
@@ -432,30 +533,43 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
         }
         if ('uploadId' in q || 'partNumber' in q) {
           if (q.uploadId === undefined || q.partNumber === undefined || !/^\d{1,5}$/.test(q.partNumber)) throw new ObsError(400, 'InvalidArgument', 'UploadPart needs uploadId and a partNumber from 1 to 10000');
-          if (h['x-amz-copy-source'] !== undefined) throw new ObsError(501, 'NotImplemented', 'UploadPartCopy is not implemented yet');
           const u = await obs.getUpload(b, keyOf(req), q.uploadId);
+          const customerKey = sseCustomerKey(req);
+          const copy = h['x-amz-copy-source'];
+          if (copy !== undefined) {
+            // UploadPartCopy: (a range of) another object becomes the part, re-encrypted under the upload's key.
+            if (typeof copy !== 'string') throw new ObsError(400, 'InvalidArgument', 'give one x-amz-copy-source');
+            const src = await copySource(req, b, copy);
+            const range = parseCopyRange(h['x-amz-copy-source-range'], src.row.size);
+            const r = await obs.uploadPartCopy(b, u, Number(q.partNumber), { ...src, ...range }, customerKey);
+            copySourceHeaders(reply, src);
+            uploadEncryptionHeaders(reply, req, obs.isSseCUpload(u));
+            reply.type('application/xml');
+            return xmlDoc({ CopyPartResult: { '@_xmlns': S3_NS, ETag: `"${r.etag}"`, LastModified: isoDate(r.lastModified) } });
+          }
           const body = incomingBody(req);
-          const etag = await obs.uploadPart(b, u, Number(q.partNumber), body.content, body.check);
+          const etag = await obs.uploadPart(b, u, Number(q.partNumber), body.content, body.check, customerKey);
           reply.header('etag', `"${etag}"`);
-          reply.header('x-amz-server-side-encryption', 'aws:kms');
+          const sum = body.verified();
+          if (sum) reply.header(sum.name, sum.value);
+          uploadEncryptionHeaders(reply, req, obs.isSseCUpload(u));
           return reply.code(200).send();
         }
         if (Object.keys(q).some((k) => k !== 'x-id')) throw new ObsError(501, 'NotImplemented', `object subresource ${Object.keys(q).filter((k) => k !== 'x-id').join(', ')} is not implemented`);
         if (typeof h['x-amz-copy-source'] === 'string') {
-          const r = await copyObject(req, b, h['x-amz-copy-source']);
+          const r = await copyObject(req, reply, b, h['x-amz-copy-source']);
           reply.type('application/xml');
-          reply.header('x-amz-server-side-encryption', 'aws:kms');
+          uploadEncryptionHeaders(reply, req, sseCustomerKey(req) !== undefined);
           if (b.versioning) reply.header('x-amz-version-id', r.versionId);
           return xmlDoc({ CopyObjectResult: { '@_xmlns': S3_NS, ETag: `"${r.etag}"`, LastModified: isoDate(Date.now()) } });
         }
         const body = incomingBody(req);
         const om = objectMeta(req);
-        const result = await obs.putObject(b, keyOf(req), body.content, om, body.check);
+        const result = await obs.putObject(b, keyOf(req), body.content, om, body.check, { condition: writeCondition(req) });
         reply.header('etag', `"${result.etag}"`);
-        if (om.customerKey) {
-          reply.header('x-amz-server-side-encryption-customer-algorithm', 'AES256');
-          reply.header('x-amz-server-side-encryption-customer-key-md5', String(req.headers['x-amz-server-side-encryption-customer-key-md5']));
-        } else reply.header('x-amz-server-side-encryption', 'aws:kms');
+        const sum = body.verified();
+        if (sum) reply.header(sum.name, sum.value);
+        uploadEncryptionHeaders(reply, req, om.customerKey !== undefined);
         if (b.versioning) reply.header('x-amz-version-id', result.versionId);
         return reply.code(200).send();
       },
@@ -468,8 +582,9 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
         const q = req.query as Record<string, string>;
         reply.type('application/xml');
         if ('uploads' in q) {
-          const id = await obs.createUpload(b, keyOf(req), objectMeta(req));
-          reply.header('x-amz-server-side-encryption', 'aws:kms');
+          const om = objectMeta(req);
+          const id = await obs.createUpload(b, keyOf(req), om);
+          uploadEncryptionHeaders(reply, req, om.customerKey !== undefined);
           return xmlDoc({ InitiateMultipartUploadResult: { '@_xmlns': S3_NS, Bucket: b.name, Key: keyOf(req), UploadId: id } });
         }
         if (q.uploadId !== undefined) {
@@ -478,8 +593,9 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
           const partsRaw = doc.CompleteMultipartUpload?.Part;
           const parts = (Array.isArray(partsRaw) ? partsRaw : partsRaw ? [partsRaw] : []) as { PartNumber?: string; ETag?: string }[];
           if (!doc.CompleteMultipartUpload || parts.some((p) => !p.PartNumber || !/^\d+$/.test(p.PartNumber) || !p.ETag)) throw new ObsError(400, 'MalformedXML', 'expected a CompleteMultipartUpload document of parts with PartNumber and ETag');
-          const r = await obs.completeUpload(b, u, parts.map((p) => ({ partNumber: Number(p.PartNumber), etag: String(p.ETag) })));
-          reply.header('x-amz-server-side-encryption', 'aws:kms');
+          const r = await obs.completeUpload(b, u, parts.map((p) => ({ partNumber: Number(p.PartNumber), etag: String(p.ETag) })), { condition: writeCondition(req) });
+          if (obs.isSseCUpload(u)) reply.header('x-amz-server-side-encryption-customer-algorithm', 'AES256');
+          else reply.header('x-amz-server-side-encryption', 'aws:kms');
           if (b.versioning) reply.header('x-amz-version-id', r.versionId);
           return xmlDoc({ CompleteMultipartUploadResult: { '@_xmlns': S3_NS, Location: `/${b.name}/${keyOf(req)}`, Bucket: b.name, Key: keyOf(req), ETag: `"${r.etag}"` } });
         }
@@ -522,6 +638,10 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
           });
         }
         const row = await obs.headObject(b, keyOf(req), versionIdOf(req));
+        const customerKey = sseCustomerKey(req);
+        // An SSE-C object answers (even conditions) only to the holder of its key.
+        if (obs.isSseC(row)) (await obs.dataKeyOf(b, row, customerKey)).fill(0);
+        if (evaluateConditions(req, row) === 'not-modified') return notModified(reply, row, b.versioning !== '');
         const process = gq['x-image-process'];
         if (process !== undefined) {
           const spec = parseWatermark(process);
@@ -543,8 +663,9 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
         const range = parseRange(req.headers.range, row.size);
         const start = range?.start ?? 0;
         const end = range?.end ?? row.size - 1;
-        const stream = await obs.readObject(b, row, start, end, sseCustomerKey(req));
+        const stream = await obs.readObject(b, row, start, end, customerKey);
         objectHeaders(reply, row, kmsArn(b, row), b.versioning !== '', req);
+        if (!range) checksumHeaders(reply, req, row);
         reply.header('content-length', String(end - start + 1));
         if (range) {
           reply.code(206);
@@ -563,7 +684,9 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
         const row = await obs.headObject(b, keyOf(req), versionIdOf(req));
         // An SSE-C object answers HEAD only to the holder of its key, as S3 does.
         if (obs.isSseC(row)) (await obs.dataKeyOf(b, row, sseCustomerKey(req))).fill(0);
+        if (evaluateConditions(req, row) === 'not-modified') return notModified(reply, row, b.versioning !== '');
         objectHeaders(reply, row, kmsArn(b, row), b.versioning !== '', req);
+        checksumHeaders(reply, req, row);
         reply.header('content-length', String(row.size));
         return reply.code(200).send();
       },
@@ -588,6 +711,34 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
       },
     },
   ];
+}
+
+/**
+ * x-amz-checksum-mode: ENABLED: the full-object checksum verified when the object was uploaded (only
+ * for whole-object reads; objects uploaded without one, multipart objects and copies have none).
+ */
+function checksumHeaders(reply: FastifyReply, req: FastifyRequest, row: ObjectRow): void {
+  if (!row.checksum || String(req.headers['x-amz-checksum-mode']).toUpperCase() !== 'ENABLED') return;
+  const i = row.checksum.indexOf(':');
+  reply.header(`x-amz-checksum-${row.checksum.slice(0, i)}`, row.checksum.slice(i + 1));
+  reply.header('x-amz-checksum-type', 'FULL_OBJECT');
+}
+
+/** 304 Not Modified: the validators, no body. */
+function notModified(reply: FastifyReply, row: ObjectRow, versioned: boolean): FastifyReply {
+  reply.header('etag', `"${row.etag}"`);
+  reply.header('last-modified', httpDate(row.created_at));
+  if (versioned || row.version_id !== 'null') reply.header('x-amz-version-id', row.version_id);
+  return reply.code(304).send();
+}
+
+/** How a new object or part is encrypted: under the customer's key (echoing its MD5), or SSE-KMS. */
+function uploadEncryptionHeaders(reply: FastifyReply, req: FastifyRequest, customer: boolean): void {
+  if (customer) {
+    reply.header('x-amz-server-side-encryption-customer-algorithm', 'AES256');
+    const md5 = req.headers['x-amz-server-side-encryption-customer-key-md5'];
+    if (typeof md5 === 'string') reply.header('x-amz-server-side-encryption-customer-key-md5', md5);
+  } else reply.header('x-amz-server-side-encryption', 'aws:kms');
 }
 
 function objectMeta(req: FastifyRequest): ObjectMeta {
@@ -621,9 +772,8 @@ function objectMeta(req: FastifyRequest): ObjectMeta {
  * The content of an upload as a stream (aws-chunked bodies decoded), and the check to run after its
  * last byte: declared length, Content-MD5, x-amz-checksum-* (header or trailer), x-amz-content-sha256.
  */
-function incomingBody(req: FastifyRequest): { content: Readable; check: (d: { md5: Buffer; sha256: Buffer; size: number }) => void } {
+function incomingBody(req: FastifyRequest): { content: Readable; check: VerifyUpload; verified: () => { name: string; value: string } | null } {
   const h = req.headers;
-  for (const u of UNSUPPORTED_CHECKSUMS) if (h[u] !== undefined || String(h['x-amz-trailer'] ?? '').includes(u)) throw new ObsError(400, 'InvalidRequest', `${u} is not supported here; use CRC32, SHA1 or SHA256 checksums`);
   const declared = String(h['x-amz-content-sha256'] ?? '');
   const chunked = declared.startsWith('STREAMING-');
   if (chunked && declared !== 'STREAMING-UNSIGNED-PAYLOAD-TRAILER') {
@@ -632,18 +782,43 @@ function incomingBody(req: FastifyRequest): { content: Readable; check: (d: { md
   if (chunked && h['x-amz-decoded-content-length'] === undefined) throw new ObsError(411, 'MissingContentLength', 'x-amz-decoded-content-length is required with aws-chunked bodies');
   if (!chunked && h['content-length'] === undefined) throw new ObsError(411, 'MissingContentLength', 'you must provide the Content-Length HTTP header');
   const length = Number(chunked ? h['x-amz-decoded-content-length'] : h['content-length']);
+  // The one checksum the client declares: an x-amz-checksum-<algorithm> header, or a trailer it announces.
+  const inHeader: ChecksumAlgorithm[] = [];
+  for (const [name, value] of Object.entries(h)) {
+    if (!name.startsWith('x-amz-checksum-') || CHECKSUM_SETTINGS.has(name.slice(15))) continue;
+    const alg = name.slice(15);
+    if (!isChecksumAlgorithm(alg)) throw new ObsError(400, 'InvalidRequest', `${name} is not supported; use CRC32, CRC32C, CRC64NVME, SHA1 or SHA256 checksums`);
+    if (typeof value !== 'string' || !validChecksum(value, alg)) throw new ObsError(400, 'InvalidRequest', `Value for ${name} header is invalid.`);
+    inHeader.push(alg);
+  }
+  const trailerNames = String(h['x-amz-trailer'] ?? '').split(',').map((t) => t.trim().toLowerCase()).filter((t) => t !== '');
+  const inTrailer: ChecksumAlgorithm[] = [];
+  for (const name of trailerNames) {
+    const alg = name.slice(15);
+    if (!name.startsWith('x-amz-checksum-') || !isChecksumAlgorithm(alg)) throw new ObsError(400, 'InvalidRequest', `the trailer ${name} is not supported; use an x-amz-checksum-crc32, -crc32c, -crc64nvme, -sha1 or -sha256 trailer`);
+    inTrailer.push(alg);
+  }
+  if (inTrailer.length && !chunked) throw new ObsError(400, 'InvalidRequest', 'x-amz-trailer needs an aws-chunked body (STREAMING-UNSIGNED-PAYLOAD-TRAILER)');
+  const algorithms = [...new Set([...inHeader, ...inTrailer])];
+  if (algorithms.length > 1) throw new ObsError(400, 'InvalidRequest', 'Expecting a single x-amz-checksum- header. Multiple checksum Types are not allowed.');
+  const algorithm = algorithms[0];
   const raw = (req.body as Readable | undefined) ?? Readable.from([]);
   const decoder = chunked ? new AwsChunkedDecoder() : null;
-  // Only the checksums the client declares (header or announced trailer) are computed.
-  const announced = `${String(h['x-amz-trailer'] ?? '')},${Object.keys(h).join(',')}`;
-  const wantCrc = announced.includes('x-amz-checksum-crc32');
-  const sha1 = announced.includes('x-amz-checksum-sha1') ? createHash('sha1') : null;
-  const sums = { crc: 0 };
+  // Only the checksum the client declares is computed (SHA-256 always is, by the object store).
+  const sum = algorithm && algorithm !== 'sha256' ? checksummer(algorithm) : null;
+  let computed: Buffer | null = null;
+  let verified: { name: string; value: string } | null = null;
   const tap = new Transform({
     transform(chunk: Buffer, _e, done) {
-      if (wantCrc) sums.crc = crc32(chunk, sums.crc);
-      sha1?.update(chunk);
+      sum?.update(chunk);
       done(null, chunk);
+    },
+    flush(done) {
+      if (!sum) return done();
+      sum.digest().then((d) => {
+        computed = d;
+        done();
+      }, done);
     },
   });
   const source = decoder ? raw.pipe(decoder) : raw;
@@ -651,17 +826,25 @@ function incomingBody(req: FastifyRequest): { content: Readable; check: (d: { md
   decoder?.on('error', (e) => tap.destroy(e));
   const check = ({ md5, sha256, size }: { md5: Buffer; sha256: Buffer; size: number }) => {
     if (size !== length) throw new ObsError(400, 'IncompleteBody', `the body has ${size} bytes, not the ${length} declared`);
-    const given: Record<string, string> = { ...decoder?.trailers };
-    for (const name of CHECKSUMS) if (typeof h[name] === 'string') given[name] = h[name] as string;
-    const computed: Record<string, Buffer> = { 'x-amz-checksum-crc32': u32(sums.crc), 'x-amz-checksum-sha256': sha256, 'x-amz-checksum-sha1': sha1?.digest() ?? Buffer.alloc(0) };
-    for (const name of CHECKSUMS) {
-      if (given[name] !== undefined && !equalB64(given[name]!, computed[name]!)) throw new ObsError(400, 'BadDigest', `the ${name.slice(15).toUpperCase()} checksum you specified did not match the content`);
+    if (algorithm) {
+      const name = `x-amz-checksum-${algorithm}`;
+      const given = inHeader.includes(algorithm) ? (h[name] as string) : decoder?.trailers[name];
+      if (given === undefined) throw new ObsError(400, 'InvalidRequest', `the ${name} trailer was announced but not sent`);
+      if (!validChecksum(given, algorithm)) throw new ObsError(400, 'InvalidRequest', `Value for ${name} trailing header is invalid.`);
+      if (!equalB64(given, algorithm === 'sha256' ? sha256 : computed ?? Buffer.alloc(0))) throw new ObsError(400, 'BadDigest', `The ${algorithm.toUpperCase()} you specified did not match the calculated checksum.`);
+      verified = { name, value: given };
     }
     const contentMd5 = h['content-md5'];
     if (typeof contentMd5 === 'string' && !equalB64(contentMd5, md5)) throw new ObsError(400, 'BadDigest', 'the Content-MD5 you specified did not match what we received');
     if (/^[0-9a-f]{64}$/.test(declared) && declared !== sha256.toString('hex')) throw new ObsError(400, 'XAmzContentSHA256Mismatch', 'the provided x-amz-content-sha256 header does not match what was computed');
+    return verified && algorithm ? { checksum: `${algorithm}:${Buffer.from(verified.value, 'base64').toString('base64')}` } : undefined;
   };
-  return { content: source.pipe(tap), check };
+  return { content: source.pipe(tap), check, verified: () => verified };
+}
+
+/** A checksum value: base64 of exactly the algorithm's digest length. */
+function validChecksum(value: string, alg: ChecksumAlgorithm): boolean {
+  return /^[A-Za-z0-9+/]+={0,2}$/.test(value) && Buffer.from(value, 'base64').length === CHECKSUM_BYTES[alg];
 }
 
 function safeDecode(s: string): string {

@@ -10,6 +10,7 @@ import * as m0008 from './0008_obs_object_lock.js';
 import * as m0009 from './0009_obs_tagging.js';
 import * as m0010a from './0010_audit_detail.js';
 import * as m0010b from './0010_vault.js';
+import * as m0012 from './0012_obs_checksums.js';
 import * as m0013 from './0013_privacy_consent_requests.js';
 
 /** Ordered by name; a migration once released is never edited, only followed by a new one. */
@@ -25,5 +26,6 @@ export const migrations: Record<string, Migration> = {
   '0009_obs_tagging': m0009,
   '0010_audit_detail': m0010a,
   '0010_vault': m0010b,
+  '0012_obs_checksums': m0012,
   '0013_privacy_consent_requests': m0013,
 };

@@ -1,0 +1,129 @@
+// CRC32C and CRC64NVME checksums on uploads: @aws-sdk/client-s3 with ChecksumAlgorithm (a header for
+// buffers, an aws-chunked trailer for streams), and raw SigV4-signed requests for the standard check
+// values, trailers with wrong values and malformed declarations.
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { Readable } from 'node:stream';
+import { Sha256 } from '@aws-crypto/sha256-js';
+import { SignatureV4 } from '@smithy/signature-v4';
+import {
+  CompleteMultipartUploadCommand, CreateBucketCommand, CreateMultipartUploadCommand, GetObjectCommand, HeadObjectCommand, PutObjectCommand, S3Client, UploadPartCommand,
+} from '@aws-sdk/client-s3';
+import { startTestServer, type Tenant, type TestServer } from '../helpers.js';
+
+let s: TestServer;
+let t: Tenant;
+let client: S3Client;
+let signer: SignatureV4;
+
+before(async () => {
+  s = await startTestServer();
+  t = await s.createTenant();
+  const r = await s.api('POST', '/v3.0/OS-CREDENTIAL/credentials', { token: t.token, body: { credential: { user_id: t.adminUserId } } });
+  assert.equal(r.status, 201, r.text);
+  const credentials = { accessKeyId: r.json.credential.access, secretAccessKey: r.json.credential.secret };
+  const region = t.projects[0]!.name;
+  client = new S3Client({ endpoint: s.custos.obsUrl, region, forcePathStyle: true, credentials });
+  signer = new SignatureV4({ service: 's3', region, credentials, sha256: Sha256, uriEscapePath: false, applyChecksum: false });
+  await client.send(new CreateBucketCommand({ Bucket: 'sums' }));
+});
+after(async () => {
+  client?.destroy();
+  await s?.close();
+});
+
+/** A SigV4-signed PUT of raw bytes (the payload itself unsigned, as streaming clients send it). */
+async function signedPut(key: string, body: Buffer, headers: Record<string, string>): Promise<{ status: number; text: string; headers: Headers }> {
+  const u = new URL(s.custos.obsUrl);
+  const req = await signer.sign({
+    method: 'PUT', protocol: 'http:', hostname: u.hostname, port: Number(u.port), path: `/sums/${key}`, query: {},
+    headers: { host: u.host, 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD', ...headers },
+  });
+  const res = await fetch(`${s.custos.obsUrl}/sums/${key}`, { method: 'PUT', headers: req.headers as Record<string, string>, body: new Uint8Array(body) });
+  return { status: res.status, text: await res.text(), headers: res.headers };
+}
+/** The aws-chunked encoding of `data` with one trailer line. */
+function awsChunked(data: Buffer, trailer: string): Buffer {
+  return Buffer.concat([Buffer.from(`${data.length.toString(16)}\r\n`), data, Buffer.from(`\r\n0\r\n${trailer}\r\n\r\n`)]);
+}
+const chunkedHeaders = (length: number, trailer: string) => ({ 'x-amz-content-sha256': 'STREAMING-UNSIGNED-PAYLOAD-TRAILER', 'content-encoding': 'aws-chunked', 'x-amz-decoded-content-length': String(length), 'x-amz-trailer': trailer });
+const b64 = (hex: string) => Buffer.from(hex, 'hex').toString('base64');
+// The catalogued check values of both CRCs over the ASCII digits 1 to 9.
+const CHECK_INPUT = Buffer.from('123456789');
+const CRC32C_CHECK = b64('e3069283');
+const CRC64NVME_CHECK = b64('ae8b14860a799888');
+const read = async (key: string) => Buffer.from(await (await client.send(new GetObjectCommand({ Bucket: 'sums', Key: key }))).Body!.transformToByteArray());
+
+describe('CRC32C and CRC64NVME checksums', () => {
+  test('@aws-sdk/client-s3 uploads with ChecksumAlgorithm CRC32C and CRC64NVME (header and trailer) succeed; wrong values are BadDigest', async () => {
+    for (const alg of ['CRC32C', 'CRC64NVME'] as const) {
+      const data = randomBytes(300_000);
+      const put = await client.send(new PutObjectCommand({ Bucket: 'sums', Key: `buffer-${alg}`, Body: data, ChecksumAlgorithm: alg }));
+      assert.ok(alg === 'CRC32C' ? put.ChecksumCRC32C : put.ChecksumCRC64NVME, `the verified ${alg} is echoed`);
+      assert.ok((await read(`buffer-${alg}`)).equals(data));
+      // x-amz-checksum-mode: ENABLED returns the checksum kept with the object (and the SDK checks the body against it).
+      const field = alg === 'CRC32C' ? 'ChecksumCRC32C' : 'ChecksumCRC64NVME';
+      const got = await client.send(new GetObjectCommand({ Bucket: 'sums', Key: `buffer-${alg}`, ChecksumMode: 'ENABLED' }));
+      assert.equal(got[field], put[field]);
+      assert.equal(got.ChecksumType, 'FULL_OBJECT');
+      assert.ok(Buffer.from(await got.Body!.transformToByteArray()).equals(data));
+      assert.equal((await client.send(new HeadObjectCommand({ Bucket: 'sums', Key: `buffer-${alg}`, ChecksumMode: 'ENABLED' })))[field], put[field]);
+      assert.equal((await client.send(new HeadObjectCommand({ Bucket: 'sums', Key: `buffer-${alg}` })))[field], undefined, 'only when asked for');
+      const part = await client.send(new GetObjectCommand({ Bucket: 'sums', Key: `buffer-${alg}`, ChecksumMode: 'ENABLED', Range: 'bytes=0-99' }));
+      assert.equal(part[field], undefined, 'not for a range');
+      await part.Body!.transformToByteArray();
+      // A stream goes as aws-chunked with the checksum in a trailer.
+      const streamed = randomBytes(200_000);
+      await client.send(new PutObjectCommand({ Bucket: 'sums', Key: `stream-${alg}`, Body: Readable.from([streamed.subarray(0, 70_000), streamed.subarray(70_000)]), ContentLength: streamed.length, ChecksumAlgorithm: alg }));
+      assert.ok((await read(`stream-${alg}`)).equals(streamed));
+      assert.ok((await client.send(new HeadObjectCommand({ Bucket: 'sums', Key: `stream-${alg}`, ChecksumMode: 'ENABLED' })))[field], 'a trailer checksum is kept too');
+      // A value that is not the content's: refused, nothing stored.
+      const wrong = alg === 'CRC32C' ? { ChecksumCRC32C: b64('00000000') } : { ChecksumCRC64NVME: b64('0000000000000000') };
+      await assert.rejects(client.send(new PutObjectCommand({ Bucket: 'sums', Key: `wrong-${alg}`, Body: data, ...wrong })), { name: 'BadDigest' });
+      await assert.rejects(client.send(new GetObjectCommand({ Bucket: 'sums', Key: `wrong-${alg}` })), { name: 'NoSuchKey' });
+    }
+    // Multipart parts with CRC32C.
+    const { UploadId } = await client.send(new CreateMultipartUploadCommand({ Bucket: 'sums', Key: 'parts', ChecksumAlgorithm: 'CRC32C' }));
+    const part = randomBytes(100_000);
+    const p1 = await client.send(new UploadPartCommand({ Bucket: 'sums', Key: 'parts', UploadId, PartNumber: 1, Body: part, ChecksumAlgorithm: 'CRC32C' }));
+    assert.ok(p1.ChecksumCRC32C);
+    await assert.rejects(client.send(new UploadPartCommand({ Bucket: 'sums', Key: 'parts', UploadId, PartNumber: 2, Body: part, ChecksumCRC32C: b64('00000000') })), { name: 'BadDigest' });
+    await client.send(new CompleteMultipartUploadCommand({ Bucket: 'sums', Key: 'parts', UploadId, MultipartUpload: { Parts: [{ PartNumber: 1, ETag: p1.ETag!, ChecksumCRC32C: p1.ChecksumCRC32C! }] } }));
+    assert.ok((await read('parts')).equals(part));
+  });
+
+  test('raw signed requests: the standard check values pass, in a header and in a trailer; wrong or malformed ones are refused', async () => {
+    for (const [name, value] of [['x-amz-checksum-crc32c', CRC32C_CHECK], ['x-amz-checksum-crc64nvme', CRC64NVME_CHECK]] as const) {
+      const ok = await signedPut(`check-${name}`, CHECK_INPUT, { [name]: value });
+      assert.equal(ok.status, 200, ok.text);
+      assert.equal(ok.headers.get(name), value);
+      const head = await client.send(new HeadObjectCommand({ Bucket: 'sums', Key: `check-${name}`, ChecksumMode: 'ENABLED' }));
+      assert.equal(name === 'x-amz-checksum-crc32c' ? head.ChecksumCRC32C : head.ChecksumCRC64NVME, value, 'the stored checksum is the catalogued check value');
+      const trailed = await signedPut(`trailer-${name}`, awsChunked(CHECK_INPUT, `${name}:${value}`), chunkedHeaders(CHECK_INPUT.length, name));
+      assert.equal(trailed.status, 200, trailed.text);
+      assert.ok((await read(`trailer-${name}`)).equals(CHECK_INPUT));
+      // The same value over other content is a wrong checksum, in either place.
+      const other = Buffer.from('987654321');
+      const bad = await signedPut(`bad-${name}`, other, { [name]: value });
+      assert.equal(bad.status, 400);
+      assert.match(bad.text, /<Code>BadDigest<\/Code>/);
+      const badTrailer = await signedPut(`bad-trailer-${name}`, awsChunked(other, `${name}:${value}`), chunkedHeaders(other.length, name));
+      assert.equal(badTrailer.status, 400);
+      assert.match(badTrailer.text, /<Code>BadDigest<\/Code>/);
+      await assert.rejects(client.send(new GetObjectCommand({ Bucket: 'sums', Key: `bad-trailer-${name}` })), { name: 'NoSuchKey' });
+      // A value of the wrong length is not a checksum.
+      const malformed = await signedPut(`malformed-${name}`, CHECK_INPUT, { [name]: b64('00') });
+      assert.equal(malformed.status, 400);
+      assert.match(malformed.text, /<Code>InvalidRequest<\/Code>/);
+    }
+    const two = await signedPut('two', CHECK_INPUT, { 'x-amz-checksum-crc32c': CRC32C_CHECK, 'x-amz-checksum-crc64nvme': CRC64NVME_CHECK });
+    assert.equal(two.status, 400, 'one checksum per request');
+    assert.match(two.text, /<Code>InvalidRequest<\/Code>/);
+    const unknown = await signedPut('unknown', CHECK_INPUT, { 'x-amz-checksum-xxhash64': b64('0000000000000000') });
+    assert.equal(unknown.status, 400, 'an algorithm that is not checked is not silently accepted');
+    assert.match(unknown.text, /<Code>InvalidRequest<\/Code>/);
+    const missing = await signedPut('missing-trailer', awsChunked(CHECK_INPUT, 'x-amz-meta-x:y'), chunkedHeaders(CHECK_INPUT.length, 'x-amz-checksum-crc32c'));
+    assert.equal(missing.status, 400, 'an announced trailer that never comes');
+  });
+});
