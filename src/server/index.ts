@@ -16,7 +16,8 @@ import type { KmsTables } from '../kms/store.js';
 import { s3Routes } from '../obs/http/s3.js';
 import { ObsService } from '../obs/obs.js';
 import type { ObsTables } from '../obs/store.js';
-import { FsBlobStore } from '../store/blobs.js';
+import { FsBlobStore, type BlobStore } from '../store/blobs.js';
+import { openS3BlobStore } from '../store/blobs-s3.js';
 import { migrate, openStore, type Store } from '../store/db.js';
 import path from 'node:path';
 import { buildApp } from './app.js';
@@ -31,6 +32,8 @@ export interface Custos {
   obs: ObsService;
   /** The S3/OBS listener. */
   obsUrl: string;
+  /** Where object content (ciphertext) is kept. */
+  blobs: BlobStore;
   root: RootKeyProvider;
   bootstrap: Awaited<ReturnType<IamService['bootstrap']>>;
   rootKeyCreated: boolean;
@@ -45,7 +48,7 @@ export interface Services {
   audit: AuditService;
   kms: KmsService;
   obs: ObsService;
-  blobs: FsBlobStore;
+  blobs: BlobStore;
   close(): Promise<void>;
 }
 
@@ -72,6 +75,7 @@ async function openRootKey(config: Config, store: Store): Promise<{ provider: Ro
 export async function openServices(config: Config, opts: { now?: () => number; onError?: (message: string) => void; plaintextObjectsForBenchmarks?: boolean } = {}): Promise<Services> {
   const store = openStore({ dataDir: config.dataDir, ...(config.databaseUrl ? { databaseUrl: config.databaseUrl } : {}) });
   let root: RootKeyProvider | undefined;
+  let blobs: BlobStore | undefined;
   try {
     await migrate(store);
     const { provider: rootKey, created: rootKeyCreated } = await openRootKey(config, store);
@@ -91,18 +95,20 @@ export async function openServices(config: Config, opts: { now?: () => number; o
       ...(opts.onError ? { onError: opts.onError } : {}),
     });
     const kms = new KmsService(store.db.withTables<KmsTables>(), rootKey, { ...(opts.now ? { now: opts.now } : {}) });
-    const blobs = new FsBlobStore(path.join(config.dataDir, 'blobs'));
+    blobs = config.blobBackend === 's3' ? await openS3BlobStore(config) : new FsBlobStore(path.join(config.dataDir, 'blobs'));
     const obs = new ObsService(store.db.withTables<ObsTables>(), kms, blobs, { maxObjectBytes: config.obsMaxObjectBytes, ...(opts.now ? { now: opts.now } : {}), ...(opts.plaintextObjectsForBenchmarks ? { plaintextBaselineForBenchmarks: true } : {}) });
     return {
       store, root: rootKey, rootKeyCreated, iam, audit, kms, obs, blobs,
       async close() {
         await store.close();
         await rootKey.close();
+        await blobs?.close?.();
       },
     };
   } catch (e) {
     await store.close().catch(() => undefined);
     await root?.close();
+    await blobs?.close?.();
     throw e;
   }
 }
@@ -173,12 +179,12 @@ export async function startCustos(config: Config, opts: StartOptions = {}): Prom
       // Bucket lifecycle rules; one node at a time holds the run's lease.
       setInterval(() => obs.runLifecycle().catch(warn('OBS lifecycle')), 600_000),
       // Blobs of uploads whose node died before committing them.
-      setInterval(() => obs.collectOrphans().then(() => blobs.clearInterruptedWrites(3_600_000)).catch(warn('OBS orphan collection')), 600_000),
+      setInterval(() => obs.collectOrphans().then(() => blobs.clearInterruptedWrites(3_600_000, now())).catch(warn('OBS orphan collection')), 600_000),
     ];
     for (const t of timers) t.unref();
     let closed = false;
     return {
-      app, url: address, obsUrl, store, iam, audit, kms, obs, root, bootstrap, rootKeyCreated,
+      app, url: address, obsUrl, blobs, store, iam, audit, kms, obs, root, bootstrap, rootKeyCreated,
       async close() {
         if (closed) return;
         closed = true;
