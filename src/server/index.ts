@@ -17,7 +17,6 @@ import { s3Routes } from '../obs/http/s3.js';
 import { ObsService } from '../obs/obs.js';
 import type { ObsTables } from '../obs/store.js';
 import { FsBlobStore, type BlobStore } from '../store/blobs.js';
-import { openS3BlobStore } from '../store/blobs-s3.js';
 import { migrate, openStore, type Store } from '../store/db.js';
 import path from 'node:path';
 import { buildApp } from './app.js';
@@ -95,7 +94,8 @@ export async function openServices(config: Config, opts: { now?: () => number; o
       ...(opts.onError ? { onError: opts.onError } : {}),
     });
     const kms = new KmsService(store.db.withTables<KmsTables>(), rootKey, { ...(opts.now ? { now: opts.now } : {}) });
-    blobs = config.blobBackend === 's3' ? await openS3BlobStore(config) : new FsBlobStore(path.join(config.dataDir, 'blobs'));
+    // The S3 client is loaded only when it is used.
+    blobs = config.blobBackend === 's3' ? await (await import('../store/blobs-s3.js')).openS3BlobStore(config) : new FsBlobStore(path.join(config.dataDir, 'blobs'));
     const obs = new ObsService(store.db.withTables<ObsTables>(), kms, blobs, { maxObjectBytes: config.obsMaxObjectBytes, ...(opts.now ? { now: opts.now } : {}), ...(opts.plaintextObjectsForBenchmarks ? { plaintextBaselineForBenchmarks: true } : {}) });
     return {
       store, root: rootKey, rootKeyCreated, iam, audit, kms, obs, blobs,
