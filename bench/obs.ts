@@ -2,6 +2,8 @@
 // server as deployed (encrypted) and on a benchmark-only server storing plaintext (target: encrypted
 // >= 70% of unencrypted), raw disk write (with fsync) and read of the same bytes, 4 KiB PUT and GET
 // ops/s, and the same figures for s3rver on loopback (target: >= 2x s3rver). All through the AWS SDK.
+// With BENCH_S3=1, also Custos with the upstream S3 blob backend (blobBackend "s3") writing to an
+// s3rver on loopback, against the local-directory backend measured in the same run.
 //   node dist/bench/obs.js     (BENCH_SECONDS=5 per small-object figure; BENCH_DB=postgres for PostgreSQL)
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -47,9 +49,15 @@ async function measure(client: S3Client, bucket: string): Promise<Figures> {
     }));
     return n / SECONDS;
   };
-  const smallPut = await rate((i) => client.send(new PutObjectCommand({ Bucket: bucket, Key: `s${i % 2000}`, Body: small })));
+  let written = 0;
+  const smallPut = await rate(async (i) => {
+    await client.send(new PutObjectCommand({ Bucket: bucket, Key: `s${i % 2000}`, Body: small }));
+    written = Math.max(written, (i % 2000) + 1);
+  });
+  // Read only keys the PUT phase wrote (a slow or busy machine may write fewer than 1000).
+  const readable = Math.min(1000, written);
   const smallGet = await rate(async (i) => {
-    const r = await client.send(new GetObjectCommand({ Bucket: bucket, Key: `s${i % 1000}` }));
+    const r = await client.send(new GetObjectCommand({ Bucket: bucket, Key: `s${i % readable}` }));
     for await (const _ of r.Body as AsyncIterable<Buffer>) void _;
   });
   return { put, get, smallPut, smallGet };
@@ -87,9 +95,9 @@ async function peakRssMiB(pid: number): Promise<number> {
 }
 
 /** One large object streamed up and down; the server's peak memory (target: a 5 GiB upload under 256 MiB). */
-async function bigObject(): Promise<{ mib: number; put: number; get: number; peakMiB: number }> {
+async function bigObject(env?: Record<string, string>): Promise<{ mib: number; put: number; get: number; peakMiB: number; peakAfterPutMiB: number }> {
   const mib = Number(process.env.BENCH_BIG_MIB ?? 1024);
-  const srv = await startServerProcess({});
+  const srv = await startServerProcess({ ...(env ? { env } : {}) });
   try {
     const t = await srv.createTenant('benchco');
     const client = new S3Client({ endpoint: srv.obsUrl, region: 'cn-north-4', forcePathStyle: true, credentials: { accessKeyId: t.ak, secretAccessKey: t.sk } });
@@ -102,11 +110,12 @@ async function bigObject(): Promise<{ mib: number; put: number; get: number; pea
       let t0 = process.hrtime.bigint();
       await client.send(new PutObjectCommand({ Bucket: 'big', Key: 'huge.bin', Body: body, ContentLength: mib * MiB }));
       const put = mib / (Number(process.hrtime.bigint() - t0) / 1e9);
+      const peakAfterPutMiB = await peakRssMiB(srv.child.pid!);
       t0 = process.hrtime.bigint();
       const r = await client.send(new GetObjectCommand({ Bucket: 'big', Key: 'huge.bin' }));
       for await (const _ of r.Body as AsyncIterable<Buffer>) void _;
       const get = mib / (Number(process.hrtime.bigint() - t0) / 1e9);
-      return { mib, put, get, peakMiB: await peakRssMiB(srv.child.pid!) };
+      return { mib, put, get, peakMiB: await peakRssMiB(srv.child.pid!), peakAfterPutMiB };
     } finally {
       client.destroy();
     }
@@ -115,9 +124,9 @@ async function bigObject(): Promise<{ mib: number; put: number; get: number; pea
   }
 }
 
-async function custos(entry?: string): Promise<Figures> {
+async function custos(entry?: string, env?: Record<string, string>): Promise<Figures> {
   const dbUrl = process.env.BENCH_DB ? await freshPgDatabase() : undefined;
-  const srv = await startServerProcess({ databaseUrl: dbUrl, ...(entry ? { entry } : {}) });
+  const srv = await startServerProcess({ databaseUrl: dbUrl, ...(entry ? { entry } : {}), ...(env ? { env } : {}) });
   try {
     const t = await srv.createTenant('benchco');
     const client = new S3Client({ endpoint: srv.obsUrl, region: 'cn-north-4', forcePathStyle: true, credentials: { accessKeyId: t.ak, secretAccessKey: t.sk } });
@@ -146,6 +155,22 @@ async function s3rver(): Promise<Figures> {
   }
 }
 
+/** An s3rver on loopback as the upstream bucket, and the environment that points a Custos server at it. */
+async function withUpstream<T>(run: (env: Record<string, string>) => Promise<T>): Promise<T> {
+  const dir = mkdtempSync(path.join(tmpdir(), 'custos-bench-upstream-'));
+  const server = new S3rver({ port: 0, address: '127.0.0.1', directory: dir, silent: true, configureBuckets: [{ name: 'custos-blobs' }] });
+  const { port } = (await server.run()) as { port: number };
+  try {
+    return await run({
+      CUSTOS_BLOB_BACKEND: 's3', CUSTOS_BLOB_S3_ENDPOINT: `http://127.0.0.1:${port}`, CUSTOS_BLOB_S3_BUCKET: 'custos-blobs', CUSTOS_BLOB_S3_PATH_STYLE: 'true',
+      CUSTOS_BLOB_S3_PREFIX: 'blobs/', CUSTOS_BLOB_S3_ACCESS_KEY_ID: 'S3RVER', CUSTOS_BLOB_S3_SECRET_ACCESS_KEY: 'S3RVER',
+    });
+  } finally {
+    await server.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 const f = (n: number) => n.toFixed(1).padStart(8);
 async function main() {
   console.log(`bench/obs: ${process.env.BENCH_DB ? 'PostgreSQL' : 'SQLite'}; ${SIZES.map((s) => `${s.count} x ${s.size / MiB} MiB`).join(', ')}; 4 KiB objects with 16 clients for ${SECONDS} s`);
@@ -164,6 +189,18 @@ async function main() {
   const big = await bigObject();
   console.log(`\n  one ${big.mib} MiB object, streamed: PUT ${f(big.put)} MiB/s, GET ${f(big.get)} MiB/s; server peak RSS ${big.peakMiB.toFixed(0)} MiB (target for 5 GiB: < 256 MiB; BENCH_BIG_MIB=5120 for that size)`);
   console.log(`  encrypted / s3rver (target >= 2): PUT ${ratio(enc.put, fake.put)}, GET ${ratio(enc.get, fake.get)}, 4 KiB PUT ${(enc.smallPut / fake.smallPut).toFixed(2)}, GET ${(enc.smallGet / fake.smallGet).toFixed(2)}`);
+  if (process.env.BENCH_S3 === '1') {
+    // The upstream (s3rver) runs in this process, beside the load generator, as the s3rver row above did.
+    const ups = await withUpstream((env) => custos(undefined, env));
+    console.log(`\n  upstream S3 blob backend (an s3rver on loopback as the bucket):`);
+    row('Custos, encrypted, fs backend', enc);
+    row('Custos, encrypted, s3 backend', ups);
+    row('s3rver alone (the upstream)', fake);
+    console.log(`  s3 backend / fs backend: PUT ${ratio(ups.put, enc.put)}, GET ${ratio(ups.get, enc.get)}, 4 KiB PUT ${(ups.smallPut / enc.smallPut).toFixed(2)}, GET ${(ups.smallGet / enc.smallGet).toFixed(2)}`);
+    console.log(`  s3 backend / s3rver alone: PUT ${ratio(ups.put, fake.put)}, GET ${ratio(ups.get, fake.get)}, 4 KiB PUT ${(ups.smallPut / fake.smallPut).toFixed(2)}, GET ${(ups.smallGet / fake.smallGet).toFixed(2)}`);
+    const bigUp = await withUpstream((env) => bigObject(env));
+    console.log(`  one ${bigUp.mib} MiB object through the s3 backend: PUT ${f(bigUp.put)} MiB/s, GET ${f(bigUp.get)} MiB/s; server peak RSS ${bigUp.peakAfterPutMiB.toFixed(0)} MiB after the PUT, ${bigUp.peakMiB.toFixed(0)} MiB after the GET (fs backend: ${big.peakAfterPutMiB.toFixed(0)} / ${big.peakMiB.toFixed(0)} MiB)`);
+  }
 }
 
 main().catch((e) => {

@@ -45,6 +45,24 @@ export const ConfigSchema = Type.Object(
     shutdownGraceMs: Type.Integer({ minimum: 0, maximum: 120000, default: 10000 }),
     /** Days a deregistered account stays frozen (and the deregistration cancellable) before its data is destroyed. */
     deregistrationRetentionDays: Type.Integer({ minimum: 1, maximum: 3650, default: 30 }),
+    /** Where object content (always ciphertext) is kept: `fs`, under `<dataDir>/blobs`; `s3`, an upstream S3-compatible bucket. */
+    blobBackend: Type.Union([Type.Literal('fs'), Type.Literal('s3')], { default: 'fs' }),
+    /** The upstream's URL (http or https, no credentials in it); unset: the SDK's address for blobS3Region. */
+    blobS3Endpoint: Type.Optional(Type.String({ pattern: '^[Hh][Tt][Tt][Pp][Ss]?://', maxLength: 2048 })),
+    blobS3Bucket: Type.Optional(Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{1,253}[A-Za-z0-9]$' })),
+    blobS3Region: Type.String({ pattern: '^[A-Za-z0-9_-]{1,64}$', default: 'us-east-1' }),
+    /** Put in front of every blob id to make its key upstream (e.g. `custos/blobs/`). */
+    blobS3Prefix: Type.String({ pattern: "^([A-Za-z0-9!_.*'()-][A-Za-z0-9!_.*'()/-]*)?$", maxLength: 512, default: '' }),
+    /** Path-style addresses (`<endpoint>/<bucket>/<key>`), which most self-hosted servers need. */
+    blobS3PathStyle: Type.Boolean({ default: false }),
+    /** NAMES of the environment variables holding the upstream's credentials (never the values). */
+    blobS3AccessKeyIdEnv: Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$', maxLength: 128, default: 'CUSTOS_BLOB_S3_ACCESS_KEY_ID' }),
+    blobS3SecretAccessKeyEnv: Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$', maxLength: 128, default: 'CUSTOS_BLOB_S3_SECRET_ACCESS_KEY' }),
+    blobS3SessionTokenEnv: Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$', maxLength: 128, default: 'CUSTOS_BLOB_S3_SESSION_TOKEN' }),
+    /** Verify the upstream's TLS certificate; turn off only for a test installation. */
+    blobS3TlsVerify: Type.Boolean({ default: true }),
+    /** PEM file of extra CA certificates to trust for the upstream (a private CA). */
+    blobS3CaFile: Type.Optional(Type.String({ minLength: 1 })),
   },
   { additionalProperties: false },
 );
@@ -76,6 +94,17 @@ const ENV_MAP: Record<string, keyof Config> = {
   CUSTOS_PKCS11_TOKEN_LABEL: 'pkcs11TokenLabel',
   CUSTOS_PKCS11_KEY_LABEL: 'pkcs11KeyLabel',
   CUSTOS_PKCS11_PIN_ENV: 'pkcs11PinEnv',
+  CUSTOS_BLOB_BACKEND: 'blobBackend',
+  CUSTOS_BLOB_S3_ENDPOINT: 'blobS3Endpoint',
+  CUSTOS_BLOB_S3_BUCKET: 'blobS3Bucket',
+  CUSTOS_BLOB_S3_REGION: 'blobS3Region',
+  CUSTOS_BLOB_S3_PREFIX: 'blobS3Prefix',
+  CUSTOS_BLOB_S3_PATH_STYLE: 'blobS3PathStyle',
+  CUSTOS_BLOB_S3_ACCESS_KEY_ID_ENV: 'blobS3AccessKeyIdEnv',
+  CUSTOS_BLOB_S3_SECRET_ACCESS_KEY_ENV: 'blobS3SecretAccessKeyEnv',
+  CUSTOS_BLOB_S3_SESSION_TOKEN_ENV: 'blobS3SessionTokenEnv',
+  CUSTOS_BLOB_S3_TLS_VERIFY: 'blobS3TlsVerify',
+  CUSTOS_BLOB_S3_CA_FILE: 'blobS3CaFile',
 };
 
 function coerce(key: keyof Config, raw: string): unknown {
@@ -132,6 +161,22 @@ export function loadConfig(opts: { file?: string; env?: NodeJS.ProcessEnv; flags
   cfg.dataDir = path.resolve(cfg.dataDir);
   if (cfg.obsPort === undefined) cfg.obsPort = cfg.port === 0 ? 0 : cfg.port + 1;
   if (cfg.auditExportDir !== undefined) cfg.auditExportDir = path.resolve(cfg.auditExportDir);
+  if (cfg.blobS3CaFile !== undefined) cfg.blobS3CaFile = path.resolve(cfg.blobS3CaFile);
+  if (cfg.blobS3Endpoint !== undefined) {
+    let url: URL | undefined;
+    try {
+      url = new URL(cfg.blobS3Endpoint);
+    } catch {
+      url = undefined;
+    }
+    // The URL is not repeated in the message: a mistaken one may carry a secret.
+    if (!url || url.username !== '' || url.password !== '' || url.search !== '' || url.hash !== '') {
+      throw new ConfigError('invalid configuration:\n  blobS3Endpoint must be an http(s) URL without user, password, query or fragment (credentials come from the variables blobS3AccessKeyIdEnv and blobS3SecretAccessKeyEnv name)');
+    }
+  }
+  if (cfg.blobBackend === 's3' && cfg.blobS3Bucket === undefined) {
+    throw new ConfigError('invalid configuration:\n  blobBackend "s3" needs blobS3Bucket (CUSTOS_BLOB_S3_BUCKET): the upstream bucket blobs are written to');
+  }
   if (cfg.rootKeyProvider === 'pkcs11') {
     const missing = [
       ...(cfg.pkcs11Module === undefined ? ['  rootKeyProvider "pkcs11" needs pkcs11Module (CUSTOS_PKCS11_MODULE): the path of the HSM vendor\'s PKCS#11 library'] : []),

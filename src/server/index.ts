@@ -16,7 +16,7 @@ import type { KmsTables } from '../kms/store.js';
 import { s3Routes } from '../obs/http/s3.js';
 import { ObsService } from '../obs/obs.js';
 import type { ObsTables } from '../obs/store.js';
-import { FsBlobStore } from '../store/blobs.js';
+import { FsBlobStore, type BlobStore } from '../store/blobs.js';
 import { DeregistrationService } from '../privacy/deregistration.js';
 import { deregistrationRoutes } from '../privacy/http/deregistration.js';
 import { privacyRightsRoutes } from '../privacy/http/rights.js';
@@ -42,6 +42,8 @@ export interface Custos {
   deregistration: DeregistrationService;
   /** The S3/OBS listener. */
   obsUrl: string;
+  /** Where object content (ciphertext) is kept. */
+  blobs: BlobStore;
   root: RootKeyProvider;
   bootstrap: Awaited<ReturnType<IamService['bootstrap']>>;
   rootKeyCreated: boolean;
@@ -59,7 +61,7 @@ export interface Services {
   vault: VaultService;
   rights: PrivacyRightsService;
   deregistration: DeregistrationService;
-  blobs: FsBlobStore;
+  blobs: BlobStore;
   close(): Promise<void>;
 }
 
@@ -86,6 +88,7 @@ async function openRootKey(config: Config, store: Store): Promise<{ provider: Ro
 export async function openServices(config: Config, opts: { now?: () => number; onError?: (message: string) => void; plaintextObjectsForBenchmarks?: boolean } = {}): Promise<Services> {
   const store = openStore({ dataDir: config.dataDir, ...(config.databaseUrl ? { databaseUrl: config.databaseUrl } : {}) });
   let root: RootKeyProvider | undefined;
+  let blobs: BlobStore | undefined;
   try {
     await migrate(store);
     const { provider: rootKey, created: rootKeyCreated } = await openRootKey(config, store);
@@ -105,7 +108,8 @@ export async function openServices(config: Config, opts: { now?: () => number; o
       ...(opts.onError ? { onError: opts.onError } : {}),
     });
     const kms = new KmsService(store.db.withTables<KmsTables>(), rootKey, { ...(opts.now ? { now: opts.now } : {}) });
-    const blobs = new FsBlobStore(path.join(config.dataDir, 'blobs'));
+    // The S3 client is loaded only when it is used.
+    blobs = config.blobBackend === 's3' ? await (await import('../store/blobs-s3.js')).openS3BlobStore(config) : new FsBlobStore(path.join(config.dataDir, 'blobs'));
     const obs = new ObsService(store.db.withTables<ObsTables>(), kms, blobs, { maxObjectBytes: config.obsMaxObjectBytes, ...(opts.now ? { now: opts.now } : {}), ...(opts.plaintextObjectsForBenchmarks ? { plaintextBaselineForBenchmarks: true } : {}) });
     const vault = new VaultService(store.db.withTables<VaultTables>(), kms, { ...(opts.now ? { now: opts.now } : {}) });
     const privacySecrets = await SecretBox.open(store.db, rootKey, 'privacy-secrets');
@@ -120,11 +124,13 @@ export async function openServices(config: Config, opts: { now?: () => number; o
       async close() {
         await store.close();
         await rootKey.close();
+        await blobs?.close?.();
       },
     };
   } catch (e) {
     await store.close().catch(() => undefined);
     await root?.close();
+    await blobs?.close?.();
     throw e;
   }
 }
@@ -210,12 +216,12 @@ export async function startCustos(config: Config, opts: StartOptions = {}): Prom
       // Bucket lifecycle rules; one node at a time holds the run's lease.
       setInterval(() => obs.runLifecycle().catch(warn('OBS lifecycle')), 600_000),
       // Blobs of uploads whose node died before committing them.
-      setInterval(() => obs.collectOrphans().then(() => blobs.clearInterruptedWrites(3_600_000)).catch(warn('OBS orphan collection')), 600_000),
+      setInterval(() => obs.collectOrphans().then(() => blobs.clearInterruptedWrites(3_600_000, now())).catch(warn('OBS orphan collection')), 600_000),
     ];
     for (const t of timers) t.unref();
     let closed = false;
     return {
-      app, url: address, obsUrl, store, iam, audit, kms, obs, vault, rights, deregistration, root, bootstrap, rootKeyCreated,
+      app, url: address, obsUrl, blobs, store, iam, audit, kms, obs, vault, rights, deregistration, root, bootstrap, rootKeyCreated,
       async close() {
         if (closed) return;
         closed = true;

@@ -1,7 +1,8 @@
 /**
- * Blob storage behind one interface. A blob is written whole or not at all: the bytes go to a
- * temporary file that is fsync'd, then renamed into place and the directory fsync'd, so an
- * acknowledged write survives a crash and a crash mid-write never leaves a partial blob under its id.
+ * Blob storage behind one interface: a local directory (here) or an upstream S3-compatible bucket
+ * (blobs-s3.ts). A blob is written whole or not at all. Locally the bytes go to a temporary file that
+ * is fsync'd, then renamed into place and the directory fsync'd, so an acknowledged write survives a
+ * crash and a crash mid-write never leaves a partial blob under its id.
  * Custos only ever hands this layer ciphertext.
  */
 import { randomBytes } from 'node:crypto';
@@ -19,9 +20,18 @@ export interface BlobStore {
   delete(id: string): Promise<void>;
   /** Every stored blob with its last modification time (for collecting orphans). */
   list(): AsyncIterable<{ id: string; modifiedAt: number }>;
+  /**
+   * Removes what writes a crash interrupted (started more than `olderThanMs` before `now`): temporary
+   * files locally, incomplete multipart uploads upstream. Returns how many it removed.
+   */
+  clearInterruptedWrites(olderThanMs: number, now?: number): Promise<number>;
+  /** Releases connections (an upstream client); a local store holds none. */
+  close?(): Promise<void>;
 }
 
-const ID = /^[A-Za-z0-9_-]{8,128}$/;
+/** What a blob id looks like; anything else under a store's root is not a blob. */
+export const BLOB_ID = /^[A-Za-z0-9_-]{8,128}$/;
+const ID = BLOB_ID;
 
 function checkId(id: string): void {
   if (!ID.test(id)) throw new Error(`invalid blob id ${JSON.stringify(id)}`);
