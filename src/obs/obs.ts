@@ -131,6 +131,8 @@ export interface ObsOptions {
    * path without encryption); deliberately not reachable from configuration or the CLI.
    */
   plaintextBaselineForBenchmarks?: boolean;
+  /** On PostgreSQL, writers of one key are serialised with a transaction-scoped advisory lock. */
+  dialect?: 'sqlite' | 'postgres';
 }
 
 export class ObsService {
@@ -455,6 +457,10 @@ export class ObsService {
     for (let attempt = 1; ; attempt++) {
       try {
         return await this.db.transaction().execute(async (tx) => {
+          // Writers of one key take turns (SQLite has one writer anyway): under READ COMMITTED the
+          // check-then-write below could otherwise interleave with another writer's and both win a
+          // conditional race (seen with eight concurrent If-Match PUTs on a loaded machine).
+          if (this.opts.dialect === 'postgres') await sql`select pg_advisory_xact_lock(hashtextextended(${`${row.bucket_id}/${row.key}`}, 7243002))`.execute(tx);
           // A conditional write remembers which version it decided on (its seq; null: none), and commits
           // only if that is the version it displaces. Under PostgreSQL's READ COMMITTED a writer that
           // committed in between would otherwise be displaced unseen.
