@@ -8,6 +8,7 @@
 import { createHash, createHmac, randomBytes, randomUUID, timingSafeEqual } from 'node:crypto';
 import { strToU8, zipSync } from 'fflate';
 import { stringify } from 'csv-stringify/sync';
+import { sql } from 'kysely';
 import { openAesGcm, sealAesGcm } from '../crypto/aead.js';
 import type { SecretBox } from '../crypto/secretbox.js';
 import { ServiceError } from '../errors.js';
@@ -177,6 +178,22 @@ export class PrivacyRightsService implements ProcessingGate, TransferCheck {
   }
 
   // ------------------------------------------------------------------ the processing gate
+
+  /**
+   * The gate's probe, evaluated inside the vault's record query: a subject with no active restriction
+   * or objection, read for a purpose that is not consent-based or that the subject's latest consent
+   * grants, is clear. Anything else goes to `blocked`, which gives the reason.
+   */
+  probe(accountId: string, purpose: string, subjectColumn: string) {
+    const subject = sql.ref(subjectColumn);
+    // One column, 1 when the subject needs the full check: an active restriction or objection, or a
+    // consent-based purpose whose latest consent is not a grant (evaluated only for such purposes).
+    const check = sql<number>`case when exists (select 1 from privacy_limits l where l.account_id = ${accountId} and l.subject_id = ${subject} and l.lifted_at is null) then 1
+      when (select p.legal_basis from privacy_purposes p where p.account_id = ${accountId} and p.name = ${purpose}) = 'consent'
+        and coalesce((select c.status from privacy_consents c where c.account_id = ${accountId} and c.subject_id = ${subject} and c.purpose = ${purpose} order by c.seq desc limit 1), '') <> 'granted' then 1
+      else 0 end`;
+    return { columns: [check.as('gate_check')], clear: (row: Record<string, unknown>) => Number(row.gate_check) === 0 };
+  }
 
   async blocked(accountId: string, subjectIds: string[], purpose: string): Promise<Map<string, string>> {
     const out = new Map<string, string>();
