@@ -13,7 +13,7 @@ import {
   verifyPassword,
   type PasswordPolicy,
 } from './passwords.js';
-import { evaluatePolicies, validatePolicyDocument, type ConditionValue, type Decision, type PolicyDocument } from './policy.js';
+import { evaluatePolicies, validatePolicyDocument, type ConditionValue, type Decision, type PolicyDocument, type PrincipalPattern, type ResourcePolicy } from './policy.js';
 import { isV2Scheme, parseSignature, verifySignature, SignatureError, type SignedRequestInput } from './signing.js';
 import type { AccessKeyRow, AccountRow, IamDb, IamTables, ProjectRow, UserRow } from './store.js';
 
@@ -60,10 +60,14 @@ export interface ResourceRef {
   tags?: Record<string, string>;
   /** The caller acts on its own user (password, access keys, MFA): allowed without a policy. */
   self?: boolean;
+  /** A resource-based policy (a bucket policy), decided together with the caller's own policies. */
+  resourcePolicy?: ResourcePolicy;
 }
 
 export interface AuthzContext {
   sourceIp: string;
+  /** The request came over TLS (g:SecureTransport, aws:SecureTransport). */
+  secure?: boolean;
   extraConditions?: Record<string, ConditionValue>;
 }
 
@@ -1076,13 +1080,31 @@ export class IamService {
    * The one authorization decision. The caller has already made sure the resource belongs to the
    * principal's account (another tenant's resource is answered with 404 before this).
    */
+  /**
+   * The one authorization decision. Identity policies (the principal's own, its groups') and, when
+   * the resource carries one, its resource-based policy: an explicit Deny in either wins, then an
+   * Allow in either, else the default deny.
+   */
   async authorize(p: Principal, action: string, resource: ResourceRef | null, ctx: AuthzContext): Promise<Decision> {
     if (resource && resource.accountId !== p.accountId) return { effect: 'implicit-deny' };
     if (resource?.self && !p.agency && resource.type === 'user' && resource.id === p.userId && SELF_SERVICE.has(action)) {
       return { effect: 'allow' };
     }
     const projectId = resource?.projectId ?? p.projectId;
-    const set = await this.effectivePolicies(p, projectId);
+    const identity = await this.identityDecision(p, action, resource, ctx, projectId);
+    const rp = resource?.resourcePolicy;
+    if (!rp || identity.effect === 'explicit-deny') return identity;
+    const statements = rp.statements.filter((s) => s.principals.some((m) => principalMatches(m, p))).map((s) => s.statement);
+    if (!statements.length) return identity;
+    const fromResource = evaluatePolicies([{ id: rp.id, document: { Version: '1.1', Statement: statements } }], {
+      action, resource: resourceUrn(resource!), conditions: this.conditionsOf(p, resource, ctx, projectId),
+    });
+    if (fromResource.effect === 'explicit-deny') return fromResource;
+    return identity.effect === 'allow' ? identity : fromResource.effect === 'allow' ? fromResource : identity;
+  }
+
+  private async identityDecision(p: Principal, action: string, resource: ResourceRef | null, ctx: AuthzContext, projectId: string | null | undefined): Promise<Decision> {
+    const set = await this.effectivePolicies(p, projectId ?? null);
     const urn = resource ? resourceUrn(resource) : null;
     if (set.conditionFree) {
       // Without conditions the request context cannot change the outcome: the decision depends on the
@@ -1096,8 +1118,13 @@ export class IamService {
       }
       return decision;
     }
+    return evaluatePolicies(set.policies, { action, resource: urn, conditions: this.conditionsOf(p, resource, ctx, projectId) });
+  }
+
+  private conditionsOf(p: Principal, resource: ResourceRef | null, ctx: AuthzContext, projectId: string | null | undefined): Record<string, ConditionValue> {
     const conditions: Record<string, ConditionValue> = {
       'g:SourceIp': ctx.sourceIp,
+      'g:SecureTransport': ctx.secure,
       'g:MFAPresent': p.mfa,
       'g:CurrentTime': new Date(this.now()).toISOString(),
       'g:RequestedRegion': resource?.region ?? p.region ?? undefined,
@@ -1111,7 +1138,7 @@ export class IamService {
       ...ctx.extraConditions,
     };
     for (const [k, v] of Object.entries(resource?.tags ?? {})) conditions[`g:ResourceTag/${k}`] = v;
-    return evaluatePolicies(set.policies, { action, resource: urn, conditions });
+    return conditions;
   }
 
   // ---------------------------------------------------------------- agencies
@@ -1173,6 +1200,19 @@ export function mfaSerial(userId: string): string {
 }
 
 /** Huawei-style resource URN: service:region:account:type:id. */
+function principalMatches(m: PrincipalPattern, p: Principal): boolean {
+  switch (m.kind) {
+    case 'any':
+      return true;
+    case 'account':
+      return m.accountId === p.accountId;
+    case 'user':
+      return !p.agency && m.userId === p.userId;
+    case 'agency':
+      return p.agency?.name === m.agencyName;
+  }
+}
+
 export function resourceUrn(r: ResourceRef): string {
   return `${r.service}:${r.region ?? ''}:${r.accountId}:${r.type}:${r.id}`;
 }

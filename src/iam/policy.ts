@@ -48,6 +48,22 @@ export interface Decision {
   matched?: { policyId: string; statement: number };
 }
 
+/**
+ * Who a statement of a resource-based policy (a bucket policy) applies to. Principals are of the
+ * resource's own account: tenants cannot address one another's resources.
+ */
+export type PrincipalPattern =
+  | { kind: 'any' }
+  | { kind: 'account'; accountId: string }
+  | { kind: 'user'; userId: string }
+  | { kind: 'agency'; agencyName: string };
+
+/** A policy attached to a resource: statements in IAM form, each with the principals it names. */
+export interface ResourcePolicy {
+  id: string;
+  statements: readonly { principals: readonly PrincipalPattern[]; statement: PolicyStatement }[];
+}
+
 export interface EvaluationRequest {
   action: string;
   /** Resource URN `service:region:account:type:id`, or null for actions on no particular resource. */

@@ -10,6 +10,8 @@ import { Crc32c, Crc64Nvme } from '@aws-sdk/checksums/crc';
 import { XMLBuilder, XMLParser } from 'fast-xml-parser';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { IamService, Principal, ResourceRef } from '../../iam/iam.js';
+import type { ResourcePolicy } from '../../iam/policy.js';
+import { compileBucketPolicy } from '../bucket-policy.js';
 import { ProjectLookup, scopeOfProject } from '../../kms/http/common.js';
 import { principalOf, type RouteDef, type RouteMeta } from '../../server/route.js';
 import { etagMatches, ObsError, type LifecycleRule, type LockMode, type ObjectMeta, type ObsService, type VerifyUpload, type WriteCondition } from '../obs.js';
@@ -34,14 +36,69 @@ function bucketOf(req: FastifyRequest): BucketRow {
   if (!b) throw new Error('a bucket route ran without its bucket resolved');
   return b;
 }
-function bucketResource(req: FastifyRequest, b: BucketRow, key?: string): ResourceRef {
+function bucketResource(req: FastifyRequest, b: BucketRow, key?: string, withPolicy = true): ResourceRef {
   resolvedBuckets.set(req, b);
-  return resourceRef(b, key);
+  return resourceRef(b, key, withPolicy);
 }
-function resourceRef(b: BucketRow, key?: string): ResourceRef {
-  return key === undefined
-    ? { service: 'obs', type: 'bucket', id: b.name, name: b.name, accountId: b.account_id, projectId: b.project_id, region: b.region }
+/** Compiled bucket policies by their stored text (a policy changes rarely; parsing it per request need not). */
+const policies = new Map<string, ResourcePolicy>();
+function policyOf(b: BucketRow): ResourcePolicy | undefined {
+  if (!b.policy_compiled_json) return undefined;
+  let p = policies.get(b.policy_compiled_json);
+  if (!p) {
+    p = { id: `bucket-policy:${b.name}`, statements: JSON.parse(b.policy_compiled_json) as ResourcePolicy['statements'] };
+    if (policies.size >= 1000) policies.clear();
+    policies.set(b.policy_compiled_json, p);
+  }
+  return p;
+}
+/**
+ * The bucket or object a request acts on, with the bucket's policy (decided by IAM with the caller's
+ * own policies) and, for the bucket itself, its tags (g:ResourceTag/<key> conditions).
+ */
+function resourceRef(b: BucketRow, key?: string, withPolicy = true): ResourceRef {
+  const ref: ResourceRef = key === undefined
+    ? { service: 'obs', type: 'bucket', id: b.name, name: b.name, accountId: b.account_id, projectId: b.project_id, region: b.region, ...(b.tags_json ? { tags: JSON.parse(b.tags_json) as Record<string, string> } : {}) }
     : { service: 'obs', type: 'object', id: `${b.name}/${key}`, name: key, accountId: b.account_id, projectId: b.project_id, region: b.region };
+  const policy = withPolicy ? policyOf(b) : undefined;
+  if (policy) ref.resourcePolicy = policy;
+  return ref;
+}
+
+/**
+ * ACLs are disabled, as on a new AWS bucket (Object Ownership: BucketOwnerEnforced): the bucket's
+ * account owns every object and access is decided by IAM and bucket policies. A request may still
+ * name the canned ACLs that say exactly that; any other ACL is refused, never silently ignored.
+ */
+const OWNER_ONLY_ACLS = new Set(['private', 'bucket-owner-full-control']);
+function refuseAcl(req: FastifyRequest, forBucket: boolean): void {
+  const canned = req.headers['x-amz-acl'] ?? req.headers['x-obs-acl'];
+  const grants = Object.keys(req.headers).filter((h) => h.startsWith('x-amz-grant-') || h.startsWith('x-obs-grant-'));
+  if ((canned !== undefined && !OWNER_ONLY_ACLS.has(String(canned))) || grants.length) {
+    if (forBucket) throw new ObsError(400, 'InvalidBucketAclWithObjectOwnership', 'Bucket cannot have ACLs set with ObjectOwnership\'s BucketOwnerEnforced setting');
+    throw new ObsError(400, 'AccessControlListNotSupported', 'The bucket does not allow ACLs');
+  }
+}
+function aclXml(b: BucketRow, ownerName: string): string {
+  const owner = { ID: b.account_id, DisplayName: ownerName };
+  return xmlDoc({
+    AccessControlPolicy: {
+      '@_xmlns': S3_NS, Owner: owner,
+      AccessControlList: { Grant: { Grantee: { '@_xmlns:xsi': 'http://www.w3.org/2001/XMLSchema-instance', '@_xsi:type': 'CanonicalUser', ...owner }, Permission: 'FULL_CONTROL' } },
+    },
+  });
+}
+/** PutBucketAcl/PutObjectAcl: a canned header, or a body that grants the owner FULL_CONTROL and nothing else. */
+async function acceptOwnerOnlyAcl(req: FastifyRequest, b: BucketRow): Promise<void> {
+  refuseAcl(req, false);
+  const body = await readSmallBody(req.body as Readable | undefined, 64 * 1024);
+  if (body.length === 0) return;
+  const doc = parseXml(body) as { AccessControlPolicy?: { AccessControlList?: { Grant?: unknown } } };
+  if (!doc.AccessControlPolicy) throw new ObsError(400, 'MalformedACLError', 'The XML you provided was not well-formed or did not validate against our published schema');
+  const raw = doc.AccessControlPolicy.AccessControlList?.Grant;
+  const grants = (Array.isArray(raw) ? raw : raw === undefined ? [] : [raw]) as { Grantee?: { ID?: string; URI?: string; EmailAddress?: string }; Permission?: string }[];
+  const ownerOnly = grants.length === 1 && grants[0]!.Grantee?.ID === b.account_id && grants[0]!.Permission === 'FULL_CONTROL';
+  if (!ownerOnly) throw new ObsError(400, 'AccessControlListNotSupported', 'The bucket does not allow ACLs');
 }
 
 /** S3's Range header: `bytes=a-b`, `bytes=a-`, `bytes=-n`. Null when absent; throws 416 when unsatisfiable. */
@@ -186,15 +243,18 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
   const meta = (action: string, resourceType: string, resource: RouteMeta['resource'], extra: Partial<RouteMeta> = {}): RouteMeta => ({
     dialect: 's3', service: 'OBS', action, resourceType, ...(resource ? { resource } : {}), ...extra,
   });
-  const bucketRes = (withKey: boolean) => async (req: FastifyRequest, p: Principal): Promise<ResourceRef | null> => {
+  const bucketRes = (withKey: boolean, withPolicy = true) => async (req: FastifyRequest, p: Principal): Promise<ResourceRef | null> => {
     const params = req.params as { bucket: string; '*'?: string };
     const b = await obs.findBucket(p.accountId, params.bucket);
-    return b ? bucketResource(req, b, withKey ? params['*'] : undefined) : null;
+    return b ? bucketResource(req, b, withKey ? params['*'] : undefined, withPolicy) : null;
   };
+  // Managing the bucket policy is decided by IAM policies alone, so that no bucket policy can lock
+  // the account's administrators out of correcting it (AWS keeps the same escape for the root user).
+  const policyAdmin = bucketRes(false, false);
   const keyOf = (req: FastifyRequest) => (req.params as { '*': string })['*'];
   /** A second resource in one request (a copy's source, each key of a batch delete) gets its own decision. */
   const allowed = async (req: FastifyRequest, action: string, b: BucketRow, key: string) => {
-    const d = await iam.authorize(principalOf(req), action, resourceRef(b, key), { sourceIp: req.ip });
+    const d = await iam.authorize(principalOf(req), action, resourceRef(b, key), { sourceIp: req.ip, secure: req.protocol === 'https' });
     return d.effect === 'allow';
   };
 
@@ -276,11 +336,27 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
           'object-lock': { action: 'obs:bucket:PutBucketObjectLockConfiguration', resource: bucketRes(false) },
           tagging: { action: 'obs:bucket:PutBucketTagging', resource: bucketRes(false) },
           encryption: { action: 'obs:bucket:PutEncryptionConfiguration', resource: bucketRes(false) },
+          policy: { action: 'obs:bucket:PutBucketPolicy', resource: policyAdmin },
+          acl: { action: 'obs:bucket:PutBucketAcl', resource: bucketRes(false) },
         },
       }),
       handler: async (req, reply) => {
         const p = principalOf(req);
         const q = req.query as Record<string, string>;
+        if ('policy' in q) {
+          const b = bucketOf(req);
+          const compiled = await compileBucketPolicy(b.name, await readSmallBody(req.body as Readable | undefined, 64 * 1024), {
+            accountId: b.account_id, accountName: p.accountName,
+            userIdByName: async (name) => (await iam.getUserByName(b.account_id, name))?.id,
+            userExists: async (id) => (await iam.getUser(b.account_id, id)) !== undefined,
+          });
+          await obs.setBucketPolicy(b, compiled);
+          return reply.code(204).send();
+        }
+        if ('acl' in q) {
+          await acceptOwnerOnlyAcl(req, bucketOf(req));
+          return reply.code(200).send();
+        }
         if ('encryption' in q) {
           const doc = parseXml(await readSmallBody(req.body as Readable | undefined, 64 * 1024)) as { ServerSideEncryptionConfiguration?: { Rule?: { ApplyServerSideEncryptionByDefault?: { SSEAlgorithm?: string; KMSMasterKeyID?: string } } | { ApplyServerSideEncryptionByDefault?: { SSEAlgorithm?: string; KMSMasterKeyID?: string } }[] } };
           const rules = doc.ServerSideEncryptionConfiguration?.Rule;
@@ -318,6 +394,7 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
           return reply.code(200).send();
         }
         if (Object.keys(q).some((k) => k !== 'x-id')) throw new ObsError(501, 'NotImplemented', `bucket subresource ${Object.keys(q).join(', ')} is not implemented`);
+        refuseAcl(req, true);
         const body = await readSmallBody(req.body as Readable | undefined, 64 * 1024);
         let region: string | undefined;
         if (body.length > 0) {
@@ -345,8 +422,12 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
       },
     },
     {
-      method: 'DELETE', url: '/:bucket', meta: meta('obs:bucket:DeleteBucket', 'bucket', bucketRes(false), { bySubresource: { lifecycle: { action: 'obs:bucket:PutLifecycleConfiguration' }, tagging: { action: 'obs:bucket:DeleteBucketTagging' }, encryption: { action: 'obs:bucket:PutEncryptionConfiguration' } } }),
+      method: 'DELETE', url: '/:bucket', meta: meta('obs:bucket:DeleteBucket', 'bucket', bucketRes(false), { bySubresource: { lifecycle: { action: 'obs:bucket:PutLifecycleConfiguration' }, tagging: { action: 'obs:bucket:DeleteBucketTagging' }, encryption: { action: 'obs:bucket:PutEncryptionConfiguration' }, policy: { action: 'obs:bucket:DeleteBucketPolicy', resource: policyAdmin } } }),
       handler: async (req, reply) => {
+        if ('policy' in (req.query as Record<string, string>)) {
+          await obs.setBucketPolicy(bucketOf(req), null);
+          return reply.code(204).send();
+        }
         if ('encryption' in (req.query as Record<string, string>)) {
           await obs.setDefaultKey(bucketOf(req), null);
           return reply.code(204).send();
@@ -397,12 +478,23 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
           location: { action: 'obs:bucket:GetBucketLocation' }, uploads: { action: 'obs:bucket:ListBucketMultipartUploads' },
           lifecycle: { action: 'obs:bucket:GetLifecycleConfiguration' }, 'object-lock': { action: 'obs:bucket:GetBucketObjectLockConfiguration' },
           tagging: { action: 'obs:bucket:GetBucketTagging' }, encryption: { action: 'obs:bucket:GetEncryptionConfiguration' },
+          policy: { action: 'obs:bucket:GetBucketPolicy', resource: policyAdmin }, policyStatus: { action: 'obs:bucket:GetBucketPolicyStatus' },
+          acl: { action: 'obs:bucket:GetBucketAcl' }, ownershipControls: { action: 'obs:bucket:GetBucketOwnershipControls' },
         },
       }),
       handler: async (req, reply) => {
         const b = bucketOf(req);
         const q = req.query as Record<string, string | undefined>;
+        if ('policy' in q) {
+          if (!b.policy_json) throw new ObsError(404, 'NoSuchBucketPolicy', 'The bucket policy does not exist');
+          reply.type('application/json');
+          return b.policy_json;
+        }
         reply.type('application/xml');
+        // Buckets are addressed per account and every request is authenticated: no policy makes one public.
+        if ('policyStatus' in q) return xmlDoc({ PolicyStatus: { '@_xmlns': S3_NS, IsPublic: 'false' } });
+        if ('acl' in q) return aclXml(b, principalOf(req).accountName);
+        if ('ownershipControls' in q) return xmlDoc({ OwnershipControls: { '@_xmlns': S3_NS, Rule: { ObjectOwnership: 'BucketOwnerEnforced' } } });
         if ('location' in q) return xmlDoc({ LocationConstraint: { '@_xmlns': S3_NS, '#text': b.region } });
         if ('versioning' in q) return xmlDoc({ VersioningConfiguration: { '@_xmlns': S3_NS, ...(b.versioning ? { Status: b.versioning } : {}) } });
         if ('encryption' in q) {
@@ -504,12 +596,17 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
     {
       method: 'PUT', url: '/:bucket/*',
       meta: meta('obs:object:PutObject', 'object', bucketRes(true), {
-        bySubresource: { retention: { action: 'obs:object:PutObjectRetention' }, 'legal-hold': { action: 'obs:object:PutObjectLegalHold' }, tagging: { action: 'obs:object:PutObjectTagging' } },
+        bySubresource: { retention: { action: 'obs:object:PutObjectRetention' }, 'legal-hold': { action: 'obs:object:PutObjectLegalHold' }, tagging: { action: 'obs:object:PutObjectTagging' }, acl: { action: 'obs:object:PutObjectAcl' } },
       }),
       handler: async (req, reply) => {
         const b = bucketOf(req);
         const h = req.headers;
         const q = req.query as Record<string, string>;
+        if ('acl' in q) {
+          await obs.headObject(b, keyOf(req), versionIdOf(req));
+          await acceptOwnerOnlyAcl(req, b);
+          return reply.code(200).send();
+        }
         if ('retention' in q) {
           const doc = parseXml(await readSmallBody(req.body as Readable | undefined, 64 * 1024)) as { Retention?: { Mode?: string; RetainUntilDate?: string } };
           const r = doc.Retention;
@@ -556,6 +653,7 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
           return reply.code(200).send();
         }
         if (Object.keys(q).some((k) => k !== 'x-id')) throw new ObsError(501, 'NotImplemented', `object subresource ${Object.keys(q).filter((k) => k !== 'x-id').join(', ')} is not implemented`);
+        refuseAcl(req, false);
         if (typeof h['x-amz-copy-source'] === 'string') {
           const r = await copyObject(req, reply, b, h['x-amz-copy-source']);
           reply.type('application/xml');
@@ -582,6 +680,7 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
         const q = req.query as Record<string, string>;
         reply.type('application/xml');
         if ('uploads' in q) {
+          refuseAcl(req, false);
           const om = objectMeta(req);
           const id = await obs.createUpload(b, keyOf(req), om);
           uploadEncryptionHeaders(reply, req, om.customerKey !== undefined);
@@ -606,12 +705,17 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
       method: 'GET', url: '/:bucket/*',
       meta: meta('obs:object:GetObject', 'object', bucketRes(true), { traceType: 'data', bySubresource: {
         retention: { action: 'obs:object:GetObjectRetention', traceType: 'management' }, 'legal-hold': { action: 'obs:object:GetObjectLegalHold', traceType: 'management' },
-        tagging: { action: 'obs:object:GetObjectTagging', traceType: 'management' },
+        tagging: { action: 'obs:object:GetObjectTagging', traceType: 'management' }, acl: { action: 'obs:object:GetObjectAcl', traceType: 'management' },
         versionId: { action: 'obs:object:GetObjectVersion' }, uploadId: { action: 'obs:object:ListMultipartUploadParts', traceType: 'management' },
       } }),
       handler: async (req, reply) => {
         const b = bucketOf(req);
         const gq = req.query as Record<string, string | undefined>;
+        if ('acl' in gq) {
+          await obs.headObject(b, keyOf(req), versionIdOf(req));
+          reply.type('application/xml');
+          return aclXml(b, principalOf(req).accountName);
+        }
         if ('tagging' in gq) {
           const row = await obs.headObject(b, keyOf(req), versionIdOf(req));
           reply.type('application/xml');

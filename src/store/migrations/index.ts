@@ -12,6 +12,7 @@ import * as m0010a from './0010_audit_detail.js';
 import * as m0010b from './0010_vault.js';
 import * as m0012 from './0012_obs_checksums.js';
 import * as m0013 from './0013_privacy_consent_requests.js';
+import * as m0014 from './0014_obs_bucket_policy.js';
 
 /** Ordered by name; a migration once released is never edited, only followed by a new one. */
 export const migrations: Record<string, Migration> = {
@@ -28,4 +29,5 @@ export const migrations: Record<string, Migration> = {
   '0010_vault': m0010b,
   '0012_obs_checksums': m0012,
   '0013_privacy_consent_requests': m0013,
+  '0014_obs_bucket_policy': m0014,
 };
