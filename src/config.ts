@@ -17,6 +17,12 @@ export const ConfigSchema = Type.Object(
      * bucket in its Host header. Unset: path-style only.
      */
     obsDomain: Type.Optional(Type.String({ pattern: '^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$' })),
+    /**
+     * Origins whose browsers may preflight (CORS `OPTIONS`) on the S3/OBS listener: `*`, or origins
+     * such as `https://app.example.com` (one `*` wildcard each). Preflights carry no credentials and
+     * never look at a bucket; each bucket's CORS configuration decides the actual responses.
+     */
+    obsCorsOrigins: Type.Array(Type.String({ pattern: '^(\\*|[a-z][a-z0-9+.-]*://[^\\s/]+)$', maxLength: 1024 }), { maxItems: 100, default: ['*'] }),
     /** Largest object a single PUT may carry (bytes). */
     obsMaxObjectBytes: Type.Integer({ minimum: 1024, maximum: 5 * 1024 ** 4, default: 5 * 1024 ** 3 }),
     tlsCert: Type.Optional(Type.String({ minLength: 1 })),
@@ -78,6 +84,7 @@ const ENV_MAP: Record<string, keyof Config> = {
   CUSTOS_PORT: 'port',
   CUSTOS_OBS_PORT: 'obsPort',
   CUSTOS_OBS_DOMAIN: 'obsDomain',
+  CUSTOS_OBS_CORS_ORIGINS: 'obsCorsOrigins',
   CUSTOS_TLS_CERT: 'tlsCert',
   CUSTOS_TLS_KEY: 'tlsKey',
   CUSTOS_INSECURE: 'insecure',
@@ -109,7 +116,7 @@ const ENV_MAP: Record<string, keyof Config> = {
 
 function coerce(key: keyof Config, raw: string): unknown {
   const prop = (ConfigSchema.properties as Record<string, { type?: string; anyOf?: unknown }>)[key];
-  if (key === 'regions') return raw.split(',').map((s) => s.trim()).filter(Boolean);
+  if (key === 'regions' || key === 'obsCorsOrigins') return raw.split(',').map((s) => s.trim()).filter(Boolean);
   if (prop?.type === 'integer') return /^-?\d+$/.test(raw) ? Number(raw) : raw;
   if (prop?.type === 'boolean') return raw === 'true' || raw === '1' ? true : raw === 'false' || raw === '0' ? false : raw;
   return raw;

@@ -138,3 +138,15 @@ export async function startTestServer(opts: { now?: () => number; config?: Parti
     },
   };
 }
+
+/** How an AWS SDK call failed: its HTTP status and error code (a call that succeeds fails the test). */
+export async function sdkFailure(p: Promise<unknown>): Promise<{ status: number; code: string }> {
+  try {
+    await p;
+  } catch (e) {
+    const err = e as Error & { name: string; $metadata?: { httpStatusCode?: number } };
+    if (err.$metadata?.httpStatusCode === undefined) throw e;
+    return { status: err.$metadata.httpStatusCode, code: err.name };
+  }
+  throw new Error('the request succeeded');
+}

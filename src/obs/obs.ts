@@ -152,7 +152,7 @@ export class ObsService {
   async createBucket(scope: KeyScope, name: string, opts: { objectLock?: boolean } = {}): Promise<BucketRow> {
     if (!validBucketName(name)) throw new ObsError(400, 'InvalidBucketName', 'bucket names are 3 to 63 lower-case letters, digits, dots and hyphens, starting and ending with a letter or digit');
     const row: BucketRow = { id: randomBytes(16).toString('hex'), account_id: scope.accountId, name, project_id: scope.projectId, region: scope.region, kms_key_id: null, created_at: this.now(), versioning: opts.objectLock ? 'Enabled' : '', lifecycle_json: null,
-      object_lock: opts.objectLock ? 1 : 0, lock_default_mode: null, lock_default_days: null, tags_json: null, policy_json: null, policy_compiled_json: null,
+      object_lock: opts.objectLock ? 1 : 0, lock_default_mode: null, lock_default_days: null, tags_json: null, policy_json: null, policy_compiled_json: null, cors_json: null,
     };
     try {
       await this.db.insertInto('obs_buckets').values(row).execute();
@@ -201,6 +201,11 @@ export class ObsService {
   /** Sets (or with null, deletes) the bucket policy: the owner's document and its compiled statements. */
   async setBucketPolicy(bucket: BucketRow, policy: { source: string; compiled: unknown } | null): Promise<void> {
     await this.db.updateTable('obs_buckets').set({ policy_json: policy?.source ?? null, policy_compiled_json: policy ? JSON.stringify(policy.compiled) : null }).where('id', '=', bucket.id).execute();
+  }
+
+  /** Sets (or with null, deletes) the bucket's CORS rules (validated by the caller, src/obs/cors.ts). */
+  async setBucketCors(bucket: BucketRow, rules: unknown[] | null): Promise<void> {
+    await this.db.updateTable('obs_buckets').set({ cors_json: rules ? JSON.stringify(rules) : null }).where('id', '=', bucket.id).execute();
   }
 
   async setBucketTags(bucket: BucketRow, tags: Record<string, string> | null): Promise<void> {

@@ -24,6 +24,8 @@ export interface AppDeps {
   serviceCounters?: [string, string, () => number][];
   /** Whether a grant lets the principal perform `operation` on the resource (KMS grants). */
   grantAllows?: (resource: ResourceRef, principal: Principal, operation: string) => Promise<boolean>;
+  /** Listener-specific response headers, set before any response leaves (the S3 listener's CORS headers). */
+  onSend?: (req: FastifyRequest, reply: FastifyReply) => void;
   /** Pino destination for tests that read the logs; defaults to stdout. */
   logStream?: NodeJS.WritableStream;
   now?: () => number;
@@ -195,7 +197,19 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     req.custos.principal = await authenticate(iam, req, s3);
     // A presigned URL's signature parameters are credentials, not arguments of the operation.
     const q = req.query as Record<string, unknown> | undefined;
-    if (q && typeof q === 'object') for (const k of Object.keys(q)) if (k.startsWith('X-Amz-')) delete q[k];
+    if (q && typeof q === 'object') {
+      for (const k of Object.keys(q)) {
+        if (k.startsWith('X-Amz-')) delete q[k];
+        // S3 takes a header's value from the query of a presigned URL (x-amz-checksum-crc32,
+        // x-amz-sdk-checksum-algorithm, x-amz-meta-*, ...): signed with the URL, so it is the
+        // caller's. A header sent beside it wins.
+        else if (s3 && k.startsWith('x-amz-')) {
+          const v = q[k];
+          if (req.headers[k] === undefined && typeof v === 'string') req.headers[k] = v;
+          delete q[k];
+        }
+      }
+    }
   });
 
   // ---- authorization: resolve the target in the caller's account, then the one decision
@@ -265,8 +279,9 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   app.addHook('preClose', async () => {
     closing = true;
   });
-  app.addHook('onSend', async (_req, reply, payload) => {
+  app.addHook('onSend', async (req, reply, payload) => {
     if (closing) reply.header('connection', 'close');
+    deps.onSend?.(req, reply);
     return payload;
   });
   app.addHook('onSend', async (req, reply, payload) => {

@@ -7,6 +7,8 @@ import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { Sha256 } from '@aws-crypto/sha256-js';
 import { SignatureV4 } from '@smithy/signature-v4';
+import { crc32 } from 'node:zlib';
+import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
 import {
   CompleteMultipartUploadCommand, CreateBucketCommand, CreateMultipartUploadCommand, GetObjectCommand, HeadObjectCommand, PutObjectCommand, S3Client, UploadPartCommand,
 } from '@aws-sdk/client-s3';
@@ -125,5 +127,39 @@ describe('CRC32C and CRC64NVME checksums', () => {
     assert.match(unknown.text, /<Code>InvalidRequest<\/Code>/);
     const missing = await signedPut('missing-trailer', awsChunked(CHECK_INPUT, 'x-amz-meta-x:y'), chunkedHeaders(CHECK_INPUT.length, 'x-amz-checksum-crc32c'));
     assert.equal(missing.status, 400, 'an announced trailer that never comes');
+  });
+
+  test('presigned URLs: header values signed into the query apply (a checksum, metadata); the SDK\'s default empty-body CRC32 fails like on S3', async () => {
+    const r = await s.api('POST', '/v3.0/OS-CREDENTIAL/credentials', { token: t.token, body: { credential: { user_id: t.adminUserId } } });
+    const credentials = { accessKeyId: r.json.credential.access, secretAccessKey: r.json.credential.secret };
+    const region = t.projects[0]!.name;
+    // Since 3.729 the SDK signs the CRC32 of the (absent) body into a presigned PutObject URL by default.
+    const defaults = new S3Client({ endpoint: s.custos.obsUrl, region, forcePathStyle: true, credentials });
+    const whenRequired = new S3Client({ endpoint: s.custos.obsUrl, region, forcePathStyle: true, credentials, requestChecksumCalculation: 'WHEN_REQUIRED' });
+    try {
+      const baked = await getSignedUrl(defaults, new PutObjectCommand({ Bucket: 'sums', Key: 'presigned-default' }), { expiresIn: 60 });
+      assert.match(baked, /x-amz-checksum-crc32=AAAAAA%3D%3D/);
+      const refused = await fetch(baked, { method: 'PUT', body: 'real content' });
+      assert.equal(refused.status, 400);
+      assert.match(await refused.text(), /<Code>BadDigest<\/Code>/);
+      assert.equal((await fetch(await getSignedUrl(client, new HeadObjectCommand({ Bucket: 'sums', Key: 'presigned-default' }), { expiresIn: 60 }), { method: 'HEAD' })).status, 404, 'nothing stored');
+
+      const url = await getSignedUrl(whenRequired, new PutObjectCommand({ Bucket: 'sums', Key: 'presigned-meta', Metadata: { owner: 'ana' } }), { expiresIn: 60 });
+      assert.match(url, /x-amz-meta-owner=ana/, 'the SDK hoists metadata into the query');
+      const ok = await fetch(url, { method: 'PUT', body: 'real content' });
+      assert.equal(ok.status, 200, await ok.text());
+      const head = await client.send(new HeadObjectCommand({ Bucket: 'sums', Key: 'presigned-meta' }));
+      assert.deepEqual(head.Metadata, { owner: 'ana' });
+      // A correct checksum signed into the URL is verified and kept.
+      const crc = Buffer.alloc(4);
+      crc.writeUInt32BE(crc32(Buffer.from('real content')) >>> 0);
+      const withSum = await getSignedUrl(whenRequired, new PutObjectCommand({ Bucket: 'sums', Key: 'presigned-sum', ChecksumCRC32: crc.toString('base64') }), { expiresIn: 60 });
+      assert.equal((await fetch(withSum, { method: 'PUT', body: 'real content' })).status, 200);
+      const got = await client.send(new HeadObjectCommand({ Bucket: 'sums', Key: 'presigned-sum', ChecksumMode: 'ENABLED' }));
+      assert.equal(got.ChecksumCRC32, crc.toString('base64'));
+    } finally {
+      defaults.destroy();
+      whenRequired.destroy();
+    }
   });
 });

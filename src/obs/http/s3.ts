@@ -12,6 +12,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { IamService, Principal, ResourceRef } from '../../iam/iam.js';
 import type { ResourcePolicy } from '../../iam/policy.js';
 import { compileBucketPolicy } from '../bucket-policy.js';
+import { CORS_METHODS, corsDocument, matchCorsRule, parseCorsConfiguration, preflightAllowed, responseCorsHeaders, type CorsRule } from '../cors.js';
 import { ProjectLookup, scopeOfProject } from '../../kms/http/common.js';
 import { principalOf, type RouteDef, type RouteMeta } from '../../server/route.js';
 import { etagMatches, ObsError, type LifecycleRule, type LockMode, type ObjectMeta, type ObsService, type VerifyUpload, type WriteCondition } from '../obs.js';
@@ -63,6 +64,35 @@ function resourceRef(b: BucketRow, key?: string, withPolicy = true): ResourceRef
   const policy = withPolicy ? policyOf(b) : undefined;
   if (policy) ref.resourcePolicy = policy;
   return ref;
+}
+
+/** Parsed CORS rules by their stored text. */
+const corsRules = new Map<string, CorsRule[]>();
+function corsOf(b: BucketRow): CorsRule[] | undefined {
+  if (!b.cors_json) return undefined;
+  let rules = corsRules.get(b.cors_json);
+  if (!rules) {
+    rules = JSON.parse(b.cors_json) as CorsRule[];
+    if (corsRules.size >= 1000) corsRules.clear();
+    corsRules.set(b.cors_json, rules);
+  }
+  return rules;
+}
+
+/**
+ * The Access-Control-* headers of an actual response (success or error): from the first CORS rule of
+ * the request's bucket that allows its Origin and method. Without a match, none, and the browser keeps
+ * the response from the page. Set on every response of the S3 listener (AppDeps.onSend).
+ */
+export function s3CorsHeaders(req: FastifyRequest, reply: FastifyReply): void {
+  const origin = req.headers.origin;
+  if (typeof origin !== 'string' || req.method === 'OPTIONS') return;
+  const b = resolvedBuckets.get(req);
+  const rules = b ? corsOf(b) : undefined;
+  if (!rules) return;
+  reply.header('vary', 'Origin, Access-Control-Request-Headers, Access-Control-Request-Method');
+  const rule = matchCorsRule(rules, origin, req.method);
+  if (rule) for (const [k, v] of Object.entries(responseCorsHeaders(rule, origin))) reply.header(k, v);
 }
 
 /**
@@ -238,7 +268,8 @@ export interface TransferGate {
   requireTransfer(accountId: string, transferId: string | undefined, what: { kind: 'collection' | 'bucket'; name: string; sourceRegion: string; destinationRegion: string }): Promise<void>;
 }
 
-export function s3Routes(obs: ObsService, iam: IamService, regions: string[], transfers?: TransferGate): RouteDef[] {
+export function s3Routes(obs: ObsService, iam: IamService, regions: string[], transfers?: TransferGate, opts: { corsOrigins?: readonly string[] } = {}): RouteDef[] {
+  const corsOrigins = opts.corsOrigins ?? ['*'];
   const projects = new ProjectLookup(iam);
   const meta = (action: string, resourceType: string, resource: RouteMeta['resource'], extra: Partial<RouteMeta> = {}): RouteMeta => ({
     dialect: 's3', service: 'OBS', action, resourceType, ...(resource ? { resource } : {}), ...extra,
@@ -311,7 +342,32 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
   };
   const kmsArn = (b: BucketRow, row: ObjectRow) => `arn:aws:kms:${b.region}:${b.account_id}:key/${row.kms_key_id}`;
 
+  /**
+   * CORS preflight: public (browsers send no credentials), answered from the installation's
+   * obsCorsOrigins without looking at any bucket, so it tells nothing about which buckets exist.
+   */
+  const preflight = async (req: FastifyRequest, reply: FastifyReply) => {
+    const origin = req.headers.origin;
+    const method = req.headers['access-control-request-method'];
+    if (typeof origin !== 'string' || typeof method !== 'string') throw new ObsError(400, 'BadRequest', 'Insufficient information. Origin request header needed.');
+    const asked = req.headers['access-control-request-headers'];
+    const headers = typeof asked === 'string' ? asked.split(',').map((h) => h.trim()).filter(Boolean) : [];
+    if (!(CORS_METHODS as readonly string[]).includes(method) || !preflightAllowed(corsOrigins, origin) || headers.some((h) => !/^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,256}$/.test(h))) {
+      throw new ObsError(403, 'AccessForbidden', 'CORSResponse: This CORS request is not allowed. This is usually because the evaluation of Origin, request method / Access-Control-Request-Method or Access-Control-Request-Headers are not whitelisted by the resource\'s CORS spec.');
+    }
+    reply.header('access-control-allow-origin', origin);
+    reply.header('access-control-allow-credentials', 'true');
+    reply.header('access-control-allow-methods', method);
+    if (headers.length) reply.header('access-control-allow-headers', headers.join(', '));
+    reply.header('access-control-max-age', '600');
+    reply.header('vary', 'Origin, Access-Control-Request-Headers, Access-Control-Request-Method');
+    return reply.code(200).send();
+  };
+  const preflightMeta: RouteMeta = { dialect: 's3', service: 'OBS', action: null, resourceType: 'bucket' };
+
   return [
+    { method: 'OPTIONS', url: '/:bucket', meta: preflightMeta, handler: preflight },
+    { method: 'OPTIONS', url: '/:bucket/*', meta: preflightMeta, handler: preflight },
     {
       method: 'GET', url: '/', meta: meta('obs:bucket:ListAllMyBuckets', 'bucket', undefined),
       handler: async (req, reply) => {
@@ -338,6 +394,7 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
           encryption: { action: 'obs:bucket:PutEncryptionConfiguration', resource: bucketRes(false) },
           policy: { action: 'obs:bucket:PutBucketPolicy', resource: policyAdmin },
           acl: { action: 'obs:bucket:PutBucketAcl', resource: bucketRes(false) },
+          cors: { action: 'obs:bucket:PutBucketCORS', resource: bucketRes(false) },
         },
       }),
       handler: async (req, reply) => {
@@ -355,6 +412,10 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
         }
         if ('acl' in q) {
           await acceptOwnerOnlyAcl(req, bucketOf(req));
+          return reply.code(200).send();
+        }
+        if ('cors' in q) {
+          await obs.setBucketCors(bucketOf(req), parseCorsConfiguration(parseXml(await readSmallBody(req.body as Readable | undefined, 64 * 1024))));
           return reply.code(200).send();
         }
         if ('encryption' in q) {
@@ -422,8 +483,12 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
       },
     },
     {
-      method: 'DELETE', url: '/:bucket', meta: meta('obs:bucket:DeleteBucket', 'bucket', bucketRes(false), { bySubresource: { lifecycle: { action: 'obs:bucket:PutLifecycleConfiguration' }, tagging: { action: 'obs:bucket:DeleteBucketTagging' }, encryption: { action: 'obs:bucket:PutEncryptionConfiguration' }, policy: { action: 'obs:bucket:DeleteBucketPolicy', resource: policyAdmin } } }),
+      method: 'DELETE', url: '/:bucket', meta: meta('obs:bucket:DeleteBucket', 'bucket', bucketRes(false), { bySubresource: { lifecycle: { action: 'obs:bucket:PutLifecycleConfiguration' }, tagging: { action: 'obs:bucket:DeleteBucketTagging' }, encryption: { action: 'obs:bucket:PutEncryptionConfiguration' }, policy: { action: 'obs:bucket:DeleteBucketPolicy', resource: policyAdmin }, cors: { action: 'obs:bucket:PutBucketCORS' } } }),
       handler: async (req, reply) => {
+        if ('cors' in (req.query as Record<string, string>)) {
+          await obs.setBucketCors(bucketOf(req), null);
+          return reply.code(204).send();
+        }
         if ('policy' in (req.query as Record<string, string>)) {
           await obs.setBucketPolicy(bucketOf(req), null);
           return reply.code(204).send();
@@ -479,7 +544,7 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
           lifecycle: { action: 'obs:bucket:GetLifecycleConfiguration' }, 'object-lock': { action: 'obs:bucket:GetBucketObjectLockConfiguration' },
           tagging: { action: 'obs:bucket:GetBucketTagging' }, encryption: { action: 'obs:bucket:GetEncryptionConfiguration' },
           policy: { action: 'obs:bucket:GetBucketPolicy', resource: policyAdmin }, policyStatus: { action: 'obs:bucket:GetBucketPolicyStatus' },
-          acl: { action: 'obs:bucket:GetBucketAcl' }, ownershipControls: { action: 'obs:bucket:GetBucketOwnershipControls' },
+          acl: { action: 'obs:bucket:GetBucketAcl' }, ownershipControls: { action: 'obs:bucket:GetBucketOwnershipControls' }, cors: { action: 'obs:bucket:GetBucketCORS' },
         },
       }),
       handler: async (req, reply) => {
@@ -495,6 +560,11 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
         if ('policyStatus' in q) return xmlDoc({ PolicyStatus: { '@_xmlns': S3_NS, IsPublic: 'false' } });
         if ('acl' in q) return aclXml(b, principalOf(req).accountName);
         if ('ownershipControls' in q) return xmlDoc({ OwnershipControls: { '@_xmlns': S3_NS, Rule: { ObjectOwnership: 'BucketOwnerEnforced' } } });
+        if ('cors' in q) {
+          const rules = corsOf(b);
+          if (!rules) throw new ObsError(404, 'NoSuchCORSConfiguration', 'The CORS configuration does not exist');
+          return xmlDoc({ CORSConfiguration: { '@_xmlns': S3_NS, ...corsDocument(rules) } });
+        }
         if ('location' in q) return xmlDoc({ LocationConstraint: { '@_xmlns': S3_NS, '#text': b.region } });
         if ('versioning' in q) return xmlDoc({ VersioningConfiguration: { '@_xmlns': S3_NS, ...(b.versioning ? { Status: b.versioning } : {}) } });
         if ('encryption' in q) {

@@ -13,6 +13,7 @@ import * as m0010b from './0010_vault.js';
 import * as m0012 from './0012_obs_checksums.js';
 import * as m0013 from './0013_privacy_consent_requests.js';
 import * as m0014 from './0014_obs_bucket_policy.js';
+import * as m0015 from './0015_obs_cors.js';
 
 /** Ordered by name; a migration once released is never edited, only followed by a new one. */
 export const migrations: Record<string, Migration> = {
@@ -30,4 +31,5 @@ export const migrations: Record<string, Migration> = {
   '0012_obs_checksums': m0012,
   '0013_privacy_consent_requests': m0013,
   '0014_obs_bucket_policy': m0014,
+  '0015_obs_cors': m0015,
 };
