@@ -14,7 +14,7 @@ import {
   type PasswordPolicy,
 } from './passwords.js';
 import { evaluatePolicies, validatePolicyDocument, type ConditionValue, type Decision, type PolicyDocument, type PrincipalPattern, type ResourcePolicy } from './policy.js';
-import { isV2Scheme, parseSignature, verifySignature, SignatureError, type SignedRequestInput } from './signing.js';
+import { isV2Scheme, parseSignature, verifySignature, SignatureError, type ChunkSigner, type SignedRequestInput } from './signing.js';
 import type { AccessKeyRow, AccountRow, IamDb, IamTables, ProjectRow, UserRow } from './store.js';
 
 type TokenRow = IamTables['iam_tokens'];
@@ -211,7 +211,7 @@ export const NON_INVALIDATING_WRITES = [
   'login', // resets the failed-login counter of the user who just proved the password
   'consumeTotp', // reads and moves the TOTP step in one UPDATE … WHERE, never through the cache
   'issueToken', 'createAccessKey', 'createTemporaryCredentials', 'createVirtualMfa', // new rows only
-  'authenticateSigned', 'flushReplays', // the replay cache
+  'authenticateSigned', 'authenticateSignedRequest', 'flushReplays', // the replay cache
   'purgeExpired', // removes only rows that are expired, which every use checks anyway
 ] as const;
 
@@ -827,6 +827,14 @@ export class IamService {
    * its signature is recorded in the shared replay cache until it would be too old anyway.
    */
   async authenticateSigned(req: SignedRequestInput): Promise<Principal | null> {
+    return (await this.authenticateSignedRequest(req))?.principal ?? null;
+  }
+
+  /**
+   * As `authenticateSigned`, and for a header-signed S3 upload that declares signed streaming, the
+   * signer its body's chunk signatures are checked with (it holds the signing key: never log it).
+   */
+  async authenticateSignedRequest(req: SignedRequestInput): Promise<{ principal: Principal; chunkSigner: ChunkSigner | null } | null> {
     let parsed;
     try {
       parsed = parseSignature(req);
@@ -854,8 +862,9 @@ export class IamService {
       if (!parsed.securityToken || !safeEqual(sha256Hex(parsed.securityToken), key.security_token_hash))
         throw new IamError(401, IamCodes.signature, 'InvalidToken: a temporary access key needs its security token');
     }
+    let chunkSigner: ChunkSigner | null;
     try {
-      verifySignature(req, parsed, entry.secret, new Date(t), this.opts.signatureWindowSeconds);
+      chunkSigner = verifySignature(req, parsed, entry.secret, new Date(t), this.opts.signatureWindowSeconds);
     } catch (e) {
       if (e instanceof SignatureError) throw new IamError(e.code === 'RequestTimeTooSkewed' || e.code === 'RequestExpired' ? 403 : 401, IamCodes.signature, `${e.code}: ${e.message}`);
       throw e;
@@ -873,10 +882,11 @@ export class IamService {
       const fresh = await this.recordSignature(entry, expiresAt);
       if (!fresh) throw new IamError(401, IamCodes.signature, 'ReplayedRequest: this signed request was already received');
     }
-    return this.principalFor({
+    const principal = await this.principalFor({
       accountId: key.account_id, userId: key.user_id, projectId: key.project_id, agencyId: key.agency_id, mfa: key.mfa === 1,
       accessKeyId: key.access_key, method: 'aksk', expiresAt: key.expires_at,
     });
+    return { principal, chunkSigner };
   }
 
   private replayQueue: { hash: string; expiresAt: number; resolve: (fresh: boolean) => void; reject: (e: unknown) => void }[] = [];

@@ -29,6 +29,55 @@ export interface SignedRequestInput {
 
 /** The payload forms S3 clients declare in x-amz-content-sha256 besides a hex digest. */
 export const S3_UNSIGNED_PAYLOADS = new Set(['UNSIGNED-PAYLOAD', 'STREAMING-UNSIGNED-PAYLOAD-TRAILER']);
+/** Signed streaming (aws-chunked with a signature per chunk, chained from the request's signature). */
+export const S3_SIGNED_STREAMING = new Set(['STREAMING-AWS4-HMAC-SHA256-PAYLOAD', 'STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER']);
+
+/**
+ * What the body of a signed streaming upload is checked with: the request's SigV4 signing key, date
+ * and scope, and its signature as the seed of the chain. The key stays inside (a private field, not
+ * serialised, not shown by inspection); the caller gets signatures to compare, nothing more.
+ */
+export class ChunkSigner {
+  readonly #signingKey: Buffer;
+  readonly #timestamp: string;
+  readonly #scope: string;
+  /** The Authorization header's signature, which the first chunk's signature chains from. */
+  readonly seedSignature: string;
+
+  constructor(signingKey: Buffer, timestamp: string, scope: string, seedSignature: string) {
+    this.#signingKey = signingKey;
+    this.#timestamp = timestamp;
+    this.#scope = scope;
+    this.seedSignature = seedSignature;
+  }
+
+  /** A chunk's signature: over the previous signature and the SHA-256 of the chunk's data. */
+  chunkSignature(previousSignature: string, dataSha256Hex: string): string {
+    return this.#sign(['AWS4-HMAC-SHA256-PAYLOAD', this.#timestamp, this.#scope, previousSignature, EMPTY_SHA256, dataSha256Hex].join('\n'));
+  }
+
+  /** The trailer's signature: over the final chunk's signature and the SHA-256 of the trailer lines (`name:value\n` each). */
+  trailerSignature(previousSignature: string, trailerSha256Hex: string): string {
+    return this.#sign(['AWS4-HMAC-SHA256-TRAILER', this.#timestamp, this.#scope, previousSignature, trailerSha256Hex].join('\n'));
+  }
+
+  #sign(stringToSign: string): string {
+    return hmac(this.#signingKey, stringToSign).toString('hex');
+  }
+
+  toJSON(): string {
+    return '[ChunkSigner]';
+  }
+  [Symbol.for('nodejs.util.inspect.custom')](): string {
+    return '[ChunkSigner]';
+  }
+}
+
+/** Compares two lower-case hex signatures in constant time (a malformed one never matches). */
+export function signaturesEqual(expected: string, given: string): boolean {
+  if (!HEX64.test(given) || !HEX64.test(expected)) return false;
+  return timingSafeEqual(Buffer.from(expected, 'hex'), Buffer.from(given, 'hex'));
+}
 
 export type SignatureScheme = 'SDK-HMAC-SHA256' | 'AWS4-HMAC-SHA256' | 'AWS4-HMAC-SHA256-QUERY' | 'OBS-V2' | 'AWS-V2';
 
@@ -269,8 +318,11 @@ function requireSigned(parsed: ParsedSignature, names: string[]) {
   }
 }
 
-/** Checks freshness first (cheap, no secret involved), then the HMAC in constant time. */
-export function verifySignature(req: SignedRequestInput, parsed: ParsedSignature, secret: string, now: Date, windowSeconds: number): void {
+/**
+ * Checks freshness first (cheap, no secret involved), then the HMAC in constant time. A header-signed
+ * S3 request that declares signed streaming gets back the signer its body's chunks are checked with.
+ */
+export function verifySignature(req: SignedRequestInput, parsed: ParsedSignature, secret: string, now: Date, windowSeconds: number): ChunkSigner | null {
   const skew = Math.abs(now.getTime() - parsed.timestamp.getTime());
   if (parsed.scheme === 'AWS4-HMAC-SHA256-QUERY') {
     if (parsed.timestamp.getTime() - now.getTime() > windowSeconds * 1000) throw new SignatureError('RequestTimeTooSkewed', 'the presigned URL is dated in the future');
@@ -278,11 +330,15 @@ export function verifySignature(req: SignedRequestInput, parsed: ParsedSignature
   } else if (skew > windowSeconds * 1000) {
     throw new SignatureError('RequestTimeTooSkewed', `the request time differs from the server time by more than ${Math.round(windowSeconds / 60)} minutes`);
   }
-  if (isV2Scheme(parsed.scheme)) return verifyV2(req, parsed, secret);
+  if (isV2Scheme(parsed.scheme)) {
+    verifyV2(req, parsed, secret);
+    return null;
+  }
   requireSigned(parsed, ['host']);
 
   const bodyHash = req.body.length === 0 ? EMPTY_SHA256 : sha256Hex(req.body);
   let expected: string;
+  let streaming: { key: Buffer; stamp: string; scope: string } | null = null;
   if (parsed.scheme === 'SDK-HMAC-SHA256') {
     requireSigned(parsed, ['x-sdk-date', ...(parsed.securityToken ? ['x-security-token'] : [])]);
     const declared = header(req, 'x-sdk-content-sha256');
@@ -312,7 +368,7 @@ export function verifySignature(req: SignedRequestInput, parsed: ParsedSignature
       if (parsed.securityToken) must.push('x-amz-security-token');
       requireSigned(parsed, must);
       if (declared === undefined) payloadHash = bodyHash;
-      else if (isS3 && S3_UNSIGNED_PAYLOADS.has(declared)) payloadHash = declared;
+      else if (isS3 && (S3_UNSIGNED_PAYLOADS.has(declared) || S3_SIGNED_STREAMING.has(declared))) payloadHash = declared;
       else if (HEX64.test(declared)) {
         if (!req.streamedBody && declared !== bodyHash) throw new SignatureError('ContentHashMismatch', 'x-amz-content-sha256 does not match the body');
         payloadHash = declared;
@@ -330,13 +386,16 @@ export function verifySignature(req: SignedRequestInput, parsed: ParsedSignature
     ].join('\n');
     const scopeString = `${scope.date}/${scope.region}/${scope.service}/aws4_request`;
     const stringToSign = ['AWS4-HMAC-SHA256', stamp, scopeString, sha256Hex(canonical)].join('\n');
-    expected = hmac(signingKey(parsed.accessKeyId, secret, scope), stringToSign).toString('hex');
+    const key = signingKey(parsed.accessKeyId, secret, scope);
+    expected = hmac(key, stringToSign).toString('hex');
+    if (parsed.scheme === 'AWS4-HMAC-SHA256' && S3_SIGNED_STREAMING.has(payloadHash)) streaming = { key, stamp, scope: scopeString };
   }
   const a = Buffer.from(expected, 'utf8');
   const b = Buffer.from(parsed.signature, 'utf8');
   if (a.length !== b.length || !timingSafeEqual(a, b)) {
     throw new SignatureError('SignatureDoesNotMatch', 'the request signature does not match the one computed with the access key\'s secret');
   }
+  return streaming ? new ChunkSigner(streaming.key, streaming.stamp, streaming.scope, parsed.signature) : null;
 }
 
 /**

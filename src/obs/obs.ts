@@ -380,6 +380,12 @@ export class ObsService {
       const encrypted = plain ? content.pipe(meter) : content.pipe(meter).pipe(encryptStream(dek, streamContext(bucket, blobId)));
       content.on('error', (e) => encrypted.destroy(e));
       meter.on('error', (e) => encrypted.destroy(e));
+      // The blob store reads `encrypted` only after its own awaits (a file to open, an upload to
+      // start), and a failure can come first: it stays on the stream for the store's read to throw,
+      // instead of being an uncaught 'error' event. A small body is read ahead while the data key is
+      // made, so it may have failed already (a bad chunk signature, a truncated aws-chunked body).
+      encrypted.on('error', () => undefined);
+      if (content.errored) encrypted.destroy(content.errored);
       const { bytes } = await this.blobs.write(blobId, encrypted);
       if (bytes !== (plain ? size : encryptedSize(size))) throw new Error('the encrypted blob has an unexpected size');
       const digest = md5.digest();

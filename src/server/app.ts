@@ -176,7 +176,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
 
   app.decorateRequest('custos', null as never);
   app.addHook('onRequest', async (req, reply) => {
-    req.custos = { startedAt: process.hrtime.bigint(), principal: null, resource: null, traced: {}, errorCode: null, rawBody: EMPTY };
+    req.custos = { startedAt: process.hrtime.bigint(), principal: null, resource: null, traced: {}, errorCode: null, rawBody: EMPTY, chunkSigner: null };
     reply.header('x-request-id', req.id);
     // The Date header follows the clock that judges signatures (an injected one in tests): clients
     // correct their clock skew from it. Formatted once per second.
@@ -391,7 +391,7 @@ async function authenticate(iam: IamService, req: FastifyRequest, streamedBody: 
   const raw = vhost?.originalUrl ?? req.raw.url ?? '/';
   const q = raw.indexOf('?');
   const rawPath = q >= 0 ? raw.slice(0, q) : raw;
-  const principal = await iam.authenticateSigned({
+  const signed = await iam.authenticateSignedRequest({
     method: req.method,
     path: rawPath,
     ...(vhost ? { v2Resource: `/${vhost.bucket}${rawPath}` } : {}),
@@ -400,8 +400,9 @@ async function authenticate(iam: IamService, req: FastifyRequest, streamedBody: 
     body: req.custos.rawBody,
     streamedBody,
   });
-  if (!principal) throw IamError.unauthenticated('authenticate with an X-Auth-Token header or an AK/SK signature');
-  return principal;
+  if (!signed) throw IamError.unauthenticated('authenticate with an X-Auth-Token header or an AK/SK signature');
+  req.custos.chunkSigner = signed.chunkSigner;
+  return signed.principal;
 }
 
 function buildTrace(req: FastifyRequest, reply: FastifyReply, meta: RouteMeta | undefined, now: () => number): RequestTrace {

@@ -1,5 +1,6 @@
 import type { FastifyReply, FastifyRequest, FastifySchema, HTTPMethods } from 'fastify';
 import type { Principal, ResourceRef } from '../iam/iam.js';
+import type { ChunkSigner } from '../iam/signing.js';
 import type { ApiDialect } from './errors.js';
 
 /** Everything the edge must know about a route before it may serve it. */
@@ -49,6 +50,11 @@ export interface RequestState {
   };
   errorCode: string | null;
   rawBody: Buffer;
+  /**
+   * A header-signed SigV4 upload that declared signed streaming: what its chunk signatures are checked
+   * with. Holds the signing key, so it is never put in a trace, a log or a response.
+   */
+  chunkSigner: ChunkSigner | null;
 }
 
 declare module 'fastify' {

@@ -950,12 +950,19 @@ function incomingBody(req: FastifyRequest): { content: Readable; check: VerifyUp
   const h = req.headers;
   const declared = String(h['x-amz-content-sha256'] ?? '');
   const chunked = declared.startsWith('STREAMING-');
-  if (chunked && declared !== 'STREAMING-UNSIGNED-PAYLOAD-TRAILER') {
-    throw new ObsError(501, 'NotImplemented', `${declared} uploads are not supported; use UNSIGNED-PAYLOAD or STREAMING-UNSIGNED-PAYLOAD-TRAILER`);
+  const signed = declared === 'STREAMING-AWS4-HMAC-SHA256-PAYLOAD' || declared === 'STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER';
+  if (chunked && !signed && declared !== 'STREAMING-UNSIGNED-PAYLOAD-TRAILER') {
+    throw new ObsError(501, 'NotImplemented', `${declared.slice(0, 64)} uploads are not supported; use UNSIGNED-PAYLOAD, STREAMING-UNSIGNED-PAYLOAD-TRAILER or STREAMING-AWS4-HMAC-SHA256-PAYLOAD[-TRAILER]`);
   }
+  // Chunk signatures chain from an Authorization-header SigV4 signature; authentication leaves the
+  // signer only for such a request (never for a presigned URL, a V2/OBS signature or a token).
+  const signer = signed ? req.custos.chunkSigner : null;
+  if (signed && !signer) throw new ObsError(400, 'InvalidRequest', `${declared} needs an AWS Signature Version 4 Authorization header; presigned URLs, V2/OBS signatures and tokens cannot sign chunks`);
   if (chunked && h['x-amz-decoded-content-length'] === undefined) throw new ObsError(411, 'MissingContentLength', 'x-amz-decoded-content-length is required with aws-chunked bodies');
   if (!chunked && h['content-length'] === undefined) throw new ObsError(411, 'MissingContentLength', 'you must provide the Content-Length HTTP header');
-  const length = Number(chunked ? h['x-amz-decoded-content-length'] : h['content-length']);
+  const lengthHeader = String(chunked ? h['x-amz-decoded-content-length'] : h['content-length']);
+  if (chunked && !/^\d{1,15}$/.test(lengthHeader)) throw new ObsError(400, 'InvalidArgument', 'x-amz-decoded-content-length must be a whole number of bytes');
+  const length = Number(lengthHeader);
   // The one checksum the client declares: an x-amz-checksum-<algorithm> header, or a trailer it announces.
   const inHeader: ChecksumAlgorithm[] = [];
   for (const [name, value] of Object.entries(h)) {
@@ -972,12 +979,13 @@ function incomingBody(req: FastifyRequest): { content: Readable; check: VerifyUp
     if (!name.startsWith('x-amz-checksum-') || !isChecksumAlgorithm(alg)) throw new ObsError(400, 'InvalidRequest', `the trailer ${name} is not supported; use an x-amz-checksum-crc32, -crc32c, -crc64nvme, -sha1 or -sha256 trailer`);
     inTrailer.push(alg);
   }
-  if (inTrailer.length && !chunked) throw new ObsError(400, 'InvalidRequest', 'x-amz-trailer needs an aws-chunked body (STREAMING-UNSIGNED-PAYLOAD-TRAILER)');
+  const withTrailer = chunked && declared.endsWith('-TRAILER');
+  if (inTrailer.length && !withTrailer) throw new ObsError(400, 'InvalidRequest', 'x-amz-trailer needs an aws-chunked body with trailers (STREAMING-UNSIGNED-PAYLOAD-TRAILER or STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER)');
   const algorithms = [...new Set([...inHeader, ...inTrailer])];
   if (algorithms.length > 1) throw new ObsError(400, 'InvalidRequest', 'Expecting a single x-amz-checksum- header. Multiple checksum Types are not allowed.');
   const algorithm = algorithms[0];
   const raw = (req.body as Readable | undefined) ?? Readable.from([]);
-  const decoder = chunked ? new AwsChunkedDecoder() : null;
+  const decoder = chunked ? new AwsChunkedDecoder({ ...(signer ? { signer, trailer: withTrailer } : {}), decodedLength: length }) : null;
   // Only the checksum the client declares is computed (SHA-256 always is, by the object store).
   const sum = algorithm && algorithm !== 'sha256' ? checksummer(algorithm) : null;
   let computed: Buffer | null = null;
@@ -998,6 +1006,9 @@ function incomingBody(req: FastifyRequest): { content: Readable; check: VerifyUp
   const source = decoder ? raw.pipe(decoder) : raw;
   raw.on('error', (e) => source.destroy(e));
   decoder?.on('error', (e) => tap.destroy(e));
+  // The body is read ahead before the object store takes the stream, so it can fail before anyone
+  // listens: the error stays on the stream (`errored`) for the store, instead of being uncaught.
+  tap.on('error', () => undefined);
   const check = ({ md5, sha256, size }: { md5: Buffer; sha256: Buffer; size: number }) => {
     if (size !== length) throw new ObsError(400, 'IncompleteBody', `the body has ${size} bytes, not the ${length} declared`);
     if (algorithm) {
