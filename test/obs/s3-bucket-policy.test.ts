@@ -66,7 +66,9 @@ describe('bucket policies', () => {
     assert.equal((await failure(read(reader, 'private/payroll.csv'))).status, 403, 'outside the granted prefix');
     assert.equal((await failure(reader.send(new PutObjectCommand({ Bucket: 'shared', Key: 'public/x.txt', Body: 'x' })))).status, 403, 'GetObject does not grant PutObject');
     assert.equal((await failure(reader.send(new DeleteObjectCommand({ Bucket: 'shared', Key: 'public/readme.txt' })))).status, 403);
-    assert.equal((await failure(reader.send(new DeleteObjectsCommand({ Bucket: 'shared', Delete: { Objects: [{ Key: 'public/readme.txt' }] } })))).status, 403);
+    // A batch delete is decided per key: nothing here is granted.
+    const none = await reader.send(new DeleteObjectsCommand({ Bucket: 'shared', Delete: { Objects: [{ Key: 'public/readme.txt' }] } }));
+    assert.deepEqual(none.Errors?.map((e) => [e.Key, e.Code]), [['public/readme.txt', 'AccessDenied']]);
     assert.equal(await read(admin, 'public/readme.txt'), 'for readers', 'nothing was deleted');
     // The policy comes back as it was sent.
     const got = JSON.parse((await admin.send(new GetBucketPolicyCommand({ Bucket: 'shared' }))).Policy!);
@@ -75,6 +77,19 @@ describe('bucket policies', () => {
     await admin.send(new DeleteBucketPolicyCommand({ Bucket: 'shared' }));
     assert.equal((await failure(read(reader, 'public/readme.txt'))).status, 403, 'the grant went with the policy');
     assert.deepEqual(await failure(admin.send(new GetBucketPolicyCommand({ Bucket: 'shared' }))), { status: 404, code: 'NoSuchBucketPolicy' });
+  });
+
+  test('a batch delete is authorized per key: a grant on a prefix deletes those keys and no others', async () => {
+    await admin.send(new PutObjectCommand({ Bucket: 'shared', Key: 'tmp/a.txt', Body: 'a' }));
+    await admin.send(new PutObjectCommand({ Bucket: 'shared', Key: 'tmp/b.txt', Body: 'b' }));
+    await put({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${t.accountId}:user/reader` }, Action: 's3:DeleteObject', Resource: 'arn:aws:s3:::shared/tmp/*' }] });
+    const r = await reader.send(new DeleteObjectsCommand({ Bucket: 'shared', Delete: { Objects: [{ Key: 'tmp/a.txt' }, { Key: 'tmp/b.txt' }, { Key: 'private/payroll.csv' }] } }));
+    assert.deepEqual(r.Deleted?.map((d) => d.Key).sort(), ['tmp/a.txt', 'tmp/b.txt']);
+    assert.deepEqual(r.Errors?.map((e) => [e.Key, e.Code]), [['private/payroll.csv', 'AccessDenied']]);
+    assert.equal(await read(admin, 'private/payroll.csv'), 'salaries');
+    assert.equal((await failure(read(admin, 'tmp/a.txt'))).status, 404);
+    assert.equal((await failure(reader.send(new DeleteObjectsCommand({ Bucket: 'no-such-bucket', Delete: { Objects: [{ Key: 'x' }] } })))).status, 404);
+    await admin.send(new DeleteBucketPolicyCommand({ Bucket: 'shared' }));
   });
 
   test('a user named in a policy is that user: one deleted and created again under the name is not', async () => {

@@ -510,9 +510,16 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
       },
     },
     {
-      method: 'POST', url: '/:bucket', meta: meta('obs:object:DeleteObject', 'bucket', bucketRes(false)),
+      // DeleteObjects is authorized per key only, as S3 does: a grant of DeleteObject on `bucket/tmp/*`
+      // (an IAM or bucket policy) allows deleting those keys in a batch and no others.
+      method: 'POST', url: '/:bucket', meta: meta('obs:object:DeleteObject', 'bucket', undefined, { authenticatedOnly: true }),
       handler: async (req, reply) => {
-        const b = bucketOf(req);
+        const p = principalOf(req);
+        if (p.frozen) throw new ObsError(403, 'AccessDenied', 'the account is being deregistered and is frozen: only the deregistration can be viewed or cancelled');
+        const found = await obs.findBucket(p.accountId, (req.params as { bucket: string }).bucket);
+        if (!found) throw new ObsError(404, 'NoSuchBucket', 'The specified bucket does not exist');
+        req.custos.resource = bucketResource(req, found);
+        const b = found;
         if (!('delete' in (req.query as Record<string, string>))) throw new ObsError(501, 'NotImplemented', 'this POST operation is not implemented');
         const doc = parseXml(await readSmallBody(req.body as Readable | undefined, 2 * 1024 * 1024)) as { Delete?: { Object?: unknown; Quiet?: string } };
         const raw = doc.Delete?.Object;
