@@ -11,6 +11,7 @@ import { decryptRange, encryptedSize, encryptStream } from '../crypto/stream.js'
 import { ServiceError } from '../errors.js';
 import type { KeyScope, KmsService } from '../kms/kms.js';
 import type { KeyRow } from '../kms/store.js';
+import { ruleSelects, type LifecycleRule } from './lifecycle.js';
 import type { BlobStore } from '../store/blobs.js';
 import { sql } from 'kysely';
 import { isUniqueViolation } from '../store/db.js';
@@ -57,15 +58,7 @@ const MAX_PARTS = 10_000;
 const MIN_PART_BYTES = 5 * 1024 * 1024;
 const MAX_PART_BYTES = 5 * 1024 ** 3;
 
-/** One rule of a bucket's lifecycle configuration (S3's LifecycleConfiguration, as far as supported). */
-export interface LifecycleRule {
-  id: string;
-  status: 'Enabled' | 'Disabled';
-  prefix: string;
-  expirationDays?: number;
-  noncurrentDays?: number;
-  abortIncompleteDays?: number;
-}
+export type { LifecycleRule } from './lifecycle.js';
 const DAY = 86_400_000;
 
 export type LockMode = 'GOVERNANCE' | 'COMPLIANCE';
@@ -276,26 +269,35 @@ export class ObsService {
    * uploads left incomplete. One node at a time holds the lease for a run (a versioned expiry must
    * not be applied twice, or it would stack delete markers).
    */
-  async runLifecycle(): Promise<{ expired: number; noncurrent: number; aborted: number }> {
-    const done = { expired: 0, noncurrent: 0, aborted: 0 };
+  async runLifecycle(): Promise<{ expired: number; noncurrent: number; aborted: number; markers: number }> {
+    const done = { expired: 0, noncurrent: 0, aborted: 0, markers: 0 };
     const now = this.now();
     if (!(await this.takeLease('obs.lifecycle.lease', now, 10 * 60_000))) return done;
     const buckets = await this.db.selectFrom('obs_buckets').selectAll().where('lifecycle_json', 'is not', null).execute();
     for (const bucket of buckets) {
       for (const rule of this.lifecycleOf(bucket) ?? []) {
         if (rule.status !== 'Enabled') continue;
-        if (rule.expirationDays !== undefined) {
-          const cutoff = now - rule.expirationDays * DAY;
-          const rows = await this.db.selectFrom('obs_objects').select('key').where('bucket_id', '=', bucket.id).where('is_latest', '=', 1).where('delete_marker', '=', 0).where('created_at', '<=', cutoff).limit(1000).execute();
-          for (const r of rows.filter((x) => x.key.startsWith(rule.prefix))) {
+        // The prefix and sizes are selected in SQL (so other keys cannot crowd a rule's keys out of a
+        // run's batch); tags are checked on each row.
+        const versions = (latest: 0 | 1) => {
+          let q = this.db.selectFrom('obs_objects').where('bucket_id', '=', bucket.id).where('is_latest', '=', latest).where('delete_marker', '=', 0);
+          if (rule.prefix) q = q.where(sql<boolean>`substr(key, 1, ${[...rule.prefix].length}) = ${rule.prefix}`);
+          if (rule.sizeGreaterThan !== undefined) q = q.where('size', '>', rule.sizeGreaterThan);
+          if (rule.sizeLessThan !== undefined) q = q.where('size', '<', rule.sizeLessThan);
+          return q;
+        };
+        const expiresAt = rule.expirationDays !== undefined ? now - rule.expirationDays * DAY : rule.expirationDate !== undefined && now >= rule.expirationDate ? now : null;
+        if (expiresAt !== null) {
+          const rows = await versions(1).select(['key', 'size', 'tags_json']).where('created_at', '<=', expiresAt).orderBy('created_at').limit(1000).execute();
+          for (const r of rows.filter((x) => ruleSelects(rule, x))) {
             await this.deleteObject(bucket, r.key);
             done.expired++;
           }
         }
         if (rule.noncurrentDays !== undefined) {
           const cutoff = now - rule.noncurrentDays * DAY;
-          const rows = await this.db.selectFrom('obs_objects').select(['key', 'version_id', 'seq']).where('bucket_id', '=', bucket.id).where('is_latest', '=', 0).limit(1000).execute();
-          for (const r of rows.filter((x) => x.key.startsWith(rule.prefix))) {
+          const rows = await versions(0).select(['key', 'version_id', 'seq', 'size', 'tags_json']).orderBy('created_at').limit(1000).execute();
+          for (const r of rows.filter((x) => ruleSelects(rule, x))) {
             // A version stops being current when the next one is written: count the days from then.
             const successor = await this.db.selectFrom('obs_objects').select((eb) => eb.fn.min('created_at').as('at')).where('bucket_id', '=', bucket.id).where('key', '=', r.key).where('seq', '>', r.seq).executeTakeFirst();
             if (successor?.at !== undefined && successor.at !== null && Number(successor.at) <= cutoff) {
@@ -309,10 +311,21 @@ export class ObsService {
             }
           }
         }
+        if (rule.expiredObjectDeleteMarker) {
+          // A delete marker with no other version of its key left hides nothing: it goes.
+          let q = this.db.selectFrom('obs_objects as m').select(['m.key', 'm.version_id']).where('m.bucket_id', '=', bucket.id).where('m.is_latest', '=', 1).where('m.delete_marker', '=', 1)
+            .where(({ not, exists, selectFrom }) => not(exists(selectFrom('obs_objects as o').select('o.key').whereRef('o.bucket_id', '=', 'm.bucket_id').whereRef('o.key', '=', 'm.key').whereRef('o.version_id', '!=', 'm.version_id'))));
+          if (rule.prefix) q = q.where(sql<boolean>`substr(m.key, 1, ${[...rule.prefix].length}) = ${rule.prefix}`);
+          for (const m of await q.limit(1000).execute()) {
+            await this.deleteObject(bucket, m.key, m.version_id);
+            done.markers++;
+          }
+        }
         if (rule.abortIncompleteDays !== undefined) {
           const cutoff = now - rule.abortIncompleteDays * DAY;
-          const uploads = await this.db.selectFrom('obs_uploads').selectAll().where('bucket_id', '=', bucket.id).where('created_at', '<=', cutoff).limit(1000).execute();
-          for (const u of uploads.filter((x) => x.key.startsWith(rule.prefix))) {
+          let q = this.db.selectFrom('obs_uploads').selectAll().where('bucket_id', '=', bucket.id).where('created_at', '<=', cutoff);
+          if (rule.prefix) q = q.where(sql<boolean>`substr(key, 1, ${[...rule.prefix].length}) = ${rule.prefix}`);
+          for (const u of await q.limit(1000).execute()) {
             await this.abortUpload(u).catch(() => undefined);
             done.aborted++;
           }

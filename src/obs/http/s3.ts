@@ -12,10 +12,11 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { IamService, Principal, ResourceRef } from '../../iam/iam.js';
 import type { ResourcePolicy } from '../../iam/policy.js';
 import { compileBucketPolicy } from '../bucket-policy.js';
+import { lifecycleDocument, parseLifecycle } from '../lifecycle.js';
 import { CORS_METHODS, corsDocument, matchCorsRule, parseCorsConfiguration, preflightAllowed, responseCorsHeaders, type CorsRule } from '../cors.js';
 import { ProjectLookup, scopeOfProject } from '../../kms/http/common.js';
 import { principalOf, type RouteDef, type RouteMeta } from '../../server/route.js';
-import { etagMatches, ObsError, type LifecycleRule, type LockMode, type ObjectMeta, type ObsService, type VerifyUpload, type WriteCondition } from '../obs.js';
+import { etagMatches, ObsError, type LockMode, type ObjectMeta, type ObsService, type VerifyUpload, type WriteCondition } from '../obs.js';
 import type { BucketRow, ObjectRow } from '../store.js';
 import { AwsChunkedDecoder } from './chunked.js';
 import { applyWatermark, MAX_IMAGE_BYTES, parseWatermark } from '../watermark.js';
@@ -602,12 +603,7 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
           return xmlDoc({
             LifecycleConfiguration: {
               '@_xmlns': S3_NS,
-              Rule: rules.map((r) => ({
-                ID: r.id, Filter: { Prefix: r.prefix }, Status: r.status,
-                ...(r.expirationDays !== undefined ? { Expiration: { Days: r.expirationDays } } : {}),
-                ...(r.noncurrentDays !== undefined ? { NoncurrentVersionExpiration: { NoncurrentDays: r.noncurrentDays } } : {}),
-                ...(r.abortIncompleteDays !== undefined ? { AbortIncompleteMultipartUpload: { DaysAfterInitiation: r.abortIncompleteDays } } : {}),
-              })),
+              Rule: lifecycleDocument(rules),
             },
           });
         }
@@ -1048,30 +1044,6 @@ function safeDecode(s: string): string {
 }
 
 /** S3's LifecycleConfiguration, as far as supported: prefix filters, days-based rules. */
-function parseLifecycle(doc: unknown): LifecycleRule[] {
-  const cfg = (doc as { LifecycleConfiguration?: { Rule?: unknown } }).LifecycleConfiguration;
-  const raw = cfg?.Rule;
-  const rules = (Array.isArray(raw) ? raw : raw ? [raw] : []) as Record<string, any>[];
-  if (!cfg || rules.length === 0 || rules.length > 1000) throw new ObsError(400, 'MalformedXML', 'expected a LifecycleConfiguration of 1 to 1000 rules');
-  const days = (v: unknown, what: string) => {
-    if (v === undefined) return undefined;
-    if (typeof v !== 'string' || !/^\d{1,5}$/.test(v) || Number(v) < 1) throw new ObsError(400, 'InvalidArgument', `${what} must be a positive whole number of days`);
-    return Number(v);
-  };
-  return rules.map((r, i) => {
-    if (r.Status !== 'Enabled' && r.Status !== 'Disabled') throw new ObsError(400, 'MalformedXML', 'each rule needs Status Enabled or Disabled');
-    if (r.Expiration?.Date !== undefined || r.Transition !== undefined || r.Filter?.Tag !== undefined || r.Filter?.And !== undefined) {
-      throw new ObsError(501, 'NotImplemented', 'lifecycle rules with dates, transitions or tag filters are not implemented; use prefixes and days');
-    }
-    const rule: LifecycleRule = { id: typeof r.ID === 'string' ? r.ID.slice(0, 255) : `rule-${i + 1}`, status: r.Status, prefix: String(r.Filter?.Prefix ?? r.Prefix ?? '') };
-    const e = days(r.Expiration?.Days, 'Expiration Days');
-    const n = days(r.NoncurrentVersionExpiration?.NoncurrentDays, 'NoncurrentDays');
-    const a = days(r.AbortIncompleteMultipartUpload?.DaysAfterInitiation, 'DaysAfterInitiation');
-    if (e === undefined && n === undefined && a === undefined) throw new ObsError(400, 'MalformedXML', 'each rule needs an action (Expiration, NoncurrentVersionExpiration or AbortIncompleteMultipartUpload)');
-    return { ...rule, ...(e !== undefined ? { expirationDays: e } : {}), ...(n !== undefined ? { noncurrentDays: n } : {}), ...(a !== undefined ? { abortIncompleteDays: a } : {}) };
-  });
-}
-
 /** SSE-C headers: AES256, the 256-bit key in base64, and its MD5, which must match (a mistyped key is refused). */
 function sseCustomerKey(req: FastifyRequest, prefix = 'x-amz-server-side-encryption-customer-'): Buffer | undefined {
   const alg = req.headers[`${prefix}algorithm`];
