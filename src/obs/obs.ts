@@ -12,6 +12,7 @@ import { ServiceError } from '../errors.js';
 import type { KeyScope, KmsService } from '../kms/kms.js';
 import type { KeyRow } from '../kms/store.js';
 import { ruleSelects, type LifecycleRule } from './lifecycle.js';
+import { checksummer, compositeChecksum, type ChecksumAlgorithm } from './checksums.js';
 import type { BlobStore } from '../store/blobs.js';
 import { sql } from 'kysely';
 import { isUniqueViolation } from '../store/db.js';
@@ -373,9 +374,10 @@ export class ObsService {
    * digests, lengths); if it or anything else fails, the blob is removed. The blob stays registered as
    * pending until the caller's commit removes that mark (or orphan collection removes the blob).
    */
-  private async writeBlob(bucket: BucketRow, blobId: string, dek: Buffer, content: Readable, verify: VerifyUpload): Promise<{ size: number; md5: Buffer; cipherSize: number; checksum: string | null }> {
+  private async writeBlob(bucket: BucketRow, blobId: string, dek: Buffer, content: Readable, verify: VerifyUpload, alsoChecksum?: ChecksumAlgorithm): Promise<{ size: number; md5: Buffer; cipherSize: number; checksum: string | null; computed: string | null }> {
     const md5 = createHash('md5');
     const sha256 = createHash('sha256');
+    const extra = alsoChecksum ? checksummer(alsoChecksum) : null;
     let size = 0;
     const max = this.opts.maxObjectBytes;
     const meter = new Transform({
@@ -384,6 +386,7 @@ export class ObsService {
         if (size > max) return done(new ObsError(400, 'EntityTooLarge', `your proposed upload exceeds the maximum allowed object size (${max} bytes)`));
         md5.update(chunk);
         sha256.update(chunk);
+        extra?.update(chunk);
         done(null, chunk);
       },
     });
@@ -403,7 +406,8 @@ export class ObsService {
       if (bytes !== (plain ? size : encryptedSize(size))) throw new Error('the encrypted blob has an unexpected size');
       const digest = md5.digest();
       const verified = verify({ md5: digest, sha256: sha256.digest(), size });
-      return { size, md5: digest, cipherSize: bytes, checksum: verified?.checksum ?? null };
+      const computed = extra ? `${alsoChecksum}:${(await extra.digest()).toString('base64')}` : null;
+      return { size, md5: digest, cipherSize: bytes, checksum: verified?.checksum ?? null, computed };
     } catch (e) {
       await this.dropBlobs([blobId]);
       throw e;
@@ -613,7 +617,12 @@ export class ObsService {
   // ------------------------------------------------------------------ multipart uploads
 
   /** One data key per upload (one KMS call), each part its own encrypted blob. */
-  async createUpload(bucket: BucketRow, key: string, meta: ObjectMeta): Promise<string> {
+  /**
+   * CreateMultipartUpload. With a checksum algorithm (x-amz-checksum-algorithm, COMPOSITE), every part's
+   * checksum under it is kept (the client's, verified, or computed here), and completion gives the
+   * object S3's composite checksum.
+   */
+  async createUpload(bucket: BucketRow, key: string, meta: ObjectMeta, opts: { checksumAlgorithm?: ChecksumAlgorithm | undefined } = {}): Promise<string> {
     if (!validObjectKey(key)) throw new ObsError(400, 'KeyTooLongError', 'object keys are 1 to 1024 bytes of UTF-8 without NUL');
     if (meta.lock || meta.legalHold) throw new ObsError(501, 'NotImplemented', 'object lock headers on multipart uploads are not implemented; the bucket\'s default retention applies');
     const id = randomBytes(16).toString('hex');
@@ -629,7 +638,7 @@ export class ObsService {
     dk.plaintext.fill(0);
     await this.db.insertInto('obs_uploads').values({
       id, bucket_id: bucket.id, key, kms_key_id: cmk ? cmk.id : SSE_C, data_key: dk.ciphertext.toString('base64'),
-      content_type: meta.contentType, metadata_json: JSON.stringify(meta.metadata), created_at: this.now(),
+      content_type: meta.contentType, metadata_json: JSON.stringify(meta.metadata), created_at: this.now(), checksum_algorithm: opts.checksumAlgorithm ?? null,
     }).execute();
     return id;
   }
@@ -669,7 +678,8 @@ export class ObsService {
     const dek = await this.uploadKey(bucket, u, customerKey);
     const blobId = randomBytes(16).toString('hex');
     try {
-      const w = await this.writeBlob(bucket, blobId, dek, content, verify);
+      const alg = u.checksum_algorithm as ChecksumAlgorithm | null;
+      const w = await this.writeBlob(bucket, blobId, dek, content, verify, alg ?? undefined);
       if (w.size > MAX_PART_BYTES) {
         await this.dropBlobs([blobId]);
         throw new ObsError(400, 'EntityTooLarge', `a part is at most ${MAX_PART_BYTES} bytes`);
@@ -678,7 +688,7 @@ export class ObsService {
       const previous = await this.db.transaction().execute(async (tx) => {
         const old = await tx.selectFrom('obs_upload_parts').select('blob_id').where('upload_id', '=', u.id).where('part_number', '=', partNumber).executeTakeFirst();
         if (old) await tx.deleteFrom('obs_upload_parts').where('upload_id', '=', u.id).where('part_number', '=', partNumber).execute();
-        await tx.insertInto('obs_upload_parts').values({ upload_id: u.id, part_number: partNumber, blob_id: blobId, size: w.size, cipher_size: w.cipherSize, etag, created_at: this.now() }).execute();
+        await tx.insertInto('obs_upload_parts').values({ upload_id: u.id, part_number: partNumber, blob_id: blobId, size: w.size, cipher_size: w.cipherSize, etag, created_at: this.now(), checksum: w.computed }).execute();
         await tx.deleteFrom('obs_pending_blobs').where('blob_id', '=', blobId).execute();
         return old?.blob_id ?? null;
       });
@@ -720,7 +730,7 @@ export class ObsService {
   }
 
   /** CompleteMultipartUpload: the listed parts, in ascending order, with their ETags, become the object. */
-  async completeUpload(bucket: BucketRow, u: UploadRow, listed: { partNumber: number; etag: string }[], opts: { condition?: WriteCondition | undefined } = {}): Promise<PutResult> {
+  async completeUpload(bucket: BucketRow, u: UploadRow, listed: { partNumber: number; etag: string; checksum?: string | undefined }[], opts: { condition?: WriteCondition | undefined; expectChecksum?: string | undefined } = {}): Promise<PutResult & { checksum: string | null }> {
     if (listed.length === 0) throw new ObsError(400, 'MalformedXML', 'the upload lists no parts');
     if (opts.condition) await this.precheckWrite(bucket, u.key, opts.condition);
     const stored = new Map((await this.listParts(u)).map((p) => [p.part_number, p]));
@@ -731,7 +741,21 @@ export class ObsService {
       last = l.partNumber;
       const p = stored.get(l.partNumber);
       if (!p || p.etag !== l.etag.replace(/"/g, '')) throw new ObsError(400, 'InvalidPart', `part ${l.partNumber} was not uploaded or its ETag does not match`);
+      // A part's checksum named in the completion must be the one its upload was verified with.
+      if (l.checksum !== undefined && (!p.checksum || p.checksum.slice(p.checksum.indexOf(':') + 1) !== l.checksum)) {
+        throw new ObsError(400, 'InvalidPart', `the checksum given for part ${l.partNumber} does not match the part's`);
+      }
       chosen.push(p);
+    }
+    let checksum: string | null = null;
+    if (u.checksum_algorithm) {
+      const alg = u.checksum_algorithm as ChecksumAlgorithm;
+      const values = chosen.map((p) => (p.checksum?.startsWith(`${alg}:`) ? p.checksum.slice(alg.length + 1) : null));
+      if (values.some((v) => v === null)) throw new ObsError(400, 'InvalidPart', `a part has no ${alg.toUpperCase()} checksum`);
+      checksum = `${alg}:${await compositeChecksum(alg, values as string[])}`;
+      if (opts.expectChecksum !== undefined && opts.expectChecksum !== checksum.slice(alg.length + 1)) {
+        throw new ObsError(400, 'BadDigest', `The ${alg.toUpperCase()} you specified for the multipart upload did not match the calculated checksum.`);
+      }
     }
     for (const p of chosen.slice(0, -1)) {
       if (p.size < MIN_PART_BYTES) throw new ObsError(400, 'EntityTooSmall', `part ${p.part_number} is smaller than the minimum of ${MIN_PART_BYTES} bytes (only the last part may be)`);
@@ -746,13 +770,13 @@ export class ObsService {
       blob_id: u.id, cipher_size: chosen.reduce((n, p) => n + p.cipher_size, 0), kms_key_id: u.kms_key_id, data_key: u.data_key,
       created_at: this.now(), is_latest: 1, delete_marker: 0, seq: 0,
       parts_json: JSON.stringify(chosen.map((p): StoredPart => ({ blob: p.blob_id, size: p.size, cipher: p.cipher_size }))),
-      ...this.lockFor(bucket, { contentType: u.content_type, metadata: {} }), tags_json: null, checksum: null,
+      ...this.lockFor(bucket, { contentType: u.content_type, metadata: {} }), tags_json: null, checksum,
     };
     const unused = [...stored.values()].filter((p) => !chosen.includes(p)).map((p) => p.blob_id);
     const replaced = await this.makeCurrent(row, [], { condition: opts.condition, claimUpload: u.id });
     await this.db.deleteFrom('obs_upload_parts').where('upload_id', '=', u.id).execute();
     await this.dropBlobs([...replaced, ...unused]);
-    return { etag, size, versionId };
+    return { etag, size, versionId, checksum };
   }
 
   async abortUpload(u: UploadRow): Promise<void> {

@@ -29,8 +29,8 @@ export type ObsTables = {
     /** The full-object checksum verified on upload, `<algorithm>:<base64>` (migration 0012); null if none was declared. */
     checksum: string | null;
   };
-  obs_uploads: { id: string; bucket_id: string; key: string; kms_key_id: string; data_key: string; content_type: string; metadata_json: string; created_at: number };
-  obs_upload_parts: { upload_id: string; part_number: number; blob_id: string; size: number; cipher_size: number; etag: string; created_at: number };
+  obs_uploads: { id: string; bucket_id: string; key: string; kms_key_id: string; data_key: string; content_type: string; metadata_json: string; created_at: number; checksum_algorithm: string | null };
+  obs_upload_parts: { upload_id: string; part_number: number; blob_id: string; size: number; cipher_size: number; etag: string; created_at: number; checksum: string | null };
   obs_pending_blobs: { blob_id: string; created_at: number };
   settings: { name: string; value: string };
 };

@@ -281,6 +281,10 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   });
   app.addHook('onSend', async (req, reply, payload) => {
     if (closing) reply.header('connection', 'close');
+    // A request refused before its body was read (a part of the wrong checksum type, an SSE-C key
+    // mismatch, ...) leaves the rest of the body on the connection: close it, or the next request on
+    // it would wait behind those bytes.
+    else if (s3 && !req.raw.complete) reply.header('connection', 'close');
     deps.onSend?.(req, reply);
     return payload;
   });

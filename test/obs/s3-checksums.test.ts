@@ -3,16 +3,17 @@
 // values, trailers with wrong values and malformed declarations.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { Sha256 } from '@aws-crypto/sha256-js';
 import { SignatureV4 } from '@smithy/signature-v4';
 import { crc32 } from 'node:zlib';
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
+import { Upload } from '@aws-sdk/lib-storage';
 import {
-  CompleteMultipartUploadCommand, CreateBucketCommand, CreateMultipartUploadCommand, GetObjectCommand, HeadObjectCommand, PutObjectCommand, S3Client, UploadPartCommand,
+  CompleteMultipartUploadCommand, CreateBucketCommand, CreateMultipartUploadCommand, GetObjectCommand, HeadObjectCommand, ListPartsCommand, PutObjectCommand, S3Client, UploadPartCommand,
 } from '@aws-sdk/client-s3';
-import { startTestServer, type Tenant, type TestServer } from '../helpers.js';
+import { sdkFailure, startTestServer, type Tenant, type TestServer } from '../helpers.js';
 
 let s: TestServer;
 let t: Tenant;
@@ -161,5 +162,46 @@ describe('CRC32C and CRC64NVME checksums', () => {
       defaults.destroy();
       whenRequired.destroy();
     }
+  });
+
+  test('multipart: the composite checksum (CRC32 from @aws-sdk/lib-storage, SHA256 by hand) is kept and returned; wrong part checksums are refused', async () => {
+    const MiB = 1024 * 1024;
+    const body = randomBytes(12 * MiB);
+    await new Upload({ client, params: { Bucket: 'sums', Key: 'multi-crc32', Body: body }, partSize: 5 * MiB }).done();
+    const crcOf = (b: Buffer) => {
+      const out = Buffer.alloc(4);
+      out.writeUInt32BE(crc32(b) >>> 0);
+      return out;
+    };
+    const parts = [body.subarray(0, 5 * MiB), body.subarray(5 * MiB, 10 * MiB), body.subarray(10 * MiB)];
+    const expected = `${crcOf(Buffer.concat(parts.map(crcOf))).toString('base64')}-3`;
+    const head = await client.send(new HeadObjectCommand({ Bucket: 'sums', Key: 'multi-crc32', ChecksumMode: 'ENABLED' }));
+    assert.equal(head.ChecksumCRC32, expected, 'S3\'s composite CRC32 of the three parts');
+    assert.equal(head.ChecksumType, 'COMPOSITE');
+    assert.equal(head.ContentLength, 12 * MiB);
+
+    // SHA256 by hand: each part's checksum sent and named again in the completion.
+    const sha = (b: Buffer) => createHash('sha256').update(b).digest();
+    const { UploadId } = await client.send(new CreateMultipartUploadCommand({ Bucket: 'sums', Key: 'multi-sha', ChecksumAlgorithm: 'SHA256' }));
+    const p1 = body.subarray(0, 5 * MiB);
+    const p2 = body.subarray(5 * MiB, 6 * MiB);
+    const u1 = await client.send(new UploadPartCommand({ Bucket: 'sums', Key: 'multi-sha', UploadId, PartNumber: 1, Body: p1, ChecksumSHA256: sha(p1).toString('base64') }));
+    const u2 = await client.send(new UploadPartCommand({ Bucket: 'sums', Key: 'multi-sha', UploadId, PartNumber: 2, Body: p2, ChecksumSHA256: sha(p2).toString('base64') }));
+    // A part whose checksum is of another algorithm than the upload's is refused.
+    assert.deepEqual(await sdkFailure(client.send(new UploadPartCommand({ Bucket: 'sums', Key: 'multi-sha', UploadId, PartNumber: 3, Body: p2, ChecksumAlgorithm: 'CRC32C' }))), { status: 400, code: 'InvalidRequest' });
+    // The refusal came before the part's body was read: the connection is closed rather than left
+    // with those bytes in it, so the next request (which may reuse a kept-alive socket) is answered at once.
+    const listed = await client.send(new ListPartsCommand({ Bucket: 'sums', Key: 'multi-sha', UploadId }), { abortSignal: AbortSignal.timeout(15_000) });
+    assert.deepEqual(listed.Parts?.map((p) => p.ChecksumSHA256), [sha(p1).toString('base64'), sha(p2).toString('base64')]);
+    const wrong = await sdkFailure(client.send(new CompleteMultipartUploadCommand({ Bucket: 'sums', Key: 'multi-sha', UploadId, MultipartUpload: { Parts: [
+      { PartNumber: 1, ETag: u1.ETag, ChecksumSHA256: sha(p2).toString('base64') }, { PartNumber: 2, ETag: u2.ETag, ChecksumSHA256: sha(p2).toString('base64') },
+    ] } })));
+    assert.deepEqual(wrong, { status: 400, code: 'InvalidPart' });
+    const done = await client.send(new CompleteMultipartUploadCommand({ Bucket: 'sums', Key: 'multi-sha', UploadId, MultipartUpload: { Parts: [
+      { PartNumber: 1, ETag: u1.ETag, ChecksumSHA256: sha(p1).toString('base64') }, { PartNumber: 2, ETag: u2.ETag, ChecksumSHA256: sha(p2).toString('base64') },
+    ] } }));
+    const composite = `${sha(Buffer.concat([sha(p1), sha(p2)])).toString('base64')}-2`;
+    assert.equal(done.ChecksumSHA256, composite);
+    assert.equal((await client.send(new GetObjectCommand({ Bucket: 'sums', Key: 'multi-sha', ChecksumMode: 'ENABLED' }))).ChecksumSHA256, composite);
   });
 });

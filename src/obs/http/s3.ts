@@ -5,14 +5,13 @@
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { PassThrough, Readable, Transform } from 'node:stream';
-import { crc32 } from 'node:zlib';
-import { Crc32c, Crc64Nvme } from '@aws-sdk/checksums/crc';
 import { XMLBuilder, XMLParser } from 'fast-xml-parser';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { IamService, Principal, ResourceRef } from '../../iam/iam.js';
 import type { ResourcePolicy } from '../../iam/policy.js';
 import { compileBucketPolicy } from '../bucket-policy.js';
 import { lifecycleDocument, parseLifecycle } from '../lifecycle.js';
+import { CHECKSUM_BYTES, checksummer, COMPOSITE_ALGORITHMS, isChecksumAlgorithm, type ChecksumAlgorithm } from '../checksums.js';
 import { CORS_METHODS, corsDocument, matchCorsRule, parseCorsConfiguration, preflightAllowed, responseCorsHeaders, type CorsRule } from '../cors.js';
 import { ProjectLookup, scopeOfProject } from '../../kms/http/common.js';
 import { principalOf, type RouteDef, type RouteMeta } from '../../server/route.js';
@@ -183,34 +182,8 @@ function objectHeaders(reply: FastifyReply, row: ObjectRow, arn: string, version
   if (row.tags_json) reply.header('x-amz-tagging-count', String(Object.keys(JSON.parse(row.tags_json) as object).length));
 }
 
-/**
- * Checksums a client may declare for the content (header or aws-chunked trailer), checked after the
- * last byte, with their digest lengths. CRC32C and CRC64NVME come from the AWS SDK's own checksum package.
- */
-const CHECKSUM_BYTES = { crc32: 4, crc32c: 4, crc64nvme: 8, sha1: 20, sha256: 32 } as const;
-type ChecksumAlgorithm = keyof typeof CHECKSUM_BYTES;
-const isChecksumAlgorithm = (a: string): a is ChecksumAlgorithm => Object.hasOwn(CHECKSUM_BYTES, a);
 /** x-amz-checksum-* headers that carry no checksum value. */
 const CHECKSUM_SETTINGS = new Set(['algorithm', 'type', 'mode']);
-
-/** A running checksum over the content; SHA-256 is not here because the object store computes it anyway. */
-function checksummer(alg: Exclude<ChecksumAlgorithm, 'sha256'>): { update(b: Buffer): void; digest(): Promise<Buffer> } {
-  switch (alg) {
-    case 'crc32': {
-      let c = 0;
-      return { update: (b) => void (c = crc32(b, c)), digest: async () => u32(c) };
-    }
-    case 'crc32c':
-    case 'crc64nvme': {
-      const h = alg === 'crc32c' ? new Crc32c() : new Crc64Nvme();
-      return { update: (b) => h.update(b), digest: async () => Buffer.from(await h.digest()) };
-    }
-    case 'sha1': {
-      const h = createHash('sha1');
-      return { update: (b) => void h.update(b), digest: async () => h.digest() };
-    }
-  }
-}
 
 /**
  * Conditional headers, evaluated in RFC 7232's order as S3 applies it: If-Match (or, without it,
@@ -718,6 +691,9 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
             return xmlDoc({ CopyPartResult: { '@_xmlns': S3_NS, ETag: `"${r.etag}"`, LastModified: isoDate(r.lastModified) } });
           }
           const body = incomingBody(req);
+          if (u.checksum_algorithm && body.algorithm && body.algorithm !== u.checksum_algorithm) {
+            throw new ObsError(400, 'InvalidRequest', `Checksum Type mismatch occurred, expected checksum Type: ${u.checksum_algorithm}, actual checksum Type: ${body.algorithm}`);
+          }
           const etag = await obs.uploadPart(b, u, Number(q.partNumber), body.content, body.check, customerKey);
           reply.header('etag', `"${etag}"`);
           const sum = body.verified();
@@ -755,21 +731,32 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
         if ('uploads' in q) {
           refuseAcl(req, false);
           const om = objectMeta(req);
-          const id = await obs.createUpload(b, keyOf(req), om);
+          const checksum = uploadChecksum(req);
+          const id = await obs.createUpload(b, keyOf(req), om, { checksumAlgorithm: checksum });
           uploadEncryptionHeaders(reply, req, om.customerKey !== undefined);
+          if (checksum) {
+            reply.header('x-amz-checksum-algorithm', checksum.toUpperCase());
+            reply.header('x-amz-checksum-type', 'COMPOSITE');
+          }
           return xmlDoc({ InitiateMultipartUploadResult: { '@_xmlns': S3_NS, Bucket: b.name, Key: keyOf(req), UploadId: id } });
         }
         if (q.uploadId !== undefined) {
           const u = await obs.getUpload(b, keyOf(req), q.uploadId);
           const doc = parseXml(await readSmallBody(req.body as Readable | undefined, 4 * 1024 * 1024)) as { CompleteMultipartUpload?: { Part?: unknown } };
           const partsRaw = doc.CompleteMultipartUpload?.Part;
-          const parts = (Array.isArray(partsRaw) ? partsRaw : partsRaw ? [partsRaw] : []) as { PartNumber?: string; ETag?: string }[];
+          const parts = (Array.isArray(partsRaw) ? partsRaw : partsRaw ? [partsRaw] : []) as ({ PartNumber?: string; ETag?: string } & Record<string, string | undefined>)[];
+          const alg = u.checksum_algorithm as ChecksumAlgorithm | null;
+          const field = alg ? `Checksum${alg.toUpperCase()}` : null;
+          const expect = alg ? req.headers[`x-amz-checksum-${alg}`] : undefined;
           if (!doc.CompleteMultipartUpload || parts.some((p) => !p.PartNumber || !/^\d+$/.test(p.PartNumber) || !p.ETag)) throw new ObsError(400, 'MalformedXML', 'expected a CompleteMultipartUpload document of parts with PartNumber and ETag');
-          const r = await obs.completeUpload(b, u, parts.map((p) => ({ partNumber: Number(p.PartNumber), etag: String(p.ETag) })), { condition: writeCondition(req) });
+          const r = await obs.completeUpload(b, u, parts.map((p) => ({ partNumber: Number(p.PartNumber), etag: String(p.ETag), ...(field && typeof p[field] === 'string' ? { checksum: p[field] } : {}) })), {
+            condition: writeCondition(req), ...(typeof expect === 'string' ? { expectChecksum: expect } : {}),
+          });
           if (obs.isSseCUpload(u)) reply.header('x-amz-server-side-encryption-customer-algorithm', 'AES256');
           else reply.header('x-amz-server-side-encryption', 'aws:kms');
           if (b.versioning) reply.header('x-amz-version-id', r.versionId);
-          return xmlDoc({ CompleteMultipartUploadResult: { '@_xmlns': S3_NS, Location: `/${b.name}/${keyOf(req)}`, Bucket: b.name, Key: keyOf(req), ETag: `"${r.etag}"` } });
+          const sum = r.checksum ? { [`Checksum${r.checksum.slice(0, r.checksum.indexOf(':')).toUpperCase()}`]: r.checksum.slice(r.checksum.indexOf(':') + 1), ChecksumType: 'COMPOSITE' } : {};
+          return xmlDoc({ CompleteMultipartUploadResult: { '@_xmlns': S3_NS, Location: `/${b.name}/${keyOf(req)}`, Bucket: b.name, Key: keyOf(req), ETag: `"${r.etag}"`, ...sum } });
         }
         throw new ObsError(501, 'NotImplemented', 'this POST operation is not implemented');
       },
@@ -810,7 +797,11 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
           return xmlDoc({
             ListPartsResult: {
               '@_xmlns': S3_NS, Bucket: b.name, Key: u.key, UploadId: u.id, MaxParts: 10000, IsTruncated: false,
-              ...(parts.length ? { Part: parts.map((p) => ({ PartNumber: p.part_number, LastModified: isoDate(p.created_at), ETag: `"${p.etag}"`, Size: p.size })) } : {}),
+              ...(u.checksum_algorithm ? { ChecksumAlgorithm: u.checksum_algorithm.toUpperCase(), ChecksumType: 'COMPOSITE' } : {}),
+              ...(parts.length ? { Part: parts.map((p) => ({
+                PartNumber: p.part_number, LastModified: isoDate(p.created_at), ETag: `"${p.etag}"`, Size: p.size,
+                ...(p.checksum ? { [`Checksum${p.checksum.slice(0, p.checksum.indexOf(':')).toUpperCase()}`]: p.checksum.slice(p.checksum.indexOf(':') + 1) } : {}),
+              })) } : {}),
             },
           });
         }
@@ -891,14 +882,29 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
 }
 
 /**
- * x-amz-checksum-mode: ENABLED: the full-object checksum verified when the object was uploaded (only
- * for whole-object reads; objects uploaded without one, multipart objects and copies have none).
+ * x-amz-checksum-mode: ENABLED: the checksum verified when the object was uploaded, or a multipart
+ * object's composite one (only for whole-object reads; objects uploaded without one and copies have none).
  */
 function checksumHeaders(reply: FastifyReply, req: FastifyRequest, row: ObjectRow): void {
   if (!row.checksum || String(req.headers['x-amz-checksum-mode']).toUpperCase() !== 'ENABLED') return;
   const i = row.checksum.indexOf(':');
   reply.header(`x-amz-checksum-${row.checksum.slice(0, i)}`, row.checksum.slice(i + 1));
-  reply.header('x-amz-checksum-type', 'FULL_OBJECT');
+  reply.header('x-amz-checksum-type', /-\d+$/.test(row.checksum) ? 'COMPOSITE' : 'FULL_OBJECT');
+}
+
+/**
+ * x-amz-checksum-algorithm on CreateMultipartUpload: the algorithm of the object's composite checksum.
+ * A full-object checksum of a multipart object (x-amz-checksum-type FULL_OBJECT, or CRC64NVME, which
+ * has no other form) is not kept; each part's checksum is still verified.
+ */
+function uploadChecksum(req: FastifyRequest): ChecksumAlgorithm | undefined {
+  const raw = req.headers['x-amz-checksum-algorithm'];
+  if (raw === undefined) return undefined;
+  const alg = String(raw).toLowerCase();
+  if (!isChecksumAlgorithm(alg)) throw new ObsError(400, 'InvalidRequest', 'x-amz-checksum-algorithm is one of CRC32, CRC32C, CRC64NVME, SHA1, SHA256');
+  const type = String(req.headers['x-amz-checksum-type'] ?? 'COMPOSITE').toUpperCase();
+  if (type !== 'COMPOSITE' && type !== 'FULL_OBJECT') throw new ObsError(400, 'InvalidRequest', 'x-amz-checksum-type is COMPOSITE or FULL_OBJECT');
+  return type === 'COMPOSITE' && COMPOSITE_ALGORITHMS.includes(alg) ? alg : undefined;
 }
 
 /** 304 Not Modified: the validators, no body. */
@@ -949,7 +955,7 @@ function objectMeta(req: FastifyRequest): ObjectMeta {
  * The content of an upload as a stream (aws-chunked bodies decoded), and the check to run after its
  * last byte: declared length, Content-MD5, x-amz-checksum-* (header or trailer), x-amz-content-sha256.
  */
-function incomingBody(req: FastifyRequest): { content: Readable; check: VerifyUpload; verified: () => { name: string; value: string } | null } {
+function incomingBody(req: FastifyRequest): { content: Readable; check: VerifyUpload; verified: () => { name: string; value: string } | null; algorithm: ChecksumAlgorithm | undefined } {
   const h = req.headers;
   const declared = String(h['x-amz-content-sha256'] ?? '');
   const chunked = declared.startsWith('STREAMING-');
@@ -1027,7 +1033,7 @@ function incomingBody(req: FastifyRequest): { content: Readable; check: VerifyUp
     if (/^[0-9a-f]{64}$/.test(declared) && declared !== sha256.toString('hex')) throw new ObsError(400, 'XAmzContentSHA256Mismatch', 'the provided x-amz-content-sha256 header does not match what was computed');
     return verified && algorithm ? { checksum: `${algorithm}:${Buffer.from(verified.value, 'base64').toString('base64')}` } : undefined;
   };
-  return { content: source.pipe(tap), check, verified: () => verified };
+  return { content: source.pipe(tap), check, verified: () => verified, algorithm };
 }
 
 /** A checksum value: base64 of exactly the algorithm's digest length. */

@@ -14,6 +14,7 @@ import * as m0012 from './0012_obs_checksums.js';
 import * as m0013 from './0013_privacy_consent_requests.js';
 import * as m0014 from './0014_obs_bucket_policy.js';
 import * as m0015 from './0015_obs_cors.js';
+import * as m0016 from './0016_obs_multipart_checksums.js';
 
 /** Ordered by name; a migration once released is never edited, only followed by a new one. */
 export const migrations: Record<string, Migration> = {
@@ -32,4 +33,5 @@ export const migrations: Record<string, Migration> = {
   '0013_privacy_consent_requests': m0013,
   '0014_obs_bucket_policy': m0014,
   '0015_obs_cors': m0015,
+  '0016_obs_multipart_checksums': m0016,
 };
