@@ -30,6 +30,11 @@ export const DEFAULT_KEY_ALIAS = 'obs/default';
 export const NULL_VERSION = 'null';
 /** The object tag that ties an object to a data subject (data-subject requests find objects by it). */
 export const SUBJECT_TAG = 'custos:subject';
+/** The data subject an object is tagged with (indexed as obs_objects.subject_id). */
+function subjectOf(tags: Record<string, string> | null | undefined): string | null {
+  const s = tags?.[SUBJECT_TAG];
+  return typeof s === 'string' && s ? s : null;
+}
 /** kms_key_id of a version whose data key is sealed under a customer-provided key (SSE-C). */
 const SSE_C = 'SSE-C';
 export type Versioning = '' | 'Enabled' | 'Suspended';
@@ -210,7 +215,7 @@ export class ObsService {
   async setObjectTags(bucket: BucketRow, key: string, versionId: string | undefined, tags: Record<string, string> | null): Promise<string> {
     if (tags) checkTags(tags, 10);
     const row = await this.headObject(bucket, key, versionId);
-    await this.db.updateTable('obs_objects').set({ tags_json: tags ? JSON.stringify(tags) : null }).where('bucket_id', '=', bucket.id).where('key', '=', key).where('version_id', '=', row.version_id).execute();
+    await this.db.updateTable('obs_objects').set({ tags_json: tags ? JSON.stringify(tags) : null, subject_id: subjectOf(tags) }).where('bucket_id', '=', bucket.id).where('key', '=', key).where('version_id', '=', row.version_id).execute();
     return row.version_id;
   }
 
@@ -459,7 +464,7 @@ export class ObsService {
         bucket_id: bucket.id, key, version_id: versionId, size: w.size, etag: w.md5.toString('hex'), content_type: meta.contentType,
         metadata_json: JSON.stringify(meta.metadata), blob_id: blobId, cipher_size: w.cipherSize, kms_key_id: cmk ? cmk.id : SSE_C,
         data_key: dk.ciphertext.toString('base64'), created_at: this.now(), is_latest: 1, delete_marker: 0, seq: 0, parts_json: null,
-        ...this.lockFor(bucket, meta), tags_json: meta.tags ? JSON.stringify(meta.tags) : null, checksum: w.checksum,
+        ...this.lockFor(bucket, meta), tags_json: meta.tags ? JSON.stringify(meta.tags) : null, checksum: w.checksum, subject_id: subjectOf(meta.tags),
       };
       try {
         const replaced = await this.makeCurrent(row, [blobId], { condition: opts.condition });
@@ -770,7 +775,7 @@ export class ObsService {
       blob_id: u.id, cipher_size: chosen.reduce((n, p) => n + p.cipher_size, 0), kms_key_id: u.kms_key_id, data_key: u.data_key,
       created_at: this.now(), is_latest: 1, delete_marker: 0, seq: 0,
       parts_json: JSON.stringify(chosen.map((p): StoredPart => ({ blob: p.blob_id, size: p.size, cipher: p.cipher_size }))),
-      ...this.lockFor(bucket, { contentType: u.content_type, metadata: {} }), tags_json: null, checksum,
+      ...this.lockFor(bucket, { contentType: u.content_type, metadata: {} }), tags_json: null, checksum, subject_id: null,
     };
     const unused = [...stored.values()].filter((p) => !chosen.includes(p)).map((p) => p.blob_id);
     const replaced = await this.makeCurrent(row, [], { condition: opts.condition, claimUpload: u.id });
@@ -839,7 +844,7 @@ export class ObsService {
     const marker: ObjectRow = {
       bucket_id: bucket.id, key, version_id: markerId, size: 0, etag: '', content_type: '', metadata_json: '{}', blob_id: '', cipher_size: 0,
       kms_key_id: '', data_key: '', created_at: this.now(), is_latest: 1, delete_marker: 1, seq: 0, parts_json: null,
-      lock_mode: null, lock_until: null, legal_hold: 0, tags_json: null, checksum: null,
+      lock_mode: null, lock_until: null, legal_hold: 0, tags_json: null, checksum: null, subject_id: null,
     };
     await this.dropBlobs(await this.makeCurrent(marker, []));
     return { versionId: markerId, deleteMarker: true };
@@ -852,8 +857,7 @@ export class ObsService {
   async subjectObjects(accountId: string, subjectId: string): Promise<{ bucket: BucketRow; row: ObjectRow }[]> {
     const buckets = new Map((await this.listBuckets(accountId)).map((b) => [b.id, b]));
     if (!buckets.size) return [];
-    const needle = `%${JSON.stringify(SUBJECT_TAG).slice(0, -1)}%`;
-    const rows = await this.db.selectFrom('obs_objects').selectAll().where('bucket_id', 'in', [...buckets.keys()]).where('delete_marker', '=', 0).where('tags_json', 'like', needle).orderBy('bucket_id').orderBy('key').orderBy('seq', 'desc').execute();
+    const rows = await this.db.selectFrom('obs_objects').selectAll().where('subject_id', '=', subjectId).where('bucket_id', 'in', [...buckets.keys()]).where('delete_marker', '=', 0).orderBy('bucket_id').orderBy('key').orderBy('seq', 'desc').execute();
     return rows
       .filter((r) => (JSON.parse(r.tags_json!) as Record<string, string>)[SUBJECT_TAG] === subjectId)
       .map((row) => ({ bucket: buckets.get(row.bucket_id)!, row }));

@@ -28,6 +28,8 @@ export type ObsTables = {
     tags_json: string | null;
     /** The full-object checksum verified on upload, `<algorithm>:<base64>` (migration 0012); null if none was declared. */
     checksum: string | null;
+    /** The `custos:subject` tag's value, indexed for data-subject requests (migration 0017). */
+    subject_id: string | null;
   };
   obs_uploads: { id: string; bucket_id: string; key: string; kms_key_id: string; data_key: string; content_type: string; metadata_json: string; created_at: number; checksum_algorithm: string | null };
   obs_upload_parts: { upload_id: string; part_number: number; blob_id: string; size: number; cipher_size: number; etag: string; created_at: number; checksum: string | null };

@@ -15,6 +15,7 @@ import * as m0013 from './0013_privacy_consent_requests.js';
 import * as m0014 from './0014_obs_bucket_policy.js';
 import * as m0015 from './0015_obs_cors.js';
 import * as m0016 from './0016_obs_multipart_checksums.js';
+import * as m0017 from './0017_obs_subject_index.js';
 
 /** Ordered by name; a migration once released is never edited, only followed by a new one. */
 export const migrations: Record<string, Migration> = {
@@ -34,4 +35,5 @@ export const migrations: Record<string, Migration> = {
   '0014_obs_bucket_policy': m0014,
   '0015_obs_cors': m0015,
   '0016_obs_multipart_checksums': m0016,
+  '0017_obs_subject_index': m0017,
 };
