@@ -1088,12 +1088,10 @@ export class IamService {
 
   /**
    * The one authorization decision. The caller has already made sure the resource belongs to the
-   * principal's account (another tenant's resource is answered with 404 before this).
-   */
-  /**
-   * The one authorization decision. Identity policies (the principal's own, its groups') and, when
-   * the resource carries one, its resource-based policy: an explicit Deny in either wins, then an
-   * Allow in either, else the default deny.
+   * principal's account (another tenant's resource is answered with 404 before this). Identity
+   * policies (the principal's own, its groups') and, when the resource carries one, its
+   * resource-based policy: an explicit Deny in either wins, then an Allow in either, else the
+   * default deny.
    */
   async authorize(p: Principal, action: string, resource: ResourceRef | null, ctx: AuthzContext): Promise<Decision> {
     if (resource && resource.accountId !== p.accountId) return { effect: 'implicit-deny' };
@@ -1209,7 +1207,7 @@ export function mfaSerial(userId: string): string {
   return `iam/mfa/${userId}`;
 }
 
-/** Huawei-style resource URN: service:region:account:type:id. */
+/** Whether a resource-based policy's principal names the caller. */
 function principalMatches(m: PrincipalPattern, p: Principal): boolean {
   switch (m.kind) {
     case 'any':
@@ -1223,6 +1221,7 @@ function principalMatches(m: PrincipalPattern, p: Principal): boolean {
   }
 }
 
+/** Huawei-style resource URN: service:region:account:type:id. */
 export function resourceUrn(r: ResourceRef): string {
   return `${r.service}:${r.region ?? ''}:${r.accountId}:${r.type}:${r.id}`;
 }

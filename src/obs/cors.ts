@@ -27,7 +27,8 @@ export interface CorsRule {
 }
 
 const asList = (v: unknown): unknown[] => (v === undefined ? [] : Array.isArray(v) ? v : [v]);
-const HEADER_NAME = /^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,256}$/;
+/** An HTTP header name (RFC 9110 token), at most 256 characters. */
+export const HEADER_NAME = /^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,256}$/;
 
 /** A parsed `CORSConfiguration` document; every mistake is a 400 naming the rule. */
 export function parseCorsConfiguration(doc: unknown): CorsRule[] {
@@ -56,7 +57,7 @@ export function parseCorsConfiguration(doc: unknown): CorsRule[] {
     const headers = strings('AllowedHeader');
     for (const h of headers) {
       if ((h.match(/\*/g) ?? []).length > 1) throw new ObsError(400, 'InvalidRequest', `AllowedHeader "${h.slice(0, 100)}" can not have more than one wildcard.`);
-      if (!/^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,256}$/.test(h)) throw new ObsError(400, 'InvalidRequest', `CORSRule ${i + 1}: AllowedHeader "${h.slice(0, 100)}" is not a header name`);
+      if (!HEADER_NAME.test(h)) throw new ObsError(400, 'InvalidRequest', `CORSRule ${i + 1}: AllowedHeader "${h.slice(0, 100)}" is not a header name`);
     }
     const expose = strings('ExposeHeader');
     for (const h of expose) if (!HEADER_NAME.test(h) || h.includes('*')) throw new ObsError(400, 'InvalidRequest', `CORSRule ${i + 1}: ExposeHeader "${h.slice(0, 100)}" is not a header name`);

@@ -35,6 +35,10 @@ function subjectOf(tags: Record<string, string> | null | undefined): string | nu
   const s = tags?.[SUBJECT_TAG];
   return typeof s === 'string' && s ? s : null;
 }
+/** `column` begins with `prefix`, in SQL on both databases (characters, not bytes; no LIKE escaping). */
+function keyStartsWith(column: string, prefix: string) {
+  return sql<boolean>`substr(${sql.ref(column)}, 1, ${[...prefix].length}) = ${prefix}`;
+}
 /** kms_key_id of a version whose data key is sealed under a customer-provided key (SSE-C). */
 const SSE_C = 'SSE-C';
 export type Versioning = '' | 'Enabled' | 'Suspended';
@@ -287,7 +291,7 @@ export class ObsService {
         // run's batch); tags are checked on each row.
         const versions = (latest: 0 | 1) => {
           let q = this.db.selectFrom('obs_objects').where('bucket_id', '=', bucket.id).where('is_latest', '=', latest).where('delete_marker', '=', 0);
-          if (rule.prefix) q = q.where(sql<boolean>`substr(key, 1, ${[...rule.prefix].length}) = ${rule.prefix}`);
+          if (rule.prefix) q = q.where(keyStartsWith('key', rule.prefix));
           if (rule.sizeGreaterThan !== undefined) q = q.where('size', '>', rule.sizeGreaterThan);
           if (rule.sizeLessThan !== undefined) q = q.where('size', '<', rule.sizeLessThan);
           return q;
@@ -321,7 +325,7 @@ export class ObsService {
           // A delete marker with no other version of its key left hides nothing: it goes.
           let q = this.db.selectFrom('obs_objects as m').select(['m.key', 'm.version_id']).where('m.bucket_id', '=', bucket.id).where('m.is_latest', '=', 1).where('m.delete_marker', '=', 1)
             .where(({ not, exists, selectFrom }) => not(exists(selectFrom('obs_objects as o').select('o.key').whereRef('o.bucket_id', '=', 'm.bucket_id').whereRef('o.key', '=', 'm.key').whereRef('o.version_id', '!=', 'm.version_id'))));
-          if (rule.prefix) q = q.where(sql<boolean>`substr(m.key, 1, ${[...rule.prefix].length}) = ${rule.prefix}`);
+          if (rule.prefix) q = q.where(keyStartsWith('m.key', rule.prefix));
           for (const m of await q.limit(1000).execute()) {
             await this.deleteObject(bucket, m.key, m.version_id);
             done.markers++;
@@ -330,7 +334,7 @@ export class ObsService {
         if (rule.abortIncompleteDays !== undefined) {
           const cutoff = now - rule.abortIncompleteDays * DAY;
           let q = this.db.selectFrom('obs_uploads').selectAll().where('bucket_id', '=', bucket.id).where('created_at', '<=', cutoff);
-          if (rule.prefix) q = q.where(sql<boolean>`substr(key, 1, ${[...rule.prefix].length}) = ${rule.prefix}`);
+          if (rule.prefix) q = q.where(keyStartsWith('key', rule.prefix));
           for (const u of await q.limit(1000).execute()) {
             await this.abortUpload(u).catch(() => undefined);
             done.aborted++;
@@ -379,7 +383,7 @@ export class ObsService {
    * digests, lengths); if it or anything else fails, the blob is removed. The blob stays registered as
    * pending until the caller's commit removes that mark (or orphan collection removes the blob).
    */
-  private async writeBlob(bucket: BucketRow, blobId: string, dek: Buffer, content: Readable, verify: VerifyUpload, alsoChecksum?: ChecksumAlgorithm): Promise<{ size: number; md5: Buffer; cipherSize: number; checksum: string | null; computed: string | null }> {
+  private async writeBlob(bucket: BucketRow, blobId: string, dek: Buffer, content: Readable, verify: VerifyUpload, alsoChecksum?: ChecksumAlgorithm): Promise<{ size: number; md5: Buffer; sha256: Buffer; cipherSize: number; checksum: string | null; computed: string | null }> {
     const md5 = createHash('md5');
     const sha256 = createHash('sha256');
     const extra = alsoChecksum ? checksummer(alsoChecksum) : null;
@@ -410,9 +414,10 @@ export class ObsService {
       const { bytes } = await this.blobs.write(blobId, encrypted);
       if (bytes !== (plain ? size : encryptedSize(size))) throw new Error('the encrypted blob has an unexpected size');
       const digest = md5.digest();
-      const verified = verify({ md5: digest, sha256: sha256.digest(), size });
+      const sha = sha256.digest();
+      const verified = verify({ md5: digest, sha256: sha, size });
       const computed = extra ? `${alsoChecksum}:${(await extra.digest()).toString('base64')}` : null;
-      return { size, md5: digest, cipherSize: bytes, checksum: verified?.checksum ?? null, computed };
+      return { size, md5: digest, sha256: sha, cipherSize: bytes, checksum: verified?.checksum ?? null, computed };
     } catch (e) {
       await this.dropBlobs([blobId]);
       throw e;
@@ -621,9 +626,8 @@ export class ObsService {
 
   // ------------------------------------------------------------------ multipart uploads
 
-  /** One data key per upload (one KMS call), each part its own encrypted blob. */
   /**
-   * CreateMultipartUpload. With a checksum algorithm (x-amz-checksum-algorithm, COMPOSITE), every part's
+   * CreateMultipartUpload: one data key per upload (one KMS call), each part its own encrypted blob. With a checksum algorithm (x-amz-checksum-algorithm, COMPOSITE), every part's
    * checksum under it is kept (the client's, verified, or computed here), and completion gives the
    * object S3's composite checksum.
    */
@@ -678,13 +682,18 @@ export class ObsService {
     }
   }
 
-  async uploadPart(bucket: BucketRow, u: UploadRow, partNumber: number, content: Readable, verify: VerifyUpload, customerKey?: Buffer): Promise<string> {
+  /**
+   * UploadPart. For an upload with a checksum algorithm the part's checksum is kept: the one the client
+   * declared (`declared`, verified by `verify`), the SHA-256 computed anyway, or computed here.
+   */
+  async uploadPart(bucket: BucketRow, u: UploadRow, partNumber: number, content: Readable, verify: VerifyUpload, customerKey?: Buffer, declared?: ChecksumAlgorithm): Promise<string> {
     if (!Number.isInteger(partNumber) || partNumber < 1 || partNumber > MAX_PARTS) throw new ObsError(400, 'InvalidArgument', `part numbers are 1 to ${MAX_PARTS}`);
     const dek = await this.uploadKey(bucket, u, customerKey);
     const blobId = randomBytes(16).toString('hex');
     try {
       const alg = u.checksum_algorithm as ChecksumAlgorithm | null;
-      const w = await this.writeBlob(bucket, blobId, dek, content, verify, alg ?? undefined);
+      const w = await this.writeBlob(bucket, blobId, dek, content, verify, alg && alg !== declared && alg !== 'sha256' ? alg : undefined);
+      const partChecksum = !alg ? null : alg === declared ? w.checksum : alg === 'sha256' ? `sha256:${w.sha256.toString('base64')}` : w.computed;
       if (w.size > MAX_PART_BYTES) {
         await this.dropBlobs([blobId]);
         throw new ObsError(400, 'EntityTooLarge', `a part is at most ${MAX_PART_BYTES} bytes`);
@@ -693,7 +702,7 @@ export class ObsService {
       const previous = await this.db.transaction().execute(async (tx) => {
         const old = await tx.selectFrom('obs_upload_parts').select('blob_id').where('upload_id', '=', u.id).where('part_number', '=', partNumber).executeTakeFirst();
         if (old) await tx.deleteFrom('obs_upload_parts').where('upload_id', '=', u.id).where('part_number', '=', partNumber).execute();
-        await tx.insertInto('obs_upload_parts').values({ upload_id: u.id, part_number: partNumber, blob_id: blobId, size: w.size, cipher_size: w.cipherSize, etag, created_at: this.now(), checksum: w.computed }).execute();
+        await tx.insertInto('obs_upload_parts').values({ upload_id: u.id, part_number: partNumber, blob_id: blobId, size: w.size, cipher_size: w.cipherSize, etag, created_at: this.now(), checksum: partChecksum }).execute();
         await tx.deleteFrom('obs_pending_blobs').where('blob_id', '=', blobId).execute();
         return old?.blob_id ?? null;
       });
@@ -858,9 +867,7 @@ export class ObsService {
     const buckets = new Map((await this.listBuckets(accountId)).map((b) => [b.id, b]));
     if (!buckets.size) return [];
     const rows = await this.db.selectFrom('obs_objects').selectAll().where('subject_id', '=', subjectId).where('bucket_id', 'in', [...buckets.keys()]).where('delete_marker', '=', 0).orderBy('bucket_id').orderBy('key').orderBy('seq', 'desc').execute();
-    return rows
-      .filter((r) => (JSON.parse(r.tags_json!) as Record<string, string>)[SUBJECT_TAG] === subjectId)
-      .map((row) => ({ bucket: buckets.get(row.bucket_id)!, row }));
+    return rows.map((row) => ({ bucket: buckets.get(row.bucket_id)!, row }));
   }
 
   /** An object version's whole content (for archives; callers bound the size). */

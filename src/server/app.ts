@@ -228,6 +228,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
       if (!resource || resource.accountId !== p.accountId) throw new HttpFailure(404, notFoundCode(meta.dialect), `${meta.resourceType ?? 'resource'} not found`);
       req.custos.resource = resource;
     }
+    if (meta.authorizesEachItem) return;
     const decision = await iam.authorize(p, meta.action, resource, { sourceIp: req.ip, secure: req.protocol === 'https' });
     // A grant on the resource allows what no policy allows; it cannot override an explicit deny.
     if (decision.effect === 'implicit-deny' && meta.grant && resource && deps.grantAllows && (await deps.grantAllows(resource, p, meta.grant))) return;

@@ -15,6 +15,11 @@ export interface RouteMeta {
   action: string | null;
   /** Authenticated but not policy-checked: the route checks the caller itself (token validation). */
   authenticatedOnly?: boolean;
+  /**
+   * The request acts on many items that are authorized one by one in the handler (S3 DeleteObjects):
+   * the edge resolves the resource (404) and refuses a frozen account, but takes no decision itself.
+   */
+  authorizesEachItem?: boolean;
   traceType?: 'management' | 'data';
   resourceType?: string;
   /**

@@ -578,10 +578,6 @@ export class VaultService {
     return { c, t: now, d };
   }
 
-  async getRecordRow(c: Collection, id: string): Promise<RecordRow | undefined> {
-    return this.db.selectFrom('vault_records').selectAll().where('id', '=', id).where('collection_id', '=', c.row.id).executeTakeFirst();
-  }
-
   /**
    * Records of the collection for a read, in one query: each row with its KMS key's row (the key's
    * state is read with every read, as KMS itself does) and, for a purpose, the processing gate's

@@ -15,6 +15,7 @@ import { CreateBucketCommand, GetObjectCommand, PutBucketCorsCommand, PutObjectC
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
 import { available, CLIENTS_REQUIRED } from '../clients.js';
 import { startTestServer, type Tenant, type TestServer } from '../helpers.js';
+import { s3Client } from '../s3.js';
 
 const chromium = ['chromium', 'chromium-browser', 'google-chrome'].find((c) => available(c, ['--version']));
 const skip = !chromium && !CLIENTS_REQUIRED ? 'Chromium is not installed (apt-get install -y chromium)' : false;
@@ -31,12 +32,7 @@ before(async () => {
   if (skip) return;
   s = await startTestServer();
   t = await s.createTenant();
-  const k = await s.api('POST', '/v3.0/OS-CREDENTIAL/credentials', { token: t.token, body: { credential: { user_id: t.adminUserId } } });
-  assert.equal(k.status, 201, k.text);
-  client = new S3Client({
-    endpoint: s.custos.obsUrl, region: t.projects[0]!.name, forcePathStyle: true, requestChecksumCalculation: 'WHEN_REQUIRED',
-    credentials: { accessKeyId: k.json.credential.access, secretAccessKey: k.json.credential.secret },
-  });
+  client = await s3Client(s, t, { config: { requestChecksumCalculation: 'WHEN_REQUIRED' } });
   await client.send(new CreateBucketCommand({ Bucket: 'webapp' }));
   await client.send(new PutObjectCommand({ Bucket: 'webapp', Key: 'hello.txt', Body: 'hello from custos' }));
   pages = createServer((req, res) => {

@@ -10,22 +10,20 @@ import {
   PutObjectCommand, S3Client,
 } from '@aws-sdk/client-s3';
 import { sdkFailure as failure, startTestServer, type Tenant, type TestServer } from '../helpers.js';
+import { s3Client } from '../s3.js';
 
 const PASSWORD = 'An0ther-Passw0rd!';
 let s: TestServer;
 let t: Tenant;
 let admin: S3Client;
 let reader: S3Client; // a user with no IAM policy at all
-let readerId: string;
 const clients: S3Client[] = [];
 
 async function userClient(name: string): Promise<{ client: S3Client; id: string }> {
   const u = await s.api('POST', '/v3.0/OS-USER/users', { token: t.token, body: { user: { domain_id: t.accountId, name, password: PASSWORD } } });
   assert.equal(u.status, 201, u.text);
   const id = u.json.user.id as string;
-  const k = await s.api('POST', '/v3.0/OS-CREDENTIAL/credentials', { token: t.token, body: { credential: { user_id: id } } });
-  assert.equal(k.status, 201, k.text);
-  const client = new S3Client({ endpoint: s.custos.obsUrl, region: t.projects[0]!.name, forcePathStyle: true, credentials: { accessKeyId: k.json.credential.access, secretAccessKey: k.json.credential.secret } });
+  const client = await s3Client(s, t, { userId: id });
   clients.push(client);
   return { client, id };
 }
@@ -33,11 +31,9 @@ async function userClient(name: string): Promise<{ client: S3Client; id: string 
 before(async () => {
   s = await startTestServer();
   t = await s.createTenant();
-  const r = await s.api('POST', '/v3.0/OS-CREDENTIAL/credentials', { token: t.token, body: { credential: { user_id: t.adminUserId } } });
-  assert.equal(r.status, 201, r.text);
-  admin = new S3Client({ endpoint: s.custos.obsUrl, region: t.projects[0]!.name, forcePathStyle: true, credentials: { accessKeyId: r.json.credential.access, secretAccessKey: r.json.credential.secret } });
+  admin = await s3Client(s, t);
   clients.push(admin);
-  ({ client: reader, id: readerId } = await userClient('reader'));
+  ({ client: reader } = await userClient('reader'));
   await admin.send(new CreateBucketCommand({ Bucket: 'shared' }));
   await admin.send(new PutObjectCommand({ Bucket: 'shared', Key: 'public/readme.txt', Body: 'for readers' }));
   await admin.send(new PutObjectCommand({ Bucket: 'shared', Key: 'private/payroll.csv', Body: 'salaries' }));
@@ -160,13 +156,11 @@ describe('bucket policies', () => {
     assert.equal((await failure(reader.send(new DeleteBucketPolicyCommand({ Bucket: 'shared' })))).status, 403);
     assert.equal((await failure(reader.send(new GetBucketPolicyCommand({ Bucket: 'shared' })))).status, 403);
     await admin.send(new DeleteBucketPolicyCommand({ Bucket: 'shared' }));
-    void readerId;
   });
 
   test('another tenant cannot set, read or learn of a bucket policy', async () => {
     const other = await s.createTenant();
-    const k = await s.api('POST', '/v3.0/OS-CREDENTIAL/credentials', { token: other.token, body: { credential: { user_id: other.adminUserId } } });
-    const c = new S3Client({ endpoint: s.custos.obsUrl, region: other.projects[0]!.name, forcePathStyle: true, credentials: { accessKeyId: k.json.credential.access, secretAccessKey: k.json.credential.secret } });
+    const c = await s3Client(s, other);
     clients.push(c);
     await put({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Principal: '*', Action: 's3:GetObject', Resource: 'arn:aws:s3:::shared/*' }] });
     assert.equal((await failure(c.send(new GetBucketPolicyCommand({ Bucket: 'shared' })))).status, 404);

@@ -14,6 +14,7 @@ import {
   CompleteMultipartUploadCommand, CreateBucketCommand, CreateMultipartUploadCommand, GetObjectCommand, HeadObjectCommand, ListPartsCommand, PutObjectCommand, S3Client, UploadPartCommand,
 } from '@aws-sdk/client-s3';
 import { sdkFailure, startTestServer, type Tenant, type TestServer } from '../helpers.js';
+import { accessKey, s3Client } from '../s3.js';
 
 let s: TestServer;
 let t: Tenant;
@@ -131,12 +132,10 @@ describe('CRC32C and CRC64NVME checksums', () => {
   });
 
   test('presigned URLs: header values signed into the query apply (a checksum, metadata); the SDK\'s default empty-body CRC32 fails like on S3', async () => {
-    const r = await s.api('POST', '/v3.0/OS-CREDENTIAL/credentials', { token: t.token, body: { credential: { user_id: t.adminUserId } } });
-    const credentials = { accessKeyId: r.json.credential.access, secretAccessKey: r.json.credential.secret };
-    const region = t.projects[0]!.name;
     // Since 3.729 the SDK signs the CRC32 of the (absent) body into a presigned PutObject URL by default.
-    const defaults = new S3Client({ endpoint: s.custos.obsUrl, region, forcePathStyle: true, credentials });
-    const whenRequired = new S3Client({ endpoint: s.custos.obsUrl, region, forcePathStyle: true, credentials, requestChecksumCalculation: 'WHEN_REQUIRED' });
+    const credentials = await accessKey(s, t);
+    const defaults = await s3Client(s, t, { credentials });
+    const whenRequired = await s3Client(s, t, { credentials, config: { requestChecksumCalculation: 'WHEN_REQUIRED' } });
     try {
       const baked = await getSignedUrl(defaults, new PutObjectCommand({ Bucket: 'sums', Key: 'presigned-default' }), { expiresIn: 60 });
       assert.match(baked, /x-amz-checksum-crc32=AAAAAA%3D%3D/);

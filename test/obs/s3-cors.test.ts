@@ -8,6 +8,7 @@ import {
 } from '@aws-sdk/client-s3';
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
 import { sdkFailure as failure, startTestServer, type Tenant, type TestServer } from '../helpers.js';
+import { s3Client } from '../s3.js';
 
 let s: TestServer;
 let t: Tenant;
@@ -16,9 +17,7 @@ let presigner: S3Client; // for presigned PUTs: requestChecksumCalculation WHEN_
 const clients: S3Client[] = [];
 
 async function s3For(server: TestServer, tenant: Tenant, extra: { requestChecksumCalculation?: 'WHEN_REQUIRED' } = {}): Promise<S3Client> {
-  const k = await server.api('POST', '/v3.0/OS-CREDENTIAL/credentials', { token: tenant.token, body: { credential: { user_id: tenant.adminUserId } } });
-  assert.equal(k.status, 201, k.text);
-  const c = new S3Client({ endpoint: server.custos.obsUrl, region: tenant.projects[0]!.name, forcePathStyle: true, credentials: { accessKeyId: k.json.credential.access, secretAccessKey: k.json.credential.secret }, ...extra });
+  const c = await s3Client(server, tenant, { config: extra });
   clients.push(c);
   return c;
 }

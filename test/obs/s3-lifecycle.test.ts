@@ -8,6 +8,7 @@ import {
   PutBucketVersioningCommand, PutObjectCommand, S3Client, type LifecycleRule,
 } from '@aws-sdk/client-s3';
 import { sdkFailure, startTestServer, type Tenant, type TestServer } from '../helpers.js';
+import { accessKey } from '../s3.js';
 
 const DAY = 86_400_000;
 let s: TestServer;
@@ -30,9 +31,7 @@ const keys = async (bucket: string) => ((await s3().send(new ListObjectsV2Comman
 before(async () => {
   s = await startTestServer({ now: () => clock });
   t = await s.createTenant();
-  const r = await s.api('POST', '/v3.0/OS-CREDENTIAL/credentials', { token: t.token, body: { credential: { user_id: t.adminUserId } } });
-  assert.equal(r.status, 201, r.text);
-  credentials = { accessKeyId: r.json.credential.access, secretAccessKey: r.json.credential.secret };
+  credentials = await accessKey(s, t);
 });
 after(async () => {
   for (const c of clients) c.destroy();

@@ -18,6 +18,7 @@ import { parseSignature, verifySignature, type ChunkSigner, type SignedRequestIn
 import { AwsChunkedDecoder, MAX_SIGNED_CHUNK } from '../../src/obs/http/chunked.js';
 import { ObsError } from '../../src/obs/obs.js';
 import { startTestServer, type Tenant, type TestServer } from '../helpers.js';
+import { accessKey } from '../s3.js';
 
 const sha256 = (b: Buffer | string) => createHash('sha256').update(b).digest('hex');
 const EMPTY = sha256('');
@@ -144,9 +145,7 @@ let signer: SignatureV4;
 before(async () => {
   s = await startTestServer();
   t = await s.createTenant();
-  const r = await s.api('POST', '/v3.0/OS-CREDENTIAL/credentials', { token: t.token, body: { credential: { user_id: t.adminUserId } } });
-  assert.equal(r.status, 201, r.text);
-  credentials = { accessKeyId: r.json.credential.access, secretAccessKey: r.json.credential.secret };
+  credentials = await accessKey(s, t);
   region = t.projects[0]!.name;
   client = new S3Client({ endpoint: s.custos.obsUrl, region, forcePathStyle: true, credentials });
   signer = new SignatureV4({ service: 's3', region, credentials, sha256: Sha256, uriEscapePath: false, applyChecksum: false });

@@ -12,7 +12,7 @@ import type { ResourcePolicy } from '../../iam/policy.js';
 import { compileBucketPolicy } from '../bucket-policy.js';
 import { lifecycleDocument, parseLifecycle } from '../lifecycle.js';
 import { CHECKSUM_BYTES, checksummer, COMPOSITE_ALGORITHMS, isChecksumAlgorithm, type ChecksumAlgorithm } from '../checksums.js';
-import { CORS_METHODS, corsDocument, matchCorsRule, parseCorsConfiguration, preflightAllowed, responseCorsHeaders, type CorsRule } from '../cors.js';
+import { CORS_METHODS, corsDocument, HEADER_NAME, matchCorsRule, parseCorsConfiguration, preflightAllowed, responseCorsHeaders, type CorsRule } from '../cors.js';
 import { ProjectLookup, scopeOfProject } from '../../kms/http/common.js';
 import { principalOf, type RouteDef, type RouteMeta } from '../../server/route.js';
 import { etagMatches, ObsError, type LockMode, type ObjectMeta, type ObsService, type VerifyUpload, type WriteCondition } from '../obs.js';
@@ -326,7 +326,7 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
     if (typeof origin !== 'string' || typeof method !== 'string') throw new ObsError(400, 'BadRequest', 'Insufficient information. Origin request header needed.');
     const asked = req.headers['access-control-request-headers'];
     const headers = typeof asked === 'string' ? asked.split(',').map((h) => h.trim()).filter(Boolean) : [];
-    if (!(CORS_METHODS as readonly string[]).includes(method) || !preflightAllowed(corsOrigins, origin) || headers.some((h) => !/^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,256}$/.test(h))) {
+    if (!(CORS_METHODS as readonly string[]).includes(method) || !preflightAllowed(corsOrigins, origin) || headers.some((h) => !HEADER_NAME.test(h))) {
       throw new ObsError(403, 'AccessForbidden', 'CORSResponse: This CORS request is not allowed. This is usually because the evaluation of Origin, request method / Access-Control-Request-Method or Access-Control-Request-Headers are not whitelisted by the resource\'s CORS spec.');
     }
     reply.header('access-control-allow-origin', origin);
@@ -486,14 +486,9 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
     {
       // DeleteObjects is authorized per key only, as S3 does: a grant of DeleteObject on `bucket/tmp/*`
       // (an IAM or bucket policy) allows deleting those keys in a batch and no others.
-      method: 'POST', url: '/:bucket', meta: meta('obs:object:DeleteObject', 'bucket', undefined, { authenticatedOnly: true }),
+      method: 'POST', url: '/:bucket', meta: meta('obs:object:DeleteObject', 'bucket', bucketRes(false), { authorizesEachItem: true }),
       handler: async (req, reply) => {
-        const p = principalOf(req);
-        if (p.frozen) throw new ObsError(403, 'AccessDenied', 'the account is being deregistered and is frozen: only the deregistration can be viewed or cancelled');
-        const found = await obs.findBucket(p.accountId, (req.params as { bucket: string }).bucket);
-        if (!found) throw new ObsError(404, 'NoSuchBucket', 'The specified bucket does not exist');
-        req.custos.resource = bucketResource(req, found);
-        const b = found;
+        const b = bucketOf(req);
         if (!('delete' in (req.query as Record<string, string>))) throw new ObsError(501, 'NotImplemented', 'this POST operation is not implemented');
         const doc = parseXml(await readSmallBody(req.body as Readable | undefined, 2 * 1024 * 1024)) as { Delete?: { Object?: unknown; Quiet?: string } };
         const raw = doc.Delete?.Object;
@@ -694,7 +689,7 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
           if (u.checksum_algorithm && body.algorithm && body.algorithm !== u.checksum_algorithm) {
             throw new ObsError(400, 'InvalidRequest', `Checksum Type mismatch occurred, expected checksum Type: ${u.checksum_algorithm}, actual checksum Type: ${body.algorithm}`);
           }
-          const etag = await obs.uploadPart(b, u, Number(q.partNumber), body.content, body.check, customerKey);
+          const etag = await obs.uploadPart(b, u, Number(q.partNumber), body.content, body.check, customerKey, body.algorithm);
           reply.header('etag', `"${etag}"`);
           const sum = body.verified();
           if (sum) reply.header(sum.name, sum.value);
@@ -755,7 +750,7 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
           if (obs.isSseCUpload(u)) reply.header('x-amz-server-side-encryption-customer-algorithm', 'AES256');
           else reply.header('x-amz-server-side-encryption', 'aws:kms');
           if (b.versioning) reply.header('x-amz-version-id', r.versionId);
-          const sum = r.checksum ? { [`Checksum${r.checksum.slice(0, r.checksum.indexOf(':')).toUpperCase()}`]: r.checksum.slice(r.checksum.indexOf(':') + 1), ChecksumType: 'COMPOSITE' } : {};
+          const sum = r.checksum ? { ...Object.fromEntries([checksumElement(r.checksum)]), ChecksumType: 'COMPOSITE' } : {};
           return xmlDoc({ CompleteMultipartUploadResult: { '@_xmlns': S3_NS, Location: `/${b.name}/${keyOf(req)}`, Bucket: b.name, Key: keyOf(req), ETag: `"${r.etag}"`, ...sum } });
         }
         throw new ObsError(501, 'NotImplemented', 'this POST operation is not implemented');
@@ -800,7 +795,7 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
               ...(u.checksum_algorithm ? { ChecksumAlgorithm: u.checksum_algorithm.toUpperCase(), ChecksumType: 'COMPOSITE' } : {}),
               ...(parts.length ? { Part: parts.map((p) => ({
                 PartNumber: p.part_number, LastModified: isoDate(p.created_at), ETag: `"${p.etag}"`, Size: p.size,
-                ...(p.checksum ? { [`Checksum${p.checksum.slice(0, p.checksum.indexOf(':')).toUpperCase()}`]: p.checksum.slice(p.checksum.indexOf(':') + 1) } : {}),
+                ...(p.checksum ? Object.fromEntries([checksumElement(p.checksum)]) : {}),
               })) } : {}),
             },
           });
@@ -879,6 +874,12 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
       },
     },
   ];
+}
+
+/** A stored checksum (`<algorithm>:<base64>`) as S3 names it in XML (`ChecksumCRC32`) and its value. */
+function checksumElement(stored: string): [string, string] {
+  const i = stored.indexOf(':');
+  return [`Checksum${stored.slice(0, i).toUpperCase()}`, stored.slice(i + 1)];
 }
 
 /**
@@ -1049,7 +1050,6 @@ function safeDecode(s: string): string {
   }
 }
 
-/** S3's LifecycleConfiguration, as far as supported: prefix filters, days-based rules. */
 /** SSE-C headers: AES256, the 256-bit key in base64, and its MD5, which must match (a mistyped key is refused). */
 function sseCustomerKey(req: FastifyRequest, prefix = 'x-amz-server-side-encryption-customer-'): Buffer | undefined {
   const alg = req.headers[`${prefix}algorithm`];
@@ -1104,11 +1104,6 @@ function parseXml(body: Buffer): unknown {
   }
 }
 
-function u32(n: number): Buffer {
-  const b = Buffer.alloc(4);
-  b.writeUInt32BE(n >>> 0);
-  return b;
-}
 function equalB64(given: string, computed: Buffer): boolean {
   const g = Buffer.from(given, 'base64');
   return g.length === computed.length && timingSafeEqual(g, computed);
