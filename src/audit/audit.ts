@@ -3,7 +3,8 @@
  * response leaves, signs digests at an interval, answers queries, clears traces past retention
  * and exports trails for offline verification.
  */
-import { createHmac, generateKeyPairSync, createPrivateKey, randomBytes, sign as signBytes, type KeyObject } from 'node:crypto';
+import { createHmac, generateKeyPairSync, createPrivateKey, sign as signBytes, type KeyObject } from 'node:crypto';
+import { randomBytes } from '../crypto/random.js';
 import { mkdir, writeFile, rename } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -168,8 +169,13 @@ export class AuditService implements AuditRecorder {
           rows.push(toRow({ ...stored, prev_hash: hash, hash: h }));
           hash = h;
         }
-        for (let i = 0; i < rows.length; i += 100) await trx.insertInto('audit_traces').values(rows.slice(i, i + 100)).execute();
-        await trx.updateTable('audit_heads').set({ seq, hash, updated_at: recordTime }).where('trail', '=', trail).execute();
+        // One SQL template per 100 rows: the query builder's compilation of a multi-row insert cost
+        // more than the database's work on it.
+        for (let i = 0; i < rows.length; i += 100) {
+          const values = rows.slice(i, i + 100).map((r) => sql`(${sql.join(TRACE_COLUMNS.map((c) => r[c]))})`);
+          await sql`insert into audit_traces (${TRACE_COLUMN_LIST}) values ${sql.join(values)}`.execute(trx);
+        }
+        await sql`update audit_heads set seq = ${seq}, hash = ${hash}, updated_at = ${recordTime} where trail = ${trail}`.execute(trx);
       }
     });
   }
@@ -202,9 +208,10 @@ export class AuditService implements AuditRecorder {
       await this.insertHead(trx, trail);
       if (this.knownTrails.size < 100_000) this.knownTrails.add(trail);
     }
-    let q = trx.selectFrom('audit_heads').select(['seq', 'hash']).where('trail', '=', trail);
-    if (this.opts.dialect === 'postgres') q = q.forUpdate();
-    return q.executeTakeFirstOrThrow();
+    const lock = this.opts.dialect === 'postgres' ? sql` for update` : sql``;
+    const { rows } = await sql<{ seq: number | string; hash: string }>`select seq, hash from audit_heads where trail = ${trail}${lock}`.execute(trx);
+    if (!rows[0]) throw new Error(`audit trail head ${trail} missing`);
+    return { seq: Number(rows[0].seq), hash: rows[0].hash };
   }
 
   private async insertHead(trx: Trx, trail: string): Promise<void> {
@@ -553,6 +560,13 @@ async function loadOrCreateSetting(db: Db, name: string, create: () => string): 
   await db.insertInto('settings').values({ name, value: create() }).onConflict((oc) => oc.column('name').doNothing()).execute();
   return (await db.selectFrom('settings').select('value').where('name', '=', name).executeTakeFirstOrThrow()).value;
 }
+
+const TRACE_COLUMNS = [
+  'trail', 'seq', 'trace_id', 'time', 'record_time', 'trace_name', 'trace_type', 'trace_rating', 'service_type', 'resource_type', 'resource_id',
+  'resource_name', 'project_id', 'region', 'user_name', 'user_json', 'source_ip', 'user_agent', 'request_id', 'http_method', 'api_path', 'code',
+  'error_code', 'correlation_json', 'detail_json', 'prev_hash', 'hash',
+] as const satisfies readonly (keyof TraceRow)[];
+const TRACE_COLUMN_LIST = sql.join(TRACE_COLUMNS.map((c) => sql.ref(c)));
 
 function toRow(t: StoredTrace): TraceRow {
   return {

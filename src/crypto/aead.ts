@@ -1,4 +1,5 @@
-import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
+import { createCipheriv, createDecipheriv } from 'node:crypto';
+import { randomBytes } from './random.js';
 
 /** AES-256-GCM with a random 96-bit IV; output is iv(12) | tag(16) | ciphertext. */
 export function sealAesGcm(key: Buffer, plaintext: Buffer, aad: Buffer): Buffer {

@@ -14,7 +14,8 @@
  * Every stream ends with a package flagged final, empty when the plaintext fills its last package
  * exactly (or is empty), so cutting a stream at a package boundary is detected too.
  */
-import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
+import { createCipheriv, createDecipheriv } from 'node:crypto';
+import { randomBytes } from './random.js';
 import { Transform, type TransformCallback } from 'node:stream';
 
 const MAGIC = Buffer.from('CSE1');

@@ -1,4 +1,5 @@
-import { hash as oneShotHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import { hash as oneShotHash, timingSafeEqual } from 'node:crypto';
+import { randomBytes } from '../crypto/random.js';
 import { CompiledQuery, sql } from 'kysely';
 import type { SecretBox } from '../crypto/secretbox.js';
 import { isUniqueViolation } from '../store/db.js';

@@ -11,7 +11,8 @@
  *   22..33 IV (96 bits, random per message)
  *   34..   ciphertext, then the 128-bit tag
  */
-import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
+import { createCipheriv, createDecipheriv } from 'node:crypto';
+import { randomBytes } from '../crypto/random.js';
 import { KmsError } from './errors.js';
 
 const FORMAT_V1 = 0x01;

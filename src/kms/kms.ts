@@ -19,7 +19,6 @@ import {
   privateEncrypt,
   publicDecrypt,
   publicEncrypt,
-  randomBytes,
   randomUUID,
   sign as cryptoSign,
   timingSafeEqual,
@@ -27,6 +26,8 @@ import {
   type KeyObject,
 } from 'node:crypto';
 import { promisify } from 'node:util';
+import { sql } from 'kysely';
+import { randomBytes } from '../crypto/random.js';
 import type { RootKeyProvider } from '../crypto/rootkey.js';
 import { isUniqueViolation } from '../store/db.js';
 import { openWithKey, parseHeader, sealWithKey, type EncryptionContext } from './ciphertext.js';
@@ -266,9 +267,11 @@ export class KmsService {
   }
 
   async findKey(scope: KeyScope, ref: string): Promise<KeyRow | undefined> {
-    let q = this.db.selectFrom('kms_keys').selectAll().where('account_id', '=', scope.accountId).where('project_id', '=', scope.projectId);
-    q = UUID.test(ref) ? q.where('id', '=', ref) : q.where('alias', '=', ref);
-    return q.executeTakeFirst();
+    // Every KMS operation (and every vault write) starts here: one SQL template, since building the
+    // query cost more than running it.
+    const by = UUID.test(ref) ? sql`id = ${ref}` : sql`alias = ${ref}`;
+    const { rows } = await sql<KeyRow>`select * from kms_keys where account_id = ${scope.accountId} and project_id = ${scope.projectId} and ${by}`.execute(this.db);
+    return rows[0];
   }
 
   async getKey(scope: KeyScope, ref: string): Promise<KeyRow> {

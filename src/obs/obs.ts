@@ -4,7 +4,8 @@
  * per GET), and its content is encrypted in authenticated 64 KiB packages (src/crypto/stream.ts), so
  * a range read decrypts only what it returns.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
+import { randomBytes } from '../crypto/random.js';
 import { Readable, Transform } from 'node:stream';
 import { openAesGcm, sealAesGcm } from '../crypto/aead.js';
 import { decryptRange, encryptedSize, encryptStream } from '../crypto/stream.js';

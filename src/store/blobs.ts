@@ -5,7 +5,7 @@
  * crash and a crash mid-write never leaves a partial blob under its id.
  * Custos only ever hands this layer ciphertext.
  */
-import { randomBytes } from 'node:crypto';
+import { randomBytes } from '../crypto/random.js';
 import { mkdir, open, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';

@@ -5,7 +5,8 @@
  * indexes; only whitelisted principals reach the data, for a purpose each property is collected for,
  * and see values masked unless they may unmask them; values go when their deletion rule fires.
  */
-import { createHmac, hkdfSync, randomBytes, randomUUID } from 'node:crypto';
+import { createHmac, hkdfSync, randomUUID } from 'node:crypto';
+import { randomBytes } from '../crypto/random.js';
 import { sql, type AliasedRawBuilder, type RawBuilder } from 'kysely';
 import { DecryptError, openAesGcm, sealAesGcm } from '../crypto/aead.js';
 import { ServiceError } from '../errors.js';
@@ -131,6 +132,7 @@ const RECORD_COLUMNS = ['id', 'collection_id', 'account_id', 'subject_id', 'regi
 const everyRecordColumn: Exclude<keyof RecordRow, (typeof RECORD_COLUMNS)[number]> extends never ? true : never = true;
 void everyRecordColumn;
 const RECORD_SELECT = sql.raw(RECORD_COLUMNS.map((col) => `r.${col}`).join(', '));
+const RECORD_COLUMN_LIST = sql.raw(RECORD_COLUMNS.join(', '));
 const KEY_SELECT = sql.raw(KEY_COLUMNS.map((col) => `k.${col} as k__${col}`).join(', '));
 
 /** Everything the vault holds about one subject, in the clear (for access and portability requests). */
@@ -554,9 +556,12 @@ export class VaultService {
       id, collection_id: c.row.id, account_id: c.row.account_id, subject_id: subjectId, region: c.row.region, kms_key_id: key.id,
       data_key: dk.ciphertext.toString('base64'), values_json: JSON.stringify(values), next_delete_at: nextDeletion(values), created_at: now, updated_at: now,
     };
+    // SQL templates: the query builder's compilation cost a third of the database's work here.
     await this.db.transaction().execute(async (trx) => {
-      await trx.insertInto('vault_records').values(row).execute();
-      if (index.length) await trx.insertInto('vault_index').values(index.map((i) => ({ collection_id: c.row.id, property: i.property, digest: i.digest, record_id: id }))).execute();
+      await sql`insert into vault_records (${RECORD_COLUMN_LIST}) values (${sql.join(RECORD_COLUMNS.map((col) => row[col]))})`.execute(trx);
+      if (index.length) {
+        await sql`insert into vault_index (collection_id, property, digest, record_id) values ${sql.join(index.map((i) => sql`(${c.row.id}, ${i.property}, ${i.digest}, ${id})`))}`.execute(trx);
+      }
     });
     this.stats.recordsWritten++;
     return row;
