@@ -4,7 +4,7 @@
  * per GET), and its content is encrypted in authenticated 64 KiB packages (src/crypto/stream.ts), so
  * a range read decrypts only what it returns.
  */
-import { createHash } from 'node:crypto';
+import { createHash, createHmac } from 'node:crypto';
 import { randomBytes } from '../crypto/random.js';
 import { Readable, Transform } from 'node:stream';
 import { openAesGcm, sealAesGcm } from '../crypto/aead.js';
@@ -445,7 +445,10 @@ export class ObsService {
    * Stores an object from a stream of its content. The content is encrypted as it arrives; the object
    * becomes visible only once its blob is durable and its row committed.
    */
-  async putObject(bucket: BucketRow, key: string, content: Readable, meta: ObjectMeta, verify: VerifyUpload, opts: { condition?: WriteCondition | undefined } = {}): Promise<PutResult> {
+  async putObject(
+    bucket: BucketRow, key: string, content: Readable, meta: ObjectMeta, verify: VerifyUpload,
+    opts: { condition?: WriteCondition | undefined; computeChecksum?: ChecksumAlgorithm | undefined } = {},
+  ): Promise<PutResult & { checksum: string | null }> {
     if (!validObjectKey(key)) throw new ObsError(400, 'KeyTooLongError', 'object keys are 1 to 1024 bytes of UTF-8 without NUL');
     this.lockFor(bucket, meta);
     // Refuse early what would be refused anyway; the decision that counts is made again when committing.
@@ -464,13 +467,16 @@ export class ObsService {
       throw kmsFailure(e);
     }
     try {
-      const w = await this.writeBlob(bucket, blobId, dk.plaintext, content, verify);
+      // A copy has no checksum declared by a client: the one it keeps is computed as it is written.
+      const compute = opts.computeChecksum;
+      const w = await this.writeBlob(bucket, blobId, dk.plaintext, content, verify, compute && compute !== 'sha256' ? compute : undefined);
+      const checksum = w.checksum ?? (compute === 'sha256' ? `sha256:${w.sha256.toString('base64')}` : w.computed);
       const versionId = bucket.versioning === 'Enabled' ? newVersionId(this.now()) : NULL_VERSION;
       const row: ObjectRow = {
-        bucket_id: bucket.id, key, version_id: versionId, size: w.size, etag: w.md5.toString('hex'), content_type: meta.contentType,
+        bucket_id: bucket.id, key, version_id: versionId, size: w.size, etag: etagOf(w.md5, meta.customerKey), content_type: meta.contentType,
         metadata_json: JSON.stringify(meta.metadata), blob_id: blobId, cipher_size: w.cipherSize, kms_key_id: cmk ? cmk.id : SSE_C,
         data_key: dk.ciphertext.toString('base64'), created_at: this.now(), is_latest: 1, delete_marker: 0, seq: 0, parts_json: null,
-        ...this.lockFor(bucket, meta), tags_json: meta.tags ? JSON.stringify(meta.tags) : null, checksum: w.checksum, subject_id: subjectOf(meta.tags),
+        ...this.lockFor(bucket, meta), tags_json: meta.tags ? JSON.stringify(meta.tags) : null, checksum, subject_id: subjectOf(meta.tags),
       };
       try {
         const replaced = await this.makeCurrent(row, [blobId], { condition: opts.condition });
@@ -479,7 +485,7 @@ export class ObsService {
         await this.dropBlobs([blobId]);
         throw e;
       }
-      return { etag: row.etag, size: w.size, versionId };
+      return { etag: row.etag, size: w.size, versionId, checksum };
     } finally {
       dk.plaintext.fill(0);
     }
@@ -699,7 +705,7 @@ export class ObsService {
         await this.dropBlobs([blobId]);
         throw new ObsError(400, 'EntityTooLarge', `a part is at most ${MAX_PART_BYTES} bytes`);
       }
-      const etag = w.md5.toString('hex');
+      const etag = etagOf(w.md5, customerKey);
       const previous = await this.db.transaction().execute(async (tx) => {
         const old = await tx.selectFrom('obs_upload_parts').select('blob_id').where('upload_id', '=', u.id).where('part_number', '=', partNumber).executeTakeFirst();
         if (old) await tx.deleteFrom('obs_upload_parts').where('upload_id', '=', u.id).where('part_number', '=', partNumber).execute();
@@ -976,6 +982,17 @@ export function checkTags(tags: Record<string, string>, max: number): void {
 }
 
 /** SSE-C: a fresh data key sealed under the customer's key, bound to the bucket and the blob (or upload) id. */
+/**
+ * The ETag of stored content: its MD5, as S3 gives for unencrypted and SSE-S3 objects. For SSE-C content,
+ * the MD5 keyed by the customer's key instead (S3 too gives such objects an ETag that is not their
+ * MD5): a plain digest in the database and in every listing would let anyone confirm a guess of content
+ * that only the holder of the key may read.
+ */
+function etagOf(md5: Buffer, customerKey: Buffer | undefined): string {
+  if (!customerKey) return md5.toString('hex');
+  return createHmac('sha256', customerKey).update('custos obs sse-c etag\n').update(md5).digest('hex').slice(0, 32);
+}
+
 function sealForCustomer(bucket: BucketRow, blobId: string, customerKey: Buffer): { plaintext: Buffer; ciphertext: Buffer } {
   const plaintext = randomBytes(32);
   return { plaintext, ciphertext: sealAesGcm(customerKey, plaintext, Buffer.from(`custos obs sse-c ${bucket.id}/${blobId}`)) };

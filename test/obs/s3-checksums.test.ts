@@ -11,7 +11,7 @@ import { crc32 } from 'node:zlib';
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
 import { Upload } from '@aws-sdk/lib-storage';
 import {
-  CompleteMultipartUploadCommand, CreateBucketCommand, CreateMultipartUploadCommand, GetObjectCommand, HeadObjectCommand, ListPartsCommand, PutObjectCommand, S3Client, UploadPartCommand,
+  CompleteMultipartUploadCommand, CopyObjectCommand, CreateBucketCommand, CreateMultipartUploadCommand, GetObjectCommand, HeadObjectCommand, ListPartsCommand, PutObjectCommand, S3Client, UploadPartCommand,
 } from '@aws-sdk/client-s3';
 import { sdkFailure, startTestServer, type Tenant, type TestServer } from '../helpers.js';
 import { accessKey, s3Client } from '../s3.js';
@@ -202,5 +202,37 @@ describe('CRC32C and CRC64NVME checksums', () => {
     const composite = `${sha(Buffer.concat([sha(p1), sha(p2)])).toString('base64')}-2`;
     assert.equal(done.ChecksumSHA256, composite);
     assert.equal((await client.send(new GetObjectCommand({ Bucket: 'sums', Key: 'multi-sha', ChecksumMode: 'ENABLED' }))).ChecksumSHA256, composite);
+
+    // A copy of the multipart object: its composite CRC32 becomes the full-object CRC32 of the content.
+    const copied = await client.send(new CopyObjectCommand({ Bucket: 'sums', Key: 'multi-copy', CopySource: 'sums/multi-crc32' }));
+    assert.equal(copied.CopyObjectResult?.ChecksumCRC32, crcOf(body).toString('base64'));
+    const head2 = await client.send(new HeadObjectCommand({ Bucket: 'sums', Key: 'multi-copy', ChecksumMode: 'ENABLED' }));
+    assert.equal(head2.ChecksumCRC32, crcOf(body).toString('base64'));
+    assert.equal(head2.ChecksumType, 'FULL_OBJECT');
+  });
+
+  test('CopyObject: the copy keeps the source\'s checksum algorithm or takes the one asked for, computed anew', async () => {
+    await client.send(new PutObjectCommand({ Bucket: 'sums', Key: 'digits', Body: CHECK_INPUT, ChecksumAlgorithm: 'CRC32C' }));
+    // No algorithm asked: the source's (CRC32C), over the copied content.
+    const same = await client.send(new CopyObjectCommand({ Bucket: 'sums', Key: 'digits-copy', CopySource: 'sums/digits' }));
+    assert.equal(same.CopyObjectResult?.ChecksumCRC32C, CRC32C_CHECK);
+    const head = await client.send(new HeadObjectCommand({ Bucket: 'sums', Key: 'digits-copy', ChecksumMode: 'ENABLED' }));
+    assert.equal(head.ChecksumCRC32C, CRC32C_CHECK);
+    // Another algorithm asked for: CRC64NVME (the catalogued check value) and SHA256.
+    const other = await client.send(new CopyObjectCommand({ Bucket: 'sums', Key: 'digits-nvme', CopySource: 'sums/digits', ChecksumAlgorithm: 'CRC64NVME' }));
+    assert.equal(other.CopyObjectResult?.ChecksumCRC64NVME, CRC64NVME_CHECK);
+    assert.equal(other.CopyObjectResult?.ChecksumCRC32C, undefined);
+    const sha = await client.send(new CopyObjectCommand({ Bucket: 'sums', Key: 'digits-sha', CopySource: 'sums/digits', ChecksumAlgorithm: 'SHA256' }));
+    assert.equal(sha.CopyObjectResult?.ChecksumSHA256, createHash('sha256').update(CHECK_INPUT).digest('base64'));
+    assert.equal((await client.send(new GetObjectCommand({ Bucket: 'sums', Key: 'digits-sha', ChecksumMode: 'ENABLED' }))).ChecksumSHA256, createHash('sha256').update(CHECK_INPUT).digest('base64'));
+    // A source without a checksum, and no algorithm asked: the copy has none either.
+    // (A raw request: the SDK would add its default CRC32.)
+    assert.equal((await signedPut('plain', Buffer.from('no checksum'), {})).status, 200);
+    const none = await client.send(new CopyObjectCommand({ Bucket: 'sums', Key: 'plain-copy', CopySource: 'sums/plain' }));
+    assert.equal(none.CopyObjectResult?.ChecksumCRC32, undefined);
+    assert.equal(none.CopyObjectResult?.ChecksumCRC32C, undefined);
+    // An unknown algorithm is refused before anything is copied.
+    assert.deepEqual(await sdkFailure(client.send(new CopyObjectCommand({ Bucket: 'sums', Key: 'bad-copy', CopySource: 'sums/digits', ChecksumAlgorithm: 'MD4' as never }))), { status: 400, code: 'InvalidRequest' });
+    assert.deepEqual(await sdkFailure(client.send(new HeadObjectCommand({ Bucket: 'sums', Key: 'bad-copy' }))), { status: 404, code: 'NotFound' });
   });
 });

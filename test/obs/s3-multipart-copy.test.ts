@@ -112,6 +112,7 @@ describe('UploadPartCopy and SSE-C multipart uploads', () => {
     const p1 = await client.send(new UploadPartCommand({ Bucket: 'assembled', Key: 'secret.bin', UploadId, PartNumber: 1, Body: first, ...ssec }));
     assert.equal(p1.SSECustomerAlgorithm, 'AES256');
     assert.equal(p1.SSECustomerKeyMD5, createHash('md5').update(key).digest('base64'));
+    assert.notEqual(p1.ETag, md5(first), 'an SSE-C part\'s ETag is not its MD5');
     await assert.rejects(client.send(new UploadPartCommand({ Bucket: 'assembled', Key: 'secret.bin', UploadId, PartNumber: 2, Body: 'no key' })), { name: 'InvalidRequest' });
     await assert.rejects(client.send(new UploadPartCommand({ Bucket: 'assembled', Key: 'secret.bin', UploadId, PartNumber: 2, Body: 'other key', SSECustomerAlgorithm: 'AES256', SSECustomerKey: randomBytes(32) as unknown as string })), { name: 'InvalidArgument' });
     await assert.rejects(client.send(new UploadPartCopyCommand({ Bucket: 'assembled', Key: 'secret.bin', UploadId, PartNumber: 2, CopySource: 'sources/a.bin' })), { name: 'InvalidRequest' }, 'a copied part needs the key too');

@@ -275,6 +275,12 @@ describe('S3 API with @aws-sdk/client-s3', () => {
     const ssec = { SSECustomerAlgorithm: 'AES256', SSECustomerKey: key as unknown as string };
     const put = await client.send(new PutObjectCommand({ Bucket: 'photos', Key: 'private.bin', Body: 'only with my key', ...ssec }));
     assert.equal(put.SSECustomerAlgorithm, 'AES256');
+    // Its ETag is not the content's MD5 (as on S3): a listing must not let anyone confirm a guess of the content.
+    const md5 = createHash('md5').update('only with my key').digest('hex');
+    assert.match(put.ETag!, /^"[0-9a-f]{32}"$/);
+    assert.notEqual(put.ETag, `"${md5}"`);
+    const listed = (await client.send(new ListObjectsV2Command({ Bucket: 'photos', Prefix: 'private.bin' }))).Contents!;
+    assert.equal(listed[0]!.ETag, put.ETag);
     const got = await client.send(new GetObjectCommand({ Bucket: 'photos', Key: 'private.bin', ...ssec }));
     assert.equal(await got.Body!.transformToString(), 'only with my key');
     assert.equal(got.SSECustomerAlgorithm, 'AES256');
@@ -283,7 +289,9 @@ describe('S3 API with @aws-sdk/client-s3', () => {
     await assert.rejects(client.send(new HeadObjectCommand({ Bucket: 'photos', Key: 'private.bin' })), (e: { $metadata: { httpStatusCode: number } }) => e.$metadata.httpStatusCode === 400);
     assert.equal((await client.send(new HeadObjectCommand({ Bucket: 'photos', Key: 'private.bin', ...ssec }))).ContentLength, 16);
     await client.send(new CopyObjectCommand({ Bucket: 'photos', Key: 'shared.bin', CopySource: 'photos/private.bin', CopySourceSSECustomerAlgorithm: 'AES256', CopySourceSSECustomerKey: key as unknown as string }));
-    assert.equal(await (await client.send(new GetObjectCommand({ Bucket: 'photos', Key: 'shared.bin' }))).Body!.transformToString(), 'only with my key', 'the copy is under KMS');
+    const shared = await client.send(new GetObjectCommand({ Bucket: 'photos', Key: 'shared.bin' }));
+    assert.equal(await shared.Body!.transformToString(), 'only with my key', 'the copy is under KMS');
+    assert.equal(shared.ETag, `"${md5}"`, 'an SSE-KMS object keeps the MD5 ETag clients check downloads against');
     // The key is nowhere on disk or in the database.
     const dump = DB === 'sqlite' ? Buffer.concat(filesUnder(s.dataDir).map((f) => readFileSync(f))) : Buffer.from((await sql<{ r: string }>`select row_to_json(o)::text as r from obs_objects o`.execute(s.custos.store.db)).rows.map((x) => x.r).join(''));
     assert.ok(!dump.includes(key) && !dump.includes(Buffer.from(key.toString('base64'))), 'the customer key is not stored');

@@ -304,12 +304,17 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
       ...(requested.kmsKey ? { kmsKey: requested.kmsKey } : {}), ...(requested.customerKey ? { customerKey: requested.customerKey } : {}),
     };
     const condition = writeCondition(req);
+    // The copy's checksum: of the algorithm asked for (x-amz-checksum-algorithm), else of the source's
+    // algorithm (a multipart source's composite checksum becomes a full-object one), computed anew.
+    const asked = req.headers['x-amz-checksum-algorithm'];
+    const alg = typeof asked === 'string' ? asked.toLowerCase() : row.checksum?.slice(0, row.checksum.indexOf(':'));
+    if (alg !== undefined && !isChecksumAlgorithm(alg)) throw new ObsError(400, 'InvalidRequest', 'x-amz-checksum-algorithm is one of CRC32, CRC32C, CRC64NVME, SHA1, SHA256');
     const content = await obs.readObject(src.bucket, row, 0, row.size - 1, src.customerKey);
     copySourceHeaders(reply, src);
     try {
       return await obs.putObject(dest, keyOf(req), content, meta, ({ size }) => {
         if (size !== row.size) throw new ObsError(500, 'InternalError', 'the copy read a different size than the source has');
-      }, { condition });
+      }, { condition, computeChecksum: alg });
     } finally {
       content.destroy();
     }
@@ -703,7 +708,8 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
           reply.type('application/xml');
           uploadEncryptionHeaders(reply, req, sseCustomerKey(req) !== undefined);
           if (b.versioning) reply.header('x-amz-version-id', r.versionId);
-          return xmlDoc({ CopyObjectResult: { '@_xmlns': S3_NS, ETag: `"${r.etag}"`, LastModified: isoDate(Date.now()) } });
+          const sum = r.checksum ? { ...Object.fromEntries([checksumElement(r.checksum)]), ChecksumType: 'FULL_OBJECT' } : {};
+          return xmlDoc({ CopyObjectResult: { '@_xmlns': S3_NS, ETag: `"${r.etag}"`, LastModified: isoDate(Date.now()), ...sum } });
         }
         const body = incomingBody(req);
         const om = objectMeta(req);
@@ -884,7 +890,8 @@ function checksumElement(stored: string): [string, string] {
 
 /**
  * x-amz-checksum-mode: ENABLED: the checksum verified when the object was uploaded, or a multipart
- * object's composite one (only for whole-object reads; objects uploaded without one and copies have none).
+ * object's composite one, or the one computed for a copy (only for whole-object reads; objects
+ * uploaded without one have none).
  */
 function checksumHeaders(reply: FastifyReply, req: FastifyRequest, row: ObjectRow): void {
   if (!row.checksum || String(req.headers['x-amz-checksum-mode']).toUpperCase() !== 'ENABLED') return;
