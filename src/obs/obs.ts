@@ -13,7 +13,7 @@ import { ServiceError } from '../errors.js';
 import type { KeyScope, KmsService } from '../kms/kms.js';
 import type { KeyRow } from '../kms/store.js';
 import { ruleSelects, type LifecycleRule } from './lifecycle.js';
-import { checksummer, compositeChecksum, type ChecksumAlgorithm } from './checksums.js';
+import { checksummer, combineCrcs, compositeChecksum, type ChecksumAlgorithm, type UploadChecksum } from './checksums.js';
 import type { BlobStore } from '../store/blobs.js';
 import { sql } from 'kysely';
 import { isUniqueViolation } from '../store/db.js';
@@ -638,7 +638,7 @@ export class ObsService {
    * checksum under it is kept (the client's, verified, or computed here), and completion gives the
    * object S3's composite checksum.
    */
-  async createUpload(bucket: BucketRow, key: string, meta: ObjectMeta, opts: { checksumAlgorithm?: ChecksumAlgorithm | undefined } = {}): Promise<string> {
+  async createUpload(bucket: BucketRow, key: string, meta: ObjectMeta, opts: { checksum?: UploadChecksum | undefined } = {}): Promise<string> {
     if (!validObjectKey(key)) throw new ObsError(400, 'KeyTooLongError', 'object keys are 1 to 1024 bytes of UTF-8 without NUL');
     if (meta.lock || meta.legalHold) throw new ObsError(501, 'NotImplemented', 'object lock headers on multipart uploads are not implemented; the bucket\'s default retention applies');
     const id = randomBytes(16).toString('hex');
@@ -654,7 +654,8 @@ export class ObsService {
     dk.plaintext.fill(0);
     await this.db.insertInto('obs_uploads').values({
       id, bucket_id: bucket.id, key, kms_key_id: cmk ? cmk.id : SSE_C, data_key: dk.ciphertext.toString('base64'),
-      content_type: meta.contentType, metadata_json: JSON.stringify(meta.metadata), created_at: this.now(), checksum_algorithm: opts.checksumAlgorithm ?? null,
+      content_type: meta.contentType, metadata_json: JSON.stringify(meta.metadata), created_at: this.now(),
+      checksum_algorithm: opts.checksum?.algorithm ?? null, checksum_type: opts.checksum?.type ?? null,
     }).execute();
     return id;
   }
@@ -751,7 +752,7 @@ export class ObsService {
   }
 
   /** CompleteMultipartUpload: the listed parts, in ascending order, with their ETags, become the object. */
-  async completeUpload(bucket: BucketRow, u: UploadRow, listed: { partNumber: number; etag: string; checksum?: string | undefined }[], opts: { condition?: WriteCondition | undefined; expectChecksum?: string | undefined } = {}): Promise<PutResult & { checksum: string | null }> {
+  async completeUpload(bucket: BucketRow, u: UploadRow, listed: { partNumber: number; etag: string; checksum?: string | undefined }[], opts: { condition?: WriteCondition | undefined; expectChecksum?: string | undefined; expectSize?: number | undefined } = {}): Promise<PutResult & { checksum: string | null }> {
     if (listed.length === 0) throw new ObsError(400, 'MalformedXML', 'the upload lists no parts');
     if (opts.condition) await this.precheckWrite(bucket, u.key, opts.condition);
     const stored = new Map((await this.listParts(u)).map((p) => [p.part_number, p]));
@@ -773,7 +774,11 @@ export class ObsService {
       const alg = u.checksum_algorithm as ChecksumAlgorithm;
       const values = chosen.map((p) => (p.checksum?.startsWith(`${alg}:`) ? p.checksum.slice(alg.length + 1) : null));
       if (values.some((v) => v === null)) throw new ObsError(400, 'InvalidPart', `a part has no ${alg.toUpperCase()} checksum`);
-      checksum = `${alg}:${await compositeChecksum(alg, values as string[])}`;
+      // FULL_OBJECT: the CRC of the whole content, combined from the parts' CRCs and sizes (stored
+      // without the `-<parts>` suffix that marks a composite checksum).
+      checksum = u.checksum_type === 'FULL_OBJECT'
+        ? `${alg}:${combineCrcs(alg, chosen.map((p, i) => ({ checksum: Buffer.from(values[i]!, 'base64'), size: p.size }))).toString('base64')}`
+        : `${alg}:${await compositeChecksum(alg, values as string[])}`;
       if (opts.expectChecksum !== undefined && opts.expectChecksum !== checksum.slice(alg.length + 1)) {
         throw new ObsError(400, 'BadDigest', `The ${alg.toUpperCase()} you specified for the multipart upload did not match the calculated checksum.`);
       }
@@ -783,6 +788,9 @@ export class ObsService {
     }
     const size = chosen.reduce((n, p) => n + p.size, 0);
     if (size > this.opts.maxObjectBytes) throw new ObsError(400, 'EntityTooLarge', 'the completed object exceeds the maximum object size');
+    if (opts.expectSize !== undefined && opts.expectSize !== size) {
+      throw new ObsError(400, 'InvalidRequest', `x-amz-mp-object-size is ${opts.expectSize}, but the parts listed add up to ${size} bytes`);
+    }
     const etag = `${createHash('md5').update(Buffer.concat(chosen.map((p) => Buffer.from(p.etag, 'hex')))).digest('hex')}-${chosen.length}`;
     const versionId = bucket.versioning === 'Enabled' ? newVersionId(this.now()) : NULL_VERSION;
     const row: ObjectRow = {

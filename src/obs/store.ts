@@ -31,7 +31,7 @@ export type ObsTables = {
     /** The `custos:subject` tag's value, indexed for data-subject requests (migration 0017). */
     subject_id: string | null;
   };
-  obs_uploads: { id: string; bucket_id: string; key: string; kms_key_id: string; data_key: string; content_type: string; metadata_json: string; created_at: number; checksum_algorithm: string | null };
+  obs_uploads: { id: string; bucket_id: string; key: string; kms_key_id: string; data_key: string; content_type: string; metadata_json: string; created_at: number; checksum_algorithm: string | null; checksum_type: string | null };
   obs_upload_parts: { upload_id: string; part_number: number; blob_id: string; size: number; cipher_size: number; etag: string; created_at: number; checksum: string | null };
   obs_pending_blobs: { blob_id: string; created_at: number };
   settings: { name: string; value: string };

@@ -9,6 +9,7 @@ import { Sha256 } from '@aws-crypto/sha256-js';
 import { SignatureV4 } from '@smithy/signature-v4';
 import { crc32 } from 'node:zlib';
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
+import { Crc64Nvme } from '@aws-sdk/checksums/crc';
 import { Upload } from '@aws-sdk/lib-storage';
 import {
   CompleteMultipartUploadCommand, CopyObjectCommand, CreateBucketCommand, CreateMultipartUploadCommand, GetObjectCommand, HeadObjectCommand, ListPartsCommand, PutObjectCommand, S3Client, UploadPartCommand,
@@ -209,6 +210,76 @@ describe('CRC32C and CRC64NVME checksums', () => {
     const head2 = await client.send(new HeadObjectCommand({ Bucket: 'sums', Key: 'multi-copy', ChecksumMode: 'ENABLED' }));
     assert.equal(head2.ChecksumCRC32, crcOf(body).toString('base64'));
     assert.equal(head2.ChecksumType, 'FULL_OBJECT');
+  });
+
+  test('multipart FULL_OBJECT checksums: CRC64NVME and CRC32 of the whole content, combined from the parts; a wrong one is BadDigest', async () => {
+    const MiB = 1024 * 1024;
+    const body = randomBytes(11 * MiB + 5);
+    const parts = [body.subarray(0, 5 * MiB), body.subarray(5 * MiB, 10 * MiB), body.subarray(10 * MiB)];
+    const nvme = async (b: Buffer) => {
+      const h = new Crc64Nvme();
+      h.update(b);
+      return Buffer.from(await h.digest()).toString('base64');
+    };
+    const crc = (b: Buffer) => {
+      const out = Buffer.alloc(4);
+      out.writeUInt32BE(crc32(b) >>> 0);
+      return out.toString('base64');
+    };
+    // CRC64NVME, which has only the full-object form: no type given, FULL_OBJECT implied.
+    const created = await client.send(new CreateMultipartUploadCommand({ Bucket: 'sums', Key: 'full-nvme', ChecksumAlgorithm: 'CRC64NVME' }));
+    assert.equal(created.ChecksumType, 'FULL_OBJECT');
+    const uploaded = [];
+    for (const [i, p] of parts.entries()) {
+      const r = await client.send(new UploadPartCommand({ Bucket: 'sums', Key: 'full-nvme', UploadId: created.UploadId, PartNumber: i + 1, Body: p, ChecksumAlgorithm: 'CRC64NVME' }));
+      assert.equal(r.ChecksumCRC64NVME, await nvme(p));
+      uploaded.push({ PartNumber: i + 1, ETag: r.ETag, ChecksumCRC64NVME: r.ChecksumCRC64NVME });
+    }
+    const listed = await client.send(new ListPartsCommand({ Bucket: 'sums', Key: 'full-nvme', UploadId: created.UploadId }));
+    assert.equal(listed.ChecksumType, 'FULL_OBJECT');
+    const whole = await nvme(body);
+    const wrong = await sdkFailure(client.send(new CompleteMultipartUploadCommand({
+      Bucket: 'sums', Key: 'full-nvme', UploadId: created.UploadId, ChecksumCRC64NVME: await nvme(parts[0]!), ChecksumType: 'FULL_OBJECT', MultipartUpload: { Parts: uploaded },
+    })));
+    assert.deepEqual(wrong, { status: 400, code: 'BadDigest' });
+    const sized = await sdkFailure(client.send(new CompleteMultipartUploadCommand({
+      Bucket: 'sums', Key: 'full-nvme', UploadId: created.UploadId, MpuObjectSize: body.length + 1, MultipartUpload: { Parts: uploaded },
+    })));
+    assert.deepEqual(sized, { status: 400, code: 'InvalidRequest' });
+    const done = await client.send(new CompleteMultipartUploadCommand({
+      Bucket: 'sums', Key: 'full-nvme', UploadId: created.UploadId, ChecksumCRC64NVME: whole, ChecksumType: 'FULL_OBJECT', MpuObjectSize: body.length, MultipartUpload: { Parts: uploaded },
+    }));
+    assert.equal(done.ChecksumCRC64NVME, whole);
+    assert.equal(done.ChecksumType, 'FULL_OBJECT');
+    const got = await client.send(new GetObjectCommand({ Bucket: 'sums', Key: 'full-nvme', ChecksumMode: 'ENABLED' }));
+    assert.equal(got.ChecksumCRC64NVME, whole);
+    assert.equal(got.ChecksumType, 'FULL_OBJECT');
+    assert.ok(Buffer.from(await got.Body!.transformToByteArray()).equals(body), 'the SDK validated the download against it');
+
+    // CRC32 asked for as FULL_OBJECT, parts uploaded without declaring a checksum (computed here).
+    const c32 = await client.send(new CreateMultipartUploadCommand({ Bucket: 'sums', Key: 'full-crc32', ChecksumAlgorithm: 'CRC32', ChecksumType: 'FULL_OBJECT' }));
+    assert.equal(c32.ChecksumType, 'FULL_OBJECT');
+    const u = new URL(s.custos.obsUrl);
+    const etags: string[] = [];
+    for (const [i, p] of parts.entries()) {
+      const path = `/sums/full-crc32`;
+      const req = await signer.sign({
+        method: 'PUT', protocol: 'http:', hostname: u.hostname, port: Number(u.port), path, query: { partNumber: String(i + 1), uploadId: c32.UploadId! },
+        headers: { host: u.host, 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD' },
+      });
+      const res = await fetch(`${s.custos.obsUrl}${path}?partNumber=${i + 1}&uploadId=${c32.UploadId}`, { method: 'PUT', headers: req.headers as Record<string, string>, body: new Uint8Array(p) });
+      assert.equal(res.status, 200, await res.text());
+      etags.push(res.headers.get('etag')!);
+    }
+    const done32 = await client.send(new CompleteMultipartUploadCommand({
+      Bucket: 'sums', Key: 'full-crc32', UploadId: c32.UploadId, MultipartUpload: { Parts: etags.map((ETag, i) => ({ PartNumber: i + 1, ETag })) },
+    }));
+    assert.equal(done32.ChecksumCRC32, crc(body), 'the CRC32 of the content, not of the parts\' CRCs');
+    assert.equal(done32.ChecksumType, 'FULL_OBJECT');
+
+    // Types that do not go with the algorithm are refused, as on S3.
+    assert.deepEqual(await sdkFailure(client.send(new CreateMultipartUploadCommand({ Bucket: 'sums', Key: 'x', ChecksumAlgorithm: 'SHA256', ChecksumType: 'FULL_OBJECT' }))), { status: 400, code: 'InvalidRequest' });
+    assert.deepEqual(await sdkFailure(client.send(new CreateMultipartUploadCommand({ Bucket: 'sums', Key: 'x', ChecksumAlgorithm: 'CRC64NVME', ChecksumType: 'COMPOSITE' }))), { status: 400, code: 'InvalidRequest' });
   });
 
   test('CopyObject: the copy keeps the source\'s checksum algorithm or takes the one asked for, computed anew', async () => {

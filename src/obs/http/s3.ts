@@ -11,7 +11,7 @@ import type { IamService, Principal, ResourceRef } from '../../iam/iam.js';
 import type { ResourcePolicy } from '../../iam/policy.js';
 import { compileBucketPolicy } from '../bucket-policy.js';
 import { lifecycleDocument, parseLifecycle } from '../lifecycle.js';
-import { CHECKSUM_BYTES, checksummer, COMPOSITE_ALGORITHMS, isChecksumAlgorithm, type ChecksumAlgorithm } from '../checksums.js';
+import { CHECKSUM_BYTES, checksummer, COMPOSITE_ALGORITHMS, FULL_OBJECT_ALGORITHMS, isChecksumAlgorithm, type ChecksumAlgorithm, type UploadChecksum } from '../checksums.js';
 import { CORS_METHODS, corsDocument, HEADER_NAME, matchCorsRule, parseCorsConfiguration, preflightAllowed, responseCorsHeaders, type CorsRule } from '../cors.js';
 import { ProjectLookup, scopeOfProject } from '../../kms/http/common.js';
 import { principalOf, type RouteDef, type RouteMeta } from '../../server/route.js';
@@ -733,11 +733,11 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
           refuseAcl(req, false);
           const om = objectMeta(req);
           const checksum = uploadChecksum(req);
-          const id = await obs.createUpload(b, keyOf(req), om, { checksumAlgorithm: checksum });
+          const id = await obs.createUpload(b, keyOf(req), om, { checksum });
           uploadEncryptionHeaders(reply, req, om.customerKey !== undefined);
           if (checksum) {
-            reply.header('x-amz-checksum-algorithm', checksum.toUpperCase());
-            reply.header('x-amz-checksum-type', 'COMPOSITE');
+            reply.header('x-amz-checksum-algorithm', checksum.algorithm.toUpperCase());
+            reply.header('x-amz-checksum-type', checksum.type);
           }
           return xmlDoc({ InitiateMultipartUploadResult: { '@_xmlns': S3_NS, Bucket: b.name, Key: keyOf(req), UploadId: id } });
         }
@@ -750,13 +750,16 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
           const field = alg ? `Checksum${alg.toUpperCase()}` : null;
           const expect = alg ? req.headers[`x-amz-checksum-${alg}`] : undefined;
           if (!doc.CompleteMultipartUpload || parts.some((p) => !p.PartNumber || !/^\d+$/.test(p.PartNumber) || !p.ETag)) throw new ObsError(400, 'MalformedXML', 'expected a CompleteMultipartUpload document of parts with PartNumber and ETag');
+          const objectSize = req.headers['x-amz-mp-object-size'];
+          if (objectSize !== undefined && !/^\d{1,16}$/.test(String(objectSize))) throw new ObsError(400, 'InvalidArgument', 'x-amz-mp-object-size is a number of bytes');
           const r = await obs.completeUpload(b, u, parts.map((p) => ({ partNumber: Number(p.PartNumber), etag: String(p.ETag), ...(field && typeof p[field] === 'string' ? { checksum: p[field] } : {}) })), {
             condition: writeCondition(req), ...(typeof expect === 'string' ? { expectChecksum: expect } : {}),
+            ...(objectSize !== undefined ? { expectSize: Number(objectSize) } : {}),
           });
           if (obs.isSseCUpload(u)) reply.header('x-amz-server-side-encryption-customer-algorithm', 'AES256');
           else reply.header('x-amz-server-side-encryption', 'aws:kms');
           if (b.versioning) reply.header('x-amz-version-id', r.versionId);
-          const sum = r.checksum ? { ...Object.fromEntries([checksumElement(r.checksum)]), ChecksumType: 'COMPOSITE' } : {};
+          const sum = r.checksum ? { ...Object.fromEntries([checksumElement(r.checksum)]), ChecksumType: u.checksum_type ?? 'COMPOSITE' } : {};
           return xmlDoc({ CompleteMultipartUploadResult: { '@_xmlns': S3_NS, Location: `/${b.name}/${keyOf(req)}`, Bucket: b.name, Key: keyOf(req), ETag: `"${r.etag}"`, ...sum } });
         }
         throw new ObsError(501, 'NotImplemented', 'this POST operation is not implemented');
@@ -798,7 +801,7 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
           return xmlDoc({
             ListPartsResult: {
               '@_xmlns': S3_NS, Bucket: b.name, Key: u.key, UploadId: u.id, MaxParts: 10000, IsTruncated: false,
-              ...(u.checksum_algorithm ? { ChecksumAlgorithm: u.checksum_algorithm.toUpperCase(), ChecksumType: 'COMPOSITE' } : {}),
+              ...(u.checksum_algorithm ? { ChecksumAlgorithm: u.checksum_algorithm.toUpperCase(), ChecksumType: u.checksum_type ?? 'COMPOSITE' } : {}),
               ...(parts.length ? { Part: parts.map((p) => ({
                 PartNumber: p.part_number, LastModified: isoDate(p.created_at), ETag: `"${p.etag}"`, Size: p.size,
                 ...(p.checksum ? Object.fromEntries([checksumElement(p.checksum)]) : {}),
@@ -901,18 +904,21 @@ function checksumHeaders(reply: FastifyReply, req: FastifyRequest, row: ObjectRo
 }
 
 /**
- * x-amz-checksum-algorithm on CreateMultipartUpload: the algorithm of the object's composite checksum.
- * A full-object checksum of a multipart object (x-amz-checksum-type FULL_OBJECT, or CRC64NVME, which
- * has no other form) is not kept; each part's checksum is still verified.
+ * x-amz-checksum-algorithm and x-amz-checksum-type on CreateMultipartUpload: the object's checksum,
+ * COMPOSITE (of the parts' checksums; CRC32, CRC32C, SHA1, SHA256) or FULL_OBJECT (of the content,
+ * combined from the parts' CRCs; CRC32, CRC32C, CRC64NVME). Without a type, CRC64NVME is FULL_OBJECT
+ * and the others COMPOSITE, as on S3.
  */
-function uploadChecksum(req: FastifyRequest): ChecksumAlgorithm | undefined {
+function uploadChecksum(req: FastifyRequest): UploadChecksum | undefined {
   const raw = req.headers['x-amz-checksum-algorithm'];
   if (raw === undefined) return undefined;
   const alg = String(raw).toLowerCase();
   if (!isChecksumAlgorithm(alg)) throw new ObsError(400, 'InvalidRequest', 'x-amz-checksum-algorithm is one of CRC32, CRC32C, CRC64NVME, SHA1, SHA256');
-  const type = String(req.headers['x-amz-checksum-type'] ?? 'COMPOSITE').toUpperCase();
+  const type = String(req.headers['x-amz-checksum-type'] ?? (COMPOSITE_ALGORITHMS.includes(alg) ? 'COMPOSITE' : 'FULL_OBJECT')).toUpperCase();
   if (type !== 'COMPOSITE' && type !== 'FULL_OBJECT') throw new ObsError(400, 'InvalidRequest', 'x-amz-checksum-type is COMPOSITE or FULL_OBJECT');
-  return type === 'COMPOSITE' && COMPOSITE_ALGORITHMS.includes(alg) ? alg : undefined;
+  const allowed = type === 'COMPOSITE' ? COMPOSITE_ALGORITHMS : FULL_OBJECT_ALGORITHMS;
+  if (!allowed.includes(alg)) throw new ObsError(400, 'InvalidRequest', `The ${type} checksum type cannot be used with the ${alg} checksum algorithm.`);
+  return { algorithm: alg, type };
 }
 
 /** 304 Not Modified: the validators, no body. */

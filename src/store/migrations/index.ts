@@ -16,6 +16,7 @@ import * as m0014 from './0014_obs_bucket_policy.js';
 import * as m0015 from './0015_obs_cors.js';
 import * as m0016 from './0016_obs_multipart_checksums.js';
 import * as m0017 from './0017_obs_subject_index.js';
+import * as m0018 from './0018_obs_full_object_checksums.js';
 
 /** Ordered by name; a migration once released is never edited, only followed by a new one. */
 export const migrations: Record<string, Migration> = {
@@ -36,4 +37,5 @@ export const migrations: Record<string, Migration> = {
   '0015_obs_cors': m0015,
   '0016_obs_multipart_checksums': m0016,
   '0017_obs_subject_index': m0017,
+  '0018_obs_full_object_checksums': m0018,
 };
