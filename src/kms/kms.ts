@@ -80,6 +80,12 @@ export interface KmsOptions {
   materialTtlMs?: number;
   /** How many key versions' material may be held unwrapped at once (default 1000). */
   materialCacheEntries?: number;
+  /**
+   * Resolves once committed changes survive a power loss (Store.durable). Awaited after every change
+   * of key material or state: a key whose creation or rotation was acknowledged may already protect
+   * data, and a disabled, destroyed or revoked one must not come back.
+   */
+  durable?: () => Promise<void>;
 }
 
 export function isSymmetric(spec: string): boolean {
@@ -180,7 +186,7 @@ export class KmsService {
   constructor(
     private readonly db: KmsDb,
     private readonly root: RootKeyProvider,
-    opts: KmsOptions = {},
+    private readonly opts: KmsOptions = {},
   ) {
     this.now = opts.now ?? Date.now;
     this.cache = new MaterialCache(opts.materialCacheEntries ?? 1000, opts.materialTtlMs ?? 300_000, this.now);
@@ -221,6 +227,7 @@ export class KmsService {
         await tx.insertInto('kms_keys').values(row).execute();
         if (version) await tx.insertInto('kms_key_versions').values(version).execute();
       });
+      await this.persisted();
     } catch (e) {
       if (isUniqueViolation(e)) throw new KmsError(409, 'AlreadyExists', `the alias ${input.alias} is already in use in this project`);
       throw e;
@@ -305,7 +312,12 @@ export class KmsService {
       if (fresh) this.assertNotDestroyed(fresh);
       throw new KmsError(409, 'InvalidState', `key ${key.id} changed state meanwhile (now ${fresh?.state ?? 'gone'}); retry`);
     }
+    await this.persisted();
     return { ...key, ...patch };
+  }
+
+  private async persisted(): Promise<void> {
+    await this.opts.durable?.();
   }
 
   private assertNotDestroyed(key: KeyRow): void {
@@ -422,6 +434,7 @@ export class KmsService {
         if (Number(r.numUpdatedRows) !== 1) throw new LostRace();
         return true;
       });
+      await this.persisted();
       this.stats.rotations++;
       return won;
     } catch (e) {
@@ -455,7 +468,10 @@ export class KmsService {
         return true;
       });
       this.cache.dropKey(key.id);
-      if (done) expired++;
+      if (done) {
+        await this.persisted();
+        expired++;
+      }
     }
 
     const rotations = await this.db.selectFrom('kms_keys').selectAll().where('rotation_enabled', '=', 1).where('next_rotation_at', '<=', now).where('state', '=', 'enabled').limit(500).execute();
@@ -478,7 +494,10 @@ export class KmsService {
       return true;
     });
     this.cache.dropKey(keyId);
-    if (done) this.stats.destroyed++;
+    if (done) {
+      await this.persisted();
+      this.stats.destroyed++;
+    }
     return done;
   }
 
@@ -501,6 +520,7 @@ export class KmsService {
       this.cache.dropKey(id);
       this.stats.destroyed++;
     }
+    if (ids.length) await this.persisted();
     return ids;
   }
 
@@ -725,6 +745,7 @@ export class KmsService {
         if (Number(r.numUpdatedRows) !== 1) throw new KmsError(409, 'InvalidState', `key ${key.id} changed state meanwhile; retry`);
       });
       this.cache.dropKey(key.id);
+      await this.persisted();
       return { ...key, state: 'enabled', current_version: 1, material_expires_at: materialExpiresAt };
     } finally {
       material.fill(0);
@@ -740,6 +761,7 @@ export class KmsService {
       await tx.updateTable('kms_keys').set({ state: 'pending_import', material_expires_at: null, updated_at: this.now() }).where('id', '=', key.id).execute();
     });
     this.cache.dropKey(key.id);
+    await this.persisted();
     return { ...key, state: 'pending_import' };
   }
 
@@ -763,6 +785,7 @@ export class KmsService {
       issuer, created_at: this.now(),
     };
     await this.db.insertInto('kms_grants').values(row).execute();
+    await this.persisted();
     return row;
   }
 
@@ -777,6 +800,7 @@ export class KmsService {
   async revokeGrant(key: KeyRow, grantId: string): Promise<void> {
     const r = await this.db.deleteFrom('kms_grants').where('key_id', '=', key.id).where('id', '=', grantId).executeTakeFirst();
     if (Number(r.numDeletedRows) === 0) throw new KmsError(404, 'InvalidGrantId', 'no such grant on this key');
+    await this.persisted();
   }
 
   /** The grant's retiring principal or its grantee may retire it without any policy. */
@@ -785,6 +809,7 @@ export class KmsService {
     if (!g) throw new KmsError(404, 'InvalidGrantId', 'no such grant on this key');
     if (g.retiring !== caller && g.grantee !== caller) throw new KmsError(403, 'AccessDenied', 'only the grant\'s retiring principal or grantee may retire it');
     await this.db.deleteFrom('kms_grants').where('id', '=', grantId).execute();
+    await this.persisted();
   }
 
   /** Whether a grant lets `userId` perform `op` with the key (checked when no policy allows it). */

@@ -137,6 +137,8 @@ export interface ObsOptions {
   plaintextBaselineForBenchmarks?: boolean;
   /** On PostgreSQL, writers of one key are serialised with a transaction-scoped advisory lock. */
   dialect?: 'sqlite' | 'postgres';
+  /** Resolves once committed changes survive a power loss (Store.durable); awaited before a write is acknowledged. */
+  durable?: () => Promise<void>;
 }
 
 export class ObsService {
@@ -506,7 +508,7 @@ export class ObsService {
   private async makeCurrent(row: ObjectRow, newBlobs: string[], opts: { condition?: WriteCondition | undefined; claimUpload?: string } = {}): Promise<string[]> {
     for (let attempt = 1; ; attempt++) {
       try {
-        return await this.db.transaction().execute(async (tx) => {
+        const replaced = await this.db.transaction().execute(async (tx) => {
           // Writers of one key take turns (SQLite has one writer anyway): under READ COMMITTED the
           // check-then-write below could otherwise interleave with another writer's and both win a
           // conditional race (seen with eight concurrent If-Match PUTs on a loaded machine).
@@ -543,6 +545,9 @@ export class ObsService {
           if (newBlobs.length) await tx.deleteFrom('obs_pending_blobs').where('blob_id', 'in', newBlobs).execute();
           return replaced;
         });
+        // Acknowledged only once the row survives a power loss too, like its blob.
+        await this.opts.durable?.();
+        return replaced;
       } catch (e) {
         // The loser of a race retries: a plain write then wins after the other, a conditional one decides again.
         if (attempt < RETRIES && (isUniqueViolation(e) || e instanceof WriteConflict)) continue;
@@ -852,7 +857,12 @@ export class ObsService {
         }
         return row;
       });
-      if (removed) await this.dropBlobs(this.blobsOfRow(removed));
+      if (removed) {
+        // The row's removal must survive a power loss before its content goes: else the row could come
+        // back pointing at nothing.
+        await this.opts.durable?.();
+        await this.dropBlobs(this.blobsOfRow(removed));
+      }
       return removed ? { versionId, ...(removed.delete_marker ? { deleteMarker: true } : {}) } : { versionId };
     }
     if (bucket.versioning === '') {
@@ -861,6 +871,7 @@ export class ObsService {
         if (row) await tx.deleteFrom('obs_objects').where('bucket_id', '=', bucket.id).where('key', '=', key).where('version_id', '=', NULL_VERSION).execute();
         return row ? this.blobsOfRow(row) : [];
       });
+      if (old.length) await this.opts.durable?.();
       await this.dropBlobs(old);
       return {};
     }

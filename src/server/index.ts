@@ -107,10 +107,11 @@ export async function openServices(config: Config, opts: { now?: () => number; o
       ...(opts.now ? { now: opts.now } : {}),
       ...(opts.onError ? { onError: opts.onError } : {}),
     });
-    const kms = new KmsService(store.db.withTables<KmsTables>(), rootKey, { ...(opts.now ? { now: opts.now } : {}) });
+    const durable = () => store.durable();
+    const kms = new KmsService(store.db.withTables<KmsTables>(), rootKey, { durable, ...(opts.now ? { now: opts.now } : {}) });
     // The S3 client is loaded only when it is used.
     blobs = config.blobBackend === 's3' ? await (await import('../store/blobs-s3.js')).openS3BlobStore(config) : new FsBlobStore(path.join(config.dataDir, 'blobs'));
-    const obs = new ObsService(store.db.withTables<ObsTables>(), kms, blobs, { maxObjectBytes: config.obsMaxObjectBytes, dialect: store.dialect, ...(opts.now ? { now: opts.now } : {}), ...(opts.plaintextObjectsForBenchmarks ? { plaintextBaselineForBenchmarks: true } : {}) });
+    const obs = new ObsService(store.db.withTables<ObsTables>(), kms, blobs, { maxObjectBytes: config.obsMaxObjectBytes, dialect: store.dialect, durable, ...(opts.now ? { now: opts.now } : {}), ...(opts.plaintextObjectsForBenchmarks ? { plaintextBaselineForBenchmarks: true } : {}) });
     const vault = new VaultService(store.db.withTables<VaultTables>(), kms, { ...(opts.now ? { now: opts.now } : {}) });
     const privacySecrets = await SecretBox.open(store.db, rootKey, 'privacy-secrets');
     const rights = new PrivacyRightsService(store.db.withTables<RightsTables>(), vault, kms, obs, privacySecrets, { ...(opts.now ? { now: opts.now } : {}), onAlert: (m) => opts.onError?.(m) });

@@ -1,4 +1,5 @@
 import { mkdirSync } from 'node:fs';
+import { open } from 'node:fs/promises';
 import path from 'node:path';
 import SQLite from 'better-sqlite3';
 import pg from 'pg';
@@ -14,6 +15,15 @@ export type Dialect = 'sqlite' | 'postgres';
 export interface Store {
   db: Kysely<object>;
   dialect: Dialect;
+  /**
+   * Resolves once every transaction committed before the call survives a power loss, not only a
+   * crash of this process. PostgreSQL's commits already do (synchronous_commit); SQLite's, in WAL
+   * mode with synchronous=NORMAL, reach the disk only at the next checkpoint, so this fsyncs the WAL
+   * file off the event loop, one fsync for all the callers that arrive while one is running.
+   */
+  durable(): Promise<void>;
+  /** fsyncs of the SQLite WAL made for durable() (0 on PostgreSQL). */
+  readonly stats: { walSyncs: number };
   close(): Promise<void>;
 }
 
@@ -26,7 +36,7 @@ export function openStore(opts: { databaseUrl?: string; dataDir: string }): Stor
     // An idle client losing its connection must not crash the process; the next query reconnects.
     pool.on('error', () => undefined);
     const db = new Kysely<object>({ dialect: new PostgresDialect({ pool }) });
-    return { db, dialect: 'postgres', close: () => db.destroy() };
+    return { db, dialect: 'postgres', durable: async () => undefined, stats: { walSyncs: 0 }, close: () => db.destroy() };
   }
   mkdirSync(opts.dataDir, { recursive: true, mode: 0o700 });
   const file = path.join(opts.dataDir, 'custos.db');
@@ -44,7 +54,50 @@ export function openStore(opts: { databaseUrl?: string; dataDir: string }): Stor
   // rewritten by nearly every commit, and each checkpoint writes them back and syncs the file once.
   database.pragma('wal_autocheckpoint = 10000');
   const db = new Kysely<object>({ dialect: new SqliteDialect({ database: withStatementCache(database) }) });
-  return { db, dialect: 'sqlite', close: () => db.destroy() };
+  const stats = { walSyncs: 0 };
+  return { db, dialect: 'sqlite', durable: walSyncer(`${file}-wal`, stats), stats, close: () => db.destroy() };
+}
+
+/**
+ * durable() for SQLite: fdatasync of the WAL file. A commit's frames are written to the WAL before
+ * it returns, so a sync that starts after the commit covers it (and every frame before it, the WAL
+ * header included); a sync already running when a caller arrives may not, so that caller waits for
+ * the next one, which also serves everyone else who arrived meanwhile. When a checkpoint has already
+ * moved the frames into the database file, SQLite synced that file before it reused the WAL.
+ */
+function walSyncer(walFile: string, stats: { walSyncs: number }): () => Promise<void> {
+  let running: Promise<void> | null = null;
+  let next: Promise<void> | null = null;
+  const syncOnce = async () => {
+    let handle;
+    try {
+      handle = await open(walFile, 'r+');
+    } catch (e) {
+      // No WAL file: the last connection checkpointed it into the database file and synced that.
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
+      throw e;
+    }
+    try {
+      await handle.datasync();
+      stats.walSyncs++;
+    } finally {
+      await handle.close();
+    }
+  };
+  const start = (): Promise<void> => {
+    running = syncOnce().finally(() => {
+      running = null;
+    });
+    return running;
+  };
+  return () => {
+    if (!running) return start();
+    next ??= running.catch(() => undefined).then(() => {
+      next = null;
+      return start();
+    });
+    return next;
+  };
 }
 
 /**
