@@ -77,14 +77,18 @@ export function openStore(opts: { databaseUrl?: string; dataDir: string }): Stor
   };
 }
 
+/** Stops the checkpoint worker: it closes its connection, then exits. Holds the process open meanwhile. */
 async function stopWorker(w: Worker): Promise<void> {
+  w.ref();
+  let timer: NodeJS.Timeout | undefined;
   const stopped = new Promise<void>((resolve) => {
-    const done = () => resolve();
-    w.once('exit', done);
-    w.on('message', (m: { stopped?: boolean }) => m.stopped && done());
+    w.once('exit', () => resolve());
+    w.on('message', (m: { stopped?: boolean }) => m.stopped && resolve());
+    timer = setTimeout(resolve, 2000);
   });
   w.postMessage({ stop: true });
-  await Promise.race([stopped, new Promise((r) => setTimeout(r, 2000).unref())]);
+  await stopped;
+  clearTimeout(timer);
   await w.terminate();
 }
 
