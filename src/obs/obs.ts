@@ -258,12 +258,15 @@ export class ObsService {
     }
     if (lock && lock.until <= this.now()) throw new ObsError(400, 'InvalidArgument', 'the retain-until date must be in the future');
     await this.db.updateTable('obs_objects').set({ lock_mode: lock?.mode ?? null, lock_until: lock?.until ?? null }).where('bucket_id', '=', bucket.id).where('key', '=', key).where('version_id', '=', row.version_id).execute();
+    // A retention that was acknowledged must still protect the version after a power loss.
+    await this.opts.durable?.();
   }
 
   async setLegalHold(bucket: BucketRow, key: string, versionId: string | undefined, on: boolean): Promise<void> {
     if (!bucket.object_lock) throw new ObsError(400, 'InvalidRequest', 'the bucket does not have object lock enabled');
     const row = await this.headObject(bucket, key, versionId);
     await this.db.updateTable('obs_objects').set({ legal_hold: on ? 1 : 0 }).where('bucket_id', '=', bucket.id).where('key', '=', key).where('version_id', '=', row.version_id).execute();
+    await this.opts.durable?.();
   }
 
   // ------------------------------------------------------------------ lifecycle

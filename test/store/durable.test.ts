@@ -7,7 +7,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
-import { CreateBucketCommand, DeleteObjectCommand, GetObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { CreateBucketCommand, DeleteObjectCommand, GetObjectCommand, GetObjectLegalHoldCommand, PutObjectCommand, PutObjectLegalHoldCommand, type S3Client } from '@aws-sdk/client-s3';
 import { sql } from 'kysely';
 import { DB, startTestServer, type Tenant, type TestServer } from '../helpers.js';
 import { s3Client } from '../s3.js';
@@ -122,6 +122,21 @@ describe('durable writes', () => {
     }
     await del;
     assert.equal(blobFiles().length, filesBefore - 1);
+  });
+
+  test('object lock: a legal hold is acknowledged only once durable() resolved', async () => {
+    await client.send(new CreateBucketCommand({ Bucket: 'durable-locked', ObjectLockEnabledForBucket: true }));
+    await client.send(new PutObjectCommand({ Bucket: 'durable-locked', Key: 'held.txt', Body: 'x' }));
+    const held = holdDurable();
+    const hold = client.send(new PutObjectLegalHoldCommand({ Bucket: 'durable-locked', Key: 'held.txt', LegalHold: { Status: 'ON' } }));
+    try {
+      await held.untilCalled();
+      assert.equal(await settled(hold), false);
+    } finally {
+      held.release();
+    }
+    await hold;
+    assert.equal((await client.send(new GetObjectLegalHoldCommand({ Bucket: 'durable-locked', Key: 'held.txt' }))).LegalHold?.Status, 'ON');
   });
 
   test('KMS: creating, disabling and scheduling the deletion of a key are acknowledged only once durable() resolved', async () => {
