@@ -46,6 +46,11 @@ export interface AuditOptions {
   onError?: (message: string) => void;
   /** Trail positions one unindexed query may scan per call (default 50,000). */
   scanWindow?: number;
+  /**
+   * Resolves once committed changes survive a power loss (Store.durable): awaited after a digest is
+   * written, so a signed digest (and every trace it covers) is never lost while it may be exported.
+   */
+  durable?: () => Promise<void>;
 }
 
 export interface TraceQuery {
@@ -362,6 +367,7 @@ export class AuditService implements AuditRecorder {
       await trx.insertInto('audit_digests').values(d).execute();
       return d;
     });
+    if (digest) await this.opts.durable?.();
     if (digest && this.opts.exportDir) {
       try {
         await this.exportDigestRange(this.opts.exportDir, digest);

@@ -234,7 +234,11 @@ export class IamService {
   constructor(
     db: IamDb,
     private readonly secrets: SecretBox,
-    readonly opts: { regions: string[]; tokenTtlSeconds: number; signatureWindowSeconds: number; now?: () => number; cache?: Partial<IamCacheOptions> },
+    readonly opts: {
+      regions: string[]; tokenTtlSeconds: number; signatureWindowSeconds: number; now?: () => number; cache?: Partial<IamCacheOptions>;
+      /** Resolves once committed changes survive a power loss (Store.durable): awaited after every MUTATING_METHODS call. */
+      durable?: () => Promise<void>;
+    },
   ) {
     this.db = db;
     this.now = opts.now ?? Date.now;
@@ -250,13 +254,18 @@ export class IamService {
       const original = self[name]!;
       self[name] = (...args: unknown[]) =>
         this.cache.mutation(async () => {
+          let result: unknown;
           try {
-            return await original.apply(this, args);
+            result = await original.apply(this, args);
           } finally {
             // Before the call returns, so another node honours the change within the staleness bound
             // counted from the moment the caller sees it done.
             await this.bumpEpoch();
           }
+          // And it survives a power loss before the caller hears of it: a disabled key, a deleted
+          // user or a detached policy must not come back.
+          await opts.durable?.();
+          return result;
         });
     }
   }

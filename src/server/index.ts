@@ -94,7 +94,9 @@ export async function openServices(config: Config, opts: { now?: () => number; o
     const { provider: rootKey, created: rootKeyCreated } = await openRootKey(config, store);
     root = rootKey;
     const secrets = await SecretBox.open(store.db, rootKey, 'iam-secrets');
+    const durable = () => store.durable();
     const iam = new IamService(store.db.withTables<IamTables>(), secrets, {
+      durable,
       regions: config.regions,
       tokenTtlSeconds: config.tokenTtlSeconds,
       signatureWindowSeconds: config.signatureWindowSeconds,
@@ -104,15 +106,15 @@ export async function openServices(config: Config, opts: { now?: () => number; o
       dialect: store.dialect,
       digestIntervalSeconds: config.auditDigestIntervalSeconds,
       exportDir: config.auditExportDir ?? null,
+      durable,
       ...(opts.now ? { now: opts.now } : {}),
       ...(opts.onError ? { onError: opts.onError } : {}),
     });
-    const durable = () => store.durable();
     const kms = new KmsService(store.db.withTables<KmsTables>(), rootKey, { durable, ...(opts.now ? { now: opts.now } : {}) });
     // The S3 client is loaded only when it is used.
     blobs = config.blobBackend === 's3' ? await (await import('../store/blobs-s3.js')).openS3BlobStore(config) : new FsBlobStore(path.join(config.dataDir, 'blobs'));
     const obs = new ObsService(store.db.withTables<ObsTables>(), kms, blobs, { maxObjectBytes: config.obsMaxObjectBytes, dialect: store.dialect, durable, ...(opts.now ? { now: opts.now } : {}), ...(opts.plaintextObjectsForBenchmarks ? { plaintextBaselineForBenchmarks: true } : {}) });
-    const vault = new VaultService(store.db.withTables<VaultTables>(), kms, { ...(opts.now ? { now: opts.now } : {}) });
+    const vault = new VaultService(store.db.withTables<VaultTables>(), kms, { durable, ...(opts.now ? { now: opts.now } : {}) });
     const privacySecrets = await SecretBox.open(store.db, rootKey, 'privacy-secrets');
     const rights = new PrivacyRightsService(store.db.withTables<RightsTables>(), vault, kms, obs, privacySecrets, { ...(opts.now ? { now: opts.now } : {}), onAlert: (m) => opts.onError?.(m) });
     // Every vault read asks the privacy service: consent, restriction, objection.

@@ -106,7 +106,18 @@ const LEASE = 'vault.retention.lease';
 
 export interface VaultOptions {
   now?: () => number;
+  /** Resolves once committed changes survive a power loss (Store.durable); see DURABLE_METHODS. */
+  durable?: () => Promise<void>;
 }
+
+/**
+ * Changes acknowledged only once they survive a power loss: deletions and erasures (personal data a
+ * data subject was told is gone must not come back), rectifications, schema changes that drop values,
+ * and the whitelist. New records are not among them (docs/deploy.md).
+ */
+const DURABLE_METHODS = [
+  'deleteCollection', 'updateSchema', 'setAccess', 'updateRecord', 'deleteRecord', 'recordEvent', 'runRetention', 'eraseSubject', 'rectifySubject', 'destroyAccount',
+] as const satisfies readonly (keyof VaultService)[];
 
 /**
  * Decides whether a subject's data may be processed for a purpose (consent, restriction, objection):
@@ -161,6 +172,18 @@ export class VaultService {
     opts: VaultOptions = {},
   ) {
     this.now = opts.now ?? Date.now;
+    const durable = opts.durable;
+    if (durable) {
+      const self = this as unknown as Record<string, (...args: unknown[]) => Promise<unknown>>;
+      for (const name of DURABLE_METHODS) {
+        const original = self[name]!;
+        self[name] = async (...args: unknown[]) => {
+          const result = await original.apply(this, args);
+          await durable();
+          return result;
+        };
+      }
+    }
   }
 
   /** Installs the consent/restriction check every read goes through. */

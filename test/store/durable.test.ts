@@ -139,6 +139,45 @@ describe('durable writes', () => {
     assert.equal((await client.send(new GetObjectLegalHoldCommand({ Bucket: 'durable-locked', Key: 'held.txt' }))).LegalHold?.Status, 'ON');
   });
 
+  /** Starts `call`, checks it is not answered while durable() is held, then releases it and returns its answer. */
+  async function answeredOnlyWhenDurable<T>(what: string, call: () => Promise<T>): Promise<T> {
+    const held = holdDurable();
+    const p = call();
+    try {
+      await held.untilCalled();
+      assert.equal(await settled(p), false, `${what} is answered only once durable() resolved`);
+    } finally {
+      held.release();
+    }
+    return p;
+  }
+
+  test('IAM: disabling an access key; vault: deleting a record; both acknowledged only once durable() resolved', async () => {
+    const key = await s.api('POST', '/v3.0/OS-CREDENTIAL/credentials', { token: t.token, body: { credential: { user_id: t.adminUserId } } });
+    assert.equal(key.status, 201, key.text);
+    const disabled = await answeredOnlyWhenDurable('disabling an access key', () =>
+      s.api('PUT', `/v3.0/OS-CREDENTIAL/credentials/${key.json.credential.access}`, { token: t.token, body: { credential: { status: 'inactive' } } }));
+    assert.equal(disabled.status, 200, disabled.text);
+
+    const api = (method: string, p: string, body?: unknown) => s.api(method, p, { token: t.token, ...(body !== undefined ? { body } : {}) });
+    const c = await api('POST', '/v1/vault/collections', {
+      name: 'durable', project_id: t.projects[0]!.id,
+      access: [{ type: 'user', id: t.adminUserId, permissions: ['read', 'write', 'delete'], unmask: [] }],
+      properties: [{ name: 'email', pii_type: 'email', purposes: ['support'], collection_method: 'form', deletion: { after: 'P1Y' } }],
+    });
+    assert.equal(c.status, 201, c.text);
+    const rec = await api('POST', '/v1/vault/collections/durable/records', { subject_id: 'subject-1', fields: { email: 'someone@example.com' } });
+    assert.equal(rec.status, 201, rec.text);
+    const deleted = await answeredOnlyWhenDurable('deleting a vault record', () => api('DELETE', `/v1/vault/collections/durable/records/${rec.json.id}`));
+    assert.equal(deleted.status, 204, deleted.text);
+    assert.equal((await api('GET', `/v1/vault/collections/durable/records/${rec.json.id}?reason=support`)).status, 404);
+  });
+
+  test('audit: a signed digest is durable, with the traces it covers, before writing it returns', async () => {
+    const digests = await answeredOnlyWhenDurable('a digest', () => s.custos.audit.writeDueDigests({ force: true }));
+    assert.ok(digests.length > 0);
+  });
+
   test('KMS: creating, disabling and scheduling the deletion of a key are acknowledged only once durable() resolved', async () => {
     const base = `/v1.0/${t.projects[0]!.id}/kms`;
     let held = holdDurable();
