@@ -4,7 +4,8 @@
 // ops/s, and the same figures for s3rver on loopback (target: >= 2x s3rver). All through the AWS SDK.
 // With BENCH_S3=1, also Custos with the upstream S3 blob backend (blobBackend "s3") writing to an
 // s3rver on loopback, against the local-directory backend measured in the same run.
-//   node dist/bench/obs.js     (BENCH_SECONDS=5 per small-object figure; BENCH_DB=postgres for PostgreSQL)
+//   node dist/bench/obs.js     (BENCH_SECONDS=5 per small-object figure; BENCH_ROUNDS=3 alternating rounds, medians
+//   reported; BENCH_DB=postgres for PostgreSQL)
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { open, readFile } from 'node:fs/promises';
@@ -18,6 +19,7 @@ import { Readable } from 'node:stream';
 import { startServerProcess } from './server-process.js';
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const here = path.dirname(fileURLToPath(import.meta.url));
 const MiB = 1024 * 1024;
 const SIZES = [{ size: MiB, count: 48 }, { size: 64 * MiB, count: 3 }];
@@ -172,12 +174,29 @@ async function withUpstream<T>(run: (env: Record<string, string>) => Promise<T>)
 }
 
 const f = (n: number) => n.toFixed(1).padStart(8);
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+function medianFigures(runs: Figures[]): Figures {
+  return {
+    put: runs[0]!.put.map((_, i) => median(runs.map((r) => r.put[i]!))),
+    get: runs[0]!.get.map((_, i) => median(runs.map((r) => r.get[i]!))),
+    smallPut: median(runs.map((r) => r.smallPut)),
+    smallGet: median(runs.map((r) => r.smallGet)),
+  };
+}
 async function main() {
-  console.log(`bench/obs: ${process.env.BENCH_DB ? 'PostgreSQL' : 'SQLite'}; ${SIZES.map((s) => `${s.count} x ${s.size / MiB} MiB`).join(', ')}; 4 KiB objects with 16 clients for ${SECONDS} s`);
-  const enc = await custos();
-  const plain = await custos(path.join(here, 'plaintext-obs-server.js'));
+  console.log(`bench/obs: ${process.env.BENCH_DB ? 'PostgreSQL' : 'SQLite'}; ${SIZES.map((s) => `${s.count} x ${s.size / MiB} MiB`).join(', ')}; 4 KiB objects with 16 clients for ${SECONDS} s; medians of ${ROUNDS} alternating rounds (BENCH_ROUNDS)`);
+  // The servers take turns, ROUNDS times, and each figure is the median of its rounds: one pass of
+  // 48 sequential 1 MiB GETs lasts a fraction of a second, and single passes moved by half between runs.
+  const runs: { enc: Figures[]; plain: Figures[]; fake: Figures[] } = { enc: [], plain: [], fake: [] };
+  for (let r = 0; r < ROUNDS; r++) {
+    runs.enc.push(await custos());
+    runs.plain.push(await custos(path.join(here, 'plaintext-obs-server.js')));
+    runs.fake.push(await s3rver());
+  }
+  const enc = medianFigures(runs.enc);
+  const plain = medianFigures(runs.plain);
+  const fake = medianFigures(runs.fake);
   const raw = await disk();
-  const fake = await s3rver();
   console.log(`\n  ${''.padEnd(34)}${SIZES.map((s) => `PUT ${s.size / MiB} MiB`.padStart(12) + `GET ${s.size / MiB} MiB`.padStart(12)).join('')}   4 KiB PUT/s  4 KiB GET/s`);
   const row = (name: string, x: Figures) => console.log(`  ${name.padEnd(34)}${x.put.map((p, i) => `${f(p)} MiB/s`.padStart(12) + `${f(x.get[i]!)} MiB/s`.padStart(12)).join('')}   ${f(x.smallPut)}     ${f(x.smallGet)}`);
   row('Custos, encrypted (as deployed)', enc);
@@ -187,7 +206,7 @@ async function main() {
   const ratio = (a: number[], b: number[]) => a.map((x, i) => (x / b[i]!).toFixed(2)).join(' / ');
   console.log(`\n  encrypted / plaintext (target >= 0.70): PUT ${ratio(enc.put, plain.put)}, GET ${ratio(enc.get, plain.get)}, 4 KiB PUT ${(enc.smallPut / plain.smallPut).toFixed(2)}, GET ${(enc.smallGet / plain.smallGet).toFixed(2)}`);
   const big = await bigObject();
-  console.log(`\n  one ${big.mib} MiB object, streamed: PUT ${f(big.put)} MiB/s, GET ${f(big.get)} MiB/s; server peak RSS ${big.peakMiB.toFixed(0)} MiB (target for 5 GiB: < 256 MiB; BENCH_BIG_MIB=5120 for that size)`);
+  console.log(`\n  one ${big.mib} MiB object, streamed: PUT ${f(big.put)} MiB/s, GET ${f(big.get)} MiB/s; server peak RSS ${big.peakAfterPutMiB.toFixed(0)} MiB after the PUT (target for a 5 GiB upload: < 256 MiB; BENCH_BIG_MIB=5120 for that size), ${big.peakMiB.toFixed(0)} MiB after the GET`);
   console.log(`  encrypted / s3rver (target >= 2): PUT ${ratio(enc.put, fake.put)}, GET ${ratio(enc.get, fake.get)}, 4 KiB PUT ${(enc.smallPut / fake.smallPut).toFixed(2)}, GET ${(enc.smallGet / fake.smallGet).toFixed(2)}`);
   if (process.env.BENCH_S3 === '1') {
     // The upstream (s3rver) runs in this process, beside the load generator, as the s3rver row above did.

@@ -177,7 +177,7 @@ export type ReadAt = (offset: number, length: number) => Promise<Buffer>;
 
 /**
  * Decrypts plaintext bytes [start, end] (inclusive) of a stream of `cipherBytes`, reading and opening
- * only the packages that hold them. Yields plaintext a read batch at a time (up to 2 MiB).
+ * only the packages that hold them. Yields plaintext in package-sized pieces.
  */
 export async function* decryptRange(key: Buffer, context: Buffer, readAt: ReadAt, cipherBytes: number, start: number, end: number): AsyncGenerator<Buffer> {
   const plainBytes = plaintextSize(cipherBytes);
@@ -199,14 +199,13 @@ export async function* decryptRange(key: Buffer, context: Buffer, readAt: ReadAt
     return;
   }
   const sealedLen = (i: number) => (i < count - 1 ? PACKAGE_BYTES : plainBytes - i * PACKAGE_BYTES) + TAG_BYTES;
-  // Read several packages per call (fewer, larger reads), open them one by one, and hand the batch's
-  // plaintext on as one buffer: one write to the socket per batch instead of one per package.
+  // Read several packages per call (fewer, larger reads), then open them one by one. (Handing a
+  // batch's plaintext on as one buffer saved little and raised a 1 GiB GET's peak memory by ~30 MiB.)
   for (let batchStart = first; batchStart <= last; batchStart += READ_BATCH) {
     const batchEnd = Math.min(last, batchStart + READ_BATCH - 1);
     const want = batchBytes(plainBytes, batchStart, batchEnd);
     const chunk = batchStart === 0 && fromTop ? top.subarray(HEADER_BYTES) : await readAt(HEADER_BYTES + batchStart * (PACKAGE_BYTES + TAG_BYTES), want);
     if (chunk.length !== want) throw new StreamAuthError('encrypted content is truncated');
-    const pieces: Buffer[] = [];
     let at = 0;
     for (let i = batchStart; i <= batchEnd; i++) {
       const len = sealedLen(i);
@@ -214,9 +213,8 @@ export async function* decryptRange(key: Buffer, context: Buffer, readAt: ReadAt
       at += len;
       const from = i === first ? start - i * PACKAGE_BYTES : 0;
       const to = i === last ? end - i * PACKAGE_BYTES + 1 : plain.length;
-      pieces.push(plain.subarray(from, to));
+      yield plain.subarray(from, to);
     }
-    yield pieces.length === 1 ? pieces[0]! : Buffer.concat(pieces);
   }
   // A stream whose last package holds the final byte must also prove nothing follows: when the
   // range ended inside a full package and that package is the last data package before an empty
