@@ -12,7 +12,7 @@ import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
 import { Crc64Nvme } from '@aws-sdk/checksums/crc';
 import { Upload } from '@aws-sdk/lib-storage';
 import {
-  CompleteMultipartUploadCommand, CopyObjectCommand, CreateBucketCommand, CreateMultipartUploadCommand, GetObjectCommand, HeadObjectCommand, ListPartsCommand, PutObjectCommand, S3Client, UploadPartCommand,
+  CompleteMultipartUploadCommand, CopyObjectCommand, CreateBucketCommand, GetObjectTaggingCommand, CreateMultipartUploadCommand, GetObjectCommand, HeadObjectCommand, ListPartsCommand, PutObjectCommand, S3Client, UploadPartCommand,
 } from '@aws-sdk/client-s3';
 import { sdkFailure, startTestServer, type Tenant, type TestServer } from '../helpers.js';
 import { accessKey, s3Client } from '../s3.js';
@@ -280,6 +280,44 @@ describe('CRC32C and CRC64NVME checksums', () => {
     // Types that do not go with the algorithm are refused, as on S3.
     assert.deepEqual(await sdkFailure(client.send(new CreateMultipartUploadCommand({ Bucket: 'sums', Key: 'x', ChecksumAlgorithm: 'SHA256', ChecksumType: 'FULL_OBJECT' }))), { status: 400, code: 'InvalidRequest' });
     assert.deepEqual(await sdkFailure(client.send(new CreateMultipartUploadCommand({ Bucket: 'sums', Key: 'x', ChecksumAlgorithm: 'CRC64NVME', ChecksumType: 'COMPOSITE' }))), { status: 400, code: 'InvalidRequest' });
+  });
+
+  test('a subresource body (PutObjectTagging) is checked like an upload: signed x-amz-content-sha256, Content-MD5, checksums; aws-chunked bodies are decoded', async () => {
+    await client.send(new PutObjectCommand({ Bucket: 'sums', Key: 'tagged', Body: 'x' }));
+    const tagging = (v: string) => Buffer.from(`<Tagging><TagSet><Tag><Key>k</Key><Value>${v}</Value></Tag></TagSet></Tagging>`);
+    const u = new URL(s.custos.obsUrl);
+    const send = async (body: Buffer, headers: Record<string, string>, signedBody = body) => {
+      const req = await signer.sign({
+        method: 'PUT', protocol: 'http:', hostname: u.hostname, port: Number(u.port), path: '/sums/tagged', query: { tagging: '' },
+        headers: { host: u.host, 'x-amz-content-sha256': createHash('sha256').update(signedBody).digest('hex'), ...headers },
+      });
+      const res = await fetch(`${s.custos.obsUrl}/sums/tagged?tagging`, { method: 'PUT', headers: req.headers as Record<string, string>, body: new Uint8Array(body) });
+      return { status: res.status, text: await res.text() };
+    };
+    const tags = async () => (await client.send(new GetObjectTaggingCommand({ Bucket: 'sums', Key: 'tagged' }))).TagSet?.map((t) => t.Value);
+    assert.equal((await send(tagging('one'), {})).status, 200);
+    assert.deepEqual(await tags(), ['one']);
+    // The signature covers the declared hash, not the bytes: a body changed on the way is refused.
+    const changed = await send(tagging('two'), {}, tagging('own'));
+    assert.equal(changed.status, 400);
+    assert.match(changed.text, /<Code>XAmzContentSHA256Mismatch<\/Code>/);
+    const md5 = await send(tagging('two'), { 'content-md5': createHash('md5').update('other').digest('base64') });
+    assert.match(md5.text, /<Code>BadDigest<\/Code>/);
+    const crc = await send(tagging('two'), { 'x-amz-checksum-crc32': b64('00000000') });
+    assert.match(crc.text, /<Code>BadDigest<\/Code>/);
+    assert.deepEqual(await tags(), ['one'], 'none of the refused bodies was applied');
+    // aws-chunked with a CRC32 trailer, as SDKs send streamed bodies.
+    const body = tagging('three');
+    const crcOf = Buffer.alloc(4);
+    crcOf.writeUInt32BE(crc32(body) >>> 0);
+    const chunked = awsChunked(body, `x-amz-checksum-crc32:${crcOf.toString('base64')}`);
+    const ok = await send(chunked, { ...chunkedHeaders(body.length, 'x-amz-checksum-crc32'), 'content-length': String(chunked.length) }, Buffer.alloc(0));
+    assert.equal(ok.status, 200, ok.text);
+    assert.deepEqual(await tags(), ['three']);
+    const bad = awsChunked(tagging('four-four'), `x-amz-checksum-crc32:${crcOf.toString('base64')}`);
+    const refused = await send(bad, { ...chunkedHeaders(tagging('four-four').length, 'x-amz-checksum-crc32'), 'content-length': String(bad.length) }, Buffer.alloc(0));
+    assert.match(refused.text, /<Code>BadDigest<\/Code>/);
+    assert.deepEqual(await tags(), ['three']);
   });
 
   test('CopyObject: the copy keeps the source\'s checksum algorithm or takes the one asked for, computed anew', async () => {

@@ -121,7 +121,7 @@ function aclXml(b: BucketRow, ownerName: string): string {
 /** PutBucketAcl/PutObjectAcl: a canned header, or a body that grants the owner FULL_CONTROL and nothing else. */
 async function acceptOwnerOnlyAcl(req: FastifyRequest, b: BucketRow): Promise<void> {
   refuseAcl(req, false);
-  const body = await readSmallBody(req.body as Readable | undefined, 64 * 1024);
+  const body = await readSmallBody(req, 64 * 1024);
   if (body.length === 0) return;
   const doc = parseXml(body) as { AccessControlPolicy?: { AccessControlList?: { Grant?: unknown } } };
   if (!doc.AccessControlPolicy) throw new ObsError(400, 'MalformedACLError', 'The XML you provided was not well-formed or did not validate against our published schema');
@@ -381,7 +381,7 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
         const q = req.query as Record<string, string>;
         if ('policy' in q) {
           const b = bucketOf(req);
-          const compiled = await compileBucketPolicy(b.name, await readSmallBody(req.body as Readable | undefined, 64 * 1024), {
+          const compiled = await compileBucketPolicy(b.name, await readSmallBody(req, 64 * 1024), {
             accountId: b.account_id, accountName: p.accountName,
             userIdByName: async (name) => (await iam.getUserByName(b.account_id, name))?.id,
             userExists: async (id) => (await iam.getUser(b.account_id, id)) !== undefined,
@@ -394,11 +394,11 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
           return reply.code(200).send();
         }
         if ('cors' in q) {
-          await obs.setBucketCors(bucketOf(req), parseCorsConfiguration(parseXml(await readSmallBody(req.body as Readable | undefined, 64 * 1024))));
+          await obs.setBucketCors(bucketOf(req), parseCorsConfiguration(parseXml(await readSmallBody(req, 64 * 1024))));
           return reply.code(200).send();
         }
         if ('encryption' in q) {
-          const doc = parseXml(await readSmallBody(req.body as Readable | undefined, 64 * 1024)) as { ServerSideEncryptionConfiguration?: { Rule?: { ApplyServerSideEncryptionByDefault?: { SSEAlgorithm?: string; KMSMasterKeyID?: string } } | { ApplyServerSideEncryptionByDefault?: { SSEAlgorithm?: string; KMSMasterKeyID?: string } }[] } };
+          const doc = parseXml(await readSmallBody(req, 64 * 1024)) as { ServerSideEncryptionConfiguration?: { Rule?: { ApplyServerSideEncryptionByDefault?: { SSEAlgorithm?: string; KMSMasterKeyID?: string } } | { ApplyServerSideEncryptionByDefault?: { SSEAlgorithm?: string; KMSMasterKeyID?: string } }[] } };
           const rules = doc.ServerSideEncryptionConfiguration?.Rule;
           const rule = (Array.isArray(rules) ? rules[0] : rules)?.ApplyServerSideEncryptionByDefault;
           if (!rule || (rule.SSEAlgorithm !== 'aws:kms' && rule.SSEAlgorithm !== 'AES256' && rule.SSEAlgorithm !== 'kms')) throw new ObsError(400, 'MalformedXML', 'expected a ServerSideEncryptionConfiguration rule with SSEAlgorithm aws:kms (or AES256)');
@@ -406,11 +406,11 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
           return reply.code(200).send();
         }
         if ('tagging' in q) {
-          await obs.setBucketTags(bucketOf(req), parseTagging(parseXml(await readSmallBody(req.body as Readable | undefined, 64 * 1024))));
+          await obs.setBucketTags(bucketOf(req), parseTagging(parseXml(await readSmallBody(req, 64 * 1024))));
           return reply.code(204).send();
         }
         if ('object-lock' in q) {
-          const doc = parseXml(await readSmallBody(req.body as Readable | undefined, 64 * 1024)) as { ObjectLockConfiguration?: { ObjectLockEnabled?: string; Rule?: { DefaultRetention?: { Mode?: string; Days?: string; Years?: string } } } };
+          const doc = parseXml(await readSmallBody(req, 64 * 1024)) as { ObjectLockConfiguration?: { ObjectLockEnabled?: string; Rule?: { DefaultRetention?: { Mode?: string; Days?: string; Years?: string } } } };
           const cfg = doc.ObjectLockConfiguration;
           if (!cfg || cfg.ObjectLockEnabled !== 'Enabled') throw new ObsError(400, 'MalformedXML', 'expected an ObjectLockConfiguration with ObjectLockEnabled Enabled');
           const r = cfg.Rule?.DefaultRetention;
@@ -423,11 +423,11 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
           return reply.code(200).send();
         }
         if ('lifecycle' in q) {
-          await obs.setLifecycle(bucketOf(req), parseLifecycle(parseXml(await readSmallBody(req.body as Readable | undefined, 256 * 1024))));
+          await obs.setLifecycle(bucketOf(req), parseLifecycle(parseXml(await readSmallBody(req, 256 * 1024))));
           return reply.code(200).send();
         }
         if ('versioning' in q) {
-          const doc = parseXml(await readSmallBody(req.body as Readable | undefined, 64 * 1024)) as { VersioningConfiguration?: { Status?: string } };
+          const doc = parseXml(await readSmallBody(req, 64 * 1024)) as { VersioningConfiguration?: { Status?: string } };
           const status = doc.VersioningConfiguration?.Status;
           if (status !== 'Enabled' && status !== 'Suspended') throw new ObsError(400, 'IllegalVersioningConfigurationException', 'the versioning status must be Enabled or Suspended');
           await obs.setVersioning(bucketOf(req), status);
@@ -435,7 +435,7 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
         }
         if (Object.keys(q).some((k) => k !== 'x-id')) throw new ObsError(501, 'NotImplemented', `bucket subresource ${Object.keys(q).join(', ')} is not implemented`);
         refuseAcl(req, true);
-        const body = await readSmallBody(req.body as Readable | undefined, 64 * 1024);
+        const body = await readSmallBody(req, 64 * 1024);
         let region: string | undefined;
         if (body.length > 0) {
           const doc = parseXml(body) as { CreateBucketConfiguration?: { LocationConstraint?: string; Location?: string } };
@@ -495,7 +495,7 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
       handler: async (req, reply) => {
         const b = bucketOf(req);
         if (!('delete' in (req.query as Record<string, string>))) throw new ObsError(501, 'NotImplemented', 'this POST operation is not implemented');
-        const doc = parseXml(await readSmallBody(req.body as Readable | undefined, 2 * 1024 * 1024)) as { Delete?: { Object?: unknown; Quiet?: string } };
+        const doc = parseXml(await readSmallBody(req, 2 * 1024 * 1024)) as { Delete?: { Object?: unknown; Quiet?: string } };
         const raw = doc.Delete?.Object;
         const objects = (Array.isArray(raw) ? raw : raw ? [raw] : []) as { Key?: string; VersionId?: string }[];
         if (!doc.Delete || objects.length === 0 || objects.length > 1000 || objects.some((o) => typeof o.Key !== 'string')) throw new ObsError(400, 'MalformedXML', 'expected a Delete document of 1 to 1000 objects with keys');
@@ -654,7 +654,7 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
           return reply.code(200).send();
         }
         if ('retention' in q) {
-          const doc = parseXml(await readSmallBody(req.body as Readable | undefined, 64 * 1024)) as { Retention?: { Mode?: string; RetainUntilDate?: string } };
+          const doc = parseXml(await readSmallBody(req, 64 * 1024)) as { Retention?: { Mode?: string; RetainUntilDate?: string } };
           const r = doc.Retention;
           if (!r) throw new ObsError(400, 'MalformedXML', 'expected a Retention document');
           const lock = r.Mode === undefined && r.RetainUntilDate === undefined ? null : parseLock(r.Mode, r.RetainUntilDate);
@@ -663,12 +663,12 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
           return reply.code(200).send();
         }
         if ('tagging' in q) {
-          const v = await obs.setObjectTags(b, keyOf(req), versionIdOf(req), parseTagging(parseXml(await readSmallBody(req.body as Readable | undefined, 64 * 1024))));
+          const v = await obs.setObjectTags(b, keyOf(req), versionIdOf(req), parseTagging(parseXml(await readSmallBody(req, 64 * 1024))));
           if (b.versioning) reply.header('x-amz-version-id', v);
           return reply.code(200).send();
         }
         if ('legal-hold' in q) {
-          const doc = parseXml(await readSmallBody(req.body as Readable | undefined, 64 * 1024)) as { LegalHold?: { Status?: string } };
+          const doc = parseXml(await readSmallBody(req, 64 * 1024)) as { LegalHold?: { Status?: string } };
           const status = doc.LegalHold?.Status;
           if (status !== 'ON' && status !== 'OFF') throw new ObsError(400, 'MalformedXML', 'LegalHold Status must be ON or OFF');
           await obs.setLegalHold(b, keyOf(req), versionIdOf(req), status === 'ON');
@@ -743,7 +743,8 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
         }
         if (q.uploadId !== undefined) {
           const u = await obs.getUpload(b, keyOf(req), q.uploadId);
-          const doc = parseXml(await readSmallBody(req.body as Readable | undefined, 4 * 1024 * 1024)) as { CompleteMultipartUpload?: { Part?: unknown } };
+          // The completion's x-amz-checksum-* header is the object's checksum, not its body's.
+          const doc = parseXml(await readSmallBody(req, 4 * 1024 * 1024, { checksumHeadersNameTheObject: true })) as { CompleteMultipartUpload?: { Part?: unknown } };
           const partsRaw = doc.CompleteMultipartUpload?.Part;
           const parts = (Array.isArray(partsRaw) ? partsRaw : partsRaw ? [partsRaw] : []) as ({ PartNumber?: string; ETag?: string } & Record<string, string | undefined>)[];
           const alg = u.checksum_algorithm as ChecksumAlgorithm | null;
@@ -969,7 +970,7 @@ function objectMeta(req: FastifyRequest): ObjectMeta {
  * The content of an upload as a stream (aws-chunked bodies decoded), and the check to run after its
  * last byte: declared length, Content-MD5, x-amz-checksum-* (header or trailer), x-amz-content-sha256.
  */
-function incomingBody(req: FastifyRequest): { content: Readable; check: VerifyUpload; verified: () => { name: string; value: string } | null; algorithm: ChecksumAlgorithm | undefined } {
+function incomingBody(req: FastifyRequest, opts: { checksumHeadersNameTheObject?: boolean } = {}): { content: Readable; check: VerifyUpload; verified: () => { name: string; value: string } | null; algorithm: ChecksumAlgorithm | undefined } {
   const h = req.headers;
   const declared = String(h['x-amz-content-sha256'] ?? '');
   const chunked = declared.startsWith('STREAMING-');
@@ -989,7 +990,7 @@ function incomingBody(req: FastifyRequest): { content: Readable; check: VerifyUp
   // The one checksum the client declares: an x-amz-checksum-<algorithm> header, or a trailer it announces.
   const inHeader: ChecksumAlgorithm[] = [];
   for (const [name, value] of Object.entries(h)) {
-    if (!name.startsWith('x-amz-checksum-') || CHECKSUM_SETTINGS.has(name.slice(15))) continue;
+    if (opts.checksumHeadersNameTheObject || !name.startsWith('x-amz-checksum-') || CHECKSUM_SETTINGS.has(name.slice(15))) continue;
     const alg = name.slice(15);
     if (!isChecksumAlgorithm(alg)) throw new ObsError(400, 'InvalidRequest', `${name} is not supported; use CRC32, CRC32C, CRC64NVME, SHA1 or SHA256 checksums`);
     if (typeof value !== 'string' || !validChecksum(value, alg)) throw new ObsError(400, 'InvalidRequest', `Value for ${name} header is invalid.`);
@@ -1128,14 +1129,29 @@ function signedRegion(req: FastifyRequest): string | null {
   return fromHeader ?? null;
 }
 
-async function readSmallBody(body: Readable | undefined, max: number): Promise<Buffer> {
-  if (!body) return Buffer.alloc(0);
+/**
+ * A subresource's body (XML, a policy's JSON), read whole and verified as an upload is: aws-chunked
+ * bodies decoded (chunk signatures checked), and the declared length, Content-MD5, x-amz-checksum-*
+ * (header or trailer; on CompleteMultipartUpload the headers name the object's checksum and are left
+ * to the completion) and x-amz-content-sha256 checked against what arrived. The signature covers only
+ * the declared x-amz-content-sha256, so without this check a changed body would pass as signed.
+ */
+async function readSmallBody(req: FastifyRequest, max: number, opts: { checksumHeadersNameTheObject?: boolean } = {}): Promise<Buffer> {
+  const h = req.headers;
+  const streaming = String(h['x-amz-content-sha256'] ?? '').startsWith('STREAMING-');
+  if (!req.body && h['content-length'] === undefined && !streaming) return Buffer.alloc(0);
+  const body = incomingBody(req, opts);
+  const md5 = createHash('md5');
+  const sha256 = createHash('sha256');
   const parts: Buffer[] = [];
   let n = 0;
-  for await (const c of body) {
+  for await (const c of body.content) {
     n += (c as Buffer).length;
     if (n > max) throw new ObsError(400, 'MaxMessageLengthExceeded', 'your request was too big');
+    md5.update(c as Buffer);
+    sha256.update(c as Buffer);
     parts.push(c as Buffer);
   }
+  body.check({ md5: md5.digest(), sha256: sha256.digest(), size: n });
   return Buffer.concat(parts);
 }
