@@ -12,7 +12,7 @@ import { gzip } from 'node:zlib';
 import { CompiledQuery, sql, type Kysely } from 'kysely';
 import type { SecretBox } from '../crypto/secretbox.js';
 import { ServiceError } from '../errors.js';
-import type { Dialect } from '../store/db.js';
+import { multiRowInsertSql, type Dialect } from '../store/db.js';
 import {
   canonicalDigest, DIGEST_FORMAT, genesisHash, KEYS_FORMAT, keyIdOf, TRACES_FORMAT, traceHash,
   type Digest, type PublicKeyInfo, type StoredTrace, type TraceUser,
@@ -174,13 +174,12 @@ export class AuditService implements AuditRecorder {
           rows.push(toRow({ ...stored, prev_hash: hash, hash: h }));
           hash = h;
         }
-        // SQL text written here, up to 100 rows a statement: it runs for every request, and building
-        // and compiling a many-row insert cost more than the database's work on it.
+        // Up to 100 rows a statement, as SQL text (it runs for every request).
         for (let i = 0; i < rows.length; i += 100) {
           const chunk = rows.slice(i, i + 100);
           const params: unknown[] = [];
           for (const r of chunk) for (const c of TRACE_COLUMNS) params.push(r[c]);
-          await trx.executeQuery(CompiledQuery.raw(this.insertSql(chunk.length), params));
+          await trx.executeQuery(CompiledQuery.raw(multiRowInsertSql(this.opts.dialect === 'postgres', 'audit_traces', TRACE_COLUMNS, chunk.length), params));
         }
         await sql`update audit_heads set seq = ${seq}, hash = ${hash}, updated_at = ${recordTime} where trail = ${trail}`.execute(trx);
       }
@@ -204,21 +203,6 @@ export class AuditService implements AuditRecorder {
         throw e;
       }
     });
-  }
-
-  private readonly insertSqlByRows = new Map<number, string>();
-  private insertSql(rows: number): string {
-    let text = this.insertSqlByRows.get(rows);
-    if (text === undefined) {
-      const pg = this.opts.dialect === 'postgres';
-      const tuples: string[] = [];
-      for (let r = 0; r < rows; r++) {
-        tuples.push(`(${TRACE_COLUMNS.map((_, c) => (pg ? `$${r * TRACE_COLUMNS.length + c + 1}` : '?')).join(', ')})`);
-      }
-      text = `insert into audit_traces (${TRACE_COLUMNS.join(', ')}) values ${tuples.join(', ')}`;
-      this.insertSqlByRows.set(rows, text);
-    }
-    return text;
   }
 
   /** The chain head, locked for this transaction so concurrent appenders on any node queue behind it. */

@@ -184,8 +184,8 @@ export async function* decryptRange(key: Buffer, context: Buffer, readAt: ReadAt
   if (start < 0 || end < start - 1 || end >= Math.max(plainBytes, 1) || (plainBytes === 0 && end >= 0)) throw new RangeError('range outside the content');
   const first = Math.floor(start / PACKAGE_BYTES);
   const last = Math.floor(end / PACKAGE_BYTES);
-  // A range that starts in the first package (a whole object, usually) reads the header with its first batch: one read
-  // of the blob instead of two.
+  // A range that starts in the first package (a whole object, usually) reads the header with its
+  // first batch: one read of the blob instead of two.
   const fromTop = first === 0 && plainBytes > 0;
   const top = fromTop ? await readAt(0, HEADER_BYTES + batchBytes(plainBytes, 0, Math.min(last, READ_BATCH - 1))) : await readAt(0, HEADER_BYTES);
   const header = top.subarray(0, HEADER_BYTES);

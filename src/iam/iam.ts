@@ -2,7 +2,7 @@ import { hash as oneShotHash, timingSafeEqual } from 'node:crypto';
 import { randomBytes } from '../crypto/random.js';
 import { CompiledQuery, sql } from 'kysely';
 import type { SecretBox } from '../crypto/secretbox.js';
-import { isUniqueViolation } from '../store/db.js';
+import { isUniqueViolation, multiRowInsertSql } from '../store/db.js';
 import { deepFreeze, IamCache, type CacheSpace, type IamCacheOptions } from './cache.js';
 import { IamCodes, IamError } from './errors.js';
 import { checkTotp, newTotpSecret, totpUri } from './mfa.js';
@@ -921,7 +921,8 @@ export class IamService {
         for (const b of batch) if (!unique.has(b.hash)) unique.set(b.hash, b.expiresAt);
         const params: (string | number)[] = [];
         for (const [hash, expiresAt] of unique) params.push(hash, expiresAt);
-        const inserted = await this.db.executeQuery<{ signature_hash: string }>(CompiledQuery.raw(this.replayInsertSql(unique.size), params));
+        const text = multiRowInsertSql(this.numberedParams, 'iam_replay_cache', ['signature_hash', 'expires_at'], unique.size, 'on conflict (signature_hash) do nothing returning signature_hash');
+        const inserted = await this.db.executeQuery<{ signature_hash: string }>(CompiledQuery.raw(text, params));
         const fresh = new Set(inserted.rows.map((r) => r.signature_hash));
         for (const b of batch) {
           const first = fresh.delete(b.hash);
@@ -933,22 +934,6 @@ export class IamService {
     }
     this.replayFlushing = null;
   }
-
-  /**
-   * The batch insert as SQL text, written here rather than built by the query builder: it runs for
-   * every signed request, and building and compiling a many-row insert costs more than the insert.
-   */
-  private replayInsertSql(rows: number): string {
-    let text = this.replaySql.get(rows);
-    if (text === undefined) {
-      const tuples: string[] = [];
-      for (let i = 0; i < rows; i++) tuples.push(this.numberedParams ? `($${2 * i + 1}, $${2 * i + 2})` : '(?, ?)');
-      text = `insert into "iam_replay_cache" ("signature_hash", "expires_at") values ${tuples.join(', ')} on conflict ("signature_hash") do nothing returning "signature_hash"`;
-      if (this.replaySql.size < 64) this.replaySql.set(rows, text);
-    }
-    return text;
-  }
-  private readonly replaySql = new Map<number, string>();
 
   /** Housekeeping any node may run: forget expired replay entries, tokens and temporary keys. */
   async purgeExpired(): Promise<void> {

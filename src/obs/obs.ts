@@ -642,9 +642,10 @@ export class ObsService {
   // ------------------------------------------------------------------ multipart uploads
 
   /**
-   * CreateMultipartUpload: one data key per upload (one KMS call), each part its own encrypted blob. With a checksum algorithm (x-amz-checksum-algorithm, COMPOSITE), every part's
-   * checksum under it is kept (the client's, verified, or computed here), and completion gives the
-   * object S3's composite checksum.
+   * CreateMultipartUpload: one data key per upload (one KMS call), each part its own encrypted blob.
+   * With a checksum (x-amz-checksum-algorithm and -type), every part's checksum under it is kept (the
+   * client's, verified, or computed here), and completion gives the object S3's COMPOSITE or
+   * FULL_OBJECT checksum.
    */
   async createUpload(bucket: BucketRow, key: string, meta: ObjectMeta, opts: { checksum?: UploadChecksum | undefined } = {}): Promise<string> {
     if (!validObjectKey(key)) throw new ObsError(400, 'KeyTooLongError', 'object keys are 1 to 1024 bytes of UTF-8 without NUL');
@@ -1003,7 +1004,6 @@ export function checkTags(tags: Record<string, string>, max: number): void {
   for (const k of keys) if (k.length < 1 || k.length > 128 || tags[k]!.length > 256) throw new ObsError(400, 'InvalidTag', 'tag keys are 1 to 128 characters, values at most 256');
 }
 
-/** SSE-C: a fresh data key sealed under the customer's key, bound to the bucket and the blob (or upload) id. */
 /**
  * The ETag of stored content: its MD5, as S3 gives for unencrypted and SSE-S3 objects. For SSE-C content,
  * the MD5 keyed by the customer's key instead (S3 too gives such objects an ETag that is not their
@@ -1015,6 +1015,7 @@ function etagOf(md5: Buffer, customerKey: Buffer | undefined): string {
   return createHmac('sha256', customerKey).update('custos obs sse-c etag\n').update(md5).digest('hex').slice(0, 32);
 }
 
+/** SSE-C: a fresh data key sealed under the customer's key, bound to the bucket and the blob (or upload) id. */
 function sealForCustomer(bucket: BucketRow, blobId: string, customerKey: Buffer): { plaintext: Buffer; ciphertext: Buffer } {
   const plaintext = randomBytes(32);
   return { plaintext, ciphertext: sealAesGcm(customerKey, plaintext, Buffer.from(`custos obs sse-c ${bucket.id}/${blobId}`)) };

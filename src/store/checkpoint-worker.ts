@@ -16,14 +16,13 @@ const timer = setInterval(() => {
   try {
     // Copies what the WAL holds beyond what was copied before (nothing, cheaply, when idle); frames
     // that readers still need stay. The writer starts the WAL over once everything has been copied.
-    const [r] = db.pragma('wal_checkpoint(PASSIVE)') as { busy: number; log: number; checkpointed: number }[];
+    const [r] = db.pragma('wal_checkpoint(PASSIVE)') as { checkpointed: number }[];
     if (!r || r.checkpointed === copied) return;
     copied = r.checkpointed;
     checkpoints++;
-    parentPort!.postMessage({ checkpoints, log: r.log, checkpointed: r.checkpointed });
-  } catch (e) {
+    parentPort!.postMessage({ checkpoints });
+  } catch {
     // Another process's checkpoint is running (SQLITE_BUSY), or the file is being closed: next tick.
-    parentPort!.postMessage({ error: (e as Error).message });
   }
 }, intervalMs);
 

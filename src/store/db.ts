@@ -188,6 +188,25 @@ export async function migrate(store: Store): Promise<string[]> {
   });
 }
 
+const insertSqlCache = new Map<string, string>();
+/**
+ * `insert into <table> (<columns>) values (…), (…) <suffix>` for `rows` rows, with the database's
+ * placeholders (`$n` on PostgreSQL, `?` on SQLite), for a hot path that passes its parameters flat
+ * to `CompiledQuery.raw`: building and compiling a many-row insert through the query builder costs
+ * more than the database's work on it. The text is made once per shape.
+ */
+export function multiRowInsertSql(numberedParams: boolean, table: string, columns: readonly string[], rows: number, suffix = ''): string {
+  const key = `${numberedParams ? '$' : '?'}|${table}|${rows}|${suffix}`;
+  let text = insertSqlCache.get(key);
+  if (text === undefined) {
+    const tuples: string[] = [];
+    for (let r = 0; r < rows; r++) tuples.push(`(${columns.map((_, c) => (numberedParams ? `$${r * columns.length + c + 1}` : '?')).join(', ')})`);
+    text = `insert into ${table} (${columns.join(', ')}) values ${tuples.join(', ')}${suffix ? ` ${suffix}` : ''}`;
+    if (insertSqlCache.size < 1024) insertSqlCache.set(key, text);
+  }
+  return text;
+}
+
 /** True when the error is a unique-constraint violation on either database. */
 export function isUniqueViolation(e: unknown): boolean {
   const err = e as { code?: string; message?: string };
