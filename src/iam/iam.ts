@@ -42,12 +42,22 @@ export interface Principal {
   /** Set when a user of another account acts here through an agency. */
   agency: { id: string; name: string; sourceAccountId: string; sourceAccountName: string } | null;
   accessKeyId: string | null;
-  method: 'token' | 'aksk';
+  /** `anonymous`: a request without credentials (ANONYMOUS_PRINCIPAL), let only where a public resource allows it. */
+  method: 'token' | 'aksk' | 'anonymous';
   mfa: boolean;
   expiresAt: number | null;
   /** The account is being deregistered: content is out of reach until the deregistration is cancelled. */
   frozen?: boolean;
 }
+
+/**
+ * Who sent a request without credentials. It belongs to no account, so `authorize` denies it
+ * everything; only `authorizeAnonymous` on a resource with a public policy lets it in.
+ */
+export const ANONYMOUS_PRINCIPAL: Principal = Object.freeze({
+  accountId: '', accountName: '', userId: '', userName: 'anonymous', projectId: null, projectName: null, region: null,
+  agency: null, accessKeyId: null, method: 'anonymous', mfa: false, expiresAt: null,
+});
 
 /** What an action applies to, resolved by the route before the decision. */
 export interface ResourceRef {
@@ -1089,6 +1099,7 @@ export class IamService {
    * default deny.
    */
   async authorize(p: Principal, action: string, resource: ResourceRef | null, ctx: AuthzContext): Promise<Decision> {
+    if (p.method === 'anonymous') return { effect: 'implicit-deny' };
     if (resource && resource.accountId !== p.accountId) return { effect: 'implicit-deny' };
     if (resource?.self && !p.agency && resource.type === 'user' && resource.id === p.userId && SELF_SERVICE.has(action)) {
       return { effect: 'allow' };
@@ -1105,6 +1116,31 @@ export class IamService {
     if (fromResource.effect === 'explicit-deny') return fromResource;
     return identity.effect === 'allow' ? identity : fromResource.effect === 'allow' ? fromResource : identity;
   }
+  /**
+   * A request without credentials: allowed only by the statements of the resource's policy that name
+   * Principal "*" (an explicit deny among them wins), with the request's own conditions (source IP,
+   * transport, time, region, the resource's tags; no identity, so conditions on one do not match). A
+   * resource of an account that is not active (frozen for deregistration, or gone) is out of reach.
+   */
+  async authorizeAnonymous(action: string, resource: ResourceRef, ctx: AuthzContext): Promise<Decision> {
+    const rp = resource.resourcePolicy;
+    if (!rp) return { effect: 'implicit-deny' };
+    const statements = rp.statements.filter((s) => s.principals.some((m) => m.kind === 'any')).map((s) => s.statement);
+    if (!statements.length) return { effect: 'implicit-deny' };
+    const account = await this.getAccount(resource.accountId);
+    if (!account || account.status !== 'active') return { effect: 'implicit-deny' };
+    const conditions: Record<string, ConditionValue> = {
+      'g:SourceIp': ctx.sourceIp,
+      'g:SecureTransport': ctx.secure,
+      'g:MFAPresent': false,
+      'g:CurrentTime': new Date(this.now()).toISOString(),
+      'g:RequestedRegion': resource.region ?? undefined,
+      ...ctx.extraConditions,
+    };
+    for (const [k, v] of Object.entries(resource.tags ?? {})) conditions[`g:ResourceTag/${k}`] = v;
+    return evaluatePolicies([{ id: rp.id, document: { Version: '1.1', Statement: statements } }], { action, resource: resourceUrn(resource), conditions });
+  }
+
 
   private async identityDecision(p: Principal, action: string, resource: ResourceRef | null, ctx: AuthzContext, projectId: string | null | undefined): Promise<Decision> {
     const set = await this.effectivePolicies(p, projectId ?? null);

@@ -159,6 +159,7 @@ export class ObsService {
     if (!validBucketName(name)) throw new ObsError(400, 'InvalidBucketName', 'bucket names are 3 to 63 lower-case letters, digits, dots and hyphens, starting and ending with a letter or digit');
     const row: BucketRow = { id: randomBytes(16).toString('hex'), account_id: scope.accountId, name, project_id: scope.projectId, region: scope.region, kms_key_id: null, created_at: this.now(), versioning: opts.objectLock ? 'Enabled' : '', lifecycle_json: null,
       object_lock: opts.objectLock ? 1 : 0, lock_default_mode: null, lock_default_days: null, tags_json: null, policy_json: null, policy_compiled_json: null, cors_json: null,
+      public_access_block: null, public_name: null,
     };
     try {
       await this.db.insertInto('obs_buckets').values(row).execute();
@@ -204,9 +205,52 @@ export class ObsService {
 
   // ------------------------------------------------------------------ tagging
 
-  /** Sets (or with null, deletes) the bucket policy: the owner's document and its compiled statements. */
-  async setBucketPolicy(bucket: BucketRow, policy: { source: string; compiled: unknown } | null): Promise<void> {
-    await this.db.updateTable('obs_buckets').set({ policy_json: policy?.source ?? null, policy_compiled_json: policy ? JSON.stringify(policy.compiled) : null }).where('id', '=', bucket.id).execute();
+  /**
+   * Sets (or with null, deletes) the bucket policy: the owner's document and its compiled statements.
+   * `isPublic` says whether it lets anyone in (an Allow for Principal "*"): refused while the bucket's
+   * BlockPublicPolicy is on; otherwise, unless RestrictPublicBuckets is on, the bucket becomes public.
+   */
+  async setBucketPolicy(bucket: BucketRow, policy: { source: string; compiled: unknown; isPublic: boolean } | null): Promise<void> {
+    const block = publicAccessBlockOf(bucket);
+    if (policy?.isPublic && block.BlockPublicPolicy) {
+      throw new ObsError(403, 'AccessDenied', 'Access Denied: the bucket policy grants public access and the bucket\'s BlockPublicPolicy setting is on (DeletePublicAccessBlock or PutPublicAccessBlock to change it)');
+    }
+    const publicName = policy?.isPublic && !block.RestrictPublicBuckets ? bucket.name : null;
+    await this.updatePublicState(bucket, { policy_json: policy?.source ?? null, policy_compiled_json: policy ? JSON.stringify(policy.compiled) : null, policy_public: policy?.isPublic ?? false, public_name: publicName });
+  }
+
+  /** Block Public Access: the four flags, or null to delete the configuration (every flag off). */
+  async setPublicAccessBlock(bucket: BucketRow, flags: PublicAccessBlock | null): Promise<void> {
+    const publicName = bucketPolicyIsPublic(bucket) && !(flags?.RestrictPublicBuckets ?? false) ? bucket.name : null;
+    await this.updatePublicState(bucket, { public_access_block: flags ? JSON.stringify(flags) : NO_PUBLIC_ACCESS_BLOCK, public_name: publicName });
+  }
+
+  /**
+   * The bucket that anyone may reach by this name without credentials, if there is one. `public_name`
+   * only finds it: the row read here must itself be public (its policy lets anyone in and
+   * RestrictPublicBuckets is off), so two changes racing each other can never leave a bucket open.
+   */
+  async findPublicBucket(name: string): Promise<BucketRow | undefined> {
+    const b = await this.db.selectFrom('obs_buckets').selectAll().where('public_name', '=', name).executeTakeFirst();
+    return b && bucketPolicyIsPublic(b) && !publicAccessBlockOf(b).RestrictPublicBuckets ? b : undefined;
+  }
+
+  /**
+   * Writes what decides whether the bucket is public in one statement. Public names are unique across
+   * accounts: a second account's bucket of the same name cannot become public too. Durable before the
+   * caller hears of it: a bucket made private must not turn public again after a power loss.
+   */
+  private async updatePublicState(bucket: BucketRow, set: { policy_json?: string | null; policy_compiled_json?: string | null; policy_public?: boolean; public_access_block?: string | null; public_name: string | null }): Promise<void> {
+    const { policy_public: _unused, ...columns } = set;
+    try {
+      await this.db.updateTable('obs_buckets').set(columns).where('id', '=', bucket.id).execute();
+    } catch (e) {
+      if (isUniqueViolation(e)) {
+        throw new ObsError(409, 'OperationAborted', `another account's public bucket is already named ${bucket.name}: bucket names are per account, but a public bucket's name must be unique, since a request without credentials names no account`);
+      }
+      throw e;
+    }
+    await this.opts.durable?.();
   }
 
   /** Sets (or with null, deletes) the bucket's CORS rules (validated by the caller, src/obs/cors.ts). */
@@ -1035,4 +1079,35 @@ function kmsFailure(e: unknown): unknown {
     return new ObsError(e.status === 404 ? 403 : e.status === 400 ? 403 : e.status, 'KMS.' + (e as ServiceError & { kind?: string }).kind, `the object's KMS key cannot be used: ${e.message}`);
   }
   return e;
+}
+
+/** S3's Block Public Access settings of a bucket. */
+export interface PublicAccessBlock {
+  BlockPublicAcls: boolean;
+  IgnorePublicAcls: boolean;
+  BlockPublicPolicy: boolean;
+  RestrictPublicBuckets: boolean;
+}
+/** Stored after DeletePublicAccessBlock: no configuration, so nothing is blocked. */
+const NO_PUBLIC_ACCESS_BLOCK = 'none';
+const ALL_BLOCKED: PublicAccessBlock = Object.freeze({ BlockPublicAcls: true, IgnorePublicAcls: true, BlockPublicPolicy: true, RestrictPublicBuckets: true });
+const NONE_BLOCKED: PublicAccessBlock = Object.freeze({ BlockPublicAcls: false, IgnorePublicAcls: false, BlockPublicPolicy: false, RestrictPublicBuckets: false });
+
+/** The bucket's effective settings: every flag on until the owner changes them, as on a new AWS bucket. */
+export function publicAccessBlockOf(b: BucketRow): PublicAccessBlock {
+  if (b.public_access_block === null) return ALL_BLOCKED;
+  if (b.public_access_block === NO_PUBLIC_ACCESS_BLOCK) return NONE_BLOCKED;
+  return { ...NONE_BLOCKED, ...(JSON.parse(b.public_access_block) as Partial<PublicAccessBlock>) };
+}
+/** Whether the bucket has a configuration (GetPublicAccessBlock answers 404 once it was deleted). */
+export function hasPublicAccessBlock(b: BucketRow): boolean {
+  return b.public_access_block !== NO_PUBLIC_ACCESS_BLOCK;
+}
+/** Whether the stored policy lets anyone in: an Allow statement for Principal "*". */
+export function bucketPolicyIsPublic(b: BucketRow): boolean {
+  if (!b.policy_compiled_json) return false;
+  return compiledPolicyIsPublic(JSON.parse(b.policy_compiled_json) as { principals: { kind: string }[]; statement: { Effect: string } }[]);
+}
+export function compiledPolicyIsPublic(statements: readonly { principals: readonly { kind: string }[]; statement: { Effect: string } }[]): boolean {
+  return statements.some((s) => s.statement.Effect === 'Allow' && s.principals.some((p) => p.kind === 'any'));
 }

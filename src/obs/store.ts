@@ -2,7 +2,11 @@ import type { Kysely } from 'kysely';
 
 /** The tables the OBS service alone owns (migration 0004_obs). */
 export type ObsTables = {
-  obs_buckets: { id: string; account_id: string; name: string; project_id: string; region: string; kms_key_id: string | null; created_at: number; versioning: string; lifecycle_json: string | null; object_lock: number; lock_default_mode: string | null; lock_default_days: number | null; tags_json: string | null; policy_json: string | null; policy_compiled_json: string | null; cors_json: string | null };
+  obs_buckets: { id: string; account_id: string; name: string; project_id: string; region: string; kms_key_id: string | null; created_at: number; versioning: string; lifecycle_json: string | null; object_lock: number; lock_default_mode: string | null; lock_default_days: number | null; tags_json: string | null; policy_json: string | null; policy_compiled_json: string | null; cors_json: string | null;
+    /** Block Public Access (migration 0019): null is all four flags on, 'none' no configuration, else JSON. */
+    public_access_block: string | null;
+    /** The bucket's name while anyone may reach it without credentials (unique across accounts), else null. */
+    public_name: string | null };
   obs_objects: {
     bucket_id: string;
     key: string;

@@ -6,7 +6,7 @@ import { collectDefaultMetrics, Counter, Histogram, Registry } from 'prom-client
 import type { Config } from '../config.js';
 import type { AuditRecorder, RequestTrace } from '../audit/trace.js';
 import { IamCodes, IamError } from '../iam/errors.js';
-import type { IamService, Principal, ResourceRef } from '../iam/iam.js';
+import { ANONYMOUS_PRINCIPAL, type IamService, type Principal, type ResourceRef } from '../iam/iam.js';
 import { sql } from 'kysely';
 import type { Store } from '../store/db.js';
 import { edgeFailure, errorBody, HttpFailure, toFailure, type ApiDialect } from './errors.js';
@@ -26,6 +26,11 @@ export interface AppDeps {
   grantAllows?: (resource: ResourceRef, principal: Principal, operation: string) => Promise<boolean>;
   /** Listener-specific response headers, set before any response leaves (the S3 listener's CORS headers). */
   onSend?: (req: FastifyRequest, reply: FastifyReply) => void;
+  /**
+   * Actions a request without any credentials may ask for (the S3 listener's reads of public buckets);
+   * it is then let in only where the resource's policy allows anyone (IamService.authorizeAnonymous).
+   */
+  anonymousActions?: ReadonlySet<string>;
   /** Pino destination for tests that read the logs; defaults to stdout. */
   logStream?: NodeJS.WritableStream;
   now?: () => number;
@@ -194,6 +199,10 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   app.addHook('preValidation', async (req) => {
     const meta = metaOf(req);
     if (!meta || (meta.action === null && !meta.authenticatedOnly)) return;
+    if (deps.anonymousActions && meta.action !== null && SAFE_METHODS.has(req.method) && deps.anonymousActions.has(meta.action) && !carriesCredentials(req)) {
+      req.custos.principal = ANONYMOUS_PRINCIPAL;
+      return;
+    }
     req.custos.principal = await authenticate(iam, req, s3);
     // A presigned URL's signature parameters are credentials, not arguments of the operation.
     const q = req.query as Record<string, unknown> | undefined;
@@ -220,6 +229,14 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     // An account being deregistered is frozen: its users may only see or cancel the deregistration.
     if (p.frozen && !meta.action.startsWith('privacy:deregistration:')) {
       throw new IamError(403, IamCodes.accountFrozen, 'the account is being deregistered and is frozen: only the deregistration can be viewed or cancelled');
+    }
+    if (p.method === 'anonymous') {
+      // Whether the bucket is missing, private or public without a statement for this: the same 403.
+      const resource = meta.resource ? await meta.resource(req, p) : null;
+      if (resource) req.custos.resource = resource;
+      const decision = resource ? await iam.authorizeAnonymous(meta.action, resource, { sourceIp: req.ip, secure: req.protocol === 'https' }) : null;
+      if (decision?.effect !== 'allow') throw edgeFailure('forbidden', meta.dialect, 403, 'Access Denied');
+      return;
     }
     let resource = null;
     if (meta.resource) {
@@ -387,6 +404,14 @@ function notFoundCode(d: ApiDialect): string {
   return d === 'custos' ? 'NotFound' : d === 'aws-json' ? 'NotFoundException' : d === 'huawei-kms' ? 'KMS.0202' : d === 's3' ? 'NoSuchBucket' : 'IAM.0004';
 }
 
+/** Whether the request carries credentials of any kind (then they must be valid: no falling back to anonymous). */
+function carriesCredentials(req: FastifyRequest): boolean {
+  const h = req.headers;
+  if (h.authorization !== undefined || h['x-auth-token'] !== undefined || h['x-amz-security-token'] !== undefined) return true;
+  const q = req.query as Record<string, unknown> | undefined;
+  return !!q && ('X-Amz-Signature' in q || 'X-Amz-Credential' in q || 'Signature' in q || 'AWSAccessKeyId' in q || 'AccessKeyId' in q);
+}
+
 /** Token (X-Auth-Token) or AK/SK signature; anything else is 401. */
 async function authenticate(iam: IamService, req: FastifyRequest, streamedBody: boolean) {
   const token = req.headers['x-auth-token'];
@@ -411,7 +436,9 @@ async function authenticate(iam: IamService, req: FastifyRequest, streamedBody: 
 }
 
 function buildTrace(req: FastifyRequest, reply: FastifyReply, meta: RouteMeta | undefined, now: () => number): RequestTrace {
-  const p = req.custos?.principal ?? null;
+  // A request without credentials is traced as unauthenticated (to the trail of the resource it reached).
+  const caller = req.custos?.principal ?? null;
+  const p = caller?.method === 'anonymous' ? null : caller;
   const r = req.custos?.resource ?? null;
   const status = reply.statusCode;
   const ua = req.headers['user-agent'];
@@ -436,7 +463,7 @@ function buildTrace(req: FastifyRequest, reply: FastifyReply, meta: RouteMeta | 
       userName: p?.userName ?? null,
       accessKeyId: p?.accessKeyId ?? null,
       agency: p?.agency ?? null,
-      authMethod: p ? p.method : 'none',
+      authMethod: p && p.method !== 'anonymous' ? p.method : 'none',
     },
     sourceIp: req.ip,
     userAgent: typeof ua === 'string' ? ua.slice(0, 256) : null,

@@ -13,7 +13,7 @@ import { awsKmsRoutes } from '../kms/http/aws.js';
 import { huaweiKmsRoutes } from '../kms/http/huawei.js';
 import { KmsService, type GrantOperation } from '../kms/kms.js';
 import type { KmsTables } from '../kms/store.js';
-import { s3CorsHeaders, s3Routes } from '../obs/http/s3.js';
+import { ANONYMOUS_ACTIONS, s3CorsHeaders, s3Routes } from '../obs/http/s3.js';
 import { ObsService } from '../obs/obs.js';
 import type { ObsTables } from '../obs/store.js';
 import { FsBlobStore, type BlobStore } from '../store/blobs.js';
@@ -186,7 +186,7 @@ export async function startCustos(config: Config, opts: StartOptions = {}): Prom
     });
     report = (m) => app.log.error(m);
     const s3App = await buildApp({
-      config, store, iam, audit: opts.untracedBaselineForBenchmarks ? null : audit, routes: s3Routes(obs, iam, config.regions, rights, { corsOrigins: config.obsCorsOrigins }), now, listener: 's3', onSend: s3CorsHeaders,
+      config, store, iam, audit: opts.untracedBaselineForBenchmarks ? null : audit, routes: s3Routes(obs, iam, config.regions, rights, { corsOrigins: config.obsCorsOrigins }), now, listener: 's3', onSend: s3CorsHeaders, anonymousActions: ANONYMOUS_ACTIONS,
       ...(opts.logStream ? { logStream: opts.logStream } : {}),
     });
     const address = await app.listen({ host: config.host, port: config.port });

@@ -47,6 +47,20 @@ test('aws s3 mb/cp/ls/rm and aws s3api versioning against the S3 listener', { sk
     await aws('s3', 'rm', 's3://cli-bucket/top.bin');
     assert.doesNotMatch(await aws('s3', 'ls', 's3://cli-bucket/'), /top\.bin/);
     await assert.rejects(aws('s3', 'rb', 's3://cli-bucket'), /BucketNotEmpty/);
+
+    // A public bucket: Block Public Access lifted and a public policy through s3api, then read by
+    // the CLI without signing.
+    const anon = (...args: string[]) => aws(...args, '--no-sign-request');
+    await assert.rejects(anon('s3', 'cp', 's3://cli-bucket/dir/up.bin', path.join(dir, 'anon.bin')), /403|Forbidden|AccessDenied/);
+    await aws('s3api', 'delete-public-access-block', '--bucket', 'cli-bucket');
+    await aws('s3api', 'put-bucket-policy', '--bucket', 'cli-bucket', '--policy', JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Principal: '*', Action: 's3:GetObject', Resource: 'arn:aws:s3:::cli-bucket/dir/*' }] }));
+    assert.equal(JSON.parse(await aws('s3api', 'get-bucket-policy-status', '--bucket', 'cli-bucket')).PolicyStatus.IsPublic, true);
+    await anon('s3', 'cp', 's3://cli-bucket/dir/up.bin', path.join(dir, 'anon.bin'));
+    assert.deepEqual(readFileSync(path.join(dir, 'anon.bin')), data);
+    await assert.rejects(anon('s3', 'ls', 's3://cli-bucket/'), /AccessDenied/, 'the policy grants no listing');
+    await assert.rejects(anon('s3', 'cp', path.join(dir, 'up.bin'), 's3://cli-bucket/dir/new.bin'), /AccessDenied/, 'nor any write');
+    await aws('s3api', 'put-public-access-block', '--bucket', 'cli-bucket', '--public-access-block-configuration', 'BlockPublicAcls=true,IgnorePublicAcls=true,BlockPublicPolicy=true,RestrictPublicBuckets=true');
+    await assert.rejects(anon('s3', 'cp', 's3://cli-bucket/dir/up.bin', path.join(dir, 'anon2.bin')), /403|Forbidden|AccessDenied/);
   } finally {
     rmSync(dir, { recursive: true, force: true });
     await s.close();

@@ -68,6 +68,45 @@ print(json.dumps({'ok': True}))
   assert.deepEqual(JSON.parse(out.stdout.trim().split('\n').pop()!), { ok: true });
 });
 
+test('boto3: a public bucket is read with the UNSIGNED signature, after its owner lifts Block Public Access', { skip: !python && !required ? 'boto3 is not installed (apt-get install -y python3-boto3)' : false, timeout: 120_000 }, async () => {
+  const script = `
+import boto3, json, sys
+from botocore import UNSIGNED
+from botocore.config import Config
+from botocore.exceptions import ClientError
+cfg = dict(s3={'addressing_style': 'path'}, retries={'max_attempts': 1})
+owner = boto3.client('s3', endpoint_url=sys.argv[1], region_name=sys.argv[2], aws_access_key_id=sys.argv[3], aws_secret_access_key=sys.argv[4], config=Config(**cfg))
+anyone = boto3.client('s3', endpoint_url=sys.argv[1], region_name=sys.argv[2], config=Config(signature_version=UNSIGNED, **cfg))
+owner.create_bucket(Bucket='py-public', CreateBucketConfiguration={'LocationConstraint': sys.argv[2]})
+owner.put_object(Bucket='py-public', Key='index.html', Body=b'<p>public</p>')
+def code(f):
+    try:
+        f()
+    except ClientError as e:
+        return e.response['Error']['Code']
+    return 'ok'
+assert owner.get_public_access_block(Bucket='py-public')['PublicAccessBlockConfiguration']['RestrictPublicBuckets'] is True
+assert code(lambda: anyone.get_object(Bucket='py-public', Key='index.html')) == 'AccessDenied'
+policy = json.dumps({'Version': '2012-10-17', 'Statement': [{'Effect': 'Allow', 'Principal': '*', 'Action': ['s3:GetObject', 's3:ListBucket'], 'Resource': ['arn:aws:s3:::py-public', 'arn:aws:s3:::py-public/*']}]})
+assert code(lambda: owner.put_bucket_policy(Bucket='py-public', Policy=policy)) == 'AccessDenied'
+owner.put_public_access_block(Bucket='py-public', PublicAccessBlockConfiguration={'BlockPublicAcls': True, 'IgnorePublicAcls': True, 'BlockPublicPolicy': False, 'RestrictPublicBuckets': False})
+# Not the refused request again: within the same second it would carry the same signature, a replay.
+policy = json.dumps({**json.loads(policy), 'Id': 'public-site'})
+owner.put_bucket_policy(Bucket='py-public', Policy=policy)
+assert owner.get_bucket_policy_status(Bucket='py-public')['PolicyStatus']['IsPublic'] is True
+assert anyone.get_object(Bucket='py-public', Key='index.html')['Body'].read() == b'<p>public</p>'
+assert [o['Key'] for o in anyone.list_objects_v2(Bucket='py-public')['Contents']] == ['index.html']
+assert code(lambda: anyone.put_object(Bucket='py-public', Key='x', Body=b'x')) == 'AccessDenied'
+assert code(lambda: anyone.delete_object(Bucket='py-public', Key='index.html')) == 'AccessDenied'
+owner.delete_bucket_policy(Bucket='py-public')
+assert code(lambda: anyone.get_object(Bucket='py-public', Key='index.html')) == 'AccessDenied'
+print(json.dumps({'ok': True}))
+`;
+  writeFileSync(path.join(dir, 'public.py'), script);
+  const out = await run(python ?? 'python3', [path.join(dir, 'public.py'), s.custos.obsUrl, t.projects[0]!.name, ak, sk], { timeout: 120_000, env: { ...process.env, AWS_CONFIG_FILE: path.join(dir, 'none'), AWS_SHARED_CREDENTIALS_FILE: path.join(dir, 'none') } });
+  assert.deepEqual(JSON.parse(out.stdout.trim().split('\n').pop()!), { ok: true });
+});
+
 test('s3cmd: mb, put, ls, get, del with its configuration file', { skip: !s3cmd && !required ? 's3cmd is not installed (apt-get install -y s3cmd)' : false, timeout: 120_000 }, async () => {
   const host = new URL(s.custos.obsUrl).host;
   const cfg = path.join(dir, 's3cfg');

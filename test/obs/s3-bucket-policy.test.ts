@@ -5,7 +5,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  CopyObjectCommand, CreateBucketCommand, DeleteBucketPolicyCommand, DeleteObjectCommand, DeleteObjectsCommand, GetBucketAclCommand, GetBucketOwnershipControlsCommand, GetBucketPolicyCommand,
+  CopyObjectCommand, CreateBucketCommand, DeleteBucketPolicyCommand, DeletePublicAccessBlockCommand, PutPublicAccessBlockCommand, DeleteObjectCommand, DeleteObjectsCommand, GetBucketAclCommand, GetBucketOwnershipControlsCommand, GetBucketPolicyCommand,
   GetBucketPolicyStatusCommand, GetObjectAclCommand, GetObjectCommand, ListObjectsV2Command, PutBucketAclCommand, PutBucketPolicyCommand, PutBucketTaggingCommand, PutObjectAclCommand,
   PutObjectCommand, S3Client,
 } from '@aws-sdk/client-s3';
@@ -162,11 +162,16 @@ describe('bucket policies', () => {
     const other = await s.createTenant();
     const c = await s3Client(s, other);
     clients.push(c);
+    // Even a public policy (Block Public Access lifted): a signed request names a bucket of the caller's
+    // own account, so the other tenant's requests find nothing.
+    await admin.send(new DeletePublicAccessBlockCommand({ Bucket: 'shared' }));
     await put({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Principal: '*', Action: 's3:GetObject', Resource: 'arn:aws:s3:::shared/*' }] });
     assert.equal((await failure(c.send(new GetBucketPolicyCommand({ Bucket: 'shared' })))).status, 404);
     assert.equal((await failure(c.send(new PutBucketPolicyCommand({ Bucket: 'shared', Policy: '{}' })))).status, 404);
-    assert.equal((await failure(c.send(new GetObjectCommand({ Bucket: 'shared', Key: 'public/readme.txt' })))).status, 404, 'Principal * is this account\'s principals, not the world');
+    assert.equal((await failure(c.send(new DeletePublicAccessBlockCommand({ Bucket: 'shared' })))).status, 404);
+    assert.equal((await failure(c.send(new GetObjectCommand({ Bucket: 'shared', Key: 'public/readme.txt' })))).status, 404, 'with credentials, a bucket name is one of the caller\'s account');
     await admin.send(new DeleteBucketPolicyCommand({ Bucket: 'shared' }));
+    await admin.send(new PutPublicAccessBlockCommand({ Bucket: 'shared', PublicAccessBlockConfiguration: { BlockPublicAcls: true, IgnorePublicAcls: true, BlockPublicPolicy: true, RestrictPublicBuckets: true } }));
   });
 });
 

@@ -15,7 +15,7 @@ import { CHECKSUM_BYTES, checksummer, COMPOSITE_ALGORITHMS, FULL_OBJECT_ALGORITH
 import { CORS_METHODS, corsDocument, HEADER_NAME, matchCorsRule, parseCorsConfiguration, preflightAllowed, responseCorsHeaders, type CorsRule } from '../cors.js';
 import { ProjectLookup, scopeOfProject } from '../../kms/http/common.js';
 import { principalOf, type RouteDef, type RouteMeta } from '../../server/route.js';
-import { etagMatches, ObsError, type LockMode, type ObjectMeta, type ObsService, type VerifyUpload, type WriteCondition } from '../obs.js';
+import { compiledPolicyIsPublic, etagMatches, hasPublicAccessBlock, ObsError, publicAccessBlockOf, type LockMode, type PublicAccessBlock, type ObjectMeta, type ObsService, type VerifyUpload, type WriteCondition } from '../obs.js';
 import type { BucketRow, ObjectRow } from '../store.js';
 import { AwsChunkedDecoder } from './chunked.js';
 import { applyWatermark, MAX_IMAGE_BYTES, parseWatermark } from '../watermark.js';
@@ -129,6 +129,33 @@ async function acceptOwnerOnlyAcl(req: FastifyRequest, b: BucketRow): Promise<vo
   const grants = (Array.isArray(raw) ? raw : raw === undefined ? [] : [raw]) as { Grantee?: { ID?: string; URI?: string; EmailAddress?: string }; Permission?: string }[];
   const ownerOnly = grants.length === 1 && grants[0]!.Grantee?.ID === b.account_id && grants[0]!.Permission === 'FULL_CONTROL';
   if (!ownerOnly) throw new ObsError(400, 'AccessControlListNotSupported', 'The bucket does not allow ACLs');
+}
+
+/**
+ * Requests without credentials may only read: an object (GET/HEAD, a version too) and a bucket's
+ * listing and existence, each only as far as the public bucket's policy allows it. Any other action
+ * needs credentials, whatever a policy says.
+ */
+export const ANONYMOUS_ACTIONS: ReadonlySet<string> = new Set(['obs:object:GetObject', 'obs:object:GetObjectVersion', 'obs:bucket:ListBucket', 'obs:bucket:HeadBucket']);
+function isAnonymous(p: Principal): boolean {
+  return p.method === 'anonymous';
+}
+
+/** PutPublicAccessBlock's body: the four flags, each `true` or `false`; an omitted one is false, as in S3. */
+function parsePublicAccessBlock(body: Buffer): PublicAccessBlock {
+  const doc = parseXml(body) as { PublicAccessBlockConfiguration?: Record<string, unknown> | string };
+  const c = doc.PublicAccessBlockConfiguration;
+  if (c === undefined) throw new ObsError(400, 'MalformedXML', 'The XML you provided was not well-formed or did not validate against our published schema');
+  const fields = typeof c === 'object' && c !== null ? c : {};
+  const flag = (name: keyof PublicAccessBlock): boolean => {
+    const v = fields[name];
+    if (v === undefined) return false;
+    if (v === 'true' || v === 'false') return v === 'true';
+    throw new ObsError(400, 'MalformedXML', `${name} must be true or false`);
+  };
+  const unknown = Object.keys(fields).filter((k) => !['BlockPublicAcls', 'IgnorePublicAcls', 'BlockPublicPolicy', 'RestrictPublicBuckets'].includes(k));
+  if (unknown.length) throw new ObsError(400, 'MalformedXML', `unknown element ${unknown[0]!.slice(0, 64)} in PublicAccessBlockConfiguration`);
+  return { BlockPublicAcls: flag('BlockPublicAcls'), IgnorePublicAcls: flag('IgnorePublicAcls'), BlockPublicPolicy: flag('BlockPublicPolicy'), RestrictPublicBuckets: flag('RestrictPublicBuckets') };
 }
 
 /** S3's Range header: `bytes=a-b`, `bytes=a-`, `bytes=-n`. Null when absent; throws 416 when unsatisfiable. */
@@ -250,7 +277,8 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
   });
   const bucketRes = (withKey: boolean, withPolicy = true) => async (req: FastifyRequest, p: Principal): Promise<ResourceRef | null> => {
     const params = req.params as { bucket: string; '*'?: string };
-    const b = await obs.findBucket(p.accountId, params.bucket);
+    // A request without credentials names a public bucket (unique name); every other, one of its account.
+    const b = isAnonymous(p) ? await obs.findPublicBucket(params.bucket) : await obs.findBucket(p.accountId, params.bucket);
     return b ? bucketResource(req, b, withKey ? params['*'] : undefined, withPolicy) : null;
   };
   // Managing the bucket policy is decided by IAM policies alone, so that no bucket policy can lock
@@ -259,7 +287,9 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
   const keyOf = (req: FastifyRequest) => (req.params as { '*': string })['*'];
   /** A second resource in one request (a copy's source, each key of a batch delete) gets its own decision. */
   const allowed = async (req: FastifyRequest, action: string, b: BucketRow, key: string) => {
-    const d = await iam.authorize(principalOf(req), action, resourceRef(b, key), { sourceIp: req.ip, secure: req.protocol === 'https' });
+    const p = principalOf(req);
+    const ctx = { sourceIp: req.ip, secure: req.protocol === 'https' };
+    const d = isAnonymous(p) ? await iam.authorizeAnonymous(action, resourceRef(b, key), ctx) : await iam.authorize(p, action, resourceRef(b, key), ctx);
     return d.effect === 'allow';
   };
 
@@ -372,6 +402,7 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
           tagging: { action: 'obs:bucket:PutBucketTagging', resource: bucketRes(false) },
           encryption: { action: 'obs:bucket:PutEncryptionConfiguration', resource: bucketRes(false) },
           policy: { action: 'obs:bucket:PutBucketPolicy', resource: policyAdmin },
+          publicAccessBlock: { action: 'obs:bucket:PutBucketPublicAccessBlock', resource: policyAdmin },
           acl: { action: 'obs:bucket:PutBucketAcl', resource: bucketRes(false) },
           cors: { action: 'obs:bucket:PutBucketCORS', resource: bucketRes(false) },
         },
@@ -386,8 +417,12 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
             userIdByName: async (name) => (await iam.getUserByName(b.account_id, name))?.id,
             userExists: async (id) => (await iam.getUser(b.account_id, id)) !== undefined,
           });
-          await obs.setBucketPolicy(b, compiled);
+          await obs.setBucketPolicy(b, { ...compiled, isPublic: compiledPolicyIsPublic(compiled.compiled) });
           return reply.code(204).send();
+        }
+        if ('publicAccessBlock' in q) {
+          await obs.setPublicAccessBlock(bucketOf(req), parsePublicAccessBlock(await readSmallBody(req, 64 * 1024)));
+          return reply.code(200).send();
         }
         if ('acl' in q) {
           await acceptOwnerOnlyAcl(req, bucketOf(req));
@@ -462,10 +497,14 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
       },
     },
     {
-      method: 'DELETE', url: '/:bucket', meta: meta('obs:bucket:DeleteBucket', 'bucket', bucketRes(false), { bySubresource: { lifecycle: { action: 'obs:bucket:PutLifecycleConfiguration' }, tagging: { action: 'obs:bucket:DeleteBucketTagging' }, encryption: { action: 'obs:bucket:PutEncryptionConfiguration' }, policy: { action: 'obs:bucket:DeleteBucketPolicy', resource: policyAdmin }, cors: { action: 'obs:bucket:PutBucketCORS' } } }),
+      method: 'DELETE', url: '/:bucket', meta: meta('obs:bucket:DeleteBucket', 'bucket', bucketRes(false), { bySubresource: { lifecycle: { action: 'obs:bucket:PutLifecycleConfiguration' }, tagging: { action: 'obs:bucket:DeleteBucketTagging' }, encryption: { action: 'obs:bucket:PutEncryptionConfiguration' }, policy: { action: 'obs:bucket:DeleteBucketPolicy', resource: policyAdmin }, publicAccessBlock: { action: 'obs:bucket:DeleteBucketPublicAccessBlock', resource: policyAdmin }, cors: { action: 'obs:bucket:PutBucketCORS' } } }),
       handler: async (req, reply) => {
         if ('cors' in (req.query as Record<string, string>)) {
           await obs.setBucketCors(bucketOf(req), null);
+          return reply.code(204).send();
+        }
+        if ('publicAccessBlock' in (req.query as Record<string, string>)) {
+          await obs.setPublicAccessBlock(bucketOf(req), null);
           return reply.code(204).send();
         }
         if ('policy' in (req.query as Record<string, string>)) {
@@ -525,6 +564,7 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
           lifecycle: { action: 'obs:bucket:GetLifecycleConfiguration' }, 'object-lock': { action: 'obs:bucket:GetBucketObjectLockConfiguration' },
           tagging: { action: 'obs:bucket:GetBucketTagging' }, encryption: { action: 'obs:bucket:GetEncryptionConfiguration' },
           policy: { action: 'obs:bucket:GetBucketPolicy', resource: policyAdmin }, policyStatus: { action: 'obs:bucket:GetBucketPolicyStatus' },
+          publicAccessBlock: { action: 'obs:bucket:GetBucketPublicAccessBlock', resource: policyAdmin },
           acl: { action: 'obs:bucket:GetBucketAcl' }, ownershipControls: { action: 'obs:bucket:GetBucketOwnershipControls' }, cors: { action: 'obs:bucket:GetBucketCORS' },
         },
       }),
@@ -537,8 +577,13 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
           return b.policy_json;
         }
         reply.type('application/xml');
-        // Buckets are addressed per account and every request is authenticated: no policy makes one public.
-        if ('policyStatus' in q) return xmlDoc({ PolicyStatus: { '@_xmlns': S3_NS, IsPublic: 'false' } });
+        // Public: anyone may reach it without credentials (its policy lets anyone in, nothing blocks it).
+        if ('policyStatus' in q) return xmlDoc({ PolicyStatus: { '@_xmlns': S3_NS, IsPublic: b.public_name !== null ? 'true' : 'false' } });
+        if ('publicAccessBlock' in q) {
+          if (!hasPublicAccessBlock(b)) throw new ObsError(404, 'NoSuchPublicAccessBlockConfiguration', 'The public access block configuration was not found');
+          const f = publicAccessBlockOf(b);
+          return xmlDoc({ PublicAccessBlockConfiguration: { '@_xmlns': S3_NS, BlockPublicAcls: f.BlockPublicAcls, IgnorePublicAcls: f.IgnorePublicAcls, BlockPublicPolicy: f.BlockPublicPolicy, RestrictPublicBuckets: f.RestrictPublicBuckets } });
+        }
         if ('acl' in q) return aclXml(b, principalOf(req).accountName);
         if ('ownershipControls' in q) return xmlDoc({ OwnershipControls: { '@_xmlns': S3_NS, Rule: { ObjectOwnership: 'BucketOwnerEnforced' } } });
         if ('cors' in q) {

@@ -17,6 +17,7 @@ import * as m0015 from './0015_obs_cors.js';
 import * as m0016 from './0016_obs_multipart_checksums.js';
 import * as m0017 from './0017_obs_subject_index.js';
 import * as m0018 from './0018_obs_full_object_checksums.js';
+import * as m0019 from './0019_obs_public_access.js';
 
 /** Ordered by name; a migration once released is never edited, only followed by a new one. */
 export const migrations: Record<string, Migration> = {
@@ -38,4 +39,5 @@ export const migrations: Record<string, Migration> = {
   '0016_obs_multipart_checksums': m0016,
   '0017_obs_subject_index': m0017,
   '0018_obs_full_object_checksums': m0018,
+  '0019_obs_public_access': m0019,
 };
