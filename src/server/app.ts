@@ -407,7 +407,7 @@ function notFoundCode(d: ApiDialect): string {
 /** Whether the request carries credentials of any kind (then they must be valid: no falling back to anonymous). */
 function carriesCredentials(req: FastifyRequest): boolean {
   const h = req.headers;
-  if (h.authorization !== undefined || h['x-auth-token'] !== undefined || h['x-amz-security-token'] !== undefined) return true;
+  if (h.authorization !== undefined || h['x-auth-token'] !== undefined || h['x-amz-security-token'] !== undefined || h['x-obs-security-token'] !== undefined || h['x-security-token'] !== undefined) return true;
   const q = req.query as Record<string, unknown> | undefined;
   return !!q && ('X-Amz-Signature' in q || 'X-Amz-Credential' in q || 'Signature' in q || 'AWSAccessKeyId' in q || 'AccessKeyId' in q);
 }

@@ -9,8 +9,11 @@ import {
   CreateBucketCommand, DeleteBucketPolicyCommand, DeletePublicAccessBlockCommand, GetBucketPolicyCommand, GetBucketPolicyStatusCommand, GetObjectCommand,
   GetPublicAccessBlockCommand, ListObjectsV2Command, PutBucketPolicyCommand, PutObjectCommand, PutPublicAccessBlockCommand, S3Client,
 } from '@aws-sdk/client-s3';
+import { Sha256 } from '@aws-crypto/sha256-js';
+import { SignatureV4 } from '@smithy/signature-v4';
+import { createHash } from 'node:crypto';
 import { sdkFailure as failure, startTestServer, type Tenant, type TestServer } from '../helpers.js';
-import { s3Client } from '../s3.js';
+import { accessKey, s3Client } from '../s3.js';
 
 let s: TestServer;
 let a: Tenant;
@@ -18,6 +21,7 @@ let b: Tenant;
 let ownerA: S3Client;
 let ownerB: S3Client;
 let anonymous: S3Client;
+let signerB: SignatureV4;
 
 /** A plain HTTP request with no credentials at all, as a browser or curl sends it. */
 function raw(method: string, path: string, headers: Record<string, string> = {}): Promise<{ status: number; body: string; headers: Record<string, string | string[] | undefined> }> {
@@ -32,6 +36,17 @@ function raw(method: string, path: string, headers: Record<string, string> = {})
     req.end();
   });
 }
+/** A PUT of a bucket subresource with a raw body, SigV4-signed by tenant b's key (the payload hash signed too). */
+async function signedPut(pathAndQuery: string, body: string): Promise<{ status: number; body: string }> {
+  const u = new URL(s.custos.obsUrl);
+  const [p, q] = pathAndQuery.split('?') as [string, string];
+  const req = await signerB.sign({
+    method: 'PUT', protocol: 'http:', hostname: u.hostname, port: Number(u.port), path: p, query: { [q]: '' },
+    headers: { host: u.host, 'x-amz-content-sha256': createHash('sha256').update(body).digest('hex') },
+  });
+  const res = await fetch(`${s.custos.obsUrl}${pathAndQuery}`, { method: 'PUT', headers: req.headers as Record<string, string>, body });
+  return { status: res.status, body: await res.text() };
+}
 const code = (body: string) => /<Code>([^<]+)<\/Code>/.exec(body)?.[1];
 const publicRead = (bucket: string, prefix = '') => ({ Version: '2012-10-17', Statement: [{ Sid: 'PublicRead', Effect: 'Allow', Principal: '*', Action: 's3:GetObject', Resource: `arn:aws:s3:::${bucket}/${prefix}*` }] });
 const putPolicy = (c: S3Client, bucket: string, policy: unknown) => c.send(new PutBucketPolicyCommand({ Bucket: bucket, Policy: JSON.stringify(policy) }));
@@ -42,7 +57,9 @@ before(async () => {
   a = await s.createTenant();
   b = await s.createTenant();
   ownerA = await s3Client(s, a);
-  ownerB = await s3Client(s, b);
+  const credentialsB = await accessKey(s, b);
+  ownerB = await s3Client(s, b, { credentials: credentialsB });
+  signerB = new SignatureV4({ service: 's3', region: b.projects[0]!.name, credentials: credentialsB, sha256: Sha256, uriEscapePath: false, applyChecksum: false });
   // The AWS SDK's way to send a request unsigned: a signer that leaves it as it is.
   anonymous = new S3Client({ endpoint: s.custos.obsUrl, region: a.projects[0]!.name, forcePathStyle: true, credentials: { accessKeyId: 'unused', secretAccessKey: 'unused' }, signer: { sign: async (r) => r } });
   await ownerA.send(new CreateBucketCommand({ Bucket: 'site' }));
@@ -170,6 +187,19 @@ describe('public access', () => {
     const bad = await fetch(`${s.custos.obsUrl}/site?publicAccessBlock`, { method: 'PUT', body: '<PublicAccessBlockConfiguration><BlockPublicPolicy>perhaps</BlockPublicPolicy></PublicAccessBlockConfiguration>' });
     assert.equal(bad.status, 403, 'without credentials, not even parsed');
     assert.deepEqual(await failure(ownerB.send(new PutPublicAccessBlockCommand({ Bucket: 'site', PublicAccessBlockConfiguration: { BlockPublicPolicy: 'perhaps' as unknown as boolean } }))), { status: 400, code: 'MalformedXML' });
-    assert.equal((await ownerB.send(new GetPublicAccessBlockCommand({ Bucket: 'site' }))).PublicAccessBlockConfiguration?.BlockPublicPolicy, true, 'unchanged');
+    // Bodies that are not a configuration: text, nested elements, a repeated flag, another document.
+    for (const body of [
+      '<PublicAccessBlockConfiguration>off</PublicAccessBlockConfiguration>',
+      '<PublicAccessBlockConfiguration><RestrictPublicBuckets><Value>false</Value></RestrictPublicBuckets></PublicAccessBlockConfiguration>',
+      '<PublicAccessBlockConfiguration><BlockPublicPolicy>false</BlockPublicPolicy><BlockPublicPolicy>false</BlockPublicPolicy></PublicAccessBlockConfiguration>',
+      '<PublicAccessBlockConfiguration><BlockEverything>true</BlockEverything></PublicAccessBlockConfiguration>',
+      '<Tagging><TagSet/></Tagging>',
+      '<PublicAccessBlockConfiguration><BlockPublicPolicy>false',
+    ]) {
+      const r = await signedPut('/site?publicAccessBlock', body);
+      assert.equal(r.status, 400, body);
+      assert.equal(code(r.body), 'MalformedXML', body);
+    }
+    assert.deepEqual((await ownerB.send(new GetPublicAccessBlockCommand({ Bucket: 'site' }))).PublicAccessBlockConfiguration, { BlockPublicAcls: false, IgnorePublicAcls: false, BlockPublicPolicy: true, RestrictPublicBuckets: false }, 'unchanged');
   });
 });

@@ -145,7 +145,10 @@ function isAnonymous(p: Principal): boolean {
 function parsePublicAccessBlock(body: Buffer): PublicAccessBlock {
   const doc = parseXml(body) as { PublicAccessBlockConfiguration?: Record<string, unknown> | string };
   const c = doc.PublicAccessBlockConfiguration;
-  if (c === undefined) throw new ObsError(400, 'MalformedXML', 'The XML you provided was not well-formed or did not validate against our published schema');
+  // An empty element sets every flag off; text in it is no configuration at all.
+  if (c === undefined || (typeof c === 'string' && c.trim() !== '') || Array.isArray(c)) {
+    throw new ObsError(400, 'MalformedXML', 'The XML you provided was not well-formed or did not validate against our published schema');
+  }
   const fields = typeof c === 'object' && c !== null ? c : {};
   const flag = (name: keyof PublicAccessBlock): boolean => {
     const v = fields[name];
