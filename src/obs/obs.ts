@@ -232,7 +232,7 @@ export class ObsService {
    */
   async findPublicBucket(name: string): Promise<BucketRow | undefined> {
     const b = await this.db.selectFrom('obs_buckets').selectAll().where('public_name', '=', name).executeTakeFirst();
-    return b && bucketPolicyIsPublic(b) && !publicAccessBlockOf(b).RestrictPublicBuckets ? b : undefined;
+    return b && isPublicBucket(b) ? b : undefined;
   }
 
   /**
@@ -242,14 +242,22 @@ export class ObsService {
    */
   private async updatePublicState(bucket: BucketRow, set: { policy_json?: string | null; policy_compiled_json?: string | null; policy_public?: boolean; public_access_block?: string | null; public_name: string | null }): Promise<void> {
     const { policy_public: _unused, ...columns } = set;
+    let updated: bigint;
     try {
-      await this.db.updateTable('obs_buckets').set(columns).where('id', '=', bucket.id).execute();
+      // Only if neither the policy nor the settings changed since they were read and checked: two
+      // changes racing each other must not leave a public policy stored under BlockPublicPolicy.
+      const r = await this.db.updateTable('obs_buckets').set(columns).where('id', '=', bucket.id)
+        .where('policy_compiled_json', 'is not distinct from', bucket.policy_compiled_json)
+        .where('public_access_block', 'is not distinct from', bucket.public_access_block)
+        .executeTakeFirst();
+      updated = r.numUpdatedRows;
     } catch (e) {
       if (isUniqueViolation(e)) {
         throw new ObsError(409, 'OperationAborted', `another account's public bucket is already named ${bucket.name}: bucket names are per account, but a public bucket's name must be unique, since a request without credentials names no account`);
       }
       throw e;
     }
+    if (updated === 0n) throw new ObsError(409, 'OperationAborted', 'A conflicting conditional operation is currently in progress against this resource. Please try again.');
     await this.opts.durable?.();
   }
 
@@ -1097,7 +1105,14 @@ const NONE_BLOCKED: PublicAccessBlock = Object.freeze({ BlockPublicAcls: false, 
 export function publicAccessBlockOf(b: BucketRow): PublicAccessBlock {
   if (b.public_access_block === null) return ALL_BLOCKED;
   if (b.public_access_block === NO_PUBLIC_ACCESS_BLOCK) return NONE_BLOCKED;
-  return { ...NONE_BLOCKED, ...(JSON.parse(b.public_access_block) as Partial<PublicAccessBlock>) };
+  // A flag missing from what is stored (never written so, but a row may be restored from elsewhere) blocks.
+  const stored = JSON.parse(b.public_access_block) as Partial<Record<keyof PublicAccessBlock, unknown>>;
+  const flag = (k: keyof PublicAccessBlock) => stored[k] !== false;
+  return { BlockPublicAcls: flag('BlockPublicAcls'), IgnorePublicAcls: flag('IgnorePublicAcls'), BlockPublicPolicy: flag('BlockPublicPolicy'), RestrictPublicBuckets: flag('RestrictPublicBuckets') };
+}
+/** Whether anyone may reach the bucket without credentials: its name is public, its policy lets anyone in, nothing restricts it. */
+export function isPublicBucket(b: BucketRow): boolean {
+  return b.public_name !== null && bucketPolicyIsPublic(b) && !publicAccessBlockOf(b).RestrictPublicBuckets;
 }
 /** Whether the bucket has a configuration (GetPublicAccessBlock answers 404 once it was deleted). */
 export function hasPublicAccessBlock(b: BucketRow): boolean {

@@ -42,15 +42,25 @@ const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS']);
 /** Header names whose values are credentials: never logged, never traced. */
 export const SECRET_HEADERS = ['authorization', 'x-auth-token', 'x-subject-token', 'x-security-token', 'x-amz-security-token', 'cookie'];
 
+/** Subresource parameters that qualify an operation (which version) rather than name one. */
+const QUALIFIER_SUBRESOURCES = new Set(['versionId']);
+/** The subresource parameters of the route present in the request: operations first, then qualifiers. */
+function subresourcesOf(req: FastifyRequest, base: RouteMeta): { operations: string[]; qualifiers: string[] } {
+  const q = (req.query ?? {}) as Record<string, unknown>;
+  const present = Object.keys(base.bySubresource ?? {}).filter((k) => k in q);
+  return { operations: present.filter((k) => !QUALIFIER_SUBRESOURCES.has(k)), qualifiers: present.filter((k) => QUALIFIER_SUBRESOURCES.has(k)) };
+}
 const subresourceMeta = new WeakMap<FastifyRequest, RouteMeta>();
 function metaOf(req: FastifyRequest): RouteMeta | undefined {
   const base = req.routeOptions.config?.custos;
   if (!base?.bySubresource) return base;
   const cached = subresourceMeta.get(req);
   if (cached) return cached;
-  // The first subresource parameter the route knows decides the operation.
-  const q = (req.query ?? {}) as Record<string, unknown>;
-  const hit = Object.keys(base.bySubresource).find((k) => k in q);
+  // The operation the request names decides the action (a request naming two is refused before it is
+  // authorized); a qualifier alone (?versionId) decides it when there is none. Handlers test the same
+  // parameters, so the action authorized is the operation that runs.
+  const { operations, qualifiers } = subresourcesOf(req, base);
+  const hit = operations[0] ?? qualifiers[0];
   const meta = hit ? { ...base, ...base.bySubresource[hit] } : base;
   subresourceMeta.set(req, meta);
   return meta;
@@ -197,6 +207,12 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
 
   // ---- authentication: once per request, before the body is validated
   app.addHook('preValidation', async (req) => {
+    const base = req.routeOptions.config?.custos;
+    if (base?.bySubresource) {
+      // `?versioning&policy` must not be authorized as one operation and run as another.
+      const { operations } = subresourcesOf(req, base);
+      if (operations.length > 1) throw edgeFailure('badRequest', base.dialect, 400, `the request names more than one operation (${operations.join(', ')}); name one`);
+    }
     const meta = metaOf(req);
     if (!meta || (meta.action === null && !meta.authenticatedOnly)) return;
     if (deps.anonymousActions && meta.action !== null && SAFE_METHODS.has(req.method) && deps.anonymousActions.has(meta.action) && !carriesCredentials(req)) {

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { request as httpRequest } from 'node:http';
 import {
   CreateBucketCommand, DeleteBucketPolicyCommand, DeletePublicAccessBlockCommand, GetBucketPolicyCommand, GetBucketPolicyStatusCommand, GetObjectCommand,
-  GetPublicAccessBlockCommand, ListObjectsV2Command, PutBucketPolicyCommand, PutObjectCommand, PutPublicAccessBlockCommand, S3Client,
+  GetPublicAccessBlockCommand, ListObjectsV2Command, PutBucketCorsCommand, PutBucketPolicyCommand, PutObjectCommand, PutPublicAccessBlockCommand, S3Client,
 } from '@aws-sdk/client-s3';
 import { Sha256 } from '@aws-crypto/sha256-js';
 import { SignatureV4 } from '@smithy/signature-v4';
@@ -21,6 +21,7 @@ let b: Tenant;
 let ownerA: S3Client;
 let ownerB: S3Client;
 let anonymous: S3Client;
+let signerA: SignatureV4;
 let signerB: SignatureV4;
 
 /** A plain HTTP request with no credentials at all, as a browser or curl sends it. */
@@ -36,17 +37,19 @@ function raw(method: string, path: string, headers: Record<string, string> = {})
     req.end();
   });
 }
-/** A PUT of a bucket subresource with a raw body, SigV4-signed by tenant b's key (the payload hash signed too). */
-async function signedPut(pathAndQuery: string, body: string): Promise<{ status: number; body: string }> {
+/** A PUT of bucket subresources with a raw body, SigV4-signed by a tenant's key (the payload hash signed too). */
+async function signedPutWith(signer: SignatureV4, pathAndQuery: string, body: string): Promise<{ status: number; body: string }> {
   const u = new URL(s.custos.obsUrl);
   const [p, q] = pathAndQuery.split('?') as [string, string];
-  const req = await signerB.sign({
-    method: 'PUT', protocol: 'http:', hostname: u.hostname, port: Number(u.port), path: p, query: { [q]: '' },
+  const req = await signer.sign({
+    method: 'PUT', protocol: 'http:', hostname: u.hostname, port: Number(u.port), path: p, query: Object.fromEntries(q.split('&').map((k) => [k, ''])),
     headers: { host: u.host, 'x-amz-content-sha256': createHash('sha256').update(body).digest('hex') },
   });
   const res = await fetch(`${s.custos.obsUrl}${pathAndQuery}`, { method: 'PUT', headers: req.headers as Record<string, string>, body });
   return { status: res.status, body: await res.text() };
 }
+const signedPut = (pathAndQuery: string, body: string) => signedPutWith(signerB, pathAndQuery, body);
+const signedPutA = (pathAndQuery: string, body: string) => signedPutWith(signerA, pathAndQuery, body);
 const code = (body: string) => /<Code>([^<]+)<\/Code>/.exec(body)?.[1];
 const publicRead = (bucket: string, prefix = '') => ({ Version: '2012-10-17', Statement: [{ Sid: 'PublicRead', Effect: 'Allow', Principal: '*', Action: 's3:GetObject', Resource: `arn:aws:s3:::${bucket}/${prefix}*` }] });
 const putPolicy = (c: S3Client, bucket: string, policy: unknown) => c.send(new PutBucketPolicyCommand({ Bucket: bucket, Policy: JSON.stringify(policy) }));
@@ -56,7 +59,9 @@ before(async () => {
   s = await startTestServer({ config: { obsDomain: 'localhost' } });
   a = await s.createTenant();
   b = await s.createTenant();
-  ownerA = await s3Client(s, a);
+  const credentialsA = await accessKey(s, a);
+  ownerA = await s3Client(s, a, { credentials: credentialsA });
+  signerA = new SignatureV4({ service: 's3', region: a.projects[0]!.name, credentials: credentialsA, sha256: Sha256, uriEscapePath: false, applyChecksum: false });
   const credentialsB = await accessKey(s, b);
   ownerB = await s3Client(s, b, { credentials: credentialsB });
   signerB = new SignatureV4({ service: 's3', region: b.projects[0]!.name, credentials: credentialsB, sha256: Sha256, uriEscapePath: false, applyChecksum: false });
@@ -139,6 +144,41 @@ describe('public access', () => {
     assert.equal((await raw('GET', '/site')).status, 403, 'the listing statement is gone');
     await putPolicy(ownerA, 'site', publicRead('site', 'pub/'));
     assert.equal((await raw('GET', '/site/pub/index.html')).status, 200);
+  });
+
+  test('one operation per request: a second subresource cannot borrow the first one\'s permission', async () => {
+    // Signed by the owner, who may do both: still refused, since which one was authorized must be the one that runs.
+    for (const body of ['<PublicAccessBlockConfiguration/>', '<VersioningConfiguration><Status>Enabled</Status></VersioningConfiguration>']) {
+      const r = await signedPutA('/site?versioning&publicAccessBlock', body);
+      assert.deepEqual([r.status, code(r.body)], [400, 'InvalidArgument'], r.body);
+    }
+    assert.equal(await isPublic(ownerA, 'site'), true, 'nothing changed');
+    // Without credentials, ?versionId does not make ?uploadId (ListParts) a read of an object version.
+    assert.equal((await raw('GET', '/site/pub/index.html?versionId=null')).status, 403, 'GetObjectVersion is not granted by s3:GetObject');
+    await putPolicy(ownerA, 'site', { Version: '2012-10-17', Statement: [{ Effect: 'Allow', Principal: '*', Action: ['s3:GetObject', 's3:GetObjectVersion'], Resource: 'arn:aws:s3:::site/pub/*' }] });
+    assert.equal((await raw('GET', '/site/pub/index.html?versionId=null')).body, '<h1>hello</h1>');
+    const parts = await raw('GET', '/site/pub/index.html?versionId=null&uploadId=0123456789abcdef');
+    assert.deepEqual([parts.status, code(parts.body)], [403, 'AccessDenied'], 'ListParts needs credentials');
+    await putPolicy(ownerA, 'site', publicRead('site', 'pub/'));
+  });
+
+  test('CORS headers go with allowed reads only', async () => {
+    await ownerA.send(new PutBucketCorsCommand({ Bucket: 'site', CORSConfiguration: { CORSRules: [{ AllowedOrigins: ['https://app.example'], AllowedMethods: ['GET'] }] } }));
+    const ok = await raw('GET', '/site/pub/index.html', { origin: 'https://app.example' });
+    assert.equal(ok.headers['access-control-allow-origin'], 'https://app.example');
+    const refused = await raw('GET', '/site/private/keys.txt', { origin: 'https://app.example' });
+    assert.equal(refused.status, 403);
+    const missing = await raw('GET', '/no-such-bucket/private/keys.txt', { origin: 'https://app.example' });
+    for (const h of ['access-control-allow-origin', 'vary']) assert.equal(refused.headers[h], missing.headers[h], `${h}: a refusal looks the same for a public bucket and a missing one`);
+  });
+
+  test('a change checked against a stale view of the bucket is refused, not applied', async () => {
+    const stale = (await s.custos.obs.findBucket(a.accountId, 'site'))!;
+    await ownerA.send(new PutPublicAccessBlockCommand({ Bucket: 'site', PublicAccessBlockConfiguration: { BlockPublicPolicy: true } }));
+    // Checked against the settings as they were (nothing blocked), written after BlockPublicPolicy went on.
+    await assert.rejects(s.custos.obs.setBucketPolicy(stale, { source: '{}', compiled: [], isPublic: false }), (e: Error & { code?: string }) => e.code === 'OperationAborted');
+    assert.ok((await ownerA.send(new GetBucketPolicyCommand({ Bucket: 'site' }))).Policy, 'the policy in force is untouched');
+    await ownerA.send(new DeletePublicAccessBlockCommand({ Bucket: 'site' }));
   });
 
   test("the owner's trail holds each read without credentials, as anonymous", async () => {

@@ -15,7 +15,7 @@ import { CHECKSUM_BYTES, checksummer, COMPOSITE_ALGORITHMS, FULL_OBJECT_ALGORITH
 import { CORS_METHODS, corsDocument, HEADER_NAME, matchCorsRule, parseCorsConfiguration, preflightAllowed, responseCorsHeaders, type CorsRule } from '../cors.js';
 import { ProjectLookup, scopeOfProject } from '../../kms/http/common.js';
 import { principalOf, type RouteDef, type RouteMeta } from '../../server/route.js';
-import { compiledPolicyIsPublic, etagMatches, hasPublicAccessBlock, ObsError, publicAccessBlockOf, type LockMode, type PublicAccessBlock, type ObjectMeta, type ObsService, type VerifyUpload, type WriteCondition } from '../obs.js';
+import { compiledPolicyIsPublic, etagMatches, hasPublicAccessBlock, isPublicBucket, ObsError, publicAccessBlockOf, type LockMode, type PublicAccessBlock, type ObjectMeta, type ObsService, type VerifyUpload, type WriteCondition } from '../obs.js';
 import type { BucketRow, ObjectRow } from '../store.js';
 import { AwsChunkedDecoder } from './chunked.js';
 import { applyWatermark, MAX_IMAGE_BYTES, parseWatermark } from '../watermark.js';
@@ -87,6 +87,8 @@ function corsOf(b: BucketRow): CorsRule[] | undefined {
 export function s3CorsHeaders(req: FastifyRequest, reply: FastifyReply): void {
   const origin = req.headers.origin;
   if (typeof origin !== 'string' || req.method === 'OPTIONS') return;
+  // A refusal without credentials looks the same for every bucket, CORS headers included.
+  if (req.custos?.principal?.method === 'anonymous' && reply.statusCode === 403) return;
   const b = resolvedBuckets.get(req);
   const rules = b ? corsOf(b) : undefined;
   if (!rules) return;
@@ -581,7 +583,7 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
         }
         reply.type('application/xml');
         // Public: anyone may reach it without credentials (its policy lets anyone in, nothing blocks it).
-        if ('policyStatus' in q) return xmlDoc({ PolicyStatus: { '@_xmlns': S3_NS, IsPublic: b.public_name !== null ? 'true' : 'false' } });
+        if ('policyStatus' in q) return xmlDoc({ PolicyStatus: { '@_xmlns': S3_NS, IsPublic: isPublicBucket(b) ? 'true' : 'false' } });
         if ('publicAccessBlock' in q) {
           if (!hasPublicAccessBlock(b)) throw new ObsError(404, 'NoSuchPublicAccessBlockConfiguration', 'The public access block configuration was not found');
           const f = publicAccessBlockOf(b);
