@@ -223,12 +223,14 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     // A presigned URL's signature parameters are credentials, not arguments of the operation.
     const q = req.query as Record<string, unknown> | undefined;
     if (q && typeof q === 'object') {
+      const presignedV4 = 'X-Amz-Signature' in q;
       for (const k of Object.keys(q)) {
         if (k.startsWith('X-Amz-')) delete q[k];
-        // S3 takes a header's value from the query of a presigned URL (x-amz-checksum-crc32,
-        // x-amz-sdk-checksum-algorithm, x-amz-meta-*, ...): signed with the URL, so it is the
-        // caller's. A header sent beside it wins.
-        else if (s3 && k.startsWith('x-amz-')) {
+        // S3 takes a header's value from the query of a presigned SigV4 URL (x-amz-checksum-crc32,
+        // x-amz-sdk-checksum-algorithm, x-amz-meta-*, ...): signed with the URL (SigV4 signs the whole
+        // query), so it is the caller's. A header sent beside it wins. Not from any other request: a V2
+        // signature does not cover such parameters, so one added on the way would act unsigned.
+        else if (s3 && presignedV4 && k.startsWith('x-amz-')) {
           const v = q[k];
           if (req.headers[k] === undefined && typeof v === 'string') req.headers[k] = v;
           delete q[k];

@@ -143,6 +143,15 @@ function isAnonymous(p: Principal): boolean {
   return p.method === 'anonymous';
 }
 
+/**
+ * A DELETE names its operation by subresource; one this route does not serve (`?website`,
+ * `?replication`, ...) is 501, not the plain deletion. `x-id` is the AWS SDK's operation label.
+ */
+function refuseUnknownParams(req: FastifyRequest, what: 'bucket' | 'object', allowed: string[]): void {
+  const unknown = Object.keys(req.query as Record<string, unknown>).filter((k) => k !== 'x-id' && !allowed.includes(k));
+  if (unknown.length) throw new ObsError(501, 'NotImplemented', `${what} subresource ${unknown.map((k) => k.slice(0, 64)).join(', ')} is not implemented`);
+}
+
 /** PutPublicAccessBlock's body: the four flags, each `true` or `false`; an omitted one is false, as in S3. */
 function parsePublicAccessBlock(body: Buffer): PublicAccessBlock {
   const doc = parseXml(body) as { PublicAccessBlockConfiguration?: Record<string, unknown> | string };
@@ -296,6 +305,23 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
     const ctx = { sourceIp: req.ip, secure: req.protocol === 'https' };
     const d = isAnonymous(p) ? await iam.authorizeAnonymous(action, resourceRef(b, key), ctx) : await iam.authorize(p, action, resourceRef(b, key), ctx);
     return d.effect === 'allow';
+  };
+
+  /**
+   * What a write's headers set beyond the content needs its own permission, as in S3: a retention
+   * (x-amz-object-lock-mode/-retain-until-date) PutObjectRetention, a legal hold PutObjectLegalHold,
+   * tags (x-amz-tagging) PutObjectTagging. Otherwise PutObject alone could lock a version under
+   * COMPLIANCE for ever, or tie an object to a data subject (the custos:subject tag).
+   */
+  const authorizeWriteSettings = async (req: FastifyRequest, b: BucketRow, key: string) => {
+    const h = req.headers;
+    const needs: [string, string][] = [];
+    if (h['x-amz-object-lock-mode'] !== undefined || h['x-amz-object-lock-retain-until-date'] !== undefined) needs.push(['obs:object:PutObjectRetention', 'x-amz-object-lock-mode']);
+    if (h['x-amz-object-lock-legal-hold'] !== undefined) needs.push(['obs:object:PutObjectLegalHold', 'x-amz-object-lock-legal-hold']);
+    if (h['x-amz-tagging'] !== undefined) needs.push(['obs:object:PutObjectTagging', 'x-amz-tagging']);
+    for (const [action, header] of needs) {
+      if (!(await allowed(req, action, b, key))) throw new ObsError(403, 'AccessDenied', `Access Denied: ${header} needs ${action}`);
+    }
   };
 
   /**
@@ -528,6 +554,9 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
           await obs.setLifecycle(bucketOf(req), null);
           return reply.code(204).send();
         }
+        // `DELETE /b?website` (or any subresource not served here) asks for another operation: never
+        // let it fall through to deleting the bucket.
+        refuseUnknownParams(req, 'bucket', []);
         await obs.deleteBucket(bucketOf(req));
         return reply.code(204).send();
       },
@@ -553,7 +582,15 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
             errors.push({ Key: key, ...(o.VersionId ? { VersionId: o.VersionId } : {}), Code: 'AccessDenied', Message: 'Access Denied' });
             continue;
           }
-          const r = await obs.deleteObject(b, key, o.VersionId);
+          let r;
+          try {
+            r = await obs.deleteObject(b, key, o.VersionId);
+          } catch (e) {
+            // A version under retention or legal hold (or a bad version id) fails alone; the batch goes on.
+            if (!(e instanceof ObsError) || e.status >= 500) throw e;
+            errors.push({ Key: key, ...(o.VersionId ? { VersionId: o.VersionId } : {}), Code: e.code, Message: e.message });
+            continue;
+          }
           if (!quiet) deleted.push({ Key: key, ...(o.VersionId ? { VersionId: o.VersionId } : {}), ...(r.deleteMarker ? { DeleteMarker: true, DeleteMarkerVersionId: r.versionId } : {}) });
         }
         reply.type('application/xml');
@@ -753,6 +790,7 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
         }
         if (Object.keys(q).some((k) => k !== 'x-id')) throw new ObsError(501, 'NotImplemented', `object subresource ${Object.keys(q).filter((k) => k !== 'x-id').join(', ')} is not implemented`);
         refuseAcl(req, false);
+        await authorizeWriteSettings(req, b, keyOf(req));
         if (typeof h['x-amz-copy-source'] === 'string') {
           const r = await copyObject(req, reply, b, h['x-amz-copy-source']);
           reply.type('application/xml');
@@ -781,6 +819,7 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
         reply.type('application/xml');
         if ('uploads' in q) {
           refuseAcl(req, false);
+          await authorizeWriteSettings(req, b, keyOf(req));
           const om = objectMeta(req);
           const checksum = uploadChecksum(req);
           const id = await obs.createUpload(b, keyOf(req), om, { checksum });
@@ -926,6 +965,7 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
           await obs.abortUpload(await obs.getUpload(bucketOf(req), keyOf(req), uploadId));
           return reply.code(204).send();
         }
+        refuseUnknownParams(req, 'object', ['versionId']);
         const bypass = String(req.headers['x-amz-bypass-governance-retention']).toLowerCase() === 'true' && (await allowed(req, 'obs:object:BypassGovernanceRetention', bucketOf(req), keyOf(req)));
         const r = await obs.deleteObject(bucketOf(req), keyOf(req), versionIdOf(req), { bypassGovernance: bypass });
         if (r.versionId !== undefined && (bucketOf(req).versioning || versionIdOf(req) !== undefined)) reply.header('x-amz-version-id', r.versionId);

@@ -1,0 +1,103 @@
+// What a write may do beyond its own action, and what a request asking for another operation must
+// not do: lock and tag headers on PutObject need their own permissions; a DELETE naming a subresource
+// not served here is 501, never the deletion; one locked version fails alone in a batch delete; and
+// x-amz-* query parameters count as headers only in a presigned SigV4 URL.
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { Sha256 } from '@aws-crypto/sha256-js';
+import { SignatureV4 } from '@smithy/signature-v4';
+import {
+  CreateBucketCommand, CreateMultipartUploadCommand, DeleteObjectsCommand, GetObjectCommand, GetObjectTaggingCommand, HeadBucketCommand, PutBucketPolicyCommand,
+  PutObjectCommand, PutObjectLegalHoldCommand, S3Client,
+} from '@aws-sdk/client-s3';
+import { sdkFailure as failure, startTestServer, type Tenant, type TestServer } from '../helpers.js';
+import { accessKey, s3Client } from '../s3.js';
+
+let s: TestServer;
+let t: Tenant;
+let admin: S3Client;
+let writer: S3Client; // a user whose only permission is a bucket policy's s3:PutObject
+let signer: SignatureV4;
+const clients: S3Client[] = [];
+
+before(async () => {
+  s = await startTestServer();
+  t = await s.createTenant();
+  const credentials = await accessKey(s, t);
+  admin = await s3Client(s, t, { credentials });
+  signer = new SignatureV4({ service: 's3', region: t.projects[0]!.name, credentials, sha256: Sha256, uriEscapePath: false, applyChecksum: false });
+  const u = await s.api('POST', '/v3.0/OS-USER/users', { token: t.token, body: { user: { domain_id: t.accountId, name: 'writer', password: 'An0ther-Passw0rd!' } } });
+  assert.equal(u.status, 201, u.text);
+  writer = await s3Client(s, t, { userId: u.json.user.id });
+  clients.push(admin, writer);
+  await admin.send(new CreateBucketCommand({ Bucket: 'vault-docs', ObjectLockEnabledForBucket: true }));
+  await admin.send(new PutBucketPolicyCommand({
+    Bucket: 'vault-docs',
+    Policy: JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${t.accountId}:user/writer` }, Action: 's3:PutObject', Resource: 'arn:aws:s3:::vault-docs/*' }] }),
+  }));
+});
+after(async () => {
+  for (const c of clients) c.destroy();
+  await s?.close();
+});
+
+/** A request signed with SigV4 in the Authorization header, query included, as the caller sends it. */
+async function signed(method: string, path: string, query: Record<string, string>, body = ''): Promise<{ status: number; body: string }> {
+  const u = new URL(s.custos.obsUrl);
+  const req = await signer.sign({
+    method, protocol: 'http:', hostname: u.hostname, port: Number(u.port), path, query,
+    headers: { host: u.host, 'x-amz-content-sha256': createHash('sha256').update(body).digest('hex') },
+  });
+  const qs = new URLSearchParams(query).toString();
+  const res = await fetch(`${s.custos.obsUrl}${path}${qs ? `?${qs}` : ''}`, { method, headers: req.headers as Record<string, string>, ...(body ? { body } : {}) });
+  return { status: res.status, body: await res.text() };
+}
+
+test('retention, legal hold and tags set by a write need their own permissions', async () => {
+  await writer.send(new PutObjectCommand({ Bucket: 'vault-docs', Key: 'plain.txt', Body: 'ok' }));
+  const until = new Date(Date.now() + 3650 * 86_400_000);
+  const attempts = [
+    new PutObjectCommand({ Bucket: 'vault-docs', Key: 'locked.txt', Body: 'x', ObjectLockMode: 'COMPLIANCE', ObjectLockRetainUntilDate: until }),
+    new PutObjectCommand({ Bucket: 'vault-docs', Key: 'held.txt', Body: 'x', ObjectLockLegalHoldStatus: 'ON' }),
+    new PutObjectCommand({ Bucket: 'vault-docs', Key: 'tagged.txt', Body: 'x', Tagging: 'custos:subject=alice' }),
+    new CreateMultipartUploadCommand({ Bucket: 'vault-docs', Key: 'big.bin', ObjectLockMode: 'COMPLIANCE', ObjectLockRetainUntilDate: until }),
+  ];
+  for (const cmd of attempts) assert.deepEqual(await failure(writer.send(cmd as never)), { status: 403, code: 'AccessDenied' }, cmd.constructor.name);
+  for (const key of ['locked.txt', 'held.txt', 'tagged.txt']) {
+    assert.equal((await failure(admin.send(new GetObjectCommand({ Bucket: 'vault-docs', Key: key })))).status, 404, `${key} was not written`);
+  }
+  // The administrator (FullAccess) may.
+  await admin.send(new PutObjectCommand({ Bucket: 'vault-docs', Key: 'tagged.txt', Body: 'x', Tagging: 'team=docs' }));
+  assert.deepEqual((await admin.send(new GetObjectTaggingCommand({ Bucket: 'vault-docs', Key: 'tagged.txt' }))).TagSet, [{ Key: 'team', Value: 'docs' }]);
+});
+
+test('a DELETE naming a subresource not served here is 501 and deletes nothing', async () => {
+  await admin.send(new CreateBucketCommand({ Bucket: 'empty-site' }));
+  for (const sub of ['website', 'replication', 'ownershipControls']) {
+    const r = await signed('DELETE', '/empty-site', { [sub]: '' });
+    assert.equal(r.status, 501, `${sub}: ${r.body}`);
+  }
+  await admin.send(new HeadBucketCommand({ Bucket: 'empty-site' }));
+  const r = await signed('DELETE', '/vault-docs/plain.txt', { restore: '' });
+  assert.equal(r.status, 501, r.body);
+  assert.equal(await (await admin.send(new GetObjectCommand({ Bucket: 'vault-docs', Key: 'plain.txt' }))).Body!.transformToString(), 'ok');
+});
+
+test('a version under legal hold fails alone in a batch delete', async () => {
+  const held = await admin.send(new PutObjectCommand({ Bucket: 'vault-docs', Key: 'batch/held.txt', Body: 'h' }));
+  await admin.send(new PutObjectLegalHoldCommand({ Bucket: 'vault-docs', Key: 'batch/held.txt', VersionId: held.VersionId, LegalHold: { Status: 'ON' } }));
+  const free = await admin.send(new PutObjectCommand({ Bucket: 'vault-docs', Key: 'batch/free.txt', Body: 'f' }));
+  const r = await admin.send(new DeleteObjectsCommand({ Bucket: 'vault-docs', Delete: { Objects: [{ Key: 'batch/held.txt', VersionId: held.VersionId }, { Key: 'batch/free.txt', VersionId: free.VersionId }] } }));
+  assert.deepEqual(r.Errors?.map((e) => [e.Key, e.Code]), [['batch/held.txt', 'AccessDenied']]);
+  assert.deepEqual(r.Deleted?.map((d) => d.Key), ['batch/free.txt']);
+  assert.equal(await (await admin.send(new GetObjectCommand({ Bucket: 'vault-docs', Key: 'batch/held.txt' }))).Body!.transformToString(), 'h');
+});
+
+test('x-amz-* query parameters act as headers only in a presigned SigV4 URL', async () => {
+  // Signed in the Authorization header, a query parameter is not a header: a tagging request in the
+  // query does not tag (the write is refused as an unknown subresource instead).
+  const r = await signed('PUT', '/vault-docs/q.txt', { 'x-amz-tagging': 'team=query' }, 'q');
+  assert.equal(r.status, 501, r.body);
+  assert.equal((await failure(admin.send(new GetObjectCommand({ Bucket: 'vault-docs', Key: 'q.txt' })))).status, 404);
+});
