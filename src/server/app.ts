@@ -383,7 +383,18 @@ const JSON_NUL = /(?<!\\)(?:\\\\)*\\u0000/;
 /** JSON.parse, refusing NUL characters: no field of any API takes one, and PostgreSQL text cannot store one. */
 function parseJsonText(text: string): unknown {
   if (text.includes('\\u0000') && JSON_NUL.test(text)) throw new HttpFailure(400, 'MalformedJSON', 'the body contains a NUL character (\\u0000), which no field accepts');
-  return JSON.parse(text);
+  const value: unknown = JSON.parse(text);
+  // JSON.parse takes any depth; serializing it again (a policy document is stored as text) overflows
+  // the stack at some hundred thousand levels. No document of any API here nests beyond a few dozen.
+  if (deeperThan(value, MAX_JSON_DEPTH)) throw new HttpFailure(400, 'MalformedJSON', `the body nests deeper than ${MAX_JSON_DEPTH} levels`);
+  return value;
+}
+const MAX_JSON_DEPTH = 64;
+function deeperThan(v: unknown, levels: number): boolean {
+  if (typeof v !== 'object' || v === null) return false;
+  if (levels === 0) return true;
+  for (const child of Array.isArray(v) ? v : Object.values(v)) if (deeperThan(child, levels - 1)) return true;
+  return false;
 }
 
 /** Requests that named their bucket in the Host header: the bucket and the URL as sent. */

@@ -1,7 +1,7 @@
 import type { FastifyReply, FastifyRequest, FastifySchema, HTTPMethods } from 'fastify';
 import type { Principal, ResourceRef } from '../iam/iam.js';
 import type { ChunkSigner } from '../iam/signing.js';
-import type { ApiDialect } from './errors.js';
+import { HttpFailure, type ApiDialect } from './errors.js';
 
 /** Everything the edge must know about a route before it may serve it. */
 export interface RouteMeta {
@@ -86,4 +86,14 @@ export function principalOf(req: FastifyRequest): Principal {
   const p = req.custos.principal;
   if (!p) throw new Error('route declared without authentication reached a principal-only handler');
   return p;
+}
+
+/**
+ * A `date-time` the schema accepted, as epoch milliseconds. RFC 3339 allows a leap second
+ * (`23:59:60`), which `Date.parse` cannot represent: 400, before anything is written.
+ */
+export function instantOf(value: string, field: string): number {
+  const t = Date.parse(value);
+  if (!Number.isFinite(t)) throw new HttpFailure(400, 'BadRequest', `${field} is not a time this server can represent (a leap second?)`);
+  return t;
 }

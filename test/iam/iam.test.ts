@@ -360,6 +360,15 @@ describe('bad input', () => {
     const custos = await s.api('POST', '/v1/accounts', { token: s.operator.token, rawBody: '{', headers: { 'content-type': 'application/json' } });
     assert.equal(custos.status, 400);
     assert.equal(typeof custos.json.error.code, 'string');
+    // A policy document nested 200,000 deep: JSON.parse takes it, storing it again would overflow the stack.
+    const deep = `{"role":{"display_name":"deep","type":"AX","policy":${'['.repeat(200_000)}${']'.repeat(200_000)}}}`;
+    const nested = await s.api('POST', '/v3.0/OS-ROLE/roles', { token: a.token, rawBody: deep, headers: { 'content-type': 'application/json' } });
+    assert.equal(nested.status, 400, nested.text);
+    assert.match(nested.json.error_msg, /nests deeper than 64/);
+    // Sixty levels are fine (the role is then refused for what it says, not for its shape).
+    const shallow = await s.api('POST', '/v3.0/OS-ROLE/roles', { token: a.token, rawBody: `{"role":{"display_name":"deep","type":"AX","policy":${'['.repeat(60)}${']'.repeat(60)}}}`, headers: { 'content-type': 'application/json' } });
+    assert.equal(shallow.status, 400, shallow.text);
+    assert.doesNotMatch(shallow.text, /nests deeper/);
   });
 
   test('the server is still healthy and the logs hold no password or token', async () => {

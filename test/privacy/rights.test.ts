@@ -386,6 +386,9 @@ describe('privacy: consent and data-subject requests', () => {
     assert.equal(dup.json.error.code, 'DuplicateRequest');
     assert.equal((await api('POST', '/v1/privacy/requests', { subject_id: 'carol', type: 'shredding' })).status, 400);
     assert.equal((await api('POST', '/v1/privacy/requests', { subject_id: 'bad subject', type: 'access' })).status, 400);
+    const leap = await api('POST', '/v1/privacy/requests', { subject_id: 'carol', type: 'access', received_at: '2016-12-31T23:59:60Z' });
+    assert.equal(leap.status, 400, leap.text);
+    assert.match(leap.text, /received_at/);
     // Portability, end to end: the archive opens and holds carol's values and nobody else's.
     await verify(first.id);
     assert.equal((await api('POST', `/v1/privacy/requests/${first.id}/verify`, { verifier: 'attestation', evidence: { method: 'again', reference: 'x' } })).status, 409, 'verified twice');

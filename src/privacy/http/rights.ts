@@ -6,7 +6,7 @@ import { Type } from '@sinclair/typebox';
 import type { FastifyRequest } from 'fastify';
 import type { IamService, Principal, ResourceRef } from '../../iam/iam.js';
 import type { RouteDef, RouteMeta } from '../../server/route.js';
-import { principalOf } from '../../server/route.js';
+import { instantOf, principalOf } from '../../server/route.js';
 import type { ObsService } from '../../obs/obs.js';
 import type { VaultService } from '../../vault/vault.js';
 import { LEGAL_BASES, PrivacyError, REQUEST_TYPES, SAFEGUARDS, type LegalBasis, type Safeguard, type PrivacyRightsService, type RequestDetails, type RequestType, type RequestView } from '../rights.js';
@@ -198,7 +198,7 @@ export function privacyRightsRoutes(rights: PrivacyRightsService, iam: IamServic
       handler: async (req, reply) => {
         const p = principalOf(req);
         const b = req.body as { subject_id: string; type: RequestType; received_at?: string; details?: RequestDetails };
-        const v = await rights.createRequest(p.accountId, actorOf(p), { subjectId: b.subject_id, type: b.type, details: b.details ?? {}, receivedAt: b.received_at ? Date.parse(b.received_at) : undefined });
+        const v = await rights.createRequest(p.accountId, actorOf(p), { subjectId: b.subject_id, type: b.type, details: b.details ?? {}, receivedAt: b.received_at ? instantOf(b.received_at, 'received_at') : undefined });
         req.custos.traced.resourceId = v.id;
         req.custos.traced.resourceName = v.type;
         trace(req, v);

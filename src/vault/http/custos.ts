@@ -8,7 +8,7 @@ import { stringify } from 'csv-stringify/sync';
 import type { FastifyRequest } from 'fastify';
 import type { IamService, Principal, ResourceRef } from '../../iam/iam.js';
 import type { RouteDef, RouteMeta } from '../../server/route.js';
-import { principalOf } from '../../server/route.js';
+import { instantOf, principalOf } from '../../server/route.js';
 import { CollectionSchemaInput, TRANSFORMS, type Transform } from '../schema.js';
 import { PERMISSIONS, VaultError, type AccessEntry, type Caller, type Collection, type EffectiveAccess, type InventoryRow, type RecordView, type VaultService } from '../vault.js';
 
@@ -373,7 +373,7 @@ export function vaultRoutes(vault: VaultService, iam: IamService, transfers?: Tr
         const subject = (req.params as { subject_id: string }).subject_id;
         const b = req.body as { event: string; occurred_at?: string };
         req.custos.traced.correlate = { subject };
-        const r = await vault.recordEvent(p.accountId, subject, b.event, b.occurred_at ? Date.parse(b.occurred_at) : undefined);
+        const r = await vault.recordEvent(p.accountId, subject, b.event, b.occurred_at ? instantOf(b.occurred_at, 'occurred_at') : undefined);
         req.custos.traced.detail = { event: b.event, scheduled: String(r.scheduled), deleted_values: String(r.deleted_values), deleted_records: String(r.deleted_records) };
         return r;
       },
