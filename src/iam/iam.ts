@@ -556,6 +556,8 @@ export class IamService {
       await trx.updateTable('iam_users').set({ password_hash: hash, password_changed_at: t, failed_logins: 0, first_failed_at: null, locked_until: null }).where('id', '=', user.id).execute();
       await trx.insertInto('iam_password_history').values({ user_id: user.id, hash, created_at: t }).execute();
       await trx.updateTable('iam_tokens').set({ revoked: 1 }).where('user_id', '=', user.id).execute();
+      // The temporary keys those sessions made end with them; permanent access keys stay.
+      await trx.deleteFrom('iam_access_keys').where('user_id', '=', user.id).where('security_token_hash', 'is not', null).execute();
     });
   }
 
@@ -779,7 +781,10 @@ export class IamService {
     return Number(r.numUpdatedRows) > 0;
   }
   async revokeUserTokens(userId: string): Promise<void> {
-    await this.db.updateTable('iam_tokens').set({ revoked: 1 }).where('user_id', '=', userId).execute();
+    await this.db.transaction().execute(async (trx) => {
+      await trx.updateTable('iam_tokens').set({ revoked: 1 }).where('user_id', '=', userId).execute();
+      await trx.deleteFrom('iam_access_keys').where('user_id', '=', userId).where('security_token_hash', 'is not', null).execute();
+    });
   }
   /** The principal a token stands for, if it is still good; for GET /v3/auth/tokens. */
   async inspectToken(token: string): Promise<{ principal: Principal; issuedAt: number; methods: string[] }> {
@@ -828,8 +833,9 @@ export class IamService {
     const access = newAccessKeyId();
     const secret = randomBytes(30).toString('base64').replace(/[+/=]/g, '').slice(0, 40);
     const securityToken = `CUSST${randomBytes(48).toString('base64url')}`;
-    const cap = p.expiresAt !== null && p.agency ? p.expiresAt : this.now() + durationSeconds * 1000;
-    const expiresAt = Math.min(this.now() + durationSeconds * 1000, cap);
+    // Never longer than what the caller authenticated with lasts (its token, its agency session, its
+    // own temporary key), so temporary credentials cannot be renewed from themselves for ever.
+    const expiresAt = Math.min(this.now() + durationSeconds * 1000, p.expiresAt ?? Number.POSITIVE_INFINITY);
     await this.db
       .insertInto('iam_access_keys')
       .values({

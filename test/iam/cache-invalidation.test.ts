@@ -229,6 +229,27 @@ describe('IAM cache on one node: a change applies to the very next request', () 
     assert.equal((await s.api('GET', `/v3/users/${u.id}`, { token: a.token })).json.user.is_locked, false, 'the new password unlocked it');
   });
 
+  test('temporary credentials never outlive what made them, and a password change ends them', async () => {
+    const u = await newUser('tess');
+    const first = await s.api('POST', '/v3.0/OS-CREDENTIAL/securitytokens', { token: u.token, body: { auth: { identity: { methods: ['token'], token: { duration_seconds: 900 } } } } });
+    assert.equal(first.status, 201, first.text);
+    const temp = { ak: first.json.credential.access, sk: first.json.credential.secret, token: first.json.credential.securitytoken };
+    // Signed with the 15-minute key, a request for a day's key gets one that ends when the first does.
+    const u0 = new URL(s.url);
+    const body = JSON.stringify({ auth: { identity: { methods: ['token'], token: { duration_seconds: 86400 } } } });
+    const signer = new SignatureV4({ service: 'iam', region: 'cn-north-4', sha256: Sha256, credentials: { accessKeyId: temp.ak, secretAccessKey: temp.sk, sessionToken: temp.token } });
+    const r = await signer.sign({ method: 'POST', protocol: 'http:', hostname: u0.hostname, port: Number(u0.port), path: '/v3.0/OS-CREDENTIAL/securitytokens', query: {}, headers: { host: u0.host, 'content-type': 'application/json' }, body });
+    const res = await fetch(`${s.url}/v3.0/OS-CREDENTIAL/securitytokens`, { method: 'POST', headers: r.headers as Record<string, string>, body });
+    assert.equal(res.status, 201);
+    const second = (await res.json()) as { credential: { access: string; secret: string; securitytoken: string; expires_at: string } };
+    assert.ok(Date.parse(second.credential.expires_at) <= Date.parse(first.json.credential.expires_at), `${second.credential.expires_at} outlives ${first.json.credential.expires_at}`);
+    assert.equal(await signedGet(`/v3/users/${u.id}`, temp), 200);
+    // A password change ends the sessions and the temporary keys they made.
+    assert.equal((await s.api('PUT', `/v3.0/OS-USER/users/${u.id}`, { token: a.token, body: { user: { password: 'An0ther-Passw0rd!' } } })).status, 200);
+    assert.equal(await signedGet(`/v3/users/${u.id}`, temp), 401);
+    assert.equal(await signedGet(`/v3/users/${u.id}`, { ak: second.credential.access, sk: second.credential.secret, token: second.credential.securitytoken }), 401);
+  });
+
   test('token and temporary-key expiry and policy conditions are judged on every request, against the clock', async () => {
     const u = await newUser('tim');
     const soon = new Date(Date.now() + 3_600_000).toISOString();
