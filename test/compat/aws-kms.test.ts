@@ -184,6 +184,31 @@ describe('@aws-sdk/client-kms', () => {
     assert.equal((await raw('Decrypt', JSON.stringify({ CiphertextBlob: truncated }))).json.__type, 'InvalidCiphertextException');
   });
 
+  test('ReEncrypt decides on the source key with its tags: a tag-conditioned Deny keeps data under that key', async () => {
+    const restricted = (await client.send(new CreateKeyCommand({ Tags: [{ TagKey: 'tier', TagValue: 'restricted' }] }))).KeyMetadata!.KeyId!;
+    const open = (await client.send(new CreateKeyCommand({}))).KeyMetadata!.KeyId!;
+    const enc = await client.send(new EncryptCommand({ KeyId: restricted, Plaintext: Buffer.from('restricted data') }));
+    // A user with every KMS permission but those on keys tagged tier=restricted.
+    const u = await s.api('POST', '/v3.0/OS-USER/users', { token: t.token, body: { user: { domain_id: t.accountId, name: 'kms-user', password: 'An0ther-Passw0rd!' } } });
+    const group = (await s.api('POST', '/v3/groups', { token: t.token, body: { group: { name: 'kms-users' } } })).json.group.id as string;
+    const role = (await s.api('POST', '/v3.0/OS-ROLE/roles', { token: t.token, body: { role: { display_name: 'kms-but-restricted', policy: { Version: '1.1', Statement: [
+      { Effect: 'Allow', Action: ['kms:*:*'] },
+      { Effect: 'Deny', Action: ['kms:cmk:*'], Condition: { StringEquals: { 'g:ResourceTag/tier': ['restricted'] } } },
+    ] } } } })).json.role.id as string;
+    assert.equal((await s.api('PUT', `/v3/domains/${t.accountId}/groups/${group}/roles/${role}`, { token: t.token })).status, 204);
+    assert.equal((await s.api('PUT', `/v3/groups/${group}/users/${u.json.user.id}`, { token: t.token })).status, 204);
+    const k = await s.api('POST', '/v3.0/OS-CREDENTIAL/credentials', { token: t.token, body: { credential: { user_id: u.json.user.id } } });
+    const user = new KMSClient({ endpoint: s.url, region, credentials: { accessKeyId: k.json.credential.access, secretAccessKey: k.json.credential.secret } });
+    try {
+      await assert.rejects(user.send(new DecryptCommand({ CiphertextBlob: enc.CiphertextBlob })), { name: 'AccessDeniedException' });
+      await assert.rejects(user.send(new ReEncryptCommand({ CiphertextBlob: enc.CiphertextBlob, DestinationKeyId: open })), { name: 'AccessDeniedException' }, 'not moved to a key the user may decrypt with');
+      const mine = await user.send(new EncryptCommand({ KeyId: open, Plaintext: Buffer.from('mine') }));
+      assert.ok(mine.CiphertextBlob, 'the untagged key is the user\'s to use');
+    } finally {
+      user.destroy();
+    }
+  });
+
   test('a key made through the Huawei API is the same key through the AWS API, both ways', async () => {
     const project = t.projects[0]!.id;
     const hw = await s.api('POST', `/v1.0/${project}/kms/create-key`, { token: t.token, body: { key_alias: 'made-in-huawei-api' } });

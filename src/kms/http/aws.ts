@@ -14,7 +14,7 @@ import {
   type EncryptionAlgorithm, type GrantOperation, type KeyScope, type KeySpec, type KmsService,
 } from '../kms.js';
 import type { KeyRow } from '../store.js';
-import { ciphertextOf, encryptionContext, fromBase64, keyOf, keyResource, ProjectLookup, projectResource, rememberScope, scopeOf, scopeOfProject } from './common.js';
+import { ciphertextOf, encryptionContext, fromBase64, keyOf, keyRef, keyResource, ProjectLookup, projectResource, rememberScope, scopeOf, scopeOfProject } from './common.js';
 
 const S = { additionalProperties: true } as const;
 const KeyRef = Type.String({ minLength: 1, maxLength: 2048 });
@@ -168,7 +168,8 @@ export function awsKmsRoutes(kms: KmsService, iam: IamService): RouteDef[] {
         const source = b.SourceKeyId !== undefined ? await find(scope, b.SourceKeyId as string) : await kms.findKey(scope, kms.keyIdOf(ct));
         if (!source) throw KmsError.notFound();
         // The source key is a second resource: it needs its own decision (policy or grant).
-        const srcRef = { service: 'kms', type: 'KeyId', id: source.id, accountId: source.account_id, projectId: source.project_id, region: source.region };
+        // Decided like any request on it: with its tags (g:ResourceTag) and alias.
+        const srcRef = keyRef(source);
         const d = await iam.authorize(p, 'kms:cmk:reEncrypt', srcRef, { sourceIp: req.ip });
         if (d.effect !== 'allow' && !(d.effect === 'implicit-deny' && (await kms.grantAllows(source.id, p.userId, 'ReEncryptFrom')))) {
           throw new KmsError(403, 'AccessDenied', 'not authorized to perform kms:cmk:reEncrypt on the source key');

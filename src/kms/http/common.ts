@@ -61,6 +61,10 @@ export function rememberScope(req: FastifyRequest, scope: KeyScope): void {
 
 export function keyResource(req: FastifyRequest, key: KeyRow): ResourceRef {
   resolvedKeys.set(req, key);
+  return keyRef(key);
+}
+/** A key as the resource of a decision: its alias as the name, its tags for g:ResourceTag conditions. */
+export function keyRef(key: KeyRow): ResourceRef {
   const tags = JSON.parse(key.tags_json) as Record<string, string>;
   return { service: 'kms', type: 'KeyId', id: key.id, ...(key.alias ? { name: key.alias } : {}), accountId: key.account_id, projectId: key.project_id, region: key.region, tags };
 }
