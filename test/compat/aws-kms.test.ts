@@ -209,6 +209,28 @@ describe('@aws-sdk/client-kms', () => {
     }
   });
 
+  test('a grantee holding CreateGrant passes on only what its own grants hold', async () => {
+    const key = (await client.send(new CreateKeyCommand({}))).KeyMetadata!.KeyId!;
+    const mkUser = async (name: string) => {
+      const u = await s.api('POST', '/v3.0/OS-USER/users', { token: t.token, body: { user: { domain_id: t.accountId, name, password: 'An0ther-Passw0rd!' } } });
+      const k = await s.api('POST', '/v3.0/OS-CREDENTIAL/credentials', { token: t.token, body: { credential: { user_id: u.json.user.id } } });
+      return { id: u.json.user.id as string, client: new KMSClient({ endpoint: s.url, region, credentials: { accessKeyId: k.json.credential.access, secretAccessKey: k.json.credential.secret } }) };
+    };
+    const granter = await mkUser('granter'); // no KMS policy at all: only grants
+    const other = await mkUser('grant-receiver');
+    try {
+      await client.send(new CreateGrantCommand({ KeyId: key, GranteePrincipal: granter.id, Operations: ['CreateGrant', 'Encrypt'] }));
+      await assert.rejects(granter.client.send(new CreateGrantCommand({ KeyId: key, GranteePrincipal: granter.id, Operations: ['Decrypt'] })), { name: 'AccessDeniedException' }, 'not Decrypt for itself');
+      await assert.rejects(granter.client.send(new CreateGrantCommand({ KeyId: key, GranteePrincipal: other.id, Operations: ['Encrypt', 'GenerateDataKey'] })), { name: 'AccessDeniedException' });
+      await granter.client.send(new CreateGrantCommand({ KeyId: key, GranteePrincipal: other.id, Operations: ['Encrypt'] }));
+      assert.ok((await other.client.send(new EncryptCommand({ KeyId: key, Plaintext: Buffer.from('x') }))).CiphertextBlob);
+      await assert.rejects(granter.client.send(new DecryptCommand({ CiphertextBlob: (await client.send(new EncryptCommand({ KeyId: key, Plaintext: Buffer.from('y') }))).CiphertextBlob })), { name: 'AccessDeniedException' });
+    } finally {
+      granter.client.destroy();
+      other.client.destroy();
+    }
+  });
+
   test('a key made through the Huawei API is the same key through the AWS API, both ways', async () => {
     const project = t.projects[0]!.id;
     const hw = await s.api('POST', `/v1.0/${project}/kms/create-key`, { token: t.token, body: { key_alias: 'made-in-huawei-api' } });

@@ -14,7 +14,7 @@ import {
   type EncryptionAlgorithm, type GrantOperation, type KeyScope, type KeySpec, type KmsService,
 } from '../kms.js';
 import type { KeyRow } from '../store.js';
-import { ciphertextOf, encryptionContext, fromBase64, keyOf, keyRef, keyResource, ProjectLookup, projectResource, rememberScope, scopeOf, scopeOfProject } from './common.js';
+import { checkGrantSubset, ciphertextOf, encryptionContext, fromBase64, keyOf, keyRef, keyResource, ProjectLookup, projectResource, rememberScope, scopeOf, scopeOfProject } from './common.js';
 
 const S = { additionalProperties: true } as const;
 const KeyRef = Type.String({ minLength: 1, maxLength: 2048 });
@@ -313,6 +313,7 @@ export function awsKmsRoutes(kms: KmsService, iam: IamService): RouteDef[] {
         });
         const grantee = userIdOf(b.GranteePrincipal as string);
         if (!(await iam.getUser(p.accountId, grantee))) throw KmsError.invalid('GranteePrincipal is not a user of this account (give its user id)');
+        await checkGrantSubset(iam, kms, req, key, ops);
         const g = await kms.createGrant(key, p.userId, { grantee, operations: ops, name: b.Name as string | undefined, retiring: b.RetiringPrincipal !== undefined ? userIdOf(b.RetiringPrincipal as string) : undefined });
         return { GrantId: g.id, GrantToken: g.id };
       },

@@ -1,10 +1,11 @@
 /** What both KMS dialects share: the caller's project, the key a request names, input decoding. */
 import type { FastifyRequest } from 'fastify';
 import type { IamService, Principal, ResourceRef } from '../../iam/iam.js';
+import { principalOf } from '../../server/route.js';
 import type { ProjectRow } from '../../iam/store.js';
 import type { EncryptionContext } from '../ciphertext.js';
 import { KmsError } from '../errors.js';
-import type { KeyScope } from '../kms.js';
+import type { GrantOperation, KeyScope, KmsService } from '../kms.js';
 import type { KeyRow } from '../store.js';
 
 const PROJECT_TTL_MS = 30_000;
@@ -111,3 +112,16 @@ export function encryptionContext(v: unknown, field: string): EncryptionContext 
 }
 
 export type { Principal };
+
+/**
+ * CreateGrant by a caller whom only a grant let in (no policy of its own allows kms:grant:create on
+ * the key): it may pass on only operations its own grants on the key hold, as in AWS KMS, so a
+ * CreateGrant grant cannot be widened into Decrypt for oneself.
+ */
+export async function checkGrantSubset(iam: IamService, kms: KmsService, req: FastifyRequest, key: KeyRow, operations: GrantOperation[]): Promise<void> {
+  const p = principalOf(req);
+  if ((await iam.authorize(p, 'kms:grant:create', keyRef(key), { sourceIp: req.ip })).effect === 'allow') return;
+  for (const op of operations) {
+    if (!(await kms.grantAllows(key.id, p.userId, op))) throw new KmsError(403, 'AccessDenied', `a grant can pass on only operations the caller's own grants on the key allow; ${op} is not among them`);
+  }
+}

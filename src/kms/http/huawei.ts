@@ -14,7 +14,7 @@ import {
   type GrantOperation, type KeySpec, type KeyState, type KmsService,
 } from '../kms.js';
 import type { GrantRow, KeyRow } from '../store.js';
-import { ciphertextOf, encryptionContext, fromBase64, fromHex, keyOf, keyResource, ProjectLookup, projectResource, rememberScope, scopeOf, scopeOfProject } from './common.js';
+import { checkGrantSubset, ciphertextOf, encryptionContext, fromBase64, fromHex, keyOf, keyResource, ProjectLookup, projectResource, rememberScope, scopeOf, scopeOfProject } from './common.js';
 
 const S = { additionalProperties: false } as const;
 const KeyId = Type.String({ pattern: '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' });
@@ -315,6 +315,7 @@ export function huaweiKmsRoutes(kms: KmsService, iam: IamService): RouteDef[] {
         });
         const p = principalOf(req);
         if (!(await iam.getUser(p.accountId, b.grantee_principal as string))) throw KmsError.invalid('grantee_principal is not a user of this account');
+        await checkGrantSubset(iam, kms, req, key, operations);
         const g = await kms.createGrant(key, p.userId, { grantee: b.grantee_principal as string, operations, name: b.name as string | undefined, retiring: b.retiring_principal as string | undefined });
         req.custos.traced.resourceId = key.id;
         return { grant_id: g.id };
