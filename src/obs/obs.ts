@@ -422,6 +422,11 @@ export class ObsService {
   }
 
   /** The bucket's key, or the tenant's default object key in the bucket's project (made on first use). */
+  /** The KMS key a request names for the bucket (id, alias or ARN of a key in its project); 400 when none. */
+  async namedKey(bucket: BucketRow, requested: string): Promise<KeyRow> {
+    return this.objectKey(bucket, requested);
+  }
+
   private async objectKey(bucket: BucketRow, requested?: string): Promise<KeyRow> {
     const scope = this.scopeOf(bucket);
     if (requested !== undefined) {

@@ -14,6 +14,7 @@ import { huaweiKmsRoutes } from '../kms/http/huawei.js';
 import { KmsService, type GrantOperation } from '../kms/kms.js';
 import type { KmsTables } from '../kms/store.js';
 import { ANONYMOUS_ACTIONS, s3CorsHeaders, s3Routes } from '../obs/http/s3.js';
+import { keyUseCheck } from '../kms/http/common.js';
 import { ObsService } from '../obs/obs.js';
 import type { ObsTables } from '../obs/store.js';
 import { FsBlobStore, type BlobStore } from '../store/blobs.js';
@@ -165,7 +166,7 @@ export async function startCustos(config: Config, opts: StartOptions = {}): Prom
   try {
     const bootstrap = await iam.bootstrap();
     const now = opts.now ?? Date.now;
-    const routes = [...huaweiIamRoutes(iam), ...custosIamRoutes(iam), ...ctsRoutes(audit, iam, now), ...huaweiKmsRoutes(kms, iam), ...awsKmsRoutes(kms, iam), ...vaultRoutes(vault, iam, rights), ...privacyRightsRoutes(rights, iam, vault, obs), ...deregistrationRoutes(deregistration)];
+    const routes = [...huaweiIamRoutes(iam), ...custosIamRoutes(iam), ...ctsRoutes(audit, iam, now), ...huaweiKmsRoutes(kms, iam), ...awsKmsRoutes(kms, iam), ...vaultRoutes(vault, iam, rights, { mayUseKey: keyUseCheck(iam, kms) }), ...privacyRightsRoutes(rights, iam, vault, obs), ...deregistrationRoutes(deregistration)];
     const app = await buildApp({
       config, store, iam, audit: opts.untracedBaselineForBenchmarks ? null : audit, routes, now,
       serviceCounters: [
@@ -186,7 +187,7 @@ export async function startCustos(config: Config, opts: StartOptions = {}): Prom
     });
     report = (m) => app.log.error(m);
     const s3App = await buildApp({
-      config, store, iam, audit: opts.untracedBaselineForBenchmarks ? null : audit, routes: s3Routes(obs, iam, config.regions, rights, { corsOrigins: config.obsCorsOrigins }), now, listener: 's3', onSend: s3CorsHeaders, anonymousActions: ANONYMOUS_ACTIONS,
+      config, store, iam, audit: opts.untracedBaselineForBenchmarks ? null : audit, routes: s3Routes(obs, iam, config.regions, rights, { corsOrigins: config.obsCorsOrigins, mayUseKey: keyUseCheck(iam, kms) }), now, listener: 's3', onSend: s3CorsHeaders, anonymousActions: ANONYMOUS_ACTIONS,
       ...(opts.logStream ? { logStream: opts.logStream } : {}),
     });
     const address = await app.listen({ host: config.host, port: config.port });

@@ -228,6 +228,11 @@ export class VaultService {
     }
   }
 
+  /** The KMS key a request names for a collection in the scope's project (400 when there is none, or it is not symmetric). */
+  async namedKey(scope: KeyScope, requested: string): Promise<KeyRow> {
+    return this.collectionKey(scope, requested);
+  }
+
   /** The collection's key: one named in the request (id or alias in the project), else the tenant's default vault key. */
   private async collectionKey(scope: KeyScope, requested?: string): Promise<KeyRow> {
     if (requested) {

@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import { Sha256 } from '@aws-crypto/sha256-js';
 import { SignatureV4 } from '@smithy/signature-v4';
 import {
-  CreateBucketCommand, CreateMultipartUploadCommand, DeleteObjectsCommand, GetObjectCommand, GetObjectTaggingCommand, HeadBucketCommand, PutBucketPolicyCommand,
+  CreateBucketCommand, CreateMultipartUploadCommand, DeleteObjectsCommand, GetObjectCommand, GetObjectTaggingCommand, HeadBucketCommand, HeadObjectCommand, PutBucketPolicyCommand,
   PutObjectCommand, PutObjectLegalHoldCommand, S3Client,
 } from '@aws-sdk/client-s3';
 import { sdkFailure as failure, startTestServer, type Tenant, type TestServer } from '../helpers.js';
@@ -70,6 +70,17 @@ test('retention, legal hold and tags set by a write need their own permissions',
   // The administrator (FullAccess) may.
   await admin.send(new PutObjectCommand({ Bucket: 'vault-docs', Key: 'tagged.txt', Body: 'x', Tagging: 'team=docs' }));
   assert.deepEqual((await admin.send(new GetObjectTaggingCommand({ Bucket: 'vault-docs', Key: 'tagged.txt' }))).TagSet, [{ Key: 'team', Value: 'docs' }]);
+});
+
+test('a KMS key named for encryption must be one the writer may use', async () => {
+  const keyId = (await s.api('POST', `/v1.0/${t.projects[0]!.id}/kms/create-key`, { token: t.token, body: { key_alias: 'payroll-key' } })).json.key_info.key_id as string;
+  // The writer has no KMS permission at all: its objects go under the bucket's key, not one it names.
+  assert.deepEqual(await failure(writer.send(new PutObjectCommand({ Bucket: 'vault-docs', Key: 'named.txt', Body: 'x', ServerSideEncryption: 'aws:kms', SSEKMSKeyId: 'alias/payroll-key' }))), { status: 403, code: 'AccessDenied' });
+  assert.deepEqual(await failure(writer.send(new CreateMultipartUploadCommand({ Bucket: 'vault-docs', Key: 'named.bin', ServerSideEncryption: 'aws:kms', SSEKMSKeyId: keyId }))), { status: 403, code: 'AccessDenied' });
+  await writer.send(new PutObjectCommand({ Bucket: 'vault-docs', Key: 'unnamed.txt', Body: 'x' }));
+  // The administrator may name it.
+  await admin.send(new PutObjectCommand({ Bucket: 'vault-docs', Key: 'named.txt', Body: 'x', ServerSideEncryption: 'aws:kms', SSEKMSKeyId: 'alias/payroll-key' }));
+  assert.match((await admin.send(new HeadObjectCommand({ Bucket: 'vault-docs', Key: 'named.txt' }))).SSEKMSKeyId ?? '', new RegExp(keyId));
 });
 
 test('a DELETE naming a subresource not served here is 501 and deletes nothing', async () => {

@@ -92,6 +92,26 @@ describe('personal-data vault', () => {
     assert.equal(noProject.json.error.code, 'ProjectRequired');
   });
 
+  test('a key named for a collection must be one its creator may use', async () => {
+    const keyId = (await api('POST', `/v1.0/${t.projects[0]!.id}/kms/create-key`, { key_alias: 'hr-key' })).json.key_info.key_id as string;
+    const adminId = await createUser('vault-admin-only');
+    assert.equal((await api('PUT', `/v3/domains/${t.accountId}/users/${adminId}/roles/system-vaultadmin`)).status, 204);
+    const token = await s.token(t.name, 'vault-admin-only', PASSWORD);
+    const named = await api('POST', V, { name: 'hr', project_id: t.projects[0]!.id, kms_key_id: keyId, properties: [PROPERTIES[0]] }, token);
+    assert.equal(named.status, 403, named.text);
+    assert.equal(named.json.error.code, 'KeyAccessDenied');
+    const byAlias = await api('POST', V, { name: 'hr', project_id: t.projects[0]!.id, kms_key_id: 'alias/hr-key', properties: [PROPERTIES[0]] }, token);
+    assert.equal(byAlias.status, 403);
+    // Without naming one, the vault's own default key; the account's administrator may name it.
+    const own = await api('POST', V, { name: 'hr-default', project_id: t.projects[0]!.id, properties: [PROPERTIES[0]] }, token);
+    assert.equal(own.status, 201, own.text);
+    assert.notEqual(own.json.kms_key_id, keyId);
+    const byAdmin = await api('POST', V, { name: 'hr', project_id: t.projects[0]!.id, kms_key_id: keyId, properties: [PROPERTIES[0]] });
+    assert.equal(byAdmin.status, 201, byAdmin.text);
+    assert.equal(byAdmin.json.kms_key_id, keyId);
+    for (const c of ['hr', 'hr-default']) assert.equal((await api('DELETE', `${V}/${c}`)).status, 204);
+  });
+
   test('create a collection; the default vault key is made in its project; only the whitelist reaches records', async () => {
     const r = await api('POST', V, { name: 'customers', description: 'shop customers', project_id: t.projects[0]!.id, properties: PROPERTIES });
     assert.equal(r.status, 201, r.text);

@@ -125,3 +125,17 @@ export async function checkGrantSubset(iam: IamService, kms: KmsService, req: Fa
     if (!(await kms.grantAllows(key.id, p.userId, op))) throw new KmsError(403, 'AccessDenied', `a grant can pass on only operations the caller's own grants on the key allow; ${op} is not among them`);
   }
 }
+
+/** Whether a caller may make data keys under a KMS key: for a key another service uses on its behalf. */
+export type KeyUseCheck = (p: Principal, key: KeyRow, sourceIp: string) => Promise<boolean>;
+/**
+ * KeyUseCheck by the caller's policies (kms:cmk:generate on the key, with its tags) or, when none
+ * decides, a GenerateDataKey grant; an explicit deny wins. For keys a request names for OBS objects,
+ * a bucket's default encryption, a vault collection.
+ */
+export function keyUseCheck(iam: IamService, kms: KmsService): KeyUseCheck {
+  return async (p, key, sourceIp) => {
+    const d = await iam.authorize(p, 'kms:cmk:generate', keyRef(key), { sourceIp });
+    return d.effect === 'allow' || (d.effect === 'implicit-deny' && (await kms.grantAllows(key.id, p.userId, 'GenerateDataKey')));
+  };
+}

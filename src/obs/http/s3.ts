@@ -13,7 +13,7 @@ import { compileBucketPolicy } from '../bucket-policy.js';
 import { lifecycleDocument, parseLifecycle } from '../lifecycle.js';
 import { CHECKSUM_BYTES, checksummer, COMPOSITE_ALGORITHMS, FULL_OBJECT_ALGORITHMS, isChecksumAlgorithm, type ChecksumAlgorithm, type UploadChecksum } from '../checksums.js';
 import { CORS_METHODS, corsDocument, HEADER_NAME, matchCorsRule, parseCorsConfiguration, preflightAllowed, responseCorsHeaders, type CorsRule } from '../cors.js';
-import { ProjectLookup, scopeOfProject } from '../../kms/http/common.js';
+import { ProjectLookup, scopeOfProject, type KeyUseCheck } from '../../kms/http/common.js';
 import { principalOf, type RouteDef, type RouteMeta } from '../../server/route.js';
 import { compiledPolicyIsPublic, etagMatches, hasPublicAccessBlock, isPublicBucket, ObsError, publicAccessBlockOf, type LockMode, type PublicAccessBlock, type ObjectMeta, type ObsService, type VerifyUpload, type WriteCondition } from '../obs.js';
 import type { BucketRow, ObjectRow } from '../store.js';
@@ -283,7 +283,7 @@ export interface TransferGate {
   requireTransfer(accountId: string, transferId: string | undefined, what: { kind: 'collection' | 'bucket'; name: string; sourceRegion: string; destinationRegion: string }): Promise<void>;
 }
 
-export function s3Routes(obs: ObsService, iam: IamService, regions: string[], transfers?: TransferGate, opts: { corsOrigins?: readonly string[] } = {}): RouteDef[] {
+export function s3Routes(obs: ObsService, iam: IamService, regions: string[], transfers?: TransferGate, opts: { corsOrigins?: readonly string[]; mayUseKey?: KeyUseCheck } = {}): RouteDef[] {
   const corsOrigins = opts.corsOrigins ?? ['*'];
   const projects = new ProjectLookup(iam);
   const meta = (action: string, resourceType: string, resource: RouteMeta['resource'], extra: Partial<RouteMeta> = {}): RouteMeta => ({
@@ -305,6 +305,20 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
     const ctx = { sourceIp: req.ip, secure: req.protocol === 'https' };
     const d = isAnonymous(p) ? await iam.authorizeAnonymous(action, resourceRef(b, key), ctx) : await iam.authorize(p, action, resourceRef(b, key), ctx);
     return d.effect === 'allow';
+  };
+
+  /**
+   * A KMS key the request names (SSE-KMS on a write, a bucket's default key) is used on the caller's
+   * behalf: the caller must be allowed to make data keys under it, as S3 asks kms:GenerateDataKey.
+   */
+  const authorizeNamedKey = async (req: FastifyRequest, b: BucketRow, ref: string | undefined) => {
+    if (ref === undefined || !opts.mayUseKey) return;
+    const key = await obs.namedKey(b, ref);
+    if (!(await opts.mayUseKey(principalOf(req), key, req.ip))) throw new ObsError(403, 'AccessDenied', 'Access Denied: not authorized to use the KMS key (kms:cmk:generate) named for encryption');
+  };
+  const namedKeyHeader = (req: FastifyRequest) => {
+    const v = req.headers['x-amz-server-side-encryption-aws-kms-key-id'];
+    return typeof v === 'string' ? v : undefined;
   };
 
   /**
@@ -468,6 +482,7 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
           const rules = doc.ServerSideEncryptionConfiguration?.Rule;
           const rule = (Array.isArray(rules) ? rules[0] : rules)?.ApplyServerSideEncryptionByDefault;
           if (!rule || (rule.SSEAlgorithm !== 'aws:kms' && rule.SSEAlgorithm !== 'AES256' && rule.SSEAlgorithm !== 'kms')) throw new ObsError(400, 'MalformedXML', 'expected a ServerSideEncryptionConfiguration rule with SSEAlgorithm aws:kms (or AES256)');
+          await authorizeNamedKey(req, bucketOf(req), rule.KMSMasterKeyID);
           await obs.setDefaultKey(bucketOf(req), rule.KMSMasterKeyID ?? null);
           return reply.code(200).send();
         }
@@ -791,6 +806,7 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
         if (Object.keys(q).some((k) => k !== 'x-id')) throw new ObsError(501, 'NotImplemented', `object subresource ${Object.keys(q).filter((k) => k !== 'x-id').join(', ')} is not implemented`);
         refuseAcl(req, false);
         await authorizeWriteSettings(req, b, keyOf(req));
+        await authorizeNamedKey(req, b, namedKeyHeader(req));
         if (typeof h['x-amz-copy-source'] === 'string') {
           const r = await copyObject(req, reply, b, h['x-amz-copy-source']);
           reply.type('application/xml');
@@ -820,6 +836,7 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
         if ('uploads' in q) {
           refuseAcl(req, false);
           await authorizeWriteSettings(req, b, keyOf(req));
+          await authorizeNamedKey(req, b, namedKeyHeader(req));
           const om = objectMeta(req);
           const checksum = uploadChecksum(req);
           const id = await obs.createUpload(b, keyOf(req), om, { checksum });

@@ -9,6 +9,7 @@ import type { FastifyRequest } from 'fastify';
 import type { IamService, Principal, ResourceRef } from '../../iam/iam.js';
 import type { RouteDef, RouteMeta } from '../../server/route.js';
 import { instantOf, principalOf } from '../../server/route.js';
+import type { KeyUseCheck } from '../../kms/http/common.js';
 import { CollectionSchemaInput, TRANSFORMS, type Transform } from '../schema.js';
 import { PERMISSIONS, VaultError, type AccessEntry, type Caller, type Collection, type EffectiveAccess, type InventoryRow, type RecordView, type VaultService } from '../vault.js';
 
@@ -89,7 +90,7 @@ export interface TransferGate {
   requireTransfer(accountId: string, transferId: string | undefined, what: { kind: 'collection' | 'bucket'; name: string; sourceRegion: string; destinationRegion: string }): Promise<void>;
 }
 
-export function vaultRoutes(vault: VaultService, iam: IamService, transfers?: TransferGate): RouteDef[] {
+export function vaultRoutes(vault: VaultService, iam: IamService, transfers?: TransferGate, opts: { mayUseKey?: KeyUseCheck } = {}): RouteDef[] {
   const callerOf = async (p: Principal): Promise<Caller> => ({
     accountId: p.accountId, userId: p.userId, agencyId: p.agency?.id ?? null,
     groupIds: p.agency ? [] : (await iam.listUserGroups(p.userId)).map((g) => g.id),
@@ -148,7 +149,13 @@ export function vaultRoutes(vault: VaultService, iam: IamService, transfers?: Tr
         if (!project) throw new VaultError(404, 'NotFound', 'project not found');
         const access = (b.access ?? []).map((a) => ({ ...a, unmask: a.unmask ?? [] }));
         await checkPrincipals(iam, p.accountId, access);
-        const c = await vault.createCollection({ accountId: p.accountId, projectId: project.id, region: project.region }, p.userId, {
+        const scope = { accountId: p.accountId, projectId: project.id, region: project.region };
+        // A key named for the collection is used on the caller's behalf for every record: the caller
+        // must be allowed to make data keys under it (kms:cmk:generate, or a grant).
+        if (b.kms_key_id !== undefined && opts.mayUseKey && !(await opts.mayUseKey(p, await vault.namedKey(scope, b.kms_key_id), req.ip))) {
+          throw new VaultError(403, 'KeyAccessDenied', 'not authorized to use the KMS key named for the collection (kms:cmk:generate)');
+        }
+        const c = await vault.createCollection(scope, p.userId, {
           name: b.name, kmsKey: b.kms_key_id, access, properties: b.properties, ...(b.description !== undefined ? { description: b.description } : {}), ...(b.min_age !== undefined ? { min_age: b.min_age } : {}),
         });
         req.custos.traced = { resourceId: c.row.id, resourceName: c.row.name };
