@@ -96,6 +96,9 @@ test('deregistration: MFA to ask, frozen, cancellable, then destroyed with a sig
     assert.equal((await api('POST', `/v1.0/${project.id}/kms/decrypt-data`, { cipher_text: enc.json.cipher_text }, mfa)).status, 403);
     await assert.rejects(s3().send(new GetObjectCommand({ Bucket: 'docs', Key: 'contract.txt' })), (e: { name: string }) => e.name === 'AccessDenied');
     assert.equal((await api('GET', '/v1/privacy/deregistration', undefined, mfa)).json.status, 'frozen');
+    // Nor can it mint temporary credentials (a route every caller may use, frozen ones excepted).
+    const minted = await api('POST', '/v3.0/OS-CREDENTIAL/securitytokens', { auth: { identity: { methods: ['token'] } } }, mfa);
+    assert.equal(minted.status, 403, minted.text);
 
     // ---- cancelled within the period: access comes back
     const cancel = await api('DELETE', '/v1/privacy/deregistration', undefined, mfa);

@@ -2,7 +2,7 @@ import { Type, type TSchema } from '@sinclair/typebox';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { RouteDef, RouteMeta } from '../../server/route.js';
 import { principalOf } from '../../server/route.js';
-import { IamError } from '../errors.js';
+import { IamCodes, IamError } from '../errors.js';
 import { mfaSerial, type IamService, type IssuedToken, type Principal, type ResourceRef } from '../iam.js';
 import type { AccessKeyRow, ProjectRow, UserRow } from '../store.js';
 
@@ -465,6 +465,9 @@ export function huaweiIamRoutes(iam: IamService): RouteDef[] {
       },
       handler: async (req, reply) => {
         const caller = principalOf(req);
+        // Open to every caller (no policy decides it), but not to a frozen (deregistering) account,
+        // whose users may only see or cancel the deregistration.
+        if (caller.frozen) throw new IamError(403, IamCodes.accountFrozen, 'the account is being deregistered and is frozen: only the deregistration can be viewed or cancelled');
         const id = body<{ auth: { identity: { methods: string[]; token?: { duration_seconds?: number }; assume_role?: { domain_name: string; agency_name: string; duration_seconds?: number } } } }>(req).auth.identity;
         let holder = caller;
         let duration = id.token?.duration_seconds ?? 900;
