@@ -309,7 +309,13 @@ export class ObsService {
       throw new ObsError(403, 'AccessDenied', row.lock_mode === 'COMPLIANCE' ? 'a COMPLIANCE retention cannot be shortened or removed' : 'shortening a GOVERNANCE retention needs x-amz-bypass-governance-retention and the permission to bypass it');
     }
     if (lock && lock.until <= this.now()) throw new ObsError(400, 'InvalidArgument', 'the retain-until date must be in the future');
-    await this.db.updateTable('obs_objects').set({ lock_mode: lock?.mode ?? null, lock_until: lock?.until ?? null }).where('bucket_id', '=', bucket.id).where('key', '=', key).where('version_id', '=', row.version_id).execute();
+    // Only over the retention that was checked: a change made meanwhile (a COMPLIANCE retention set
+    // by another request) is not overwritten by a decision taken on the older one.
+    const r = await this.db.updateTable('obs_objects').set({ lock_mode: lock?.mode ?? null, lock_until: lock?.until ?? null })
+      .where('bucket_id', '=', bucket.id).where('key', '=', key).where('version_id', '=', row.version_id)
+      .where('lock_mode', 'is not distinct from', row.lock_mode).where('lock_until', 'is not distinct from', row.lock_until)
+      .executeTakeFirst();
+    if (Number(r.numUpdatedRows) === 0) throw new ObsError(409, 'OperationAborted', 'A conflicting conditional operation is currently in progress against this resource. Please try again.');
     // A retention that was acknowledged must still protect the version after a power loss.
     await this.opts.durable?.();
   }
@@ -911,7 +917,14 @@ export class ObsService {
         if (row.lock_until !== null && row.lock_until > this.now() && (row.lock_mode === 'COMPLIANCE' || !opts.bypassGovernance)) {
           throw new ObsError(403, 'AccessDenied', `the object version is locked (${row.lock_mode}) until ${new Date(row.lock_until).toISOString()}`);
         }
-        await tx.deleteFrom('obs_objects').where('bucket_id', '=', bucket.id).where('key', '=', key).where('version_id', '=', versionId).execute();
+        // The same conditions again in the DELETE itself: on PostgreSQL a legal hold or retention set
+        // since the row was read (another node, another request) is seen here, and the version stays.
+        const t = this.now();
+        const del = await tx.deleteFrom('obs_objects').where('bucket_id', '=', bucket.id).where('key', '=', key).where('version_id', '=', versionId)
+          .where('legal_hold', '=', 0)
+          .where((eb) => eb.or([eb('lock_until', 'is', null), eb('lock_until', '<=', t), ...(opts.bypassGovernance ? [eb('lock_mode', '=', 'GOVERNANCE')] : [])]))
+          .executeTakeFirst();
+        if (Number(del.numDeletedRows) === 0) throw new ObsError(403, 'AccessDenied', 'the object version was put under a legal hold or retention meanwhile');
         if (row.is_latest) {
           const next = await tx.selectFrom('obs_objects').select('version_id').where('bucket_id', '=', bucket.id).where('key', '=', key).orderBy('seq', 'desc').limit(1).executeTakeFirst();
           if (next) await tx.updateTable('obs_objects').set({ is_latest: 1 }).where('bucket_id', '=', bucket.id).where('key', '=', key).where('version_id', '=', next.version_id).execute();
