@@ -231,6 +231,22 @@ describe('@aws-sdk/client-kms', () => {
     }
   });
 
+  test('credentials scoped to a project act in its region only', async () => {
+    const scoped = await s.token(t.name, 'admin', t.adminPassword, t.projects[0]!.name);
+    const tmp = await s.api('POST', '/v3.0/OS-CREDENTIAL/securitytokens', { token: scoped, body: { auth: { identity: { methods: ['token'] } } } });
+    assert.equal(tmp.status, 201, tmp.text);
+    const credentials = { accessKeyId: tmp.json.credential.access, secretAccessKey: tmp.json.credential.secret, sessionToken: tmp.json.credential.securitytoken };
+    const home = new KMSClient({ endpoint: s.url, region: t.projects[0]!.name, credentials });
+    const away = new KMSClient({ endpoint: s.url, region: t.projects[1]!.name, credentials });
+    try {
+      assert.ok((await home.send(new ListKeysCommand({}))).Keys);
+      await assert.rejects(away.send(new ListKeysCommand({})), { name: 'AccessDeniedException' });
+    } finally {
+      home.destroy();
+      away.destroy();
+    }
+  });
+
   test('a key made through the Huawei API is the same key through the AWS API, both ways', async () => {
     const project = t.projects[0]!.id;
     const hw = await s.api('POST', `/v1.0/${project}/kms/create-key`, { token: t.token, body: { key_alias: 'made-in-huawei-api' } });

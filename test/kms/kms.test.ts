@@ -177,6 +177,13 @@ for (const provider of ['local', 'pkcs11'] as const) {
       assert.ok(!(await kms('list-keys', {}, other.token, theirs)).json.keys.includes(id));
       // A key of another project (region) of the same tenant is not found in this one.
       assert.equal((await kms('describe-key', { key_id: id }, t.token, t.projects[1]!.id)).status, 404);
+      // A token scoped to one project acts in that project only; an account-scoped one in any.
+      const scoped = await s.token(t.name, 'admin', t.adminPassword, t.projects[0]!.name);
+      assert.equal((await kms('list-keys', {}, scoped, t.projects[0]!.id)).status, 200);
+      const elsewhere = await kms('list-keys', {}, scoped, t.projects[1]!.id);
+      assert.equal(elsewhere.status, 403, elsewhere.text);
+      assert.match(elsewhere.text, /scoped to another project/);
+      assert.equal((await kms('list-keys', {}, t.token, t.projects[1]!.id)).status, 200);
     });
 
     test('rotation: a new version encrypts, old ciphertexts still decrypt; due rotation happens once across nodes', async () => {

@@ -82,6 +82,8 @@ export function awsKmsRoutes(kms: KmsService, iam: IamService): RouteDef[] {
   const scopeFor = async (req: FastifyRequest, p: Principal): Promise<{ scope: KeyScope; name: string } | null> => {
     const region = signedRegion(req) ?? p.region;
     if (!region) throw KmsError.invalid('sign the request for a region (SigV4 credential scope) or use a project-scoped token');
+    // A project-scoped credential acts in its project's region only.
+    if (p.projectId !== null && p.region !== null && region !== p.region) throw new KmsError(403, 'AccessDenied', `the credential is scoped to a project in ${p.region}, not ${region}`);
     const row = p.projectId && p.region === region ? { id: p.projectId, account_id: p.accountId, region, name: p.projectName ?? region } : await projects.defaultOf(p.accountId, region);
     if (!row) return null;
     const scope = scopeOfProject(row as Parameters<typeof scopeOfProject>[0]);

@@ -88,6 +88,8 @@ export function huaweiKmsRoutes(kms: KmsService, iam: IamService): RouteDef[] {
   const projects = new ProjectLookup(iam);
   const project = async (req: FastifyRequest, p: Principal) => {
     const id = (req.params as { project_id: string }).project_id;
+    // A project-scoped credential acts in its project only (another project's id in the URL: 403).
+    if (p.projectId !== null && p.projectId !== id) throw new KmsError(403, 'AccessDenied', 'the credential is scoped to another project; get one scoped to this project (or to the account)');
     const row = p.projectId === id && p.region ? { id, account_id: p.accountId, region: p.region, name: p.projectName ?? p.region } : await projects.byProjectId(p.accountId, id);
     if (!row) return null;
     const scope = scopeOfProject(row as Parameters<typeof scopeOfProject>[0]);
