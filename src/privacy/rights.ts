@@ -34,8 +34,12 @@ export type RequestStatus = 'received' | 'verified' | 'in_progress' | 'completed
 /** The one purpose a restriction still allows processing for. */
 export const LEGAL_CLAIMS = 'legal_claims';
 const OPEN: RequestStatus[] = ['received', 'verified', 'in_progress'];
+/** Open and not running: what may still be extended or refused (a running request finishes first). */
+const PENDING: RequestStatus[] = ['received', 'verified'];
 const SUBJECT_ID = /^[A-Za-z0-9._:@-]{1,128}$/;
 export const ARCHIVE_KEY_ALIAS = 'privacy/default';
+/** What the details of a rectification show in place of a corrected value (held sealed). */
+const SEALED = '(sealed)';
 /** Objects an archive may hold in all (it is built in memory). */
 const MAX_ARCHIVE_OBJECT_BYTES = 256 * 1024 * 1024;
 /** What makes a transfer of personal data to another region lawful, as the transfer record states it. */
@@ -226,8 +230,9 @@ export class PrivacyRightsService implements ProcessingGate, TransferCheck {
     if (!(await this.subjectKnown(accountId, input.subjectId))) throw new PrivacyError(404, 'UnknownSubject', 'nothing is held about this data subject (no vault record, tagged object or consent record)');
     const open = await this.db.selectFrom('privacy_requests').select('id').where('account_id', '=', accountId).where('subject_id', '=', input.subjectId).where('type', '=', input.type).where('status', 'in', OPEN).limit(1).executeTakeFirst();
     if (open) throw new PrivacyError(409, 'DuplicateRequest', `an open ${input.type} request for this subject exists already (${open.id})`);
+    const id = randomUUID();
     const row: RequestRow = {
-      id: randomUUID(), account_id: accountId, subject_id: input.subjectId, type: input.type, status: 'received', details_json: JSON.stringify(input.details),
+      id, account_id: accountId, subject_id: input.subjectId, type: input.type, status: 'received', details_json: JSON.stringify(this.storedDetails(id, input.details)),
       received_at: received, due_at: received + durationMs('P30D', received), extended_due_at: null, extension_reason: null, verified_at: null,
       verification_json: null, refusal_reason: null, completed_at: null, result_json: null, overdue_alerted_at: null, updated_at: now,
     };
@@ -261,6 +266,30 @@ export class PrivacyRightsService implements ProcessingGate, TransferCheck {
     return this.db.selectFrom('privacy_request_events').select(['seq', 'at', 'event', 'actor', 'note']).where('request_id', '=', id).orderBy('seq').execute();
   }
 
+  /**
+   * A rectification's corrected values are personal data: they are kept sealed under the service's
+   * system key (bound to the request), and the details show only which properties change. They are
+   * dropped once the request is carried out or refused, or the subject's data erased.
+   */
+  private storedDetails(requestId: string, d: RequestDetails): RequestDetails & { rectify_sealed?: string } {
+    if (!d.rectify) return d;
+    return {
+      ...d,
+      rectify: d.rectify.map((x) => ({ collection: x.collection, fields: Object.fromEntries(Object.keys(x.fields).map((k) => [k, SEALED])) })),
+      rectify_sealed: this.secrets.seal(JSON.stringify(d.rectify), `privacy-rectify:${requestId}`),
+    };
+  }
+  private rectifyValues(r: RequestRow): NonNullable<RequestDetails['rectify']> {
+    const d = JSON.parse(r.details_json) as RequestDetails & { rectify_sealed?: string };
+    if (!d.rectify_sealed) throw new PrivacyError(409, 'InvalidState', 'the corrected values of this request are no longer held');
+    return JSON.parse(this.secrets.open(d.rectify_sealed, `privacy-rectify:${r.id}`).toString('utf8')) as NonNullable<RequestDetails['rectify']>;
+  }
+  /** details_json without the sealed corrected values. */
+  private static withoutSealed(detailsJson: string): string {
+    const { rectify_sealed: _dropped, ...rest } = JSON.parse(detailsJson) as RequestDetails & { rectify_sealed?: string };
+    return JSON.stringify(rest);
+  }
+
   view(r: RequestRow): RequestView {
     const effective = r.extended_due_at ?? r.due_at;
     return {
@@ -268,7 +297,7 @@ export class PrivacyRightsService implements ProcessingGate, TransferCheck {
       effective_due_at: effective, extended: r.extended_due_at !== null, extension_reason: r.extension_reason,
       overdue: OPEN.includes(r.status as RequestStatus) && this.now() > effective, verified_at: r.verified_at,
       verification: r.verification_json ? (JSON.parse(r.verification_json) as RequestView['verification']) : null, refusal_reason: r.refusal_reason,
-      completed_at: r.completed_at, details: JSON.parse(r.details_json) as RequestDetails, result: r.result_json ? (JSON.parse(r.result_json) as Record<string, unknown>) : null,
+      completed_at: r.completed_at, details: JSON.parse(PrivacyRightsService.withoutSealed(r.details_json)) as RequestDetails, result: r.result_json ? (JSON.parse(r.result_json) as Record<string, unknown>) : null,
     };
   }
 
@@ -317,7 +346,7 @@ export class PrivacyRightsService implements ProcessingGate, TransferCheck {
 
   /** One extension, by up to two months, with a reason, before the first deadline passes. */
   async extend(r: RequestRow, actor: string, months: number, reason: string): Promise<RequestView> {
-    if (!OPEN.includes(r.status as RequestStatus)) throw new PrivacyError(409, 'InvalidState', `a ${r.status} request cannot be extended`);
+    if (!PENDING.includes(r.status as RequestStatus)) throw new PrivacyError(409, 'InvalidState', `a ${r.status} request cannot be extended`);
     if (r.extended_due_at !== null) throw new PrivacyError(409, 'AlreadyExtended', 'a request can be extended once');
     if (this.now() > r.due_at) throw new PrivacyError(409, 'DeadlinePassed', 'the extension had to be given before the first deadline');
     if (!Number.isInteger(months) || months < 1 || months > 2) throw new PrivacyError(400, 'InvalidExtension', 'an extension is one or two months');
@@ -326,8 +355,8 @@ export class PrivacyRightsService implements ProcessingGate, TransferCheck {
   }
 
   async refuse(r: RequestRow, actor: string, reason: string): Promise<RequestView> {
-    if (!OPEN.includes(r.status as RequestStatus)) throw new PrivacyError(409, 'InvalidState', `a ${r.status} request cannot be refused`);
-    return this.view(await this.transition(r, 'refused', { refusal_reason: reason, completed_at: this.now() }, actor, `refused: ${reason}`));
+    if (!PENDING.includes(r.status as RequestStatus)) throw new PrivacyError(409, 'InvalidState', `a ${r.status} request cannot be refused`);
+    return this.view(await this.transition(r, 'refused', { refusal_reason: reason, completed_at: this.now(), details_json: PrivacyRightsService.withoutSealed(r.details_json) }, actor, `refused: ${reason}`));
   }
 
   /** Carries a verified request out over everything the account holds about the subject. */
@@ -345,7 +374,7 @@ export class PrivacyRightsService implements ProcessingGate, TransferCheck {
       throw e;
     }
     this.stats.requestsCompleted++;
-    return this.view(await this.transition(cur, 'completed', { completed_at: this.now(), result_json: JSON.stringify(result) }, actor, 'completed'));
+    return this.view(await this.transition(cur, 'completed', { completed_at: this.now(), result_json: JSON.stringify(result), details_json: PrivacyRightsService.withoutSealed(r.details_json) }, actor, 'completed'));
   }
 
   private async carryOut(r: RequestRow, d: RequestDetails, actor: string, scope: KeyScope): Promise<Record<string, unknown>> {
@@ -372,12 +401,21 @@ export class PrivacyRightsService implements ProcessingGate, TransferCheck {
             objects.kept.push({ bucket: o.bucket.name, key: o.row.key, version_id: o.row.version_id, reason: `object lock: ${e.message}` });
           }
         }
-        return { ...res, kept: res.kept.map((k) => ({ ...k, until: k.until === null ? null : new Date(k.until).toISOString() })), objects, consent_records: 'kept as proof of lawful processing' };
+        // What earlier requests hold of the subject's data goes too: access and portability archives,
+        // corrected values a rectification still waits to apply. The requests themselves stay (their
+        // history is the proof the subject's rights were handled).
+        const others = this.db.selectFrom('privacy_requests').select('id').where('account_id', '=', account).where('subject_id', '=', r.subject_id);
+        const archives = await this.db.deleteFrom('privacy_archives').where('request_id', 'in', others).executeTakeFirst();
+        for (const p of await this.db.selectFrom('privacy_requests').select(['id', 'details_json']).where('account_id', '=', account).where('subject_id', '=', r.subject_id).where('id', '!=', r.id).execute()) {
+          if (p.details_json.includes('"rectify_sealed"')) await this.db.updateTable('privacy_requests').set({ details_json: PrivacyRightsService.withoutSealed(p.details_json) }).where('id', '=', p.id).execute();
+        }
+        return { ...res, kept: res.kept.map((k) => ({ ...k, until: k.until === null ? null : new Date(k.until).toISOString() })), objects, archives_deleted: Number(archives.numDeletedRows), consent_records: 'kept as proof of lawful processing' };
       }
       case 'rectification': {
         let records = 0;
-        for (const x of d.rectify ?? []) records += await this.vault.rectifySubject(account, r.subject_id, x.collection, x.fields);
-        return { records_rectified: records, collections: (d.rectify ?? []).map((x) => x.collection) };
+        const rectify = this.rectifyValues(r);
+        for (const x of rectify) records += await this.vault.rectifySubject(account, r.subject_id, x.collection, x.fields);
+        return { records_rectified: records, collections: rectify.map((x) => x.collection) };
       }
       case 'restriction':
       case 'objection': {

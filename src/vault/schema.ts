@@ -99,13 +99,21 @@ export function normalizeSchema(input: Static<typeof CollectionSchemaInput>): Co
   const seen = new Set<string>();
   const properties = input.properties.map((p): Property => {
     if (seen.has(p.name)) throw new SchemaError(`property ${p.name} is declared twice`);
+    // Values are kept in plain objects keyed by property name: a name every object already has
+    // (constructor, toString, __proto__, ...) would read as present when it is not.
+    if (p.name in Object.prototype) throw new SchemaError(`property name ${p.name} is reserved`);
     seen.add(p.name);
     const dataType = p.data_type ?? impliedType(p.pii_type);
     if (p.pii_type !== 'none' && p.pii_type !== 'free_text' && dataType !== impliedType(p.pii_type) && !(p.pii_type === 'gender' && dataType === 'string')) {
       throw new SchemaError(`property ${p.name}: personal-data type ${p.pii_type} is stored as ${impliedType(p.pii_type)}, not ${dataType}`);
     }
     if (!p.deletion.after && !p.deletion.on_event) throw new SchemaError(`property ${p.name}: the deletion rule needs "after" (a duration), "on_event", or both`);
-    if (p.deletion.after && durationMs(p.deletion.after, 0) <= 0 && !p.deletion.on_event) throw new SchemaError(`property ${p.name}: a deletion duration alone must be longer than zero`);
+    if (p.deletion.after) {
+      const ms = durationMs(p.deletion.after, 0);
+      // Beyond a century (or beyond what a date can hold) a deletion rule says "never": refuse it.
+      if (!Number.isFinite(ms) || ms > MAX_RETENTION_MS) throw new SchemaError(`property ${p.name}: a deletion duration is at most 100 years`);
+      if (ms <= 0 && !p.deletion.on_event) throw new SchemaError(`property ${p.name}: a deletion duration alone must be longer than zero`);
+    }
     const transform = p.default_transform ?? 'mask';
     if (transform === 'generalize' && !canGeneralize(p.pii_type, dataType)) throw new SchemaError(`property ${p.name}: ${p.pii_type} values cannot be generalized`);
     if (p.searchable && (dataType === 'boolean' || p.pii_type === 'free_text')) throw new SchemaError(`property ${p.name}: ${p.pii_type === 'free_text' ? 'free text' : 'a boolean'} cannot be searchable`);
@@ -128,11 +136,18 @@ export function canGeneralize(pii: PiiType, dataType: DataType): boolean {
   return pii === 'ip_address' || pii === 'province_city' || dataType === 'date';
 }
 
+const MAX_RETENTION_MS = 100 * 366 * 86_400_000;
+
 /** Milliseconds an ISO 8601 duration adds to `from` (calendar-aware for years and months). */
 export function durationMs(iso: string, from: number): number {
   const d = parseDuration(iso);
   const t = new Date(from);
-  t.setUTCFullYear(t.getUTCFullYear() + (d.years ?? 0), t.getUTCMonth() + (d.months ?? 0));
+  // A month after 31 January is the last day of February, not 3 March: the day is kept where the
+  // target month has it, else clamped to the month's last day (legal deadlines count this way).
+  const year = t.getUTCFullYear() + (d.years ?? 0);
+  const month = t.getUTCMonth() + (d.months ?? 0);
+  const lastDay = new Date(Date.UTC(year, month + 1, 0)).getUTCDate();
+  t.setUTCFullYear(year, month, Math.min(t.getUTCDate(), lastDay));
   const ms = ((d.weeks ?? 0) * 7 + (d.days ?? 0)) * 86_400_000 + (d.hours ?? 0) * 3_600_000 + (d.minutes ?? 0) * 60_000 + (d.seconds ?? 0) * 1000;
   return t.getTime() + ms - from;
 }

@@ -523,6 +523,7 @@ export class VaultService {
     try {
       const out: Record<string, Value> = {};
       for (const n of names) {
+        if (!Object.hasOwn(values, n)) continue;
         const v = values[n];
         if (!v) continue;
         try {

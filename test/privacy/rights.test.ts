@@ -1,6 +1,7 @@
 // Consent and data-subject requests over real HTTP, with an injectable clock, over data in the vault.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { sql } from 'kysely';
 import { createHmac } from 'node:crypto';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -207,8 +208,16 @@ describe('privacy: consent and data-subject requests', () => {
 
   test('rectification and consent withdrawal as requests', async () => {
     const fix = await request('bob', 'rectification', { rectify: [{ collection: 'members', fields: { phone: '+4930999999' } }] });
+    // The corrected value is personal data: held sealed, shown nowhere, not even to the privacy officer.
+    const shown = await api('GET', `/v1/privacy/requests/${fix.id}`);
+    assert.deepEqual(shown.json.details.rectify, [{ collection: 'members', fields: { phone: '(sealed)' } }]);
+    assert.ok(!shown.text.includes('4930999999'));
+    assert.ok(!(await api('GET', '/v1/privacy/requests')).text.includes('4930999999'));
+    const stored = (await sql<{ d: string }>`select details_json as d from privacy_requests where id = ${fix.id}`.execute(s.custos.store.db)).rows[0]!.d;
+    assert.ok(!stored.includes('4930999999'), 'not in the database in the clear');
     await verify(fix.id);
     const done = await execute(fix.id);
+    assert.ok(!(await sql<{ d: string }>`select details_json as d from privacy_requests where id = ${fix.id}`.execute(s.custos.store.db)).rows[0]!.d.includes('rectify_sealed'), 'dropped once applied');
     assert.equal(done.result.records_rectified, 1);
     assert.equal((await read(records.bob!, 'service_delivery', '&unmask=phone')).json.fields.phone, '+4930999999');
     const w = await request('carol', 'consent_withdrawal');
@@ -374,6 +383,9 @@ describe('privacy: consent and data-subject requests', () => {
     assert.equal(gone.result.objects.deleted_versions, 2);
     const left = await s3.send(new ListObjectVersionsCommand({ Bucket }));
     assert.deepEqual((left.Versions ?? []).map((v) => v.Key), ['frank.txt']);
+    // The access archive made before the erasure went with the data, though its link had days left.
+    assert.equal(gone.result.archives_deleted, 1);
+    assert.equal((await fetch(s.url + done.result.archive)).status, 404);
   });
 
   test('bad input: unknown subjects, duplicate requests, illegal transitions get clear 4xx', async () => {
@@ -386,6 +398,13 @@ describe('privacy: consent and data-subject requests', () => {
     assert.equal(dup.json.error.code, 'DuplicateRequest');
     assert.equal((await api('POST', '/v1/privacy/requests', { subject_id: 'carol', type: 'shredding' })).status, 400);
     assert.equal((await api('POST', '/v1/privacy/requests', { subject_id: 'bad subject', type: 'access' })).status, 400);
+    // A request being carried out can be neither refused nor extended: it finishes first.
+    const running = await request('carol', 'restriction');
+    await sql`update privacy_requests set status = 'in_progress' where id = ${running.id}`.execute(s.custos.store.db);
+    assert.equal((await api('POST', `/v1/privacy/requests/${running.id}/refuse`, { reason: 'changed our mind' })).status, 409);
+    assert.equal((await api('POST', `/v1/privacy/requests/${running.id}/extend`, { months: 1, reason: 'busy' })).status, 409);
+    await sql`update privacy_requests set status = 'received' where id = ${running.id}`.execute(s.custos.store.db);
+    assert.equal((await api('POST', `/v1/privacy/requests/${running.id}/refuse`, { reason: 'test over' })).status, 200);
     const leap = await api('POST', '/v1/privacy/requests', { subject_id: 'carol', type: 'access', received_at: '2016-12-31T23:59:60Z' });
     assert.equal(leap.status, 400, leap.text);
     assert.match(leap.text, /received_at/);

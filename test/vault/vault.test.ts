@@ -81,6 +81,9 @@ describe('personal-data vault', () => {
       [{ ...base, properties: [{ ...PROPERTIES[0], deletion: { after: '30 days' } }] }, /invalid request/],
       [{ ...base, properties: [{ ...PROPERTIES[7], searchable: true }] }, /free text cannot be searchable/],
       [{ ...base, properties: [{ ...PROPERTIES[0], purposes: [] }] }, /invalid request/],
+      [{ ...base, properties: [{ ...PROPERTIES[0], name: 'constructor' }] }, /property name constructor is reserved/],
+      [{ ...base, properties: [{ ...PROPERTIES[0], deletion: { after: 'P300000Y' } }] }, /at most 100 years/],
+      [{ ...base, properties: [{ ...PROPERTIES[0], deletion: { after: 'PT99999999999999999999999999999S' } }] }, /at most 100 years/],
     ];
     for (const [body, msg] of cases) {
       const r = await api('POST', V, body);
