@@ -13,11 +13,25 @@ export type Value = string | number | boolean;
 const stars = (n: number) => '*'.repeat(Math.max(1, n));
 const CALLING_CODES = new Set(getCountries().map((c) => getCountryCallingCode(c) as string));
 
-/** Keeps the first `head` and last `tail` characters (by code point), stars in between. */
+/** Characters a mask hides at least (fewer only in values shorter than five). */
+const MIN_HIDDEN = 4;
+
+/**
+ * Keeps the first `head` and last `tail` characters (by code point), stars in between; at least
+ * MIN_HIDDEN characters are starred, giving up the head first, so a short value (an 8-digit phone
+ * number, a 7-character id) is not shown all but one character.
+ */
 function keepEnds(s: string, head: number, tail: number): string {
   const cp = [...s];
-  if (cp.length <= head + tail) return cp.length <= 1 ? '*' : cp[0] + stars(cp.length - 1);
-  return cp.slice(0, head).join('') + stars(cp.length - head - tail) + cp.slice(cp.length - tail).join('');
+  if (cp.length <= 1) return '*';
+  const hidden = Math.min(MIN_HIDDEN, cp.length - 1);
+  let h = head;
+  let t = tail;
+  while (cp.length - h - t < hidden) {
+    if (h > 0) h--;
+    else t--;
+  }
+  return cp.slice(0, h).join('') + stars(cp.length - h - t) + cp.slice(cp.length - t).join('');
 }
 
 export function mask(p: Property, v: Value): Value {
