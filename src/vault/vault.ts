@@ -115,6 +115,9 @@ export interface VaultOptions {
  * data subject was told is gone must not come back), rectifications, schema changes that drop values,
  * and the whitelist. New records are not among them (docs/deploy.md).
  */
+/** The purpose a collection copy is checked under: declared by no one, so only a restriction refuses it. */
+const COPY_PURPOSE = 'custos:collection-copy';
+
 const DURABLE_METHODS = [
   'deleteCollection', 'updateSchema', 'setAccess', 'updateRecord', 'deleteRecord', 'recordEvent', 'runRetention', 'eraseSubject', 'rectifySubject', 'destroyAccount',
 ] as const satisfies readonly (keyof VaultService)[];
@@ -378,13 +381,21 @@ export class VaultService {
    * deletion times, indexes are rebuilt under the copy's own secret. Whether the copy may cross
    * regions is the caller's decision (a transfer record); the vault only copies.
    */
-  async copyCollection(src: Collection, dest: KeyScope, name: string, by: string): Promise<{ collection: Collection; records: number }> {
+  async copyCollection(src: Collection, dest: KeyScope, name: string, by: string): Promise<{ collection: Collection; records: number; restricted: number }> {
     const access = await this.listAccess(src);
     const copy = await this.createCollection(dest, by, { name, access, properties: src.schema.properties, description: src.schema.description, ...(src.schema.min_age !== undefined ? { min_age: src.schema.min_age } : {}) });
     const key = await this.kms.getKey(dest, copy.row.kms_key_id);
     const keys = copy.schema.properties.some((p) => p.searchable) ? await this.keysOf(copy) : null;
     let records = 0;
+    let restricted = 0;
     await this.forEachRecord(src.row.id, async (rec) => {
+      // Copying is processing: a subject whose processing is restricted stays out of the copy (its
+      // record remains in the source). Asked under a purpose no one declares, so only a restriction
+      // (which allows nothing but legal claims) refuses it.
+      if (this.gate && (await this.gate.blocked(src.row.account_id, [rec.subject_id], COPY_PURPOSE)).size) {
+        restricted++;
+        return;
+      }
       const stored = JSON.parse(rec.values_json) as Record<string, StoredValue>;
       const plain = await this.decryptValues(src, rec, Object.keys(stored));
       const id = randomUUID();
@@ -412,7 +423,7 @@ export class VaultService {
       records++;
     });
     this.stats.recordsWritten += records;
-    return { collection: copy, records };
+    return { collection: copy, records, restricted };
   }
 
   // ------------------------------------------------------------------ whitelist

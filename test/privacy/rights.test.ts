@@ -328,6 +328,15 @@ describe('privacy: consent and data-subject requests', () => {
     const used = (await api('GET', '/v1/privacy/transfers')).json.transfers.find((x: { id: string }) => x.id === tr.json.id);
     assert.ok(used.used_at);
     assert.equal((await copy('members_copy', home.id)).status, 201, 'within one region no transfer record is needed');
+    // Copying is processing: a subject whose processing is restricted stays out of a copy.
+    const restrict = await request('bob', 'restriction');
+    await verify(restrict.id);
+    await execute(restrict.id);
+    const without = await copy('members_copy2', home.id);
+    assert.equal(without.status, 201, without.text);
+    assert.deepEqual([without.json.records, without.json.restricted_records_left_out], [3, 1]);
+    assert.equal((await api('POST', '/v1/vault/collections/members_copy2/search', { reason: 'legal_claims', match: { email: 'bob@example.com' } })).json.records.length, 0);
+    assert.equal((await api('DELETE', '/v1/privacy/subjects/bob/limits/restriction')).status, 200);
 
     // Objects: CopyObject into a bucket of another region names its transfer record in x-custos-transfer-id.
     const cred = await api('POST', '/v3.0/OS-CREDENTIAL/credentials', { credential: { user_id: t.adminUserId } });

@@ -204,7 +204,7 @@ export function vaultRoutes(vault: VaultService, iam: IamService, transfers?: Tr
       schema: {
         summary: 'Copy a collection (schema, whitelist, records) into another project; across regions it needs a transfer record', tags, params: collectionParams,
         body: Type.Object({ destination_project_id: Type.String({ pattern: '^[A-Za-z0-9_-]{1,64}$' }), name: Type.String({ pattern: NAME }), transfer_id: Type.Optional(Type.String({ format: 'uuid' })) }, S),
-        response: { 201: Type.Object({ collection: CollectionView, records: Type.Integer(), transfer_id: Type.Union([Type.String(), Type.Null()]) }), '4xx': ErrorView },
+        response: { 201: Type.Object({ collection: CollectionView, records: Type.Integer(), restricted_records_left_out: Type.Integer(), transfer_id: Type.Union([Type.String(), Type.Null()]) }), '4xx': ErrorView },
       },
       handler: async (req, reply) => {
         const p = principalOf(req);
@@ -217,8 +217,8 @@ export function vaultRoutes(vault: VaultService, iam: IamService, transfers?: Tr
           await transfers.requireTransfer(p.accountId, b.transfer_id, { kind: 'collection', name: src.row.name, sourceRegion: src.row.region, destinationRegion: project.region });
         }
         const r = await vault.copyCollection(src, { accountId: p.accountId, projectId: project.id, region: project.region }, b.name, p.userId);
-        req.custos.traced.detail = { collection: src.row.name, copy: r.collection.row.name, from_region: src.row.region, to_region: project.region, records: String(r.records), ...(b.transfer_id ? { transfer: b.transfer_id } : {}) };
-        return reply.code(201).send({ collection: collectionView(r.collection), records: r.records, transfer_id: project.region !== src.row.region ? b.transfer_id! : null });
+        req.custos.traced.detail = { collection: src.row.name, copy: r.collection.row.name, from_region: src.row.region, to_region: project.region, records: String(r.records), restricted: String(r.restricted), ...(b.transfer_id ? { transfer: b.transfer_id } : {}) };
+        return reply.code(201).send({ collection: collectionView(r.collection), records: r.records, restricted_records_left_out: r.restricted, transfer_id: project.region !== src.row.region ? b.transfer_id! : null });
       },
     },
     {
