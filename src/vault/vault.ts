@@ -580,13 +580,14 @@ export class VaultService {
     const values: Record<string, StoredValue> = {};
     const index: { property: string; digest: string }[] = [];
     const searchable = c.schema.properties.filter((p) => p.searchable && fields[p.name] !== undefined);
+    const fired = await this.firedEvents(c, subjectId);
     const keys = searchable.length ? await this.keysOf(c) : null;
     try {
       for (const p of c.schema.properties) {
         const raw = fields[p.name];
         if (raw === undefined || raw === null) continue;
         const v = canonicalValue(p, raw as Value);
-        values[p.name] = this.seal(c.row, id, p, v, dk.plaintext, now);
+        values[p.name] = this.seal(c.row, id, p, v, dk.plaintext, now, this.dueOf(p, now, fired, undefined));
         if (p.searchable) index.push({ property: p.name, digest: this.blindIndex(keys!, p, v) });
       }
     } finally {
@@ -617,10 +618,36 @@ export class VaultService {
     }
   }
 
-  private seal(col: CollectionRow, recordId: string, p: Property, v: Value, dek: Buffer, now: number): StoredValue {
+  private seal(col: CollectionRow, recordId: string, p: Property, v: Value, dek: Buffer, now: number, d: number | null): StoredValue {
     const c = sealAesGcm(dek, Buffer.from(JSON.stringify(v), 'utf8'), valueAad(col, recordId, p.name)).toString('base64');
-    const d = p.deletion.after && !p.deletion.on_event ? now + durationMs(p.deletion.after, now) : null;
     return { c, t: now, d };
+  }
+
+  /**
+   * When a value written now is due for deletion: after its duration; for a rule on an event, when
+   * the value it replaces was due (a rectification does not put the deletion off), else as an event
+   * already received for the subject scheduled it (a value written after "consent_withdrawn" is as
+   * due as the ones before), else not until the event comes.
+   */
+  private dueOf(p: Property, now: number, fired: Map<string, number>, previous: number | null | undefined): number | null {
+    const event = p.deletion.on_event;
+    if (!event) return p.deletion.after ? now + durationMs(p.deletion.after, now) : null;
+    if (previous !== undefined && previous !== null) return previous;
+    const at = fired.get(event);
+    return at === undefined ? null : at + (p.deletion.after ? durationMs(p.deletion.after, at) : 0);
+  }
+
+  /** The subject's events received so far (the earliest of each), for collections with event rules. */
+  private async firedEvents(c: Collection, subjectId: string): Promise<Map<string, number>> {
+    const fired = new Map<string, number>();
+    if (!c.schema.properties.some((p) => p.deletion.on_event)) return fired;
+    const rows = await this.db.selectFrom('vault_subject_events').select(['event', 'occurred_at']).where('account_id', '=', c.row.account_id).where('subject_id', '=', subjectId).execute();
+    for (const r of rows) {
+      const at = Number(r.occurred_at);
+      const prev = fired.get(r.event);
+      if (prev === undefined || at < prev) fired.set(r.event, at);
+    }
+    return fired;
   }
 
   /**
@@ -847,6 +874,7 @@ export class VaultService {
     for (let attempt = 0; attempt < 3; attempt++) {
       const rec = await this.mustGet(c, id);
       const values = JSON.parse(rec.values_json) as Record<string, StoredValue>;
+      const fired = await this.firedEvents(c, rec.subject_id);
       const dek = await this.recordKey(c, rec);
       const now = this.now();
       const index: { property: string; digest: string }[] = [];
@@ -861,7 +889,7 @@ export class VaultService {
             continue;
           }
           const v = canonicalValue(p, raw as Value);
-          values[n] = this.seal(c.row, id, p, v, dek, now);
+          values[n] = this.seal(c.row, id, p, v, dek, now, this.dueOf(p, now, fired, values[n]?.d));
           if (p.searchable) index.push({ property: n, digest: this.blindIndex(keys!, p, v) });
         }
       } finally {

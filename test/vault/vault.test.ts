@@ -474,6 +474,11 @@ describe('personal-data vault', () => {
     assert.equal((await get(rec1, 'reason=payment&unmask=card')).json.fields.card, '4111111111111111');
     const events = await api('GET', '/v1/vault/subjects/user-1/events');
     assert.deepEqual(events.json.events.map((e: { event: string }) => e.event), ['delivered']);
+    // Written after the event, values keep the deletion it scheduled: a corrected card is still due
+    // seven days after delivery, and a city given now is due at once.
+    assert.equal((await api('PATCH', `${V}/customers/records/${rec1}`, { fields: { card: '5500 0000 0000 0004' } })).status, 200);
+    const late = await api('POST', `${V}/customers/records`, { subject_id: 'user-1', fields: { email: 'late@example.com', city: 'Zhejiang/Hangzhou', card: '4000 0000 0000 0002' } });
+    assert.equal(late.status, 201, late.text);
 
     // By time: eight days later the card is due; the retention job (one runner, a lease) removes it.
     clock += 8 * DAY;
@@ -481,6 +486,9 @@ describe('personal-data vault', () => {
     const run = await s.custos.vault.runRetention();
     assert.ok(run && run.values >= 1, JSON.stringify(run));
     assert.equal((await get(rec1, 'reason=payment&unmask=card')).json.fields.card, null);
+    assert.equal((await get(late.json.id, 'reason=payment&unmask=card')).json.fields.card, null, 'the card written after delivery went too');
+    assert.equal((await get(late.json.id, 'reason=service_delivery&unmask=city')).json.fields.city, null, 'and its city');
+    assert.equal((await api('DELETE', `${V}/customers/records/${late.json.id}`)).status, 204);
     // 181 days after collection the IP addresses go (rule P180D).
     clock += 175 * DAY;
     await relogin();
