@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import { Sha256 } from '@aws-crypto/sha256-js';
 import { SignatureV4 } from '@smithy/signature-v4';
 import {
-  CreateBucketCommand, CreateMultipartUploadCommand, DeleteObjectsCommand, GetObjectCommand, GetObjectTaggingCommand, HeadBucketCommand, HeadObjectCommand, PutBucketPolicyCommand,
+  CreateBucketCommand, CreateMultipartUploadCommand, DeleteBucketEncryptionCommand, DeleteObjectsCommand, PutBucketEncryptionCommand, GetObjectCommand, GetObjectTaggingCommand, HeadBucketCommand, HeadObjectCommand, PutBucketPolicyCommand,
   PutObjectCommand, PutObjectLegalHoldCommand, S3Client,
 } from '@aws-sdk/client-s3';
 import { sdkFailure as failure, startTestServer, type Tenant, type TestServer } from '../helpers.js';
@@ -81,6 +81,15 @@ test('a KMS key named for encryption must be one the writer may use', async () =
   // The administrator may name it.
   await admin.send(new PutObjectCommand({ Bucket: 'vault-docs', Key: 'named.txt', Body: 'x', ServerSideEncryption: 'aws:kms', SSEKMSKeyId: 'alias/payroll-key' }));
   assert.match((await admin.send(new HeadObjectCommand({ Bucket: 'vault-docs', Key: 'named.txt' }))).SSEKMSKeyId ?? '', new RegExp(keyId));
+  // Made the bucket's default key, it is still a customer key: the writer's objects may not use it.
+  await admin.send(new PutBucketEncryptionCommand({ Bucket: 'vault-docs', ServerSideEncryptionConfiguration: { Rules: [{ ApplyServerSideEncryptionByDefault: { SSEAlgorithm: 'aws:kms', KMSMasterKeyID: keyId } }] } }));
+  try {
+    assert.deepEqual(await failure(writer.send(new PutObjectCommand({ Bucket: 'vault-docs', Key: 'default.txt', Body: 'x' }))), { status: 403, code: 'AccessDenied' });
+    await admin.send(new PutObjectCommand({ Bucket: 'vault-docs', Key: 'default.txt', Body: 'x' }));
+  } finally {
+    await admin.send(new DeleteBucketEncryptionCommand({ Bucket: 'vault-docs' }));
+  }
+  await writer.send(new PutObjectCommand({ Bucket: 'vault-docs', Key: 'default.txt', Body: 'y' }));
 });
 
 test('a DELETE naming a subresource not served here is 501 and deletes nothing', async () => {

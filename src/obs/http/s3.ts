@@ -308,8 +308,9 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
   };
 
   /**
-   * A KMS key the request names (SSE-KMS on a write, a bucket's default key) is used on the caller's
-   * behalf: the caller must be allowed to make data keys under it, as S3 asks kms:GenerateDataKey.
+   * A customer KMS key a write uses (one the request names, else the bucket's default key) is used on
+   * the caller's behalf: the caller must be allowed to make data keys under it, as S3 asks
+   * kms:GenerateDataKey. The tenant's obs/default key, which the service manages, needs no grant.
    */
   const authorizeNamedKey = async (req: FastifyRequest, b: BucketRow, ref: string | undefined) => {
     if (ref === undefined || !opts.mayUseKey) return;
@@ -806,7 +807,7 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
         if (Object.keys(q).some((k) => k !== 'x-id')) throw new ObsError(501, 'NotImplemented', `object subresource ${Object.keys(q).filter((k) => k !== 'x-id').join(', ')} is not implemented`);
         refuseAcl(req, false);
         await authorizeWriteSettings(req, b, keyOf(req));
-        await authorizeNamedKey(req, b, namedKeyHeader(req));
+        await authorizeNamedKey(req, b, namedKeyHeader(req) ?? b.kms_key_id ?? undefined);
         if (typeof h['x-amz-copy-source'] === 'string') {
           const r = await copyObject(req, reply, b, h['x-amz-copy-source']);
           reply.type('application/xml');
@@ -836,7 +837,7 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
         if ('uploads' in q) {
           refuseAcl(req, false);
           await authorizeWriteSettings(req, b, keyOf(req));
-          await authorizeNamedKey(req, b, namedKeyHeader(req));
+          await authorizeNamedKey(req, b, namedKeyHeader(req) ?? b.kms_key_id ?? undefined);
           const om = objectMeta(req);
           const checksum = uploadChecksum(req);
           const id = await obs.createUpload(b, keyOf(req), om, { checksum });
