@@ -140,8 +140,15 @@ export class DeregistrationService {
    */
   private async scrub(): Promise<void> {
     if (this.d.dialect === 'sqlite') {
-      await sql`pragma wal_checkpoint(TRUNCATE)`.execute(this.db);
-      return;
+      // A TRUNCATE checkpoint gives up (busy) while another connection holds the WAL, such as the
+      // store's background checkpointer in the middle of its own pass: then the old pages stay. Try
+      // again until one completes; never report a destruction whose pages may still be readable.
+      for (let attempt = 0; ; attempt++) {
+        const { rows } = await sql<{ busy: number }>`pragma wal_checkpoint(TRUNCATE)`.execute(this.db);
+        if (Number(rows[0]?.busy ?? 0) === 0) return;
+        if (attempt >= 100) throw new Error('the WAL could not be truncated after the destruction (another connection kept it busy); retrying later');
+        await new Promise((r) => setTimeout(r, 20));
+      }
     }
     for (const t of ['kms_key_versions', 'kms_keys', 'vault_records', 'vault_index', 'vault_tokens', 'vault_collections', 'obs_objects', 'iam_access_keys', 'iam_users', 'privacy_consents', 'privacy_archives']) {
       await sql`vacuum ${sql.table(t)}`.execute(this.db);
