@@ -59,6 +59,11 @@ export const ANONYMOUS_PRINCIPAL: Principal = Object.freeze({
   agency: null, accessKeyId: null, method: 'anonymous', mfa: false, expiresAt: null,
 });
 
+/** Whether the principal is ANONYMOUS_PRINCIPAL's kind: a request that carried no credentials. */
+export function isAnonymous(p: Principal): boolean {
+  return p.method === 'anonymous';
+}
+
 /** What an action applies to, resolved by the route before the decision. */
 export interface ResourceRef {
   service: string;
@@ -1105,7 +1110,7 @@ export class IamService {
    * default deny.
    */
   async authorize(p: Principal, action: string, resource: ResourceRef | null, ctx: AuthzContext): Promise<Decision> {
-    if (p.method === 'anonymous') return { effect: 'implicit-deny' };
+    if (isAnonymous(p)) return { effect: 'implicit-deny' };
     if (resource && resource.accountId !== p.accountId) return { effect: 'implicit-deny' };
     if (resource?.self && !p.agency && resource.type === 'user' && resource.id === p.userId && SELF_SERVICE.has(action)) {
       return { effect: 'allow' };
@@ -1135,18 +1140,10 @@ export class IamService {
     if (!statements.length) return { effect: 'implicit-deny' };
     const account = await this.getAccount(resource.accountId);
     if (!account || account.status !== 'active') return { effect: 'implicit-deny' };
-    const conditions: Record<string, ConditionValue> = {
-      'g:SourceIp': ctx.sourceIp,
-      'g:SecureTransport': ctx.secure,
-      'g:MFAPresent': false,
-      'g:CurrentTime': new Date(this.now()).toISOString(),
-      'g:RequestedRegion': resource.region ?? undefined,
-      ...ctx.extraConditions,
-    };
-    for (const [k, v] of Object.entries(resource.tags ?? {})) conditions[`g:ResourceTag/${k}`] = v;
-    return evaluatePolicies([{ id: rp.id, document: { Version: '1.1', Statement: statements } }], { action, resource: resourceUrn(resource), conditions });
+    return evaluatePolicies([{ id: rp.id, document: { Version: '1.1', Statement: statements } }], {
+      action, resource: resourceUrn(resource), conditions: this.conditionsOf(null, resource, ctx, resource.projectId),
+    });
   }
-
 
   private async identityDecision(p: Principal, action: string, resource: ResourceRef | null, ctx: AuthzContext, projectId: string | null | undefined): Promise<Decision> {
     const set = await this.effectivePolicies(p, projectId ?? null);
@@ -1166,25 +1163,29 @@ export class IamService {
     return evaluatePolicies(set.policies, { action, resource: urn, conditions: this.conditionsOf(p, resource, ctx, projectId) });
   }
 
-  private conditionsOf(p: Principal, resource: ResourceRef | null, ctx: AuthzContext, projectId: string | null | undefined): Record<string, ConditionValue> {
+  /** The condition keys of a request; `p` null for one without credentials (no identity keys, so conditions on one do not match). */
+  private conditionsOf(p: Principal | null, resource: ResourceRef | null, ctx: AuthzContext, projectId: string | null | undefined): Record<string, ConditionValue> {
     const conditions: Record<string, ConditionValue> = {
       'g:SourceIp': ctx.sourceIp,
       'g:SecureTransport': ctx.secure,
-      'g:MFAPresent': p.mfa,
+      'g:MFAPresent': p?.mfa ?? false,
       'g:CurrentTime': new Date(this.now()).toISOString(),
-      'g:RequestedRegion': resource?.region ?? p.region ?? undefined,
-      'g:UserId': p.userId,
-      'g:UserName': p.userName,
-      'g:DomainId': p.accountId,
-      'g:DomainName': p.accountName,
-      'g:ProjectId': projectId ?? undefined,
-      'g:ProjectName': p.projectName ?? undefined,
-      'g:AgencyName': p.agency?.name,
-      ...ctx.extraConditions,
+      'g:RequestedRegion': resource?.region ?? p?.region ?? undefined,
     };
+    if (p) {
+      conditions['g:UserId'] = p.userId;
+      conditions['g:UserName'] = p.userName;
+      conditions['g:DomainId'] = p.accountId;
+      conditions['g:DomainName'] = p.accountName;
+      conditions['g:ProjectId'] = projectId ?? undefined;
+      conditions['g:ProjectName'] = p.projectName ?? undefined;
+      conditions['g:AgencyName'] = p.agency?.name;
+    }
+    Object.assign(conditions, ctx.extraConditions);
     for (const [k, v] of Object.entries(resource?.tags ?? {})) conditions[`g:ResourceTag/${k}`] = v;
     return conditions;
   }
+
 
   // ---------------------------------------------------------------- agencies
 

@@ -207,16 +207,17 @@ export class ObsService {
 
   /**
    * Sets (or with null, deletes) the bucket policy: the owner's document and its compiled statements.
-   * `isPublic` says whether it lets anyone in (an Allow for Principal "*"): refused while the bucket's
+   * A policy that lets anyone in (an Allow for Principal "*") is refused while the bucket's
    * BlockPublicPolicy is on; otherwise, unless RestrictPublicBuckets is on, the bucket becomes public.
    */
-  async setBucketPolicy(bucket: BucketRow, policy: { source: string; compiled: unknown; isPublic: boolean } | null): Promise<void> {
+  async setBucketPolicy(bucket: BucketRow, policy: { source: string; compiled: CompiledStatements } | null): Promise<void> {
     const block = publicAccessBlockOf(bucket);
-    if (policy?.isPublic && block.BlockPublicPolicy) {
+    const isPublic = policy !== null && compiledPolicyIsPublic(policy.compiled);
+    if (isPublic && block.BlockPublicPolicy) {
       throw new ObsError(403, 'AccessDenied', 'Access Denied: the bucket policy grants public access and the bucket\'s BlockPublicPolicy setting is on (DeletePublicAccessBlock or PutPublicAccessBlock to change it)');
     }
-    const publicName = policy?.isPublic && !block.RestrictPublicBuckets ? bucket.name : null;
-    await this.updatePublicState(bucket, { policy_json: policy?.source ?? null, policy_compiled_json: policy ? JSON.stringify(policy.compiled) : null, policy_public: policy?.isPublic ?? false, public_name: publicName });
+    const publicName = isPublic && !block.RestrictPublicBuckets ? bucket.name : null;
+    await this.updatePublicState(bucket, { policy_json: policy?.source ?? null, policy_compiled_json: policy ? JSON.stringify(policy.compiled) : null, public_name: publicName });
   }
 
   /** Block Public Access: the four flags, or null to delete the configuration (every flag off). */
@@ -240,13 +241,12 @@ export class ObsService {
    * accounts: a second account's bucket of the same name cannot become public too. Durable before the
    * caller hears of it: a bucket made private must not turn public again after a power loss.
    */
-  private async updatePublicState(bucket: BucketRow, set: { policy_json?: string | null; policy_compiled_json?: string | null; policy_public?: boolean; public_access_block?: string | null; public_name: string | null }): Promise<void> {
-    const { policy_public: _unused, ...columns } = set;
+  private async updatePublicState(bucket: BucketRow, set: { policy_json?: string | null; policy_compiled_json?: string | null; public_access_block?: string | null; public_name: string | null }): Promise<void> {
     let updated: bigint;
     try {
       // Only if neither the policy nor the settings changed since they were read and checked: two
       // changes racing each other must not leave a public policy stored under BlockPublicPolicy.
-      const r = await this.db.updateTable('obs_buckets').set(columns).where('id', '=', bucket.id)
+      const r = await this.db.updateTable('obs_buckets').set(set).where('id', '=', bucket.id)
         .where('policy_compiled_json', 'is not distinct from', bucket.policy_compiled_json)
         .where('public_access_block', 'is not distinct from', bucket.public_access_block)
         .executeTakeFirst();
@@ -257,7 +257,7 @@ export class ObsService {
       }
       throw e;
     }
-    if (updated === 0n) throw new ObsError(409, 'OperationAborted', 'A conflicting conditional operation is currently in progress against this resource. Please try again.');
+    if (updated === 0n) throw conflictingChange();
     await this.opts.durable?.();
   }
 
@@ -315,7 +315,7 @@ export class ObsService {
       .where('bucket_id', '=', bucket.id).where('key', '=', key).where('version_id', '=', row.version_id)
       .where('lock_mode', 'is not distinct from', row.lock_mode).where('lock_until', 'is not distinct from', row.lock_until)
       .executeTakeFirst();
-    if (Number(r.numUpdatedRows) === 0) throw new ObsError(409, 'OperationAborted', 'A conflicting conditional operation is currently in progress against this resource. Please try again.');
+    if (Number(r.numUpdatedRows) === 0) throw conflictingChange();
     // A retention that was acknowledged must still protect the version after a power loss.
     await this.opts.durable?.();
   }
@@ -1107,6 +1107,14 @@ function kmsFailure(e: unknown): unknown {
   return e;
 }
 
+/** A conditional write found the row changed since it was read and checked (S3's wording). */
+function conflictingChange(): ObsError {
+  return new ObsError(409, 'OperationAborted', 'A conflicting conditional operation is currently in progress against this resource. Please try again.');
+}
+
+/** A bucket policy's statements in IAM form, with their principals (as stored in policy_compiled_json). */
+type CompiledStatements = readonly { principals: readonly { kind: string }[]; statement: { Effect: string } }[];
+
 /** S3's Block Public Access settings of a bucket. */
 export interface PublicAccessBlock {
   BlockPublicAcls: boolean;
@@ -1139,8 +1147,8 @@ export function hasPublicAccessBlock(b: BucketRow): boolean {
 /** Whether the stored policy lets anyone in: an Allow statement for Principal "*". */
 export function bucketPolicyIsPublic(b: BucketRow): boolean {
   if (!b.policy_compiled_json) return false;
-  return compiledPolicyIsPublic(JSON.parse(b.policy_compiled_json) as { principals: { kind: string }[]; statement: { Effect: string } }[]);
+  return compiledPolicyIsPublic(JSON.parse(b.policy_compiled_json) as CompiledStatements);
 }
-export function compiledPolicyIsPublic(statements: readonly { principals: readonly { kind: string }[]; statement: { Effect: string } }[]): boolean {
+function compiledPolicyIsPublic(statements: CompiledStatements): boolean {
   return statements.some((s) => s.statement.Effect === 'Allow' && s.principals.some((p) => p.kind === 'any'));
 }

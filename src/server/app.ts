@@ -6,7 +6,7 @@ import { collectDefaultMetrics, Counter, Histogram, Registry } from 'prom-client
 import type { Config } from '../config.js';
 import type { AuditRecorder, RequestTrace } from '../audit/trace.js';
 import { IamCodes, IamError } from '../iam/errors.js';
-import { ANONYMOUS_PRINCIPAL, type IamService, type Principal, type ResourceRef } from '../iam/iam.js';
+import { ANONYMOUS_PRINCIPAL, isAnonymous, type IamService, type Principal, type ResourceRef } from '../iam/iam.js';
 import { sql } from 'kysely';
 import type { Store } from '../store/db.js';
 import { edgeFailure, errorBody, HttpFailure, toFailure, type ApiDialect } from './errors.js';
@@ -248,7 +248,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     if (p.frozen && !meta.action.startsWith('privacy:deregistration:')) {
       throw new IamError(403, IamCodes.accountFrozen, 'the account is being deregistered and is frozen: only the deregistration can be viewed or cancelled');
     }
-    if (p.method === 'anonymous') {
+    if (isAnonymous(p)) {
       // Whether the bucket is missing, private or public without a statement for this: the same 403.
       const resource = meta.resource ? await meta.resource(req, p) : null;
       if (resource) req.custos.resource = resource;
@@ -467,7 +467,7 @@ async function authenticate(iam: IamService, req: FastifyRequest, streamedBody: 
 function buildTrace(req: FastifyRequest, reply: FastifyReply, meta: RouteMeta | undefined, now: () => number): RequestTrace {
   // A request without credentials is traced as unauthenticated (to the trail of the resource it reached).
   const caller = req.custos?.principal ?? null;
-  const p = caller?.method === 'anonymous' ? null : caller;
+  const p = caller && !isAnonymous(caller) ? caller : null;
   const r = req.custos?.resource ?? null;
   const status = reply.statusCode;
   const ua = req.headers['user-agent'];

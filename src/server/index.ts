@@ -166,7 +166,9 @@ export async function startCustos(config: Config, opts: StartOptions = {}): Prom
   try {
     const bootstrap = await iam.bootstrap();
     const now = opts.now ?? Date.now;
-    const routes = [...huaweiIamRoutes(iam), ...custosIamRoutes(iam), ...ctsRoutes(audit, iam, now), ...huaweiKmsRoutes(kms, iam), ...awsKmsRoutes(kms, iam), ...vaultRoutes(vault, iam, rights, { mayUseKey: keyUseCheck(iam, kms) }), ...privacyRightsRoutes(rights, iam, vault, obs), ...deregistrationRoutes(deregistration)];
+    // Whether a caller may use a KMS key that OBS or the vault will use on its behalf.
+    const mayUseKey = keyUseCheck(iam, kms);
+    const routes = [...huaweiIamRoutes(iam), ...custosIamRoutes(iam), ...ctsRoutes(audit, iam, now), ...huaweiKmsRoutes(kms, iam), ...awsKmsRoutes(kms, iam), ...vaultRoutes(vault, iam, rights, { mayUseKey }), ...privacyRightsRoutes(rights, iam, vault, obs), ...deregistrationRoutes(deregistration)];
     const app = await buildApp({
       config, store, iam, audit: opts.untracedBaselineForBenchmarks ? null : audit, routes, now,
       serviceCounters: [
@@ -187,7 +189,7 @@ export async function startCustos(config: Config, opts: StartOptions = {}): Prom
     });
     report = (m) => app.log.error(m);
     const s3App = await buildApp({
-      config, store, iam, audit: opts.untracedBaselineForBenchmarks ? null : audit, routes: s3Routes(obs, iam, config.regions, rights, { corsOrigins: config.obsCorsOrigins, mayUseKey: keyUseCheck(iam, kms) }), now, listener: 's3', onSend: s3CorsHeaders, anonymousActions: ANONYMOUS_ACTIONS,
+      config, store, iam, audit: opts.untracedBaselineForBenchmarks ? null : audit, routes: s3Routes(obs, iam, config.regions, rights, { corsOrigins: config.obsCorsOrigins, mayUseKey }), now, listener: 's3', onSend: s3CorsHeaders, anonymousActions: ANONYMOUS_ACTIONS,
       ...(opts.logStream ? { logStream: opts.logStream } : {}),
     });
     const address = await app.listen({ host: config.host, port: config.port });

@@ -634,7 +634,7 @@ export class VaultService {
     if (!event) return p.deletion.after ? now + durationMs(p.deletion.after, now) : null;
     if (previous !== undefined && previous !== null) return previous;
     const at = fired.get(event);
-    return at === undefined ? null : at + (p.deletion.after ? durationMs(p.deletion.after, at) : 0);
+    return at === undefined ? null : eventDue(p, at);
   }
 
   /** The subject's events received so far (the earliest of each), for collections with event rules. */
@@ -871,10 +871,11 @@ export class VaultService {
     this.checkAge(c, fields);
     const byName = new Map(c.schema.properties.map((p) => [p.name, p]));
     for (const n of Object.keys(fields)) if (!byName.get(n)!.modifiable) throw new VaultError(403, 'PropertyNotModifiable', `property ${n} cannot be modified once collected`);
+    let fired: Map<string, number> | undefined;
     for (let attempt = 0; attempt < 3; attempt++) {
       const rec = await this.mustGet(c, id);
       const values = JSON.parse(rec.values_json) as Record<string, StoredValue>;
-      const fired = await this.firedEvents(c, rec.subject_id);
+      fired ??= await this.firedEvents(c, rec.subject_id);
       const dek = await this.recordKey(c, rec);
       const now = this.now();
       const index: { property: string; digest: string }[] = [];
@@ -955,7 +956,7 @@ export class VaultService {
         for (const p of c.schema.properties) {
           const v = values[p.name];
           if (!v || p.deletion.on_event !== event) continue;
-          const due = at + (p.deletion.after ? durationMs(p.deletion.after, at) : 0);
+          const due = eventDue(p, at);
           if (v.d === null || due < v.d) {
             v.d = due;
             n++;
@@ -1142,6 +1143,10 @@ function recordContext(collectionId: string, recordId: string): Record<string, s
 /** A value's ciphertext is bound to its tenant, collection, record and property: it cannot be moved. */
 function valueAad(col: Pick<CollectionRow, 'account_id' | 'id'>, recordId: string, property: string): Buffer {
   return Buffer.from(`custos-vault-v1\u0000${col.account_id}\u0000${col.id}\u0000${recordId}\u0000${property}`, 'utf8');
+}
+/** When a value whose rule waits for an event is due, the event having occurred at `at`. */
+function eventDue(p: Property, at: number): number {
+  return at + (p.deletion.after ? durationMs(p.deletion.after, at) : 0);
 }
 function nextDeletion(values: Record<string, StoredValue>): number | null {
   let min: number | null = null;

@@ -21,6 +21,8 @@ let t: Tenant;
 let ak: string;
 let sk: string;
 let dir: string;
+/** The access key reaches the scripts in their environment, not their command line (a failed run prints that). */
+const keyEnv = () => ({ CUSTOS_TEST_AK: ak, CUSTOS_TEST_SK: sk });
 before(async () => {
   s = await startTestServer();
   t = await s.createTenant();
@@ -38,7 +40,7 @@ test('boto3: buckets, objects, ranges, listing, versioning and multipart through
   const script = `
 import boto3, hashlib, json, os, sys
 from botocore.config import Config
-s3 = boto3.client('s3', endpoint_url=sys.argv[1], region_name=sys.argv[2], aws_access_key_id=sys.argv[3], aws_secret_access_key=sys.argv[4],
+s3 = boto3.client('s3', endpoint_url=sys.argv[1], region_name=sys.argv[2], aws_access_key_id=os.environ['CUSTOS_TEST_AK'], aws_secret_access_key=os.environ['CUSTOS_TEST_SK'],
                   config=Config(s3={'addressing_style': 'path'}, retries={'max_attempts': 1}))
 s3.create_bucket(Bucket='py-bucket', CreateBucketConfiguration={'LocationConstraint': sys.argv[2]})
 data = os.urandom(300000)
@@ -64,18 +66,18 @@ except s3.exceptions.NoSuchKey:
 print(json.dumps({'ok': True}))
 `;
   writeFileSync(path.join(dir, 'client.py'), script);
-  const out = await run(python ?? 'python3', [path.join(dir, 'client.py'), s.custos.obsUrl, t.projects[0]!.name, ak, sk], { timeout: 120_000, env: { ...process.env, AWS_CONFIG_FILE: path.join(dir, 'none'), AWS_SHARED_CREDENTIALS_FILE: path.join(dir, 'none') } });
+  const out = await run(python ?? 'python3', [path.join(dir, 'client.py'), s.custos.obsUrl, t.projects[0]!.name], { timeout: 120_000, env: { ...process.env, ...keyEnv(), AWS_CONFIG_FILE: path.join(dir, 'none'), AWS_SHARED_CREDENTIALS_FILE: path.join(dir, 'none') } });
   assert.deepEqual(JSON.parse(out.stdout.trim().split('\n').pop()!), { ok: true });
 });
 
 test('boto3: a public bucket is read with the UNSIGNED signature, after its owner lifts Block Public Access', { skip: !python && !required ? 'boto3 is not installed (apt-get install -y python3-boto3)' : false, timeout: 120_000 }, async () => {
   const script = `
-import boto3, json, sys
+import boto3, json, os, sys
 from botocore import UNSIGNED
 from botocore.config import Config
 from botocore.exceptions import ClientError
 cfg = dict(s3={'addressing_style': 'path'}, retries={'max_attempts': 1})
-owner = boto3.client('s3', endpoint_url=sys.argv[1], region_name=sys.argv[2], aws_access_key_id=sys.argv[3], aws_secret_access_key=sys.argv[4], config=Config(**cfg))
+owner = boto3.client('s3', endpoint_url=sys.argv[1], region_name=sys.argv[2], aws_access_key_id=os.environ['CUSTOS_TEST_AK'], aws_secret_access_key=os.environ['CUSTOS_TEST_SK'], config=Config(**cfg))
 anyone = boto3.client('s3', endpoint_url=sys.argv[1], region_name=sys.argv[2], config=Config(signature_version=UNSIGNED, **cfg))
 owner.create_bucket(Bucket='py-public', CreateBucketConfiguration={'LocationConstraint': sys.argv[2]})
 owner.put_object(Bucket='py-public', Key='index.html', Body=b'<p>public</p>')
@@ -103,7 +105,7 @@ assert code(lambda: anyone.get_object(Bucket='py-public', Key='index.html')) == 
 print(json.dumps({'ok': True}))
 `;
   writeFileSync(path.join(dir, 'public.py'), script);
-  const out = await run(python ?? 'python3', [path.join(dir, 'public.py'), s.custos.obsUrl, t.projects[0]!.name, ak, sk], { timeout: 120_000, env: { ...process.env, AWS_CONFIG_FILE: path.join(dir, 'none'), AWS_SHARED_CREDENTIALS_FILE: path.join(dir, 'none') } });
+  const out = await run(python ?? 'python3', [path.join(dir, 'public.py'), s.custos.obsUrl, t.projects[0]!.name], { timeout: 120_000, env: { ...process.env, ...keyEnv(), AWS_CONFIG_FILE: path.join(dir, 'none'), AWS_SHARED_CREDENTIALS_FILE: path.join(dir, 'none') } });
   assert.deepEqual(JSON.parse(out.stdout.trim().split('\n').pop()!), { ok: true });
 });
 

@@ -176,7 +176,7 @@ describe('public access', () => {
     const stale = (await s.custos.obs.findBucket(a.accountId, 'site'))!;
     await ownerA.send(new PutPublicAccessBlockCommand({ Bucket: 'site', PublicAccessBlockConfiguration: { BlockPublicPolicy: true } }));
     // Checked against the settings as they were (nothing blocked), written after BlockPublicPolicy went on.
-    await assert.rejects(s.custos.obs.setBucketPolicy(stale, { source: '{}', compiled: [], isPublic: false }), (e: Error & { code?: string }) => e.code === 'OperationAborted');
+    await assert.rejects(s.custos.obs.setBucketPolicy(stale, { source: '{}', compiled: [] }), (e: Error & { code?: string }) => e.code === 'OperationAborted');
     assert.ok((await ownerA.send(new GetBucketPolicyCommand({ Bucket: 'site' }))).Policy, 'the policy in force is untouched');
     await ownerA.send(new DeletePublicAccessBlockCommand({ Bucket: 'site' }));
   });

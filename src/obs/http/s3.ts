@@ -7,7 +7,7 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import { PassThrough, Readable, Transform } from 'node:stream';
 import { XMLBuilder, XMLParser } from 'fast-xml-parser';
 import type { FastifyReply, FastifyRequest } from 'fastify';
-import type { IamService, Principal, ResourceRef } from '../../iam/iam.js';
+import { isAnonymous, type IamService, type Principal, type ResourceRef } from '../../iam/iam.js';
 import type { ResourcePolicy } from '../../iam/policy.js';
 import { compileBucketPolicy } from '../bucket-policy.js';
 import { lifecycleDocument, parseLifecycle } from '../lifecycle.js';
@@ -15,7 +15,7 @@ import { CHECKSUM_BYTES, checksummer, COMPOSITE_ALGORITHMS, FULL_OBJECT_ALGORITH
 import { CORS_METHODS, corsDocument, HEADER_NAME, matchCorsRule, parseCorsConfiguration, preflightAllowed, responseCorsHeaders, type CorsRule } from '../cors.js';
 import { ProjectLookup, scopeOfProject, type KeyUseCheck } from '../../kms/http/common.js';
 import { principalOf, type RouteDef, type RouteMeta } from '../../server/route.js';
-import { compiledPolicyIsPublic, etagMatches, hasPublicAccessBlock, isPublicBucket, ObsError, publicAccessBlockOf, type LockMode, type PublicAccessBlock, type ObjectMeta, type ObsService, type VerifyUpload, type WriteCondition } from '../obs.js';
+import { etagMatches, hasPublicAccessBlock, isPublicBucket, ObsError, publicAccessBlockOf, type LockMode, type PublicAccessBlock, type ObjectMeta, type ObsService, type VerifyUpload, type WriteCondition } from '../obs.js';
 import type { BucketRow, ObjectRow } from '../store.js';
 import { AwsChunkedDecoder } from './chunked.js';
 import { applyWatermark, MAX_IMAGE_BYTES, parseWatermark } from '../watermark.js';
@@ -88,7 +88,7 @@ export function s3CorsHeaders(req: FastifyRequest, reply: FastifyReply): void {
   const origin = req.headers.origin;
   if (typeof origin !== 'string' || req.method === 'OPTIONS') return;
   // A refusal without credentials looks the same for every bucket, CORS headers included.
-  if (req.custos?.principal?.method === 'anonymous' && reply.statusCode === 403) return;
+  if (req.custos?.principal && isAnonymous(req.custos.principal) && reply.statusCode === 403) return;
   const b = resolvedBuckets.get(req);
   const rules = b ? corsOf(b) : undefined;
   if (!rules) return;
@@ -139,9 +139,6 @@ async function acceptOwnerOnlyAcl(req: FastifyRequest, b: BucketRow): Promise<vo
  * needs credentials, whatever a policy says.
  */
 export const ANONYMOUS_ACTIONS: ReadonlySet<string> = new Set(['obs:object:GetObject', 'obs:object:GetObjectVersion', 'obs:bucket:ListBucket', 'obs:bucket:HeadBucket']);
-function isAnonymous(p: Principal): boolean {
-  return p.method === 'anonymous';
-}
 
 /**
  * A DELETE names its operation by subresource; one this route does not serve (`?website`,
@@ -463,7 +460,7 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
             userIdByName: async (name) => (await iam.getUserByName(b.account_id, name))?.id,
             userExists: async (id) => (await iam.getUser(b.account_id, id)) !== undefined,
           });
-          await obs.setBucketPolicy(b, { ...compiled, isPublic: compiledPolicyIsPublic(compiled.compiled) });
+          await obs.setBucketPolicy(b, compiled);
           return reply.code(204).send();
         }
         if ('publicAccessBlock' in q) {
