@@ -1,13 +1,16 @@
 // bench/obs: object throughput in one run. PUT and GET MiB/s for 1 MiB and 64 MiB objects on the
 // server as deployed (encrypted) and on a benchmark-only server storing plaintext (target: encrypted
 // >= 70% of unencrypted), raw disk write (with fsync) and read of the same bytes, 4 KiB PUT and GET
-// ops/s, and the same figures for s3rver on loopback (target: >= 2x s3rver). All through the AWS SDK.
+// ops/s, and the same figures for s3rver on loopback (target: >= 2x s3rver). All through the AWS SDK,
+// which also sets a ceiling, printed beside them: the same figures for a server that stores nothing.
 // With BENCH_S3=1, also Custos with the upstream S3 blob backend (blobBackend "s3") writing to an
 // s3rver on loopback, against the local-directory backend measured in the same run.
 //   node dist/bench/obs.js     (BENCH_SECONDS=5 per small-object figure; BENCH_ROUNDS=3 alternating rounds, medians
 //   reported; BENCH_DB=postgres for PostgreSQL)
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { open, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -157,6 +160,53 @@ async function s3rver(): Promise<Figures> {
   }
 }
 
+/**
+ * The ceiling this client sets on this machine: a server on loopback, in this process as s3rver is,
+ * that stores nothing (a PUT's body is read and dropped, a GET answers with as many bytes of one
+ * random buffer as were put). No S3 server, s3rver and Custos included, can go faster through the
+ * same client here, so it bounds the ratio against s3rver any server can show.
+ */
+async function nullServer(): Promise<Figures> {
+  const sizes = new Map<string, number>();
+  const fill = randomBytes(MiB);
+  const etag = '"00000000000000000000000000000000"';
+  const server = createServer((req, res) => {
+    const key = (req.url ?? '').split('?')[0]!;
+    if (req.method === 'PUT') {
+      let n = 0;
+      req.on('data', (c: Buffer) => { n += c.length; });
+      req.on('end', () => {
+        sizes.set(key, Number(req.headers['x-amz-decoded-content-length'] ?? n));
+        res.writeHead(200, { etag }).end();
+      });
+      return;
+    }
+    if (req.method === 'GET' && sizes.has(key)) {
+      let left = sizes.get(key)!;
+      res.writeHead(200, { 'content-length': left, etag, 'content-type': 'application/octet-stream' });
+      const pump = () => {
+        while (left > 0) {
+          const k = Math.min(left, fill.length);
+          left -= k;
+          if (!res.write(k === fill.length ? fill : fill.subarray(0, k))) return void res.once('drain', pump);
+        }
+        res.end();
+      };
+      return pump();
+    }
+    res.writeHead(200).end();
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const client = new S3Client({ endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, region: 'us-east-1', forcePathStyle: true, credentials: { accessKeyId: 'NULL', secretAccessKey: 'NULL' } });
+  try {
+    return await measure(client, 'bench');
+  } finally {
+    client.destroy();
+    server.closeAllConnections();
+    await new Promise((r) => server.close(r));
+  }
+}
+
 /** An s3rver on loopback as the upstream bucket, and the environment that points a Custos server at it. */
 async function withUpstream<T>(run: (env: Record<string, string>) => Promise<T>): Promise<T> {
   const dir = mkdtempSync(path.join(tmpdir(), 'custos-bench-upstream-'));
@@ -187,27 +237,35 @@ async function main() {
   console.log(`bench/obs: ${process.env.BENCH_DB ? 'PostgreSQL' : 'SQLite'}; ${SIZES.map((s) => `${s.count} x ${s.size / MiB} MiB`).join(', ')}; 4 KiB objects with 16 clients for ${SECONDS} s; medians of ${ROUNDS} alternating rounds (BENCH_ROUNDS)`);
   // The servers take turns, ROUNDS times, and each figure is the median of its rounds: one pass of
   // 48 sequential 1 MiB GETs lasts a fraction of a second, and single passes moved by half between runs.
-  const runs: { enc: Figures[]; plain: Figures[]; fake: Figures[] } = { enc: [], plain: [], fake: [] };
+  const runs: { enc: Figures[]; plain: Figures[]; fake: Figures[]; none: Figures[] } = { enc: [], plain: [], fake: [], none: [] };
   for (let r = 0; r < ROUNDS; r++) {
     runs.enc.push(await custos());
     runs.plain.push(await custos(path.join(here, 'plaintext-obs-server.js')));
     runs.fake.push(await s3rver());
+    runs.none.push(await nullServer());
   }
   const enc = medianFigures(runs.enc);
   const plain = medianFigures(runs.plain);
   const fake = medianFigures(runs.fake);
+  const none = medianFigures(runs.none);
   const raw = await disk();
   console.log(`\n  ${''.padEnd(34)}${SIZES.map((s) => `PUT ${s.size / MiB} MiB`.padStart(12) + `GET ${s.size / MiB} MiB`.padStart(12)).join('')}   4 KiB PUT/s  4 KiB GET/s`);
   const row = (name: string, x: Figures) => console.log(`  ${name.padEnd(34)}${x.put.map((p, i) => `${f(p)} MiB/s`.padStart(12) + `${f(x.get[i]!)} MiB/s`.padStart(12)).join('')}   ${f(x.smallPut)}     ${f(x.smallGet)}`);
   row('Custos, encrypted (as deployed)', enc);
   row('Custos, plaintext (bench only)', plain);
   row('s3rver', fake);
+  row('a server that stores nothing', none);
   console.log(`  ${'raw disk (write+fsync / read)'.padEnd(34)}${raw.write.map((w, i) => `${f(w)} MiB/s`.padStart(12) + `${f(raw.read[i]!)} MiB/s`.padStart(12)).join('')}`);
   const ratio = (a: number[], b: number[]) => a.map((x, i) => (x / b[i]!).toFixed(2)).join(' / ');
   console.log(`\n  encrypted / plaintext (target >= 0.70): PUT ${ratio(enc.put, plain.put)}, GET ${ratio(enc.get, plain.get)}, 4 KiB PUT ${(enc.smallPut / plain.smallPut).toFixed(2)}, GET ${(enc.smallGet / plain.smallGet).toFixed(2)}`);
   const big = await bigObject();
   console.log(`\n  one ${big.mib} MiB object, streamed: PUT ${f(big.put)} MiB/s, GET ${f(big.get)} MiB/s; server peak RSS ${big.peakAfterPutMiB.toFixed(0)} MiB after the PUT (target for a 5 GiB upload: < 256 MiB; BENCH_BIG_MIB=5120 for that size), ${big.peakMiB.toFixed(0)} MiB after the GET`);
   console.log(`  encrypted / s3rver (target >= 2): PUT ${ratio(enc.put, fake.put)}, GET ${ratio(enc.get, fake.get)}, 4 KiB PUT ${(enc.smallPut / fake.smallPut).toFixed(2)}, GET ${(enc.smallGet / fake.smallGet).toFixed(2)}`);
+  console.log(`  the ceiling through this client, a server that stores nothing / s3rver: PUT ${ratio(none.put, fake.put)}, GET ${ratio(none.get, fake.get)}, 4 KiB PUT ${(none.smallPut / fake.smallPut).toFixed(2)}, GET ${(none.smallGet / fake.smallGet).toFixed(2)}`);
+  // A PUT acknowledged only once durable takes at least the null server's time plus writing and
+  // fsyncing the same bytes (the raw-disk row): the most any durable server can show here.
+  const durable = SIZES.map((_, i) => 1 / (1 / none.put[i]! + 1 / raw.write[i]!));
+  console.log(`  the ceiling for a PUT acknowledged only after fsync (stores nothing, then the raw disk's write+fsync) / s3rver: PUT ${ratio(durable, fake.put)}`);
   if (process.env.BENCH_S3 === '1') {
     // The upstream (s3rver) runs in this process, beside the load generator, as the s3rver row above did.
     const ups = await withUpstream((env) => custos(undefined, env));

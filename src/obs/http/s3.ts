@@ -1115,7 +1115,8 @@ function incomingBody(req: FastifyRequest, opts: { checksumHeadersNameTheObject?
   const algorithm = algorithms[0];
   const raw = (req.body as Readable | undefined) ?? Readable.from([]);
   const decoder = chunked ? new AwsChunkedDecoder({ ...(signer ? { signer, trailer: withTrailer } : {}), decodedLength: length }) : null;
-  // Only the checksum the client declares is computed (SHA-256 always is, by the object store).
+  // Only the checksum the client declares is computed; a SHA-256 one by the object store, which
+  // computes SHA-256 only when this check asks for it (needsSha256 below).
   const sum = algorithm && algorithm !== 'sha256' ? checksummer(algorithm) : null;
   let computed: Buffer | null = null;
   let verified: { name: string; value: string } | null = null;
@@ -1138,21 +1139,23 @@ function incomingBody(req: FastifyRequest, opts: { checksumHeadersNameTheObject?
   // The body is read ahead before the object store takes the stream, so it can fail before anyone
   // listens: the error stays on the stream (`errored`) for the store, instead of being uncaught.
   tap.on('error', () => undefined);
-  const check = ({ md5, sha256, size }: { md5: Buffer; sha256: Buffer; size: number }) => {
+  const payloadHash = /^[0-9a-f]{64}$/.test(declared);
+  const check: VerifyUpload = ({ md5, sha256, size }) => {
     if (size !== length) throw new ObsError(400, 'IncompleteBody', `the body has ${size} bytes, not the ${length} declared`);
     if (algorithm) {
       const name = `x-amz-checksum-${algorithm}`;
       const given = inHeader.includes(algorithm) ? (h[name] as string) : decoder?.trailers[name];
       if (given === undefined) throw new ObsError(400, 'InvalidRequest', `the ${name} trailer was announced but not sent`);
       if (!validChecksum(given, algorithm)) throw new ObsError(400, 'InvalidRequest', `Value for ${name} trailing header is invalid.`);
-      if (!equalB64(given, algorithm === 'sha256' ? sha256 : computed ?? Buffer.alloc(0))) throw new ObsError(400, 'BadDigest', `The ${algorithm.toUpperCase()} you specified did not match the calculated checksum.`);
+      if (!equalB64(given, (algorithm === 'sha256' ? sha256 : computed) ?? Buffer.alloc(0))) throw new ObsError(400, 'BadDigest', `The ${algorithm.toUpperCase()} you specified did not match the calculated checksum.`);
       verified = { name, value: given };
     }
     const contentMd5 = h['content-md5'];
     if (typeof contentMd5 === 'string' && !equalB64(contentMd5, md5)) throw new ObsError(400, 'BadDigest', 'the Content-MD5 you specified did not match what we received');
-    if (/^[0-9a-f]{64}$/.test(declared) && declared !== sha256.toString('hex')) throw new ObsError(400, 'XAmzContentSHA256Mismatch', 'the provided x-amz-content-sha256 header does not match what was computed');
+    if (payloadHash && declared !== sha256?.toString('hex')) throw new ObsError(400, 'XAmzContentSHA256Mismatch', 'the provided x-amz-content-sha256 header does not match what was computed');
     return verified && algorithm ? { checksum: `${algorithm}:${Buffer.from(verified.value, 'base64').toString('base64')}` } : undefined;
   };
+  check.needsSha256 = payloadHash || algorithm === 'sha256';
   return { content: source.pipe(tap), check, verified: () => verified, algorithm };
 }
 
@@ -1247,16 +1250,16 @@ async function readSmallBody(req: FastifyRequest, max: number, opts: { checksumH
   if (!req.body && h['content-length'] === undefined && !streaming) return Buffer.alloc(0);
   const body = incomingBody(req, opts);
   const md5 = createHash('md5');
-  const sha256 = createHash('sha256');
+  const sha256 = body.check.needsSha256 ? createHash('sha256') : null;
   const parts: Buffer[] = [];
   let n = 0;
   for await (const c of body.content) {
     n += (c as Buffer).length;
     if (n > max) throw new ObsError(400, 'MaxMessageLengthExceeded', 'your request was too big');
     md5.update(c as Buffer);
-    sha256.update(c as Buffer);
+    sha256?.update(c as Buffer);
     parts.push(c as Buffer);
   }
-  body.check({ md5: md5.digest(), sha256: sha256.digest(), size: n });
+  body.check({ md5: md5.digest(), sha256: sha256?.digest() ?? null, size: n });
   return Buffer.concat(parts);
 }
