@@ -9,8 +9,7 @@
 //   reported; BENCH_DB=postgres for PostgreSQL)
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { spawn } from 'node:child_process';
 import { open, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -161,49 +160,29 @@ async function s3rver(): Promise<Figures> {
 }
 
 /**
- * The ceiling this client sets on this machine: a server on loopback, in this process as s3rver is,
- * that stores nothing (a PUT's body is read and dropped, a GET answers with as many bytes of one
- * random buffer as were put). No S3 server, s3rver and Custos included, can go faster through the
- * same client here, so it bounds the ratio against s3rver any server can show.
+ * The ceiling this client sets on this machine: a server that stores nothing (bench/null-s3-server),
+ * in its own process as Custos is. No S3 server can go faster through the same client here, so it
+ * bounds the ratio against s3rver that any server can show.
  */
 async function nullServer(): Promise<Figures> {
-  const sizes = new Map<string, number>();
-  const fill = randomBytes(MiB);
-  const etag = '"00000000000000000000000000000000"';
-  const server = createServer((req, res) => {
-    const key = (req.url ?? '').split('?')[0]!;
-    if (req.method === 'PUT') {
-      let n = 0;
-      req.on('data', (c: Buffer) => { n += c.length; });
-      req.on('end', () => {
-        sizes.set(key, Number(req.headers['x-amz-decoded-content-length'] ?? n));
-        res.writeHead(200, { etag }).end();
-      });
-      return;
-    }
-    if (req.method === 'GET' && sizes.has(key)) {
-      let left = sizes.get(key)!;
-      res.writeHead(200, { 'content-length': left, etag, 'content-type': 'application/octet-stream' });
-      const pump = () => {
-        while (left > 0) {
-          const k = Math.min(left, fill.length);
-          left -= k;
-          if (!res.write(k === fill.length ? fill : fill.subarray(0, k))) return void res.once('drain', pump);
-        }
-        res.end();
-      };
-      return pump();
-    }
-    res.writeHead(200).end();
+  const child = spawn(process.execPath, [path.join(here, 'null-s3-server.js')], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const port = await new Promise<number>((resolve, reject) => {
+    let out = '';
+    child.stdout!.on('data', (c: Buffer) => {
+      out += c.toString();
+      const m = /listening (\d+)/.exec(out);
+      if (m) resolve(Number(m[1]));
+    });
+    child.on('exit', (code) => reject(new Error(`the null server exited with ${code}`)));
   });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const client = new S3Client({ endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, region: 'us-east-1', forcePathStyle: true, credentials: { accessKeyId: 'NULL', secretAccessKey: 'NULL' } });
+  const client = new S3Client({ endpoint: `http://127.0.0.1:${port}`, region: 'us-east-1', forcePathStyle: true, credentials: { accessKeyId: 'NULL', secretAccessKey: 'NULL' } });
   try {
     return await measure(client, 'bench');
   } finally {
     client.destroy();
-    server.closeAllConnections();
-    await new Promise((r) => server.close(r));
+    const exited = new Promise((r) => child.once('exit', r));
+    child.kill('SIGTERM');
+    await exited;
   }
 }
 
