@@ -209,7 +209,7 @@ export async function* decryptRange(key: Buffer, context: Buffer, readAt: ReadAt
       ? Promise.resolve(top.subarray(HEADER_BYTES))
       : readAt(HEADER_BYTES + batchStart * (PACKAGE_BYTES + TAG_BYTES), batchBytes(plainBytes, batchStart, batchEnd));
   };
-  let ahead: Promise<Buffer> | null = readBatch(first);
+  let ahead: Promise<Buffer> | null = first <= last ? readBatch(first) : null;
   try {
     for (let batchStart = first; batchStart <= last; batchStart += READ_BATCH) {
       const batchEnd = Math.min(last, batchStart + READ_BATCH - 1);
