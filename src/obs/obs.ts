@@ -90,11 +90,9 @@ export interface ObjectMeta {
 
 /**
  * Checks an upload after its last byte (declared length, digests, checksums): throws to refuse it, or
- * may name the verified full-object checksum (`<algorithm>:<base64>`) to keep with the object.
- */
-/**
- * Checks an upload's digests after its last byte. The SHA-256 is computed only for a check that says
- * it needs one (`needsSha256`: a declared payload hash or SHA-256 checksum); it is null otherwise.
+ * may name the verified full-object checksum (`<algorithm>:<base64>`) to keep with the object. The
+ * SHA-256 is computed only for a check that says it needs one (`needsSha256`: a declared payload hash
+ * or a SHA-256 checksum); it is null otherwise.
  */
 export type VerifyUpload = ((digests: { md5: Buffer; sha256: Buffer | null; size: number }) => { checksum?: string } | void) & { needsSha256?: boolean };
 
