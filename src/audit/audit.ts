@@ -8,11 +8,14 @@ import { randomBytes } from '../crypto/random.js';
 import { mkdir, writeFile, rename } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import { Worker } from 'node:worker_threads';
 import { gzip } from 'node:zlib';
 import { CompiledQuery, sql, type Kysely } from 'kysely';
 import type { SecretBox } from '../crypto/secretbox.js';
 import { ServiceError } from '../errors.js';
 import { multiRowInsertSql, type Dialect } from '../store/db.js';
+import { WorkerWriteGate } from '../store/write-gate.js';
+import type { AppendReply, AppendRequest } from './append-worker.js';
 import {
   canonicalDigest, DIGEST_FORMAT, genesisHash, KEYS_FORMAT, keyIdOf, TRACES_FORMAT, type Digest, type PublicKeyInfo, type StoredTrace,
 } from './chain.js';
@@ -51,6 +54,12 @@ export interface AuditOptions {
    * written, so a signed digest (and every trace it covers) is never lost while it may be exported.
    */
   durable?: () => Promise<void>;
+  /**
+   * SQLite (Store.sqlite): traces are appended by a writer thread on a connection of its own to this
+   * file, taking turns with the event loop's connection through the gate. Without it (PostgreSQL, whose
+   * work happens in the server anyway) they are appended on the event loop.
+   */
+  sqlite?: { file: string; gate: SharedArrayBuffer };
 }
 
 export interface TraceQuery {
@@ -114,6 +123,8 @@ export class AuditService implements AuditRecorder {
   record(trace: RequestTrace): Promise<void> {
     return new Promise<void>((resolve, reject) => {
       this.queue.push({ trace, resolve, reject });
+      // The writer thread is idle: it can start on this trace now.
+      if (this.opts.sqlite && this.inFlight.size === 0 && !this.flushing) return this.handOver();
       // Start the batch on the next turn of the event loop, so the traces of requests finishing
       // together share one transaction.
       this.flushing ??= new Promise<void>((r) => setImmediate(r)).then(() => this.flushLoop());
@@ -134,25 +145,43 @@ export class AuditService implements AuditRecorder {
   private async flushLoop(): Promise<void> {
     while (this.queue.length > 0) {
       const batch = this.queue.splice(0, MAX_BATCH);
-      try {
-        await this.append(batch.map((b) => b.trace));
-        this.healthy = true;
-        this.stats.traces += batch.length;
-        this.stats.batches += 1;
-        for (const b of batch) b.resolve();
-      } catch (e) {
-        this.healthy = false;
-        this.lastProbe = Date.now();
-        this.stats.failures += batch.length;
-        this.opts.onError?.(`audit append failed: ${(e as Error).message}`);
-        for (const b of batch) b.reject(e);
-      }
+      if (this.opts.sqlite) this.handOver(batch);
+      else await this.settle(batch, this.append(batch.map((b) => b.trace)));
     }
     this.flushing = null;
   }
 
+  /**
+   * SQLite: hands the batch (by default, the queue) to the writer thread without waiting for its commit.
+   * The thread queues what it is handed while it commits and appends all of it in its next
+   * transaction, so the next batch goes as soon as it is formed instead of after this one's commit.
+   */
+  private handOver(batch = this.queue.splice(0, MAX_BATCH)): void {
+    const settled = this.settle(batch, this.appendInWorker(batch.map((b) => b.trace), this.now()));
+    this.unsettled.add(settled);
+    void settled.finally(() => this.unsettled.delete(settled));
+  }
+
+  private readonly unsettled = new Set<Promise<void>>();
+
+  private async settle(batch: Pending[], appended: Promise<void>): Promise<void> {
+    try {
+      await appended;
+      this.healthy = true;
+      this.stats.traces += batch.length;
+      for (const b of batch) b.resolve();
+    } catch (e) {
+      this.healthy = false;
+      this.lastProbe = Date.now();
+      this.stats.failures += batch.length;
+      this.opts.onError?.(`audit append failed: ${(e as Error).message}`);
+      for (const b of batch) b.reject(e);
+    }
+  }
+
   private async append(traces: RequestTrace[]): Promise<void> {
     const recordTime = this.now();
+    if (this.opts.sqlite) return this.appendInWorker(traces, recordTime);
     await this.writeTransaction(async (trx) => {
       for (const [trail, list] of byTrail(traces)) {
         const head = await this.lockHead(trx, trail);
@@ -167,6 +196,75 @@ export class AuditService implements AuditRecorder {
         await sql`update audit_heads set seq = ${seq}, hash = ${hash}, updated_at = ${recordTime} where trail = ${trail}`.execute(trx);
       }
     });
+    this.stats.batches += 1;
+  }
+
+  private worker: Worker | null = null;
+  private nextBatchId = 1;
+  private readonly inFlight = new Map<number, { resolve: () => void; reject: (e: Error) => void }>();
+
+  /** Hands the batch to the writer thread (started on first use, again after it failed) and waits for its commit. */
+  private appendInWorker(traces: RequestTrace[], recordTime: number): Promise<void> {
+    let worker: Worker;
+    try {
+      worker = this.worker ??= this.startWorker(this.opts.sqlite!);
+    } catch (e) {
+      return Promise.reject(e as Error);
+    }
+    const id = this.nextBatchId++;
+    return new Promise<void>((resolve, reject) => {
+      this.inFlight.set(id, { resolve, reject });
+      worker.postMessage({ id, traces, recordTime } satisfies AppendRequest);
+    });
+  }
+
+  private startWorker(sqlite: { file: string; gate: SharedArrayBuffer }): Worker {
+    const worker = new Worker(new URL('./append-worker.js', import.meta.url), { workerData: { file: sqlite.file, gate: sqlite.gate, hmacKey: new Uint8Array(this.hmacKey) } });
+    worker.on('message', (m: AppendReply) => {
+      if (!m.ids) return;
+      if (m.error === undefined) this.stats.batches += 1;
+      for (const id of m.ids) {
+        const p = this.inFlight.get(id);
+        if (!p) continue;
+        this.inFlight.delete(id);
+        if (m.error === undefined) p.resolve();
+        else p.reject(new Error(m.error));
+      }
+    });
+    const failed = (e: Error) => {
+      if (this.worker !== worker) return;
+      this.worker = null;
+      // It may have died holding the gate; the event loop's connection must not wait for it forever.
+      WorkerWriteGate.reset(sqlite.gate);
+      for (const p of this.inFlight.values()) p.reject(e);
+      this.inFlight.clear();
+    };
+    worker.on('error', failed);
+    worker.on('exit', (code) => failed(new Error(`audit writer thread exited with code ${code}`)));
+    worker.unref();
+    return worker;
+  }
+
+  /** Waits for queued traces to commit, then stops the writer thread (shutdown). */
+  async close(): Promise<void> {
+    await this.drain();
+    const worker = this.worker;
+    if (!worker) return;
+    this.worker = null;
+    worker.ref();
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, 2000);
+      worker.once('exit', () => resolve());
+      worker.on('message', (m: { stopped?: boolean }) => {
+        if (m.stopped) {
+          clearTimeout(timer);
+          resolve();
+        }
+      });
+      worker.postMessage({ stop: true });
+    });
+    await worker.terminate();
+    WorkerWriteGate.reset(this.opts.sqlite!.gate);
   }
 
   /**
@@ -491,7 +589,10 @@ export class AuditService implements AuditRecorder {
 
   /** Waits for queued traces to commit (shutdown). */
   async drain(): Promise<void> {
-    while (this.flushing) await this.flushing;
+    while (this.flushing || this.unsettled.size > 0) {
+      if (this.flushing) await this.flushing;
+      await Promise.all(this.unsettled);
+    }
   }
 }
 

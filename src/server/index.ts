@@ -108,6 +108,7 @@ export async function openServices(config: Config, opts: { now?: () => number; o
       digestIntervalSeconds: config.auditDigestIntervalSeconds,
       exportDir: config.auditExportDir ?? null,
       durable,
+      ...(store.sqlite ? { sqlite: store.sqlite } : {}),
       ...(opts.now ? { now: opts.now } : {}),
       ...(opts.onError ? { onError: opts.onError } : {}),
     });
@@ -126,6 +127,7 @@ export async function openServices(config: Config, opts: { now?: () => number; o
     return {
       store, root: rootKey, rootKeyCreated, iam, audit, kms, obs, vault, rights, deregistration, blobs,
       async close() {
+        await audit.close();
         await store.close();
         await rootKey.close();
         await blobs?.close?.();

@@ -6,6 +6,7 @@ import SQLite from 'better-sqlite3';
 import pg from 'pg';
 import { Kysely, Migrator, PostgresDialect, SqliteDialect, sql, type Migration, type MigrationProvider } from 'kysely';
 import { migrations } from './migrations/index.js';
+import { MainWriteGate, newWriteGate } from './write-gate.js';
 
 export type Dialect = 'sqlite' | 'postgres';
 
@@ -25,6 +26,11 @@ export interface Store {
   durable(): Promise<void>;
   /** fsyncs of the SQLite WAL made for durable(), and background checkpoints (both 0 on PostgreSQL). */
   readonly stats: { walSyncs: number; checkpoints: number };
+  /**
+   * SQLite only: the database file, and the gate (write-gate.ts) through which another thread of this
+   * process that opens its own connection to it takes turns writing with the event loop's connection.
+   */
+  sqlite?: { file: string; gate: SharedArrayBuffer };
   close(): Promise<void>;
 }
 
@@ -43,20 +49,7 @@ export function openStore(opts: { databaseUrl?: string; dataDir: string }): Stor
   const file = path.join(opts.dataDir, 'custos.db');
   const database = new SQLite(file);
   database.pragma('journal_mode = WAL');
-  database.pragma('synchronous = NORMAL');
-  database.pragma('busy_timeout = 5000');
-  database.pragma('foreign_keys = ON');
-  // Deleted content is overwritten with zeros, not left in free pages: destroyed keys, erased
-  // personal data and deleted credentials must not be recoverable from the file.
-  database.pragma('secure_delete = ON');
-  // 64 MiB of page cache (the default is 2 MiB): the audit trail's indexes take random inserts.
-  database.pragma('cache_size = -65536');
-  // A checkpoint inside a commit copies the WAL's pages into the database file and fsyncs it on the
-  // event loop, which held every request up for tens of milliseconds (encrypt-data p99.9 35-47 ms).
-  // So a worker thread (checkpoint-worker.ts) copies them in the background, and this connection's
-  // own checkpoint, every ~40 MiB of WAL, finds (nearly) nothing left to copy: it is what lets the WAL
-  // start over from its beginning, which a background checkpoint racing a busy writer never sees.
-  database.pragma('wal_autocheckpoint = 10000');
+  configureWriter(database);
   const checkpointer = new Worker(new URL('./checkpoint-worker.js', import.meta.url), {
     workerData: { file, intervalMs: 100 },
   });
@@ -67,14 +60,37 @@ export function openStore(opts: { databaseUrl?: string; dataDir: string }): Stor
   // A worker that fails leaves the backstop; the store keeps working.
   checkpointer.on('error', () => undefined);
   checkpointer.unref();
-  const db = new Kysely<object>({ dialect: new SqliteDialect({ database: withStatementCache(database) }) });
+  const gate = newWriteGate();
+  const db = new Kysely<object>({ dialect: new SqliteDialect({ database: withStatementCache(database, new MainWriteGate(gate)) }) });
   return {
-    db, dialect: 'sqlite', durable: walSyncer(`${file}-wal`, stats), stats,
+    db, dialect: 'sqlite', durable: walSyncer(`${file}-wal`, stats), stats, sqlite: { file, gate },
     async close() {
       await stopWorker(checkpointer);
       await db.destroy();
     },
   };
+}
+
+/**
+ * The settings of every connection of this process that writes to the SQLite file (the event loop's,
+ * and the audit trail's writer thread's).
+ */
+export function configureWriter(database: SQLite.Database): void {
+  database.pragma('synchronous = NORMAL');
+  database.pragma('busy_timeout = 5000');
+  database.pragma('foreign_keys = ON');
+  // Deleted content is overwritten with zeros, not left in free pages: destroyed keys, erased
+  // personal data and deleted credentials must not be recoverable from the file.
+  database.pragma('secure_delete = ON');
+  // 64 MiB of page cache (the default is 2 MiB): the audit trail's indexes take random inserts.
+  database.pragma('cache_size = -65536');
+  // A checkpoint inside a commit copies the WAL's pages into the database file and fsyncs it on the
+  // event loop, which held every request up for tens of milliseconds (encrypt-data p99.9 35-47 ms).
+  // So a worker thread (checkpoint-worker.ts) copies them in the background, and a writer's own
+  // checkpoint, every ~40 MiB of WAL, finds (nearly) nothing left to copy: it is what lets the WAL
+  // start over from its beginning, which a background checkpoint racing a busy writer never sees.
+  // Every writing connection keeps it, so the WAL starts over whichever of them writes most.
+  database.pragma('wal_autocheckpoint = 10000');
 }
 
 /** Stops the checkpoint worker: it closes its connection, then exits. Holds the process open meanwhile. */
@@ -137,15 +153,17 @@ function walSyncer(walFile: string, stats: { walSyncs: number }): () => Promise<
 /**
  * Kysely prepares every query anew; preparing costs more than running most of ours. Statements are
  * reusable, so keep the most recent ones by SQL text (Kysely never iterates two at once per connection).
+ * Each statement that writes, begins a transaction or sets a pragma first takes the write gate,
+ * given back once no transaction is open.
  */
-function withStatementCache(database: SQLite.Database, max = 500): SQLite.Database {
+function withStatementCache(database: SQLite.Database, gate: MainWriteGate, max = 500): SQLite.Database {
   const cache = new Map<string, SQLite.Statement>();
   const prepare = (source: string) => {
     let stmt = cache.get(source);
     if (stmt) {
       cache.delete(source);
     } else {
-      stmt = database.prepare(source);
+      stmt = gated(database, database.prepare(source), source, gate);
       if (cache.size >= max) cache.delete(cache.keys().next().value as string);
     }
     cache.set(source, stmt);
@@ -158,6 +176,44 @@ function withStatementCache(database: SQLite.Database, max = 500): SQLite.Databa
       return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
     },
   });
+}
+
+/**
+ * The statement as Kysely uses it (`reader`, `all`, `run`, `iterate`), taking the write gate first when
+ * it writes. A transaction takes it at `begin`, even a deferred one (once it has read, a commit by the
+ * other thread would leave it unable to write), and gives it back after its `commit` or `rollback`
+ * (which SQLite counts as read-only statements, so they are matched by name too).
+ */
+function gated(database: SQLite.Database, stmt: SQLite.Statement, source: string, gate: MainWriteGate): SQLite.Statement {
+  const writes = !stmt.readonly || /^\s*(begin|commit|end|rollback|savepoint|release|pragma)\b/i.test(source);
+  if (!writes) return stmt;
+  const settle = () => {
+    if (!database.inTransaction) gate.release();
+  };
+  const around = <T>(run: () => T): T => {
+    if (!database.inTransaction) gate.acquire();
+    try {
+      return run();
+    } finally {
+      settle();
+    }
+  };
+  return {
+    reader: stmt.reader,
+    readonly: false,
+    source: stmt.source,
+    run: (...params: unknown[]) => around(() => stmt.run(...params)),
+    all: (...params: unknown[]) => around(() => stmt.all(...params)),
+    get: (...params: unknown[]) => around(() => stmt.get(...params)),
+    *iterate(...params: unknown[]) {
+      if (!database.inTransaction) gate.acquire();
+      try {
+        yield* stmt.iterate(...params);
+      } finally {
+        settle();
+      }
+    },
+  } as unknown as SQLite.Statement;
 }
 
 class StaticProvider implements MigrationProvider {

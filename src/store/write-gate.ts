@@ -1,0 +1,109 @@
+/**
+ * One SQLite writer at a time between the threads of this process. SQLite allows one write
+ * transaction per database file; a second connection that wants to write waits in SQLite's busy
+ * handler, which sleeps in steps of at least a millisecond, and a deferred transaction that began
+ * reading before another connection committed cannot write at all (SQLITE_BUSY_SNAPSHOT). The
+ * event loop's connection (db.ts) and the audit trail's writer thread (audit/append-worker.ts)
+ * therefore hand the right to write to each other through shared memory: a thread takes the gate
+ * before it begins a transaction or runs a statement that writes, and gives it back when its
+ * transaction has ended. Waiting here wakes within microseconds of the release.
+ *
+ * Another process on the same file (a `custos` CLI command) still meets SQLite's own lock and busy
+ * timeout, as before.
+ */
+
+const OWNER = 0;
+/** 1 while the writer thread waits for the gate. */
+const WAITING = 1;
+/** Times the event loop took the gate while the writer thread was waiting. */
+const PASSED = 2;
+
+const FREE = 0;
+const MAIN = 1;
+const WORKER = 2;
+
+/** After passing over a waiting writer thread this many times, the event loop lets it go first. */
+const MAX_PASSES = 4;
+
+export class WriteGateTimeout extends Error {
+  readonly code = 'SQLITE_BUSY';
+  constructor(ms: number) {
+    super(`database is locked: another thread held the write lock for over ${ms} ms`);
+  }
+}
+
+export function newWriteGate(): SharedArrayBuffer {
+  return new SharedArrayBuffer(3 * Int32Array.BYTES_PER_ELEMENT);
+}
+
+/** The event loop's side. Blocking, but only for as long as the other thread's one transaction. */
+export class MainWriteGate {
+  private readonly cells: Int32Array;
+  constructor(buffer: SharedArrayBuffer, private readonly timeoutMs = 5000) {
+    this.cells = new Int32Array(buffer);
+  }
+
+  get held(): boolean {
+    return Atomics.load(this.cells, OWNER) === MAIN;
+  }
+
+  acquire(): void {
+    const c = this.cells;
+    let deadline = 0;
+    for (;;) {
+      const waiting = Atomics.load(c, WAITING) === 1;
+      if (!(waiting && Atomics.load(c, PASSED) >= MAX_PASSES)) {
+        const prev = Atomics.compareExchange(c, OWNER, FREE, MAIN);
+        if (prev === FREE) {
+          if (waiting) Atomics.add(c, PASSED, 1);
+          return;
+        }
+        if (prev === MAIN) return;
+      }
+      deadline ||= Date.now() + this.timeoutMs;
+      if (Date.now() > deadline) throw new WriteGateTimeout(this.timeoutMs);
+      // Until the writer thread takes the gate (it clears WAITING) or gives it back (OWNER changes).
+      if (Atomics.load(c, OWNER) === WORKER) Atomics.wait(c, OWNER, WORKER, 20);
+      else Atomics.wait(c, WAITING, 1, 20);
+    }
+  }
+
+  release(): void {
+    if (Atomics.compareExchange(this.cells, OWNER, MAIN, FREE) === MAIN) Atomics.notify(this.cells, OWNER);
+  }
+}
+
+/** The writer thread's side: blocks its own thread until the event loop's transaction has ended. */
+export class WorkerWriteGate {
+  private readonly cells: Int32Array;
+  constructor(buffer: SharedArrayBuffer) {
+    this.cells = new Int32Array(buffer);
+  }
+
+  acquire(): void {
+    const c = this.cells;
+    Atomics.store(c, WAITING, 1);
+    for (;;) {
+      const prev = Atomics.compareExchange(c, OWNER, FREE, WORKER);
+      if (prev === FREE) break;
+      Atomics.wait(c, OWNER, prev, 50);
+    }
+    Atomics.store(c, WAITING, 0);
+    Atomics.store(c, PASSED, 0);
+    Atomics.notify(c, WAITING);
+  }
+
+  release(): void {
+    Atomics.store(this.cells, OWNER, FREE);
+    Atomics.notify(this.cells, OWNER);
+  }
+
+  /** For the event loop after it stopped the writer thread, which may have held the gate. */
+  static reset(buffer: SharedArrayBuffer): void {
+    const c = new Int32Array(buffer);
+    Atomics.compareExchange(c, OWNER, WORKER, FREE);
+    Atomics.store(c, WAITING, 0);
+    Atomics.notify(c, OWNER);
+    Atomics.notify(c, WAITING);
+  }
+}
