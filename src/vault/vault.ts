@@ -159,6 +159,16 @@ export interface SubjectData {
   fields: Record<string, Value>;
 }
 
+/**
+ * How much of a value each transformation shows. A property's default transformation is a ceiling:
+ * a caller without the unmask permission for it may ask for one that shows as much or less, not more.
+ */
+const DISCLOSURE: Record<Transform, number> = { redact: 0, hash: 1, tokenize: 1, mask: 2, generalize: 3, partial: 4, plain: 5 };
+
+function mayUnmask(access: EffectiveAccess, property: string): boolean {
+  return access.unmask.has('*') || access.unmask.has(property);
+}
+
 export class VaultService {
   private readonly now: () => number;
   /** Unwrapped collection secrets, dropped after a while unused (zeroed on eviction). */
@@ -702,8 +712,11 @@ export class VaultService {
     for (const [n, t] of Object.entries(opts.transforms ?? {})) {
       const p = c.schema.properties.find((x) => x.name === n);
       if (!p) throw new VaultError(400, 'UnknownProperty', `property ${n} is not in the collection's schema`);
-      if (t === 'plain' && !access.unmask.has('*') && !access.unmask.has(n)) throw new VaultError(403, 'UnmaskNotAllowed', `you may not read property ${n} in the clear`);
       if (t === 'generalize' && !(p.pii_type === 'ip_address' || p.pii_type === 'province_city' || p.data_type === 'date')) throw new VaultError(400, 'InvalidTransform', `property ${n} (${p.pii_type}) cannot be generalized`);
+      if (!mayUnmask(access, n) && DISCLOSURE[t] > DISCLOSURE[p.default_transform]) {
+        if (t === 'plain') throw new VaultError(403, 'UnmaskNotAllowed', `you may not read property ${n} in the clear`);
+        throw new VaultError(403, 'TransformNotAllowed', `property ${n}: ${t} shows more of the value than its default (${p.default_transform}); that needs the unmask permission for it`);
+      }
     }
   }
 
@@ -800,9 +813,14 @@ export class VaultService {
       if (!p.purposes.includes(reason)) throw new VaultError(403, 'PurposeNotAllowed', `property ${p.name} is not collected for the purpose ${reason}`);
       await this.admitted(c, [rec], reason, true);
       const plain = (await this.decryptValues(c, rec, [p.name]))[p.name];
-      const clear = access.unmask.has('*') || access.unmask.has(p.name);
-      // In the clear only for a caller who may unmask the property; masked otherwise.
-      const value = plain === undefined ? null : clear ? plain : mask(p, plain);
+      // In the clear only for a caller who may unmask the property; masked otherwise, or as the property's
+      // default when that shows less (redact, hash).
+      let value: Value | null = null;
+      if (plain !== undefined) {
+        if (mayUnmask(access, p.name)) value = plain;
+        else if (p.default_transform === 'redact' || p.default_transform === 'hash') value = await this.apply(c, rec, p, plain, p.default_transform, p.default_transform === 'hash' ? await this.keysOf(c) : null);
+        else value = mask(p, plain);
+      }
       out.push({ token, property: p.name, record_id: rec.id, value });
     }
     return out;

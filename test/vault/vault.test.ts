@@ -269,6 +269,52 @@ describe('personal-data vault', () => {
     assert.ok(rows.rows.every((r) => !plainHash.startsWith(r.digest) && !r.digest.includes('@')));
   });
 
+  test("a property's default transformation is a ceiling for callers who may not unmask it", async () => {
+    // The agent (no unmask) may ask for less than the default (mask), not for more.
+    const less = await get(rec1, 'reason=support&props=full_name,note&transform=full_name:hash,note:redact', agentToken);
+    assert.equal(less.status, 200, less.text);
+    assert.match(less.json.fields.full_name, /^hmac:/);
+    assert.equal(less.json.fields.note, '[REDACTED]');
+    const more = await get(rec1, 'reason=support&props=note&transform=note:partial', agentToken);
+    assert.equal(more.status, 403, more.text);
+    assert.equal(more.json.error.code, 'TransformNotAllowed');
+    assert.match(more.json.error.message, /property note: partial shows more of the value than its default \(mask\)/);
+    // A property whose default is redact: nothing of it for the agent, by any transformation or by detokenizing.
+    const hr = await api('POST', V, {
+      name: 'hr', project_id: t.projects[0]!.id,
+      properties: [{ name: 'tax_id', pii_type: 'national_id', default_transform: 'redact', purposes: ['payroll'], collection_method: 'entered by HR', deletion: { after: 'P10Y' } }],
+    });
+    assert.equal(hr.status, 201, hr.text);
+    const access = await api('PUT', `${V}/hr/access`, {
+      access: [
+        { type: 'user', id: t.adminUserId, permissions: ['read', 'write', 'detokenize'], unmask: ['*'] },
+        { type: 'group', id: (globalThis as { supportGroup?: string }).supportGroup, permissions: ['read', 'detokenize'] },
+      ],
+    });
+    assert.equal(access.status, 200, access.text);
+    const taxId = '11010519491231002X';
+    const created = await api('POST', `${V}/hr/records`, { subject_id: 'emp-1', fields: { tax_id: taxId } });
+    assert.equal(created.status, 201, created.text);
+    const id = created.json.id as string;
+    const hrGet = (query: string, token: string) => api('GET', `${V}/hr/records/${id}?reason=payroll${query}`, undefined, token);
+    assert.equal((await hrGet('', agentToken)).json.fields.tax_id, '[REDACTED]');
+    for (const t2 of ['mask', 'partial', 'generalize', 'tokenize', 'hash']) {
+      const r = await hrGet(`&transform=tax_id:${t2}`, agentToken);
+      assert.equal(r.status, t2 === 'generalize' ? 400 : 403, `${t2}: ${r.text}`);
+      assert.ok(!r.text.includes(taxId.slice(-6)), 'no part of the value in the error');
+    }
+    // The administrator may unmask, so any transformation; a token it hands out detokenizes to nothing for the agent.
+    const partial = await hrGet('&transform=tax_id:partial', t.token);
+    assert.equal(partial.json.fields.tax_id, '1101**********002X');
+    const token = (await hrGet('&transform=tax_id:tokenize', t.token)).json.fields.tax_id as string;
+    const agentDetok = await api('POST', `${V}/hr/detokenize`, { reason: 'payroll', tokens: [token] }, agentToken);
+    assert.equal(agentDetok.status, 200, agentDetok.text);
+    assert.equal(agentDetok.json.values[0].value, '[REDACTED]');
+    const adminDetok = await api('POST', `${V}/hr/detokenize`, { reason: 'payroll', tokens: [token] });
+    assert.equal(adminDetok.json.values[0].value, taxId);
+    assert.equal((await api('DELETE', `${V}/hr?force=true`)).status, 204);
+  });
+
   test('tokenize and detokenize; stable tokens for equal values', async () => {
     const a = await get(rec1, 'reason=support&props=full_name,email&transform=full_name:tokenize,email:tokenize');
     const b = await get(rec2, 'reason=support&props=full_name,email&transform=full_name:tokenize,email:tokenize');
