@@ -698,6 +698,17 @@ export class ObsService {
    * Unwraps a version's data key: through KMS, or (SSE-C) with the key the request carries, which must
    * be the one it was stored with. Also used by HEAD to check an SSE-C key without reading content.
    */
+  /**
+   * The customer KMS key a version's data key is sealed under, or null when reading it uses no key of
+   * the customer's: an SSE-C version (the request brings its key) or the tenant's service-managed
+   * obs/default key.
+   */
+  async customerKeyOf(bucket: BucketRow, row: ObjectRow): Promise<KeyRow | null> {
+    if (this.isSseC(row)) return null;
+    const key = await this.kms.findKey(this.scopeOf(bucket), row.kms_key_id);
+    return key && key.alias !== DEFAULT_KEY_ALIAS ? key : null;
+  }
+
   async dataKeyOf(bucket: BucketRow, row: ObjectRow, customerKey?: Buffer): Promise<Buffer> {
     if (this.isSseC(row)) {
       if (!customerKey) throw new ObsError(400, 'InvalidRequest', 'the object was stored with a customer-provided key (SSE-C): send the same key to read it');

@@ -14,7 +14,7 @@ import { huaweiKmsRoutes } from '../kms/http/huawei.js';
 import { KmsService, type GrantOperation } from '../kms/kms.js';
 import type { KmsTables } from '../kms/store.js';
 import { ANONYMOUS_ACTIONS, s3CorsHeaders, s3Routes } from '../obs/http/s3.js';
-import { keyUseCheck } from '../kms/http/common.js';
+import { keyDecryptCheck, keyUseCheck } from '../kms/http/common.js';
 import { ObsService } from '../obs/obs.js';
 import type { ObsTables } from '../obs/store.js';
 import { FsBlobStore, type BlobStore } from '../store/blobs.js';
@@ -191,7 +191,7 @@ export async function startCustos(config: Config, opts: StartOptions = {}): Prom
     });
     report = (m) => app.log.error(m);
     const s3App = await buildApp({
-      config, store, iam, audit: opts.untracedBaselineForBenchmarks ? null : audit, routes: s3Routes(obs, iam, config.regions, rights, { corsOrigins: config.obsCorsOrigins, mayUseKey }), now, listener: 's3', onSend: s3CorsHeaders, anonymousActions: ANONYMOUS_ACTIONS,
+      config, store, iam, audit: opts.untracedBaselineForBenchmarks ? null : audit, routes: s3Routes(obs, iam, config.regions, rights, { corsOrigins: config.obsCorsOrigins, mayUseKey, mayDecryptWith: keyDecryptCheck(iam, kms) }), now, listener: 's3', onSend: s3CorsHeaders, anonymousActions: ANONYMOUS_ACTIONS,
       ...(opts.logStream ? { logStream: opts.logStream } : {}),
     });
     const address = await app.listen({ host: config.host, port: config.port });

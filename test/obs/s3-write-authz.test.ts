@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import { Sha256 } from '@aws-crypto/sha256-js';
 import { SignatureV4 } from '@smithy/signature-v4';
 import {
-  CreateBucketCommand, CreateMultipartUploadCommand, DeleteBucketEncryptionCommand, DeleteObjectsCommand, PutBucketEncryptionCommand, GetObjectCommand, GetObjectTaggingCommand, HeadBucketCommand, HeadObjectCommand, PutBucketPolicyCommand,
+  CopyObjectCommand, CreateBucketCommand, CreateMultipartUploadCommand, DeleteBucketEncryptionCommand, DeleteObjectsCommand, PutBucketEncryptionCommand, GetObjectCommand, GetObjectTaggingCommand, HeadBucketCommand, HeadObjectCommand, PutBucketPolicyCommand,
   PutObjectCommand, PutObjectLegalHoldCommand, S3Client,
 } from '@aws-sdk/client-s3';
 import { sdkFailure as failure, startTestServer, type Tenant, type TestServer } from '../helpers.js';
@@ -90,6 +90,38 @@ test('a KMS key named for encryption must be one the writer may use', async () =
     await admin.send(new DeleteBucketEncryptionCommand({ Bucket: 'vault-docs' }));
   }
   await writer.send(new PutObjectCommand({ Bucket: 'vault-docs', Key: 'default.txt', Body: 'y' }));
+});
+
+test('reading an object under a customer KMS key needs permission to decrypt with it; the default key needs none', async () => {
+  const keyId = (await s.api('POST', `/v1.0/${t.projects[0]!.id}/kms/create-key`, { token: t.token, body: { key_alias: 'ledger-key' } })).json.key_info.key_id as string;
+  await admin.send(new CreateBucketCommand({ Bucket: 'ledger' }));
+  const u = await s.api('POST', '/v3.0/OS-USER/users', { token: t.token, body: { user: { domain_id: t.accountId, name: 'reader', password: 'An0ther-Passw0rd!' } } });
+  assert.equal(u.status, 201, u.text);
+  const reader = await s3Client(s, t, { userId: u.json.user.id });
+  clients.push(reader);
+  await admin.send(new PutBucketPolicyCommand({
+    Bucket: 'ledger',
+    Policy: JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${t.accountId}:user/reader` }, Action: 's3:GetObject', Resource: 'arn:aws:s3:::ledger/*' }] }),
+  }));
+  await admin.send(new PutObjectCommand({ Bucket: 'ledger', Key: 'default.txt', Body: 'under obs/default' }));
+  await admin.send(new PutObjectCommand({ Bucket: 'ledger', Key: 'secret.txt', Body: 'under ledger-key', ServerSideEncryption: 'aws:kms', SSEKMSKeyId: keyId }));
+  const read = async (key: string) => (await reader.send(new GetObjectCommand({ Bucket: 'ledger', Key: key }))).Body!.transformToString();
+  assert.equal(await read('default.txt'), 'under obs/default');
+  // s3:GetObject alone does not decrypt under a customer key, nor does a ranged read.
+  assert.deepEqual(await failure(reader.send(new GetObjectCommand({ Bucket: 'ledger', Key: 'secret.txt' }))), { status: 403, code: 'AccessDenied' });
+  assert.deepEqual(await failure(reader.send(new GetObjectCommand({ Bucket: 'ledger', Key: 'secret.txt', Range: 'bytes=0-3' }))), { status: 403, code: 'AccessDenied' });
+  // A Decrypt grant on the key lets the reader through; the administrator (kms:cmk:* by FullAccess) always was.
+  const grant = await s.api('POST', `/v1.0/${t.projects[0]!.id}/kms/create-grant`, { token: t.token, body: { key_id: keyId, grantee_principal: u.json.user.id, operations: ['decrypt-data'] } });
+  assert.equal(grant.status, 200, grant.text);
+  assert.equal(await read('secret.txt'), 'under ledger-key');
+  assert.equal(await (await admin.send(new GetObjectCommand({ Bucket: 'ledger', Key: 'secret.txt' }))).Body!.transformToString(), 'under ledger-key');
+  // Copying it is reading it: the writer (s3:PutObject on vault-docs, no KMS permission) may not copy it out.
+  await admin.send(new PutBucketPolicyCommand({
+    Bucket: 'ledger',
+    Policy: JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${t.accountId}:user/writer` }, Action: 's3:GetObject', Resource: 'arn:aws:s3:::ledger/*' }] }),
+  }));
+  assert.deepEqual(await failure(writer.send(new CopyObjectCommand({ Bucket: 'vault-docs', Key: 'copied.txt', CopySource: 'ledger/secret.txt' }))), { status: 403, code: 'AccessDenied' });
+  await writer.send(new CopyObjectCommand({ Bucket: 'vault-docs', Key: 'copied.txt', CopySource: 'ledger/default.txt' }));
 });
 
 test('a DELETE naming a subresource not served here is 501 and deletes nothing', async () => {

@@ -1,6 +1,6 @@
 /** What both KMS dialects share: the caller's project, the key a request names, input decoding. */
 import type { FastifyRequest } from 'fastify';
-import type { IamService, Principal, ResourceRef } from '../../iam/iam.js';
+import { isAnonymous, type IamService, type Principal, type ResourceRef } from '../../iam/iam.js';
 import { principalOf } from '../../server/route.js';
 import type { ProjectRow } from '../../iam/store.js';
 import type { EncryptionContext } from '../ciphertext.js';
@@ -137,5 +137,18 @@ export function keyUseCheck(iam: IamService, kms: KmsService): KeyUseCheck {
   return async (p, key, sourceIp) => {
     const d = await iam.authorize(p, 'kms:cmk:generate', keyRef(key), { sourceIp });
     return d.effect === 'allow' || (d.effect === 'implicit-deny' && (await kms.grantAllows(key.id, p.userId, 'GenerateDataKey')));
+  };
+}
+
+/**
+ * Whether a caller may have data sealed under a KMS key decrypted for it (kms:cmk:decrypt on the key,
+ * or a Decrypt grant; an explicit deny wins), as S3 asks kms:Decrypt to read an SSE-KMS object. An
+ * anonymous caller never may.
+ */
+export function keyDecryptCheck(iam: IamService, kms: KmsService): KeyUseCheck {
+  return async (p, key, sourceIp) => {
+    if (isAnonymous(p)) return false;
+    const d = await iam.authorize(p, 'kms:cmk:decrypt', keyRef(key), { sourceIp });
+    return d.effect === 'allow' || (d.effect === 'implicit-deny' && (await kms.grantAllows(key.id, p.userId, 'Decrypt')));
   };
 }

@@ -280,7 +280,7 @@ export interface TransferGate {
   requireTransfer(accountId: string, transferId: string | undefined, what: { kind: 'collection' | 'bucket'; name: string; sourceRegion: string; destinationRegion: string }): Promise<void>;
 }
 
-export function s3Routes(obs: ObsService, iam: IamService, regions: string[], transfers?: TransferGate, opts: { corsOrigins?: readonly string[]; mayUseKey?: KeyUseCheck } = {}): RouteDef[] {
+export function s3Routes(obs: ObsService, iam: IamService, regions: string[], transfers?: TransferGate, opts: { corsOrigins?: readonly string[]; mayUseKey?: KeyUseCheck; mayDecryptWith?: KeyUseCheck } = {}): RouteDef[] {
   const corsOrigins = opts.corsOrigins ?? ['*'];
   const projects = new ProjectLookup(iam);
   const meta = (action: string, resourceType: string, resource: RouteMeta['resource'], extra: Partial<RouteMeta> = {}): RouteMeta => ({
@@ -313,6 +313,19 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
     if (ref === undefined || !opts.mayUseKey) return;
     const key = await obs.namedKey(b, ref);
     if (!(await opts.mayUseKey(principalOf(req), key, req.ip))) throw new ObsError(403, 'AccessDenied', 'Access Denied: not authorized to use the KMS key (kms:cmk:generate) named for encryption');
+  };
+  /**
+   * Reading a version sealed under a customer KMS key decrypts with that key on the caller's behalf: the
+   * caller must be allowed to, as S3 asks kms:Decrypt to read an SSE-KMS object (so an explicit deny on
+   * the key holds, and an anonymous reader of a public bucket gets nothing under such a key). The
+   * service-managed obs/default key and SSE-C (the caller brings the key) need nothing more.
+   */
+  const authorizeReadKey = async (req: FastifyRequest, b: BucketRow, row: ObjectRow) => {
+    if (!opts.mayDecryptWith) return;
+    const key = await obs.customerKeyOf(b, row);
+    if (key && !(await opts.mayDecryptWith(principalOf(req), key, req.ip))) {
+      throw new ObsError(403, 'AccessDenied', 'Access Denied: not authorized to decrypt with the KMS key the object is encrypted under (kms:cmk:decrypt)');
+    }
   };
   const namedKeyHeader = (req: FastifyRequest) => {
     const v = req.headers['x-amz-server-side-encryption-aws-kms-key-id'];
@@ -355,6 +368,7 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
     }
     if (!(await allowed(req, m[3] ? 'obs:object:GetObjectVersion' : 'obs:object:GetObject', srcBucket, srcKey))) throw new ObsError(403, 'AccessDenied', 'not authorized to read the copy source');
     const row = await obs.headObject(srcBucket, srcKey, m[3] ? safeDecode(m[3]) : undefined);
+    await authorizeReadKey(req, srcBucket, row);
     const customerKey = sseCustomerKey(req, 'x-amz-copy-source-server-side-encryption-customer-');
     // An SSE-C source answers conditions only to the holder of its key.
     if (obs.isSseC(row)) (await obs.dataKeyOf(srcBucket, row, customerKey)).fill(0);
@@ -915,6 +929,7 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
           });
         }
         const row = await obs.headObject(b, keyOf(req), versionIdOf(req));
+        await authorizeReadKey(req, b, row);
         const customerKey = sseCustomerKey(req);
         // An SSE-C object answers (even conditions) only to the holder of its key.
         if (obs.isSseC(row)) (await obs.dataKeyOf(b, row, customerKey)).fill(0);
@@ -928,6 +943,7 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
           if (spec.imageKey !== undefined) {
             if (!(await allowed(req, 'obs:object:GetObject', b, spec.imageKey))) throw new ObsError(403, 'AccessDenied', 'not authorized to read the watermark image');
             const markRow = await obs.headObject(b, spec.imageKey);
+            await authorizeReadKey(req, b, markRow);
             if (markRow.size > MAX_IMAGE_BYTES) throw new ObsError(400, 'InvalidArgument', 'x-image-process: the watermark image is too large');
             mark = await readAll(markRow, b);
           }
