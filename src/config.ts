@@ -49,6 +49,11 @@ export const ConfigSchema = Type.Object(
     /** Directory each signed digest and the traces it covers are also written to, as gzip'd JSON. */
     auditExportDir: Type.Optional(Type.String({ minLength: 1 })),
     shutdownGraceMs: Type.Integer({ minimum: 0, maximum: 120000, default: 10000 }),
+    /**
+     * Whether privacy webhooks may target internal addresses (loopback, private networks, link-local,
+     * ...). Off by default: an account's webhook URL must not reach what only the server can.
+     */
+    privacyWebhookInternalTargets: Type.Boolean({ default: false }),
     /** Days a deregistered account stays frozen (and the deregistration cancellable) before its data is destroyed. */
     deregistrationRetentionDays: Type.Integer({ minimum: 1, maximum: 3650, default: 30 }),
     /** Where object content (always ciphertext) is kept: `fs`, under `<dataDir>/blobs`; `s3`, an upstream S3-compatible bucket. */
@@ -96,6 +101,7 @@ const ENV_MAP: Record<string, keyof Config> = {
   CUSTOS_AUDIT_DIGEST_INTERVAL_SECONDS: 'auditDigestIntervalSeconds',
   CUSTOS_AUDIT_EXPORT_DIR: 'auditExportDir',
   CUSTOS_DEREGISTRATION_RETENTION_DAYS: 'deregistrationRetentionDays',
+  CUSTOS_PRIVACY_WEBHOOK_INTERNAL_TARGETS: 'privacyWebhookInternalTargets',
   CUSTOS_ROOT_KEY_PROVIDER: 'rootKeyProvider',
   CUSTOS_PKCS11_MODULE: 'pkcs11Module',
   CUSTOS_PKCS11_TOKEN_LABEL: 'pkcs11TokenLabel',

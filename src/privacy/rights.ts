@@ -5,6 +5,8 @@
  * extendable once by up to two months with a reason before the first deadline, or refused with a
  * reason. A request runs only after the subject's identity was verified.
  */
+import { lookup } from 'node:dns/promises';
+import { isIP } from 'node:net';
 import { createHash, createHmac, randomBytes, randomUUID, timingSafeEqual } from 'node:crypto';
 import { strToU8, zipSync } from 'fflate';
 import { stringify } from 'csv-stringify/sync';
@@ -19,6 +21,7 @@ import { isUniqueViolation } from '../store/db.js';
 import { durationMs } from '../vault/schema.js';
 import type { ProcessingGate, VaultService } from '../vault/vault.js';
 import type { RequestRow, RightsDb } from './rights-store.js';
+import { checkLiteralHost, internalRange, InternalAddressError, postWebhook } from './webhook-delivery.js';
 
 export class PrivacyError extends ServiceError {
   constructor(status: number, code: string, message: string) {
@@ -103,8 +106,11 @@ export interface RightsOptions {
   verifiers?: IdentityVerifier[];
   /** How long an access/portability archive's link works (default 7 days). */
   archiveTtlMs?: number;
-  /** Webhook delivery; tests inject it. */
-  fetch?: typeof fetch;
+  /**
+   * Whether webhooks may target internal addresses (loopback, private networks, link-local, ...);
+   * by default they may not (webhook-delivery.ts).
+   */
+  allowInternalWebhooks?: boolean;
   onAlert?: (message: string) => void;
 }
 
@@ -534,9 +540,29 @@ export class PrivacyRightsService implements ProcessingGate, TransferCheck {
 
   /** Sets the account's endpoint; the signing secret is returned once and stored sealed. */
   async setWebhook(accountId: string, url: string): Promise<{ url: string; secret: string }> {
-    const u = new URL(url);
+    let u: URL;
+    try {
+      u = new URL(url);
+    } catch {
+      throw new PrivacyError(400, 'InvalidWebhook', 'the webhook is not a valid URL');
+    }
     if (u.protocol !== 'https:' && u.protocol !== 'http:') throw new PrivacyError(400, 'InvalidWebhook', 'a webhook is an http or https URL');
     if (u.username || u.password) throw new PrivacyError(400, 'InvalidWebhook', 'a webhook URL carries no credentials; requests are signed instead');
+    // Refused now when the host is, or resolves to, an internal address; checked again at every delivery.
+    const allowInternal = this.opts.allowInternalWebhooks === true;
+    try {
+      checkLiteralHost(u, allowInternal);
+      if (!allowInternal && !isIP(u.hostname.replace(/^\[|\]$/g, ''))) {
+        const addresses = await lookup(u.hostname, { all: true }).catch(() => []);
+        for (const a of addresses) {
+          const range = internalRange(a.address);
+          if (range) throw new InternalAddressError(range);
+        }
+      }
+    } catch (e) {
+      if (e instanceof InternalAddressError) throw new PrivacyError(400, 'InvalidWebhook', `${e.message} (an operator may allow them with privacyWebhookInternalTargets)`);
+      throw e;
+    }
     const secret = `whsec_${randomBytes(32).toString('base64url')}`;
     const sealed = this.secrets.seal(secret, `privacy-webhook:${accountId}`);
     await this.db.insertInto('privacy_webhooks').values({ account_id: accountId, url: u.toString(), secret_sealed: sealed, created_at: this.now() })
@@ -560,7 +586,6 @@ export class PrivacyRightsService implements ProcessingGate, TransferCheck {
    * by a conditional update first, so two nodes never send it at the same time.
    */
   async runOutbox(): Promise<{ delivered: number; failed: number }> {
-    const send = this.opts.fetch ?? fetch;
     const now = this.now();
     const due = await this.db.selectFrom('privacy_outbox').selectAll().where('delivered_at', 'is', null).where('failed_at', 'is', null).where('next_attempt_at', '<=', now).orderBy('next_attempt_at').limit(100).execute();
     let delivered = 0;
@@ -577,14 +602,13 @@ export class PrivacyRightsService implements ProcessingGate, TransferCheck {
         const sig = createHmac('sha256', secret).update(`${t}.${row.payload_json}`).digest('hex');
         secret.fill(0);
         try {
-          const res = await send(hook.url, {
-            method: 'POST', body: row.payload_json, redirect: 'manual', signal: AbortSignal.timeout(5000),
-            headers: { 'content-type': 'application/json', 'user-agent': 'Custos-Webhook/1', 'x-custos-event': row.event, 'x-custos-delivery': row.id, 'x-custos-signature': `t=${t},v1=${sig}` },
-          });
-          await res.arrayBuffer().catch(() => undefined);
+          // No redirect is followed: a 3xx is a failed delivery.
+          const res = await postWebhook(hook.url, row.payload_json, {
+            'content-type': 'application/json', 'user-agent': 'Custos-Webhook/1', 'x-custos-event': row.event, 'x-custos-delivery': row.id, 'x-custos-signature': `t=${t},v1=${sig}`,
+          }, { allowInternal: this.opts.allowInternalWebhooks === true, timeoutMs: 5000 });
           if (res.status < 200 || res.status >= 300) error = `HTTP ${res.status}`;
         } catch (e) {
-          error = (e as Error).name === 'TimeoutError' ? 'timed out after 5 s' : 'connection failed';
+          error = e instanceof InternalAddressError ? `refused: ${e.message}` : (e as Error).name === 'TimeoutError' ? 'timed out after 5 s' : 'connection failed';
         }
       }
       const attempts = row.attempts + 1;

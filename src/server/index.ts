@@ -118,7 +118,7 @@ export async function openServices(config: Config, opts: { now?: () => number; o
     const obs = new ObsService(store.db.withTables<ObsTables>(), kms, blobs, { maxObjectBytes: config.obsMaxObjectBytes, dialect: store.dialect, durable, ...(opts.now ? { now: opts.now } : {}), ...(opts.plaintextObjectsForBenchmarks ? { plaintextBaselineForBenchmarks: true } : {}) });
     const vault = new VaultService(store.db.withTables<VaultTables>(), kms, { durable, ...(opts.now ? { now: opts.now } : {}) });
     const privacySecrets = await SecretBox.open(store.db, rootKey, 'privacy-secrets');
-    const rights = new PrivacyRightsService(store.db.withTables<RightsTables>(), vault, kms, obs, privacySecrets, { ...(opts.now ? { now: opts.now } : {}), onAlert: (m) => opts.onError?.(m) });
+    const rights = new PrivacyRightsService(store.db.withTables<RightsTables>(), vault, kms, obs, privacySecrets, { ...(opts.now ? { now: opts.now } : {}), allowInternalWebhooks: config.privacyWebhookInternalTargets, onAlert: (m) => opts.onError?.(m) });
     // Every vault read asks the privacy service: consent, restriction, objection.
     vault.setProcessingGate(rights);
     const deregistration = new DeregistrationService(store.db.withTables<RightsTables>(), {

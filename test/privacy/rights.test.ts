@@ -43,7 +43,8 @@ describe('privacy: consent and data-subject requests', () => {
   const records: Record<string, string> = {};
 
   before(async () => {
-    s = await startTestServer({ now: () => clock });
+    // The test's webhook receiver listens on loopback, an internal target the default configuration refuses.
+    s = await startTestServer({ now: () => clock, config: { privacyWebhookInternalTargets: true } });
     t = await s.createTenant();
     other = await s.createTenant();
     for (const [name, basis] of [['service_delivery', 'contract'], ['marketing', 'consent'], ['accounting', 'legal_obligation'], ['legal_claims', 'legitimate_interests']] as const) {

@@ -1,0 +1,92 @@
+/**
+ * Delivering a webhook notification to a URL an account chose, without letting that URL reach what
+ * only the server can: its loopback, the private networks it sits in, link-local cloud metadata
+ * (169.254.169.254) and the like. Every address the host name resolves to is checked, and the
+ * connection goes to a checked address (the lookup is the connection's own, so a name that resolves
+ * to something else on a second lookup cannot slip in). IP literals are checked the same way.
+ * An operator whose receivers are on an internal network allows that with
+ * `privacyWebhookInternalTargets`.
+ */
+import { lookup as dnsLookup, type LookupAddress } from 'node:dns';
+import { request as httpRequest, type RequestOptions } from 'node:http';
+import { request as httpsRequest } from 'node:https';
+import { isIP, type LookupFunction } from 'node:net';
+import ipaddr from 'ipaddr.js';
+
+export class InternalAddressError extends Error {
+  constructor(readonly range: string) {
+    super(`the webhook's host resolves to an internal address (${range}); internal targets are not allowed`);
+  }
+}
+
+/** The range an address is in when it is not a public unicast address, else null. */
+export function internalRange(address: string): string | null {
+  if (!ipaddr.isValid(address)) return 'invalid';
+  const range = ipaddr.process(address).range();
+  return range === 'unicast' ? null : range;
+}
+
+/** Checks a URL's host when it is an IP literal (a name is checked when it is resolved). */
+export function checkLiteralHost(url: URL, allowInternal: boolean): void {
+  if (allowInternal) return;
+  const host = url.hostname.replace(/^\[|\]$/g, '');
+  if (isIP(host)) {
+    const range = internalRange(host);
+    if (range) throw new InternalAddressError(range);
+  } else if (host === 'localhost' || host.endsWith('.localhost')) {
+    throw new InternalAddressError('loopback');
+  }
+}
+
+type Resolver = (hostname: string, options: { all: true; family?: number }, cb: (err: NodeJS.ErrnoException | null, addresses: LookupAddress[]) => void) => void;
+
+/** The connection's lookup: every address of the name must be public (unless internal targets are allowed). */
+export function guardedLookup(allowInternal: boolean, resolve: Resolver = dnsLookup as unknown as Resolver): LookupFunction {
+  return (hostname, options, callback) => {
+    resolve(hostname, { ...(options as { family?: number }), all: true }, (err, addresses) => {
+      if (err) return callback(err, '', 0);
+      const list = addresses;
+      if (!allowInternal) {
+        for (const a of list) {
+          const range = internalRange(a.address);
+          if (range) return callback(new InternalAddressError(range), '', 0);
+        }
+      }
+      if (!list.length) return callback(Object.assign(new Error(`no address for ${hostname}`), { code: 'ENOTFOUND' }), '', 0);
+      if ((options as { all?: boolean }).all) return (callback as unknown as (e: null, a: LookupAddress[]) => void)(null, list);
+      callback(null, list[0]!.address, list[0]!.family);
+    });
+  };
+}
+
+export interface WebhookResponse {
+  status: number;
+}
+
+/** POSTs `body` to `url` (no redirects followed), resolving with the status once the response ended. */
+export function postWebhook(url: string, body: string, headers: Record<string, string>, opts: { allowInternal: boolean; timeoutMs: number }): Promise<WebhookResponse> {
+  return new Promise((resolve, reject) => {
+    let u: URL;
+    try {
+      u = new URL(url);
+      checkLiteralHost(u, opts.allowInternal);
+    } catch (e) {
+      reject(e as Error);
+      return;
+    }
+    const options: RequestOptions = {
+      method: 'POST',
+      headers: { ...headers, 'content-length': String(Buffer.byteLength(body)) },
+      lookup: guardedLookup(opts.allowInternal),
+      timeout: opts.timeoutMs,
+    };
+    const req = (u.protocol === 'https:' ? httpsRequest : httpRequest)(u, options, (res) => {
+      res.resume();
+      res.on('end', () => resolve({ status: res.statusCode ?? 0 }));
+      res.on('error', reject);
+    });
+    req.on('timeout', () => req.destroy(Object.assign(new Error('timed out'), { name: 'TimeoutError' })));
+    req.on('error', reject);
+    req.end(body);
+  });
+}
