@@ -331,7 +331,7 @@ export class AuditService implements AuditRecorder {
       .insertInto('audit_keys')
       .values({
         key_id: keyId, algorithm: 'Ed25519', public_key: publicKey.export({ type: 'spki', format: 'pem' }).toString(),
-        private_key: this.secrets.seal(pkcs8, `audit-key:${keyId}`), status: 'active', created_at: this.now(),
+        private_key: this.secrets.seal(pkcs8, `audit-key:${keyId}`), status: 'active', created_at: this.now(), retired_at: null,
       })
       .execute();
     pkcs8.fill(0);
@@ -343,7 +343,7 @@ export class AuditService implements AuditRecorder {
     const keyId = await this.createKey();
     const old = await this.db.selectFrom('settings').select('value').where('name', '=', 'audit.signing-key').executeTakeFirst();
     await this.db.updateTable('settings').set({ value: keyId }).where('name', '=', 'audit.signing-key').execute();
-    if (old) await this.db.updateTable('audit_keys').set({ status: 'retired' }).where('key_id', '=', old.value).execute();
+    if (old) await this.db.updateTable('audit_keys').set({ status: 'retired', retired_at: this.now() }).where('key_id', '=', old.value).execute();
     return (await this.publicKeys()).find((k) => k.key_id === keyId)!;
   }
 
@@ -359,10 +359,16 @@ export class AuditService implements AuditRecorder {
   /** Every key that ever signed a digest, so any retained digest can be verified. */
   async publicKeys(): Promise<PublicKeyInfo[]> {
     const ptr = await this.db.selectFrom('settings').select('value').where('name', '=', 'audit.signing-key').executeTakeFirst();
-    const rows = await this.db.selectFrom('audit_keys').select(['key_id', 'algorithm', 'public_key', 'status', 'created_at']).orderBy('created_at').orderBy('key_id').execute();
+    const rows = await this.db.selectFrom('audit_keys').select(['key_id', 'algorithm', 'public_key', 'status', 'created_at', 'retired_at']).orderBy('created_at').orderBy('key_id').execute();
     return rows
       .filter((r) => r.status !== 'unused')
-      .map((r) => ({ key_id: r.key_id, algorithm: 'Ed25519' as const, public_key: r.public_key, status: r.key_id === ptr?.value ? ('active' as const) : ('retired' as const), created_at: r.created_at }));
+      .map((r) => {
+        const active = r.key_id === ptr?.value;
+        return {
+          key_id: r.key_id, algorithm: 'Ed25519' as const, public_key: r.public_key, status: active ? ('active' as const) : ('retired' as const), created_at: Number(r.created_at),
+          retired_at: active || r.retired_at === null ? null : Number(r.retired_at),
+        };
+      });
   }
 
   /**

@@ -81,7 +81,15 @@ export interface PublicKeyInfo {
   public_key: string;
   status: 'active' | 'retired';
   created_at: number;
+  /**
+   * When the key stopped signing (null while active). A digest it signed later, or one covering
+   * traces recorded later, is refused. Absent in key files exported before it existed: not checked.
+   */
+  retired_at?: number | null;
 }
+
+/** Clock disagreement between nodes tolerated when a retired key's digest is compared with its traces' times. */
+export const RETIRED_KEY_SLACK_MS = 5 * 60_000;
 
 export function genesisHash(trail: string): string {
   return createHash('sha256').update(`custos-audit-genesis:${trail}`).digest('hex');
@@ -124,7 +132,7 @@ export interface TraceProblem {
   message: string;
 }
 export interface DigestProblem {
-  kind: 'bad-signature' | 'unknown-key' | 'missing-digest' | 'broken-link' | 'mismatch';
+  kind: 'bad-signature' | 'unknown-key' | 'retired-key' | 'missing-digest' | 'broken-link' | 'mismatch';
   trail: string;
   digest_seq: number;
   message: string;
@@ -167,6 +175,7 @@ export function toLink(t: StoredTrace): TraceLink {
 export function verifyTrail(traces: (StoredTrace | TraceLink)[], digests: Digest[], keys: PublicKeyInfo[], onProgress?: (done: number) => void): VerifyReport {
   const trails = new Set<string>([...traces.map((t) => t.trail), ...digests.map((d) => d.trail)]);
   const keyObjects = new Map(keys.map((k) => [k.key_id, createPublicKey(k.public_key)]));
+  const retiredAt = new Map(keys.filter((k) => typeof k.retired_at === 'number').map((k) => [k.key_id, k.retired_at as number]));
   const reports: TrailReport[] = [];
   let done = 0;
   for (const trail of [...trails].sort()) {
@@ -184,6 +193,12 @@ export function verifyTrail(traces: (StoredTrace | TraceLink)[], digests: Digest
       if (!key) digestProblem({ kind: 'unknown-key', trail, digest_seq: d.digest_seq, message: `digest ${d.digest_seq} is signed with key ${d.key_id}, which is not among the public keys` });
       else if (!verifySig(null, canonicalDigest(unsigned), key, Buffer.from(signature, 'base64'))) {
         digestProblem({ kind: 'bad-signature', trail, digest_seq: d.digest_seq, message: `digest ${d.digest_seq}'s signature does not verify: the digest was altered` });
+      } else {
+        // A retired key vouches for nothing newer than its retirement, whatever time the digest claims.
+        const retired = retiredAt.get(d.key_id);
+        if (retired !== undefined && (d.created_at > retired || (d.end_record_time !== null && d.end_record_time > retired + RETIRED_KEY_SLACK_MS))) {
+          digestProblem({ kind: 'retired-key', trail, digest_seq: d.digest_seq, message: `digest ${d.digest_seq} is signed with key ${d.key_id}, retired at ${new Date(retired).toISOString()}, but made or covering traces after that` });
+        }
       }
       const prev = ds[i - 1];
       if (prev) {

@@ -44,7 +44,7 @@ export type AuditTables = {
     key_id: string;
     signature: string;
   };
-  audit_keys: { key_id: string; algorithm: string; public_key: string; private_key: string; status: string; created_at: number };
+  audit_keys: { key_id: string; algorithm: string; public_key: string; private_key: string; status: string; created_at: number; retired_at: number | null };
   audit_settings: { trail: string; retention_days: number; cleared_through_seq: number; updated_at: number };
   settings: { name: string; value: string };
 };

@@ -4,7 +4,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { generateKeyPairSync, sign } from 'node:crypto';
+import { createPrivateKey, generateKeyPairSync, sign } from 'node:crypto';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -429,6 +429,48 @@ describe('digests, export and offline verification', () => {
     writeGz(df, d2);
     const r = await verify();
     assert.ok(r.first_trace_problem || r.first_digest_problem, 'a removed digest is noticed');
+  });
+
+  test('a retired signing key vouches for nothing after its retirement, even backdated', async () => {
+    const before = (await s.custos.audit.publicKeys()).find((k) => k.status === 'active')!;
+    const rotatedAt = clock;
+    await s.custos.audit.rotateSigningKey();
+    const keys = await s.api('GET', '/v1/audit/public-keys');
+    const old = (keys.json.public_keys as { key_id: string; status: string; retired_at: number | null }[]).find((k) => k.key_id === before.key_id)!;
+    assert.equal(old.status, 'retired');
+    assert.equal(old.retired_at, rotatedAt, 'the published key says when it was retired');
+    // Ten minutes on, more traffic and a digest signed by the new key: the genuine trail verifies.
+    clock += 10 * 60_000;
+    await traffic(3);
+    const d = (await s.custos.audit.writeDueDigests({ force: true })).find((x) => x.trail === a.accountId)!;
+    assert.notEqual(d.key_id, before.key_id);
+    await freshExport();
+    const genuine = await verify();
+    assert.equal(genuine.first_digest_problem, null);
+    assert.equal(genuine.first_trace_problem, null);
+
+    // Someone holding the old private key (leaked after it was retired) re-signs that digest with it.
+    const row = (await sql<{ private_key: string }>`select private_key from audit_keys where key_id = ${before.key_id}`.execute(s.custos.store.db)).rows[0]!;
+    const secrets = await SecretBox.open(s.custos.store.db, s.custos.root, 'audit-secrets');
+    const oldKey = createPrivateKey({ key: secrets.open(row.private_key, `audit-key:${before.key_id}`), format: 'der', type: 'pkcs8' });
+    const df = path.join(trailDir(), 'digests.json.gz');
+    const forge = async (createdAt: number) => {
+      await freshExport();
+      const doc = readGz(df);
+      const last = doc.digests[doc.digests.length - 1];
+      last.key_id = before.key_id;
+      last.created_at = createdAt;
+      const { signature: _s, ...unsigned } = last;
+      last.signature = sign(null, canonicalDigest(unsigned), oldKey).toString('base64');
+      writeGz(df, doc);
+      return verify();
+    };
+    const signedLater = await forge(d.created_at);
+    assert.equal(signedLater.first_digest_problem?.kind, 'retired-key');
+    assert.equal(signedLater.first_digest_problem?.digest_seq, d.digest_seq);
+    // Backdating the digest to before the retirement does not help: it covers traces recorded after.
+    const backdated = await forge(rotatedAt - 1);
+    assert.equal(backdated.first_digest_problem?.kind, 'retired-key');
   });
 
   test('with an export directory configured, each digest is delivered there with its traces', async () => {

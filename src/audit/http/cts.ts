@@ -135,7 +135,7 @@ export function ctsRoutes(audit: AuditService, iam: IamService, now: () => numbe
       schema: {
         summary: 'The public keys that verify audit digests (no authentication needed)',
         tags: ['audit'],
-        response: { 200: Type.Object({ public_keys: Type.Array(Type.Object({ key_id: Type.String(), algorithm: Type.String(), public_key: Type.String(), status: Type.String(), created_at: Type.Integer() })) }) },
+        response: { 200: Type.Object({ public_keys: Type.Array(Type.Object({ key_id: Type.String(), algorithm: Type.String(), public_key: Type.String(), status: Type.String(), created_at: Type.Integer(), retired_at: Type.Union([Type.Integer(), Type.Null()]) })) }) },
       },
       handler: async () => ({ public_keys: await audit.publicKeys() }),
     },
