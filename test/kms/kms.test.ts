@@ -141,7 +141,14 @@ for (const provider of ['local', 'pkcs11'] as const) {
       await fails('decrypt-data', { cipher_text: '%%%not-base64%%%' }, 400, 'KMS.0201', /cipher_text is not valid base64/);
       await fails('encrypt-data', { key_id: id, plain_text: 'x'.repeat(4097) }, 400, 'KMS.0201', /1 to 4096 bytes/);
       await fails('create-key', { key_alias: 'bad-spec', key_spec: 'AES_512' }, 400, /APIGW|KMS/);
-      await fails('decrypt-data', { cipher_text: randomBytes(80).toString('base64') }, 400, 'KMS.0206', /malformed/);
+      // Random bytes, but not starting with the format byte (0x01): one blob in 256 would, and then be
+      // refused for its algorithm byte instead (checked below) — a test that failed once in 256 runs.
+      const junk = randomBytes(80);
+      junk[0] = 0x02 | (junk[0]! & 0xf0);
+      await fails('decrypt-data', { cipher_text: junk.toString('base64') }, 400, 'KMS.0206', /malformed/);
+      const unknownAlg = Buffer.from(ct);
+      unknownAlg[21] = 0x7f;
+      await fails('decrypt-data', { cipher_text: unknownAlg.toString('base64') }, 400, 'KMS.0206', /unknown algorithm/);
       await fails('decrypt-data', { cipher_text: ct.subarray(0, 40).toString('base64') }, 400, 'KMS.0206', /truncated/);
       await fails('decrypt-data', { cipher_text: ct.subarray(0, ct.length - 1).toString('base64') }, 400, 'KMS.0206');
       const flipped = Buffer.from(ct);
