@@ -42,11 +42,13 @@ export class SqliteTrailWriter {
     this.gate.acquire();
     try {
       this.begin.run();
+      // Remembered only once the transaction that made their head rows has committed.
+      const created: string[] = [];
       try {
         for (const [trail, list] of byTrail(traces)) {
           if (!this.knownTrails.has(trail)) {
             this.newHead.run(trail, genesisHash(trail), recordTime);
-            if (this.knownTrails.size < 100_000) this.knownTrails.add(trail);
+            created.push(trail);
           }
           const head = this.head.get(trail) as { seq: number; hash: string } | undefined;
           if (!head) throw new Error(`audit trail head ${trail} missing`);
@@ -60,8 +62,13 @@ export class SqliteTrailWriter {
           this.moveHead.run(seq, hash, recordTime, trail);
         }
         this.commit.run();
+        for (const trail of created) if (this.knownTrails.size < 100_000) this.knownTrails.add(trail);
       } catch (e) {
-        if (this.database.inTransaction) this.rollback.run();
+        try {
+          if (this.database.inTransaction) this.rollback.run();
+        } catch {
+          // Still in the transaction: the thread running this ends itself (append-worker.ts).
+        }
         // A statement prepared before the schema changed is prepared again next time.
         this.inserts.clear();
         throw e;

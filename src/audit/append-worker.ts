@@ -31,11 +31,21 @@ const writer = new SqliteTrailWriter(database, key, new WorkerWriteGate(gate));
 let pending: AppendRequest[] = [];
 let scheduled = false;
 
+/** Traces one transaction takes at most: a backlog is committed in several, each holding the gate briefly. */
+const MAX_TRACES_PER_TRANSACTION = 2000;
+
 function commitPending(): void {
   scheduled = false;
   if (pending.length === 0 || !database.open) return;
-  const requests = pending;
-  pending = [];
+  let count = 0;
+  let n = 0;
+  while (n < pending.length && (n === 0 || count + pending[n]!.traces.length <= MAX_TRACES_PER_TRANSACTION)) count += pending[n++]!.traces.length;
+  const requests = pending.slice(0, n);
+  pending = pending.slice(n);
+  if (pending.length > 0) {
+    scheduled = true;
+    setImmediate(commitPending);
+  }
   const ids = requests.map((r) => r.id);
   // The clock of the event loop that handed each batch over; the latest of those in the transaction.
   const recordTime = Math.max(...requests.map((r) => r.recordTime));
@@ -47,11 +57,14 @@ function commitPending(): void {
     reply = { ids, error: (e as Error).message };
   }
   parentPort!.postMessage(reply);
+  // A connection left inside a transaction (its rollback failed) would fail every later batch: end
+  // this thread instead; the event loop starts a new one for the next batch.
+  if (database.inTransaction) process.exit(1);
 }
 
 parentPort!.on('message', (msg: AppendRequest | { stop: true }) => {
   if ('stop' in msg) {
-    if (pending.length > 0) commitPending();
+    while (pending.length > 0) commitPending();
     database.close();
     key.fill(0);
     parentPort!.postMessage({ stopped: true });

@@ -196,10 +196,12 @@ export class AuditService implements AuditRecorder {
         await sql`update audit_heads set seq = ${seq}, hash = ${hash}, updated_at = ${recordTime} where trail = ${trail}`.execute(trx);
       }
     });
+    for (const t of traces) if (this.knownTrails.size < 100_000) this.knownTrails.add(t.accountId ?? '');
     this.stats.batches += 1;
   }
 
   private worker: Worker | null = null;
+  private closed = false;
   private nextBatchId = 1;
   private readonly inFlight = new Map<number, { resolve: () => void; reject: (e: Error) => void }>();
 
@@ -207,6 +209,7 @@ export class AuditService implements AuditRecorder {
   private appendInWorker(traces: RequestTrace[], recordTime: number): Promise<void> {
     let worker: Worker;
     try {
+      if (this.closed) throw new Error('the audit trail is closed');
       worker = this.worker ??= this.startWorker(this.opts.sqlite!);
     } catch (e) {
       return Promise.reject(e as Error);
@@ -248,6 +251,8 @@ export class AuditService implements AuditRecorder {
   /** Waits for queued traces to commit, then stops the writer thread (shutdown). */
   async close(): Promise<void> {
     await this.drain();
+    // After this no writer thread is started again (appendInWorker refuses).
+    this.closed = true;
     const worker = this.worker;
     if (!worker) return;
     this.worker = null;
@@ -290,14 +295,16 @@ export class AuditService implements AuditRecorder {
   private readonly knownTrails = new Set<string>();
 
   private async lockHead(trx: Trx, trail: string): Promise<{ seq: number; hash: string }> {
-    // A head row, once there, is never removed: create it only the first time this process sees the trail.
-    if (!this.knownTrails.has(trail)) {
-      await this.insertHead(trx, trail);
-      if (this.knownTrails.size < 100_000) this.knownTrails.add(trail);
-    }
+    // A head row, once there, is never removed: it is created (if missing) until a transaction that
+    // appended to the trail has committed (append() then marks it known), so a rolled-back
+    // transaction that made the row does not leave the trail marked known without one.
+    if (!this.knownTrails.has(trail)) await this.insertHead(trx, trail);
     const lock = this.opts.dialect === 'postgres' ? sql` for update` : sql``;
     const { rows } = await sql<{ seq: number | string; hash: string }>`select seq, hash from audit_heads where trail = ${trail}${lock}`.execute(trx);
-    if (!rows[0]) throw new Error(`audit trail head ${trail} missing`);
+    if (!rows[0]) {
+      this.knownTrails.delete(trail);
+      throw new Error(`audit trail head ${trail} missing`);
+    }
     return { seq: Number(rows[0].seq), hash: rows[0].hash };
   }
 
@@ -341,9 +348,15 @@ export class AuditService implements AuditRecorder {
   /** A new signing key for the digests from now on; earlier digests keep verifying with the old public key. */
   async rotateSigningKey(): Promise<PublicKeyInfo> {
     const keyId = await this.createKey();
-    const old = await this.db.selectFrom('settings').select('value').where('name', '=', 'audit.signing-key').executeTakeFirst();
-    await this.db.updateTable('settings').set({ value: keyId }).where('name', '=', 'audit.signing-key').execute();
-    if (old) await this.db.updateTable('audit_keys').set({ status: 'retired', retired_at: this.now() }).where('key_id', '=', old.value).execute();
+    // The switch and the old key's retirement in one transaction: a key is never left out of service
+    // without a retirement time, and two rotations at once retire each key once.
+    await this.writeTransaction(async (trx) => {
+      let q = trx.selectFrom('settings').select('value').where('name', '=', 'audit.signing-key');
+      if (this.opts.dialect === 'postgres') q = q.forUpdate();
+      const old = await q.executeTakeFirst();
+      await trx.updateTable('settings').set({ value: keyId }).where('name', '=', 'audit.signing-key').execute();
+      if (old) await trx.updateTable('audit_keys').set({ status: 'retired', retired_at: this.now() }).where('key_id', '=', old.value).where('retired_at', 'is', null).execute();
+    });
     return (await this.publicKeys()).find((k) => k.key_id === keyId)!;
   }
 

@@ -163,19 +163,22 @@ export interface TraceLink {
   trail: string;
   seq: number;
   trace_id: string;
+  /** When the trail recorded it (covered by its hash): a digest's end_record_time must match it. */
+  record_time: number;
   prev_hash: string;
   hash: string;
   intact: boolean;
 }
 
 export function toLink(t: StoredTrace): TraceLink {
-  return { trail: t.trail, seq: t.seq, trace_id: t.trace_id, prev_hash: t.prev_hash, hash: t.hash, intact: traceHash(t.prev_hash, t) === t.hash };
+  return { trail: t.trail, seq: t.seq, trace_id: t.trace_id, record_time: t.record_time, prev_hash: t.prev_hash, hash: t.hash, intact: traceHash(t.prev_hash, t) === t.hash };
 }
 
 export function verifyTrail(traces: (StoredTrace | TraceLink)[], digests: Digest[], keys: PublicKeyInfo[], onProgress?: (done: number) => void): VerifyReport {
   const trails = new Set<string>([...traces.map((t) => t.trail), ...digests.map((d) => d.trail)]);
   const keyObjects = new Map(keys.map((k) => [k.key_id, createPublicKey(k.public_key)]));
   const retiredAt = new Map(keys.filter((k) => typeof k.retired_at === 'number').map((k) => [k.key_id, k.retired_at as number]));
+  const createdAt = new Map(keys.map((k) => [k.key_id, k.created_at]));
   const reports: TrailReport[] = [];
   let done = 0;
   for (const trail of [...trails].sort()) {
@@ -194,10 +197,13 @@ export function verifyTrail(traces: (StoredTrace | TraceLink)[], digests: Digest
       else if (!verifySig(null, canonicalDigest(unsigned), key, Buffer.from(signature, 'base64'))) {
         digestProblem({ kind: 'bad-signature', trail, digest_seq: d.digest_seq, message: `digest ${d.digest_seq}'s signature does not verify: the digest was altered` });
       } else {
-        // A retired key vouches for nothing newer than its retirement, whatever time the digest claims.
+        // A retired key vouches for nothing newer than its retirement: not a digest made after it, nor
+        // one covering traces recorded after it (the covered traces' own times are checked in step 3),
+        // nor one that follows a digest signed by a newer key. Times allow for clocks that disagree.
         const retired = retiredAt.get(d.key_id);
-        if (retired !== undefined && (d.created_at > retired || (d.end_record_time !== null && d.end_record_time > retired + RETIRED_KEY_SLACK_MS))) {
-          digestProblem({ kind: 'retired-key', trail, digest_seq: d.digest_seq, message: `digest ${d.digest_seq} is signed with key ${d.key_id}, retired at ${new Date(retired).toISOString()}, but made or covering traces after that` });
+        const newerBefore = retired !== undefined && ds.slice(0, i).some((e) => e.key_id !== d.key_id && (createdAt.get(e.key_id) ?? 0) > (createdAt.get(d.key_id) ?? 0));
+        if (retired !== undefined && (newerBefore || d.created_at > retired + RETIRED_KEY_SLACK_MS || (d.end_record_time !== null && d.end_record_time > retired + RETIRED_KEY_SLACK_MS))) {
+          digestProblem({ kind: 'retired-key', trail, digest_seq: d.digest_seq, message: `digest ${d.digest_seq} is signed with key ${d.key_id}, retired at ${new Date(retired).toISOString()}, but made, or covering traces, after that` });
         }
       }
       const prev = ds[i - 1];
@@ -266,6 +272,10 @@ export function verifyTrail(traces: (StoredTrace | TraceLink)[], digests: Digest
           traceProblem({ kind: 'missing', trail, seq: Math.min(d.end_seq, last + 1), trace_id: null, message: `digest ${d.digest_seq} covers traces up to ${d.end_seq}, but trace ${Math.min(d.end_seq, last + 1)} is missing` });
         } else if (end.hash !== d.end_hash) {
           digestProblem({ kind: 'mismatch', trail, digest_seq: d.digest_seq, message: `digest ${d.digest_seq} does not match trace ${d.end_seq}: the traces it covers were changed` });
+        } else if (d.end_record_time !== null && end.record_time !== d.end_record_time) {
+          digestProblem({ kind: 'mismatch', trail, digest_seq: d.digest_seq, message: `digest ${d.digest_seq} states another time for trace ${d.end_seq} than the trace holds` });
+        } else if (retiredAt.has(d.key_id) && end.record_time > retiredAt.get(d.key_id)! + RETIRED_KEY_SLACK_MS) {
+          digestProblem({ kind: 'retired-key', trail, digest_seq: d.digest_seq, message: `digest ${d.digest_seq} is signed with key ${d.key_id}, retired before trace ${d.end_seq} was recorded` });
         }
       }
       const lastDigestEnd = ds.length ? ds[ds.length - 1]!.end_seq : 0;

@@ -59,6 +59,16 @@ export const GRANT_OPERATIONS = [
 ] as const;
 export type GrantOperation = (typeof GRANT_OPERATIONS)[number];
 
+/**
+ * Alias prefixes of the keys Custos services make and manage (obs/default, vault/default,
+ * privacy/default): reserved, so no customer key can take such a name (a service treats the key
+ * under it as its own, e.g. OBS asks no kms:cmk:decrypt to read what its default key protects).
+ */
+export const MANAGED_ALIAS_PREFIXES = ['obs/', 'vault/', 'privacy/'] as const;
+export function isManagedAlias(alias: string | null | undefined): boolean {
+  return typeof alias === 'string' && MANAGED_ALIAS_PREFIXES.some((p) => alias.startsWith(p));
+}
+
 export const MIN_PENDING_DAYS = 7;
 export const MAX_PENDING_DAYS = 1096;
 export const MIN_ROTATION_DAYS = 30;
@@ -360,6 +370,8 @@ export class KmsService {
 
   async updateAlias(key: KeyRow, alias: string | null): Promise<KeyRow> {
     this.assertNotDestroyed(key);
+    if (isManagedAlias(key.alias)) throw KmsError.invalid(`key ${key.id} is managed by a Custos service (${key.alias}): its alias does not change`);
+    if (isManagedAlias(alias)) throw KmsError.invalid(`aliases starting with ${MANAGED_ALIAS_PREFIXES.join(', ')} are reserved for the keys Custos services manage`);
     try {
       return await this.update(key, { alias, alias_created_at: alias ? this.now() : null });
     } catch (e) {

@@ -586,12 +586,25 @@ export class PrivacyRightsService implements ProcessingGate, TransferCheck {
    * by a conditional update first, so two nodes never send it at the same time.
    */
   async runOutbox(): Promise<{ delivered: number; failed: number }> {
+    // One run at a time on this node: a run that outlasts the timer's interval is not overlapped.
+    if (this.outboxRun) return { delivered: 0, failed: 0 };
+    this.outboxRun = this.deliverDue();
+    try {
+      return await this.outboxRun;
+    } finally {
+      this.outboxRun = null;
+    }
+  }
+
+  private outboxRun: Promise<{ delivered: number; failed: number }> | null = null;
+
+  private async deliverDue(): Promise<{ delivered: number; failed: number }> {
     const now = this.now();
     const due = await this.db.selectFrom('privacy_outbox').selectAll().where('delivered_at', 'is', null).where('failed_at', 'is', null).where('next_attempt_at', '<=', now).orderBy('next_attempt_at').limit(100).execute();
     let delivered = 0;
     let failed = 0;
     for (const row of due) {
-      const claim = await this.db.updateTable('privacy_outbox').set({ next_attempt_at: now + 60_000 }).where('id', '=', row.id).where('next_attempt_at', '=', row.next_attempt_at).where('delivered_at', 'is', null).executeTakeFirst();
+      const claim = await this.db.updateTable('privacy_outbox').set({ next_attempt_at: this.now() + 60_000 }).where('id', '=', row.id).where('next_attempt_at', '=', row.next_attempt_at).where('delivered_at', 'is', null).executeTakeFirst();
       if (Number(claim.numUpdatedRows) !== 1) continue;
       const hook = await this.db.selectFrom('privacy_webhooks').selectAll().where('account_id', '=', row.account_id).executeTakeFirst();
       let error: string | null = null;

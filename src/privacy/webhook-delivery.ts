@@ -22,8 +22,12 @@ export class InternalAddressError extends Error {
 /** The range an address is in when it is not a public unicast address, else null. */
 export function internalRange(address: string): string | null {
   if (!ipaddr.isValid(address)) return 'invalid';
-  const range = ipaddr.process(address).range();
-  return range === 'unicast' ? null : range;
+  const parsed = ipaddr.process(address);
+  const range = parsed.range();
+  if (range !== 'unicast') return range;
+  // IPv4-compatible IPv6 (::a.b.c.d, deprecated): not public whatever the embedded address.
+  if (parsed.kind() === 'ipv6' && (parsed as ipaddr.IPv6).parts.slice(0, 6).every((p) => p === 0)) return 'ipv4Compatible';
+  return null;
 }
 
 /** Checks a URL's host when it is an IP literal (a name is checked when it is resolved). */
@@ -78,15 +82,21 @@ export function postWebhook(url: string, body: string, headers: Record<string, s
       method: 'POST',
       headers: { ...headers, 'content-length': String(Buffer.byteLength(body)) },
       lookup: guardedLookup(opts.allowInternal),
-      timeout: opts.timeoutMs,
+      // A connection of its own: a pooled socket would skip the lookup, and with it the check.
+      agent: false,
+    };
+    // One deadline for the whole exchange: a receiver trickling bytes does not hold the delivery open.
+    const deadline = setTimeout(() => req.destroy(Object.assign(new Error('timed out'), { name: 'TimeoutError' })), opts.timeoutMs);
+    const settle = <T>(fn: (v: T) => void) => (v: T) => {
+      clearTimeout(deadline);
+      fn(v);
     };
     const req = (u.protocol === 'https:' ? httpsRequest : httpRequest)(u, options, (res) => {
       res.resume();
-      res.on('end', () => resolve({ status: res.statusCode ?? 0 }));
-      res.on('error', reject);
+      res.on('end', () => settle(resolve)({ status: res.statusCode ?? 0 }));
+      res.on('error', settle(reject));
     });
-    req.on('timeout', () => req.destroy(Object.assign(new Error('timed out'), { name: 'TimeoutError' })));
-    req.on('error', reject);
+    req.on('error', settle(reject));
     req.end(body);
   });
 }

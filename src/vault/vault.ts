@@ -814,11 +814,12 @@ export class VaultService {
       await this.admitted(c, [rec], reason, true);
       const plain = (await this.decryptValues(c, rec, [p.name]))[p.name];
       // In the clear only for a caller who may unmask the property; masked otherwise, or as the property's
-      // default when that shows less (redact, hash).
+      // default when that shows less than a mask (redact, hash, or the token itself).
       let value: Value | null = null;
       if (plain !== undefined) {
+        const t = p.default_transform;
         if (mayUnmask(access, p.name)) value = plain;
-        else if (p.default_transform === 'redact' || p.default_transform === 'hash') value = await this.apply(c, rec, p, plain, p.default_transform, p.default_transform === 'hash' ? await this.keysOf(c) : null);
+        else if (DISCLOSURE[t] < DISCLOSURE.mask) value = await this.apply(c, rec, p, plain, t, t === 'redact' ? null : await this.keysOf(c));
         else value = mask(p, plain);
       }
       out.push({ token, property: p.name, record_id: rec.id, value });

@@ -4,7 +4,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { createPrivateKey, generateKeyPairSync, sign } from 'node:crypto';
+import { createPrivateKey, generateKeyPairSync, sign, type KeyObject } from 'node:crypto';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { gunzipSync, gzipSync } from 'node:zlib';
 import { sql } from 'kysely';
-import { canonicalDigest, keyIdOf, traceHash, verifyTrail, type StoredTrace } from '../../src/audit/chain.js';
+import { canonicalDigest, keyIdOf, traceHash, verifyTrail, type Digest, type StoredTrace } from '../../src/audit/chain.js';
 import { loadExport } from '../../src/cli/audit.js';
 import { AuditService } from '../../src/audit/audit.js';
 import { ctsRoutes } from '../../src/audit/http/cts.js';
@@ -431,7 +431,7 @@ describe('digests, export and offline verification', () => {
     assert.ok(r.first_trace_problem || r.first_digest_problem, 'a removed digest is noticed');
   });
 
-  test('a retired signing key vouches for nothing after its retirement, even backdated', async () => {
+  test('a retired signing key vouches for nothing after its retirement, however the digest is dated', async () => {
     const before = (await s.custos.audit.publicKeys()).find((k) => k.status === 'active')!;
     const rotatedAt = clock;
     await s.custos.audit.rotateSigningKey();
@@ -439,38 +439,51 @@ describe('digests, export and offline verification', () => {
     const old = (keys.json.public_keys as { key_id: string; status: string; retired_at: number | null }[]).find((k) => k.key_id === before.key_id)!;
     assert.equal(old.status, 'retired');
     assert.equal(old.retired_at, rotatedAt, 'the published key says when it was retired');
-    // Ten minutes on, more traffic and a digest signed by the new key: the genuine trail verifies.
+    const digestNow = async () => (await s.custos.audit.writeDueDigests({ force: true })).find((x) => x.trail === a.accountId)!;
+    // Two digests by the new key a second apart, then one ten minutes on: the genuine trail verifies.
+    clock += 1000;
+    await traffic(2);
+    await digestNow();
+    clock += 1000;
+    await traffic(2);
+    const soon = await digestNow();
     clock += 10 * 60_000;
-    await traffic(3);
-    const d = (await s.custos.audit.writeDueDigests({ force: true })).find((x) => x.trail === a.accountId)!;
-    assert.notEqual(d.key_id, before.key_id);
+    await traffic(2);
+    const later = await digestNow();
+    assert.notEqual(later.key_id, before.key_id);
     await freshExport();
     const genuine = await verify();
     assert.equal(genuine.first_digest_problem, null);
     assert.equal(genuine.first_trace_problem, null);
 
-    // Someone holding the old private key (leaked after it was retired) re-signs that digest with it.
-    const row = (await sql<{ private_key: string }>`select private_key from audit_keys where key_id = ${before.key_id}`.execute(s.custos.store.db)).rows[0]!;
-    const secrets = await SecretBox.open(s.custos.store.db, s.custos.root, 'audit-secrets');
-    const oldKey = createPrivateKey({ key: secrets.open(row.private_key, `audit-key:${before.key_id}`), format: 'der', type: 'pkcs8' });
+    // Someone holding a signing key's private half (the old one leaked after its retirement).
+    const privateKeyOf = async (keyId: string) => {
+      const row = (await sql<{ private_key: string }>`select private_key from audit_keys where key_id = ${keyId}`.execute(s.custos.store.db)).rows[0]!;
+      const secrets = await SecretBox.open(s.custos.store.db, s.custos.root, 'audit-secrets');
+      return createPrivateKey({ key: secrets.open(row.private_key, `audit-key:${keyId}`), format: 'der', type: 'pkcs8' });
+    };
+    const oldKey = await privateKeyOf(before.key_id);
     const df = path.join(trailDir(), 'digests.json.gz');
-    const forge = async (createdAt: number) => {
+    const forge = async (seq: number, keyId: string, key: KeyObject, change: (d: Digest) => void) => {
       await freshExport();
       const doc = readGz(df);
-      const last = doc.digests[doc.digests.length - 1];
-      last.key_id = before.key_id;
-      last.created_at = createdAt;
-      const { signature: _s, ...unsigned } = last;
-      last.signature = sign(null, canonicalDigest(unsigned), oldKey).toString('base64');
+      const d = doc.digests.find((x: Digest) => x.digest_seq === seq);
+      d.key_id = keyId;
+      change(d);
+      const { signature: _s, ...unsigned } = d;
+      d.signature = sign(null, canonicalDigest(unsigned), key).toString('base64');
       writeGz(df, doc);
-      return verify();
+      return (await verify()).first_digest_problem;
     };
-    const signedLater = await forge(d.created_at);
-    assert.equal(signedLater.first_digest_problem?.kind, 'retired-key');
-    assert.equal(signedLater.first_digest_problem?.digest_seq, d.digest_seq);
-    // Backdating the digest to before the retirement does not help: it covers traces recorded after.
-    const backdated = await forge(rotatedAt - 1);
-    assert.equal(backdated.first_digest_problem?.kind, 'retired-key');
+    // Made after the retirement (beyond the clock slack).
+    assert.equal((await forge(later.digest_seq, before.key_id, oldKey, () => undefined))?.kind, 'retired-key');
+    // Dated before the retirement, but it covers traces recorded ten minutes after it.
+    assert.equal((await forge(later.digest_seq, before.key_id, oldKey, (d) => (d.created_at = rotatedAt - 1)))?.kind, 'retired-key');
+    // Dated and covering within the slack, but after a digest the newer key signed: chain order, not clocks.
+    assert.equal((await forge(soon.digest_seq, before.key_id, oldKey, (d) => (d.created_at = rotatedAt - 1)))?.kind, 'retired-key');
+    // The time a digest states for its last trace must be that trace's own.
+    const current = await privateKeyOf(later.key_id);
+    assert.equal((await forge(later.digest_seq, later.key_id, current, (d) => (d.end_record_time = rotatedAt - 1)))?.kind, 'mismatch');
   });
 
   test('with an export directory configured, each digest is delivered there with its traces', async () => {

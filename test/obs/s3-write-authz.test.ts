@@ -110,6 +110,9 @@ test('reading an object under a customer KMS key needs permission to decrypt wit
   // s3:GetObject alone does not decrypt under a customer key, nor does a ranged read.
   assert.deepEqual(await failure(reader.send(new GetObjectCommand({ Bucket: 'ledger', Key: 'secret.txt' }))), { status: 403, code: 'AccessDenied' });
   assert.deepEqual(await failure(reader.send(new GetObjectCommand({ Bucket: 'ledger', Key: 'secret.txt', Range: 'bytes=0-3' }))), { status: 403, code: 'AccessDenied' });
+  // HEAD needs no key, unless it asks for the plaintext's checksum.
+  assert.equal((await reader.send(new HeadObjectCommand({ Bucket: 'ledger', Key: 'secret.txt' }))).ContentLength, 'under ledger-key'.length);
+  assert.equal((await failure(reader.send(new HeadObjectCommand({ Bucket: 'ledger', Key: 'secret.txt', ChecksumMode: 'ENABLED' })))).status, 403, 'a HEAD answer has no body: the SDK sees only the status');
   // A Decrypt grant on the key lets the reader through; the administrator (kms:cmk:* by FullAccess) always was.
   const grant = await s.api('POST', `/v1.0/${t.projects[0]!.id}/kms/create-grant`, { token: t.token, body: { key_id: keyId, grantee_principal: u.json.user.id, operations: ['decrypt-data'] } });
   assert.equal(grant.status, 200, grant.text);
@@ -122,6 +125,19 @@ test('reading an object under a customer KMS key needs permission to decrypt wit
   }));
   assert.deepEqual(await failure(writer.send(new CopyObjectCommand({ Bucket: 'vault-docs', Key: 'copied.txt', CopySource: 'ledger/secret.txt' }))), { status: 403, code: 'AccessDenied' });
   await writer.send(new CopyObjectCommand({ Bucket: 'vault-docs', Key: 'copied.txt', CopySource: 'ledger/default.txt' }));
+
+  // The service-managed key is known by its alias, which no customer key can take and which does not move.
+  const kmsApi = (op: string, body: unknown) => s.api('POST', `/v1.0/${t.projects[0]!.id}/kms/${op}`, { token: t.token, body });
+  for (const alias of ['obs/default', 'obs/mine', 'vault/default', 'privacy/x']) {
+    const created = await kmsApi('create-key', { key_alias: alias });
+    assert.equal(created.status, 400, `${alias}: ${created.text}`);
+    const renamed = await kmsApi('update-key-alias', { key_id: keyId, key_alias: alias });
+    assert.equal(renamed.status, 400, `${alias}: ${renamed.text}`);
+  }
+  const managed = ((await kmsApi('list-keys', {})).json.key_details as { key_id: string; key_alias: string }[]).find((k) => k.key_alias === 'obs/default')!;
+  const moved = await kmsApi('update-key-alias', { key_id: managed.key_id, key_alias: 'mine-now' });
+  assert.equal(moved.status, 400, moved.text);
+  assert.match(moved.text, /managed by a Custos service/);
 });
 
 test('a DELETE naming a subresource not served here is 501 and deletes nothing', async () => {

@@ -16,7 +16,7 @@ describe('webhook target addresses', () => {
     const cases: [string, string | null][] = [
       ['127.0.0.1', 'loopback'], ['10.1.2.3', 'private'], ['172.16.0.1', 'private'], ['192.168.1.1', 'private'],
       ['169.254.169.254', 'linkLocal'], ['100.64.0.1', 'carrierGradeNat'], ['0.0.0.0', 'unspecified'], ['224.0.0.1', 'multicast'],
-      ['::1', 'loopback'], ['fe80::1', 'linkLocal'], ['fc00::1', 'uniqueLocal'], ['::ffff:127.0.0.1', 'loopback'], ['::ffff:a9fe:a9fe', 'linkLocal'],
+      ['::1', 'loopback'], ['fe80::1', 'linkLocal'], ['fc00::1', 'uniqueLocal'], ['::ffff:127.0.0.1', 'loopback'], ['::ffff:a9fe:a9fe', 'linkLocal'], ['::7f00:1', 'ipv4Compatible'],
       ['93.184.216.34', null], ['2606:4700:4700::1111', null],
     ];
     for (const [address, range] of cases) assert.equal(internalRange(address), range, address);
@@ -35,6 +35,29 @@ describe('webhook target addresses', () => {
     assert.deepEqual((await run(true, ['10.0.0.5'])).err, null, 'allowed when the operator allows internal targets');
     const both = await run(false, ['93.184.216.34', '2606:4700:4700::1111'], true);
     assert.equal((both.result as unknown[]).length, 2, 'all addresses handed over when the connection asks for all');
+  });
+});
+
+describe('webhook delivery', () => {
+  test('one deadline for the whole exchange: a receiver that trickles its answer is cut off', async () => {
+    const { postWebhook } = await import('../../src/privacy/webhook-delivery.js');
+    const slow = createServer((_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      const tick = setInterval(() => res.write('.'), 100);
+      res.on('close', () => clearInterval(tick));
+    });
+    await new Promise<void>((r) => slow.listen(0, '127.0.0.1', r));
+    try {
+      const t0 = performance.now();
+      await assert.rejects(
+        postWebhook(`http://127.0.0.1:${(slow.address() as AddressInfo).port}/`, '{}', {}, { allowInternal: true, timeoutMs: 500 }),
+        (e: Error) => e.name === 'TimeoutError',
+      );
+      assert.ok(performance.now() - t0 < 2000);
+    } finally {
+      slow.closeAllConnections();
+      slow.close();
+    }
   });
 });
 

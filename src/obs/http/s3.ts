@@ -977,6 +977,8 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
         const row = await obs.headObject(b, keyOf(req), versionIdOf(req));
         // An SSE-C object answers HEAD only to the holder of its key, as S3 does.
         if (obs.isSseC(row)) (await obs.dataKeyOf(b, row, sseCustomerKey(req))).fill(0);
+        // The plaintext's checksum is, like its content, for callers who may decrypt (S3 asks kms:Decrypt too).
+        if (String(req.headers['x-amz-checksum-mode']).toUpperCase() === 'ENABLED') await authorizeReadKey(req, b, row);
         if (evaluateConditions(req, row) === 'not-modified') return notModified(reply, row, b.versioning !== '');
         objectHeaders(reply, row, kmsArn(b, row), b.versioning !== '', req);
         checksumHeaders(reply, req, row);
