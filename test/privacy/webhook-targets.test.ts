@@ -39,7 +39,7 @@ describe('webhook target addresses', () => {
 });
 
 describe('webhook delivery', () => {
-  test('one deadline for the whole exchange: a receiver that trickles its answer is cut off', async () => {
+  test('one deadline for the whole exchange: a receiver that trickles its answer is cut off', { timeout: 10_000 }, async () => {
     const { postWebhook } = await import('../../src/privacy/webhook-delivery.js');
     const slow = createServer((_req, res) => {
       res.writeHead(200, { 'content-type': 'text/plain' });

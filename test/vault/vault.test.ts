@@ -282,7 +282,10 @@ describe('personal-data vault', () => {
     // A property whose default is redact: nothing of it for the agent, by any transformation or by detokenizing.
     const hr = await api('POST', V, {
       name: 'hr', project_id: t.projects[0]!.id,
-      properties: [{ name: 'tax_id', pii_type: 'national_id', default_transform: 'redact', purposes: ['payroll'], collection_method: 'entered by HR', deletion: { after: 'P10Y' } }],
+      properties: [
+        { name: 'tax_id', pii_type: 'national_id', default_transform: 'redact', purposes: ['payroll'], collection_method: 'entered by HR', deletion: { after: 'P10Y' } },
+        { name: 'work_email', pii_type: 'email', default_transform: 'tokenize', purposes: ['payroll'], collection_method: 'entered by HR', deletion: { after: 'P10Y' } },
+      ],
     });
     assert.equal(hr.status, 201, hr.text);
     const access = await api('PUT', `${V}/hr/access`, {
@@ -293,7 +296,7 @@ describe('personal-data vault', () => {
     });
     assert.equal(access.status, 200, access.text);
     const taxId = '11010519491231002X';
-    const created = await api('POST', `${V}/hr/records`, { subject_id: 'emp-1', fields: { tax_id: taxId } });
+    const created = await api('POST', `${V}/hr/records`, { subject_id: 'emp-1', fields: { tax_id: taxId, work_email: 'pat@example.com' } });
     assert.equal(created.status, 201, created.text);
     const id = created.json.id as string;
     const hrGet = (query: string, token: string) => api('GET', `${V}/hr/records/${id}?reason=payroll${query}`, undefined, token);
@@ -312,6 +315,12 @@ describe('personal-data vault', () => {
     assert.equal(agentDetok.json.values[0].value, '[REDACTED]');
     const adminDetok = await api('POST', `${V}/hr/detokenize`, { reason: 'payroll', tokens: [token] });
     assert.equal(adminDetok.json.values[0].value, taxId);
+    // A tokenize default: the agent sees the token and, detokenizing it, still only the token, never a mask.
+    const emailToken = (await hrGet('', agentToken)).json.fields.work_email as string;
+    assert.match(emailToken, /^tok_/);
+    const detokEmail = await api('POST', `${V}/hr/detokenize`, { reason: 'payroll', tokens: [emailToken] }, agentToken);
+    assert.equal(detokEmail.json.values[0].value, emailToken);
+    assert.equal((await hrGet('&transform=work_email:mask', agentToken)).status, 403);
     assert.equal((await api('DELETE', `${V}/hr?force=true`)).status, 204);
   });
 
