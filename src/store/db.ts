@@ -4,7 +4,10 @@ import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import SQLite from 'better-sqlite3';
 import pg from 'pg';
-import { Kysely, Migrator, PostgresDialect, SqliteDialect, sql, type Migration, type MigrationProvider } from 'kysely';
+import {
+  Kysely, Migrator, PostgresDialect, SelectQueryNode, SqliteDialect, sql,
+  type CompiledQuery, type DatabaseConnection, type Driver, type Migration, type MigrationProvider, type QueryResult, type TransactionSettings,
+} from 'kysely';
 import { migrations } from './migrations/index.js';
 import { MainWriteGate, newWriteGate } from './write-gate.js';
 
@@ -61,7 +64,7 @@ export function openStore(opts: { databaseUrl?: string; dataDir: string }): Stor
   checkpointer.on('error', () => undefined);
   checkpointer.unref();
   const gate = newWriteGate();
-  const db = new Kysely<object>({ dialect: new SqliteDialect({ database: withStatementCache(database, new MainWriteGate(gate)) }) });
+  const db = new Kysely<object>({ dialect: new GatedSqliteDialect(withStatementCache(database), database, new MainWriteGate(gate)) });
   return {
     db, dialect: 'sqlite', durable: walSyncer(`${file}-wal`, stats), stats, sqlite: { file, gate },
     async close() {
@@ -153,17 +156,15 @@ function walSyncer(walFile: string, stats: { walSyncs: number }): () => Promise<
 /**
  * Kysely prepares every query anew; preparing costs more than running most of ours. Statements are
  * reusable, so keep the most recent ones by SQL text (Kysely never iterates two at once per connection).
- * Each statement that writes, begins a transaction or sets a pragma first takes the write gate,
- * given back once no transaction is open.
  */
-function withStatementCache(database: SQLite.Database, gate: MainWriteGate, max = 500): SQLite.Database {
+function withStatementCache(database: SQLite.Database, max = 500): SQLite.Database {
   const cache = new Map<string, SQLite.Statement>();
   const prepare = (source: string) => {
     let stmt = cache.get(source);
     if (stmt) {
       cache.delete(source);
     } else {
-      stmt = gated(database, database.prepare(source), source, gate);
+      stmt = database.prepare(source);
       if (cache.size >= max) cache.delete(cache.keys().next().value as string);
     }
     cache.set(source, stmt);
@@ -179,41 +180,97 @@ function withStatementCache(database: SQLite.Database, gate: MainWriteGate, max 
 }
 
 /**
- * The statement as Kysely uses it (`reader`, `all`, `run`, `iterate`), taking the write gate first when
- * it writes. A transaction takes it at `begin`, even a deferred one (once it has read, a commit by the
- * other thread would leave it unable to write), and gives it back after its `commit` or `rollback`
- * (which SQLite counts as read-only statements, so they are matched by name too).
+ * SQLite through Kysely, taking turns writing with this process's other SQLite thread (the audit
+ * trail's writer) through the write gate: a query that writes, begins or ends a transaction, or sets
+ * a pragma first waits for the gate (without blocking the event loop; other requests go on, other
+ * queries queue on Kysely's one connection as always), and gives it back once no transaction is open.
+ * A transaction takes it at `begin`, even a deferred one: once it has read, a commit by the other
+ * thread would leave it unable to write (SQLITE_BUSY_SNAPSHOT).
  */
-function gated(database: SQLite.Database, stmt: SQLite.Statement, source: string, gate: MainWriteGate): SQLite.Statement {
-  const writes = !stmt.readonly || /^\s*(begin|commit|end|rollback|savepoint|release|pragma)\b/i.test(source);
-  if (!writes) return stmt;
-  const settle = () => {
-    if (!database.inTransaction) gate.release();
-  };
-  const around = <T>(run: () => T): T => {
-    if (!database.inTransaction) gate.acquire();
+class GatedSqliteDialect extends SqliteDialect {
+  constructor(
+    cached: SQLite.Database,
+    private readonly raw: SQLite.Database,
+    private readonly gate: MainWriteGate,
+  ) {
+    super({ database: cached });
+  }
+
+  override createDriver(): Driver {
+    return new GatedDriver(super.createDriver(), this.raw, this.gate);
+  }
+}
+
+/** Reads: a SELECT built by Kysely, or raw SQL that starts with SELECT or EXPLAIN. Anything else takes the gate. */
+function writes(q: CompiledQuery): boolean {
+  if (SelectQueryNode.is(q.query)) return false;
+  return !/^\s*(select|explain)\b/i.test(q.sql);
+}
+
+class GatedConnection implements DatabaseConnection {
+  constructor(
+    readonly inner: DatabaseConnection,
+    private readonly raw: SQLite.Database,
+    private readonly gate: MainWriteGate,
+  ) {}
+
+  async executeQuery<R>(q: CompiledQuery): Promise<QueryResult<R>> {
+    if (!this.gate.held && writes(q)) await this.gate.acquireAsync();
     try {
-      return run();
+      return await this.inner.executeQuery<R>(q);
     } finally {
-      settle();
+      if (this.gate.held && !this.raw.inTransaction) this.gate.release();
     }
-  };
-  return {
-    reader: stmt.reader,
-    readonly: false,
-    source: stmt.source,
-    run: (...params: unknown[]) => around(() => stmt.run(...params)),
-    all: (...params: unknown[]) => around(() => stmt.all(...params)),
-    get: (...params: unknown[]) => around(() => stmt.get(...params)),
-    *iterate(...params: unknown[]) {
-      if (!database.inTransaction) gate.acquire();
-      try {
-        yield* stmt.iterate(...params);
-      } finally {
-        settle();
-      }
-    },
-  } as unknown as SQLite.Statement;
+  }
+
+  streamQuery<R>(q: CompiledQuery, chunkSize?: number): AsyncIterableIterator<QueryResult<R>> {
+    if (writes(q)) throw new Error('streamed queries are reads only');
+    return this.inner.streamQuery<R>(q, chunkSize);
+  }
+}
+
+class GatedDriver implements Driver {
+  private connection: GatedConnection | null = null;
+  constructor(
+    private readonly inner: Driver,
+    private readonly raw: SQLite.Database,
+    private readonly gate: MainWriteGate,
+  ) {}
+
+  init(): Promise<void> {
+    return this.inner.init();
+  }
+  async acquireConnection(): Promise<DatabaseConnection> {
+    const c = await this.inner.acquireConnection();
+    if (this.connection?.inner !== c) this.connection = new GatedConnection(c, this.raw, this.gate);
+    return this.connection;
+  }
+  // Transaction control goes through the connection's executeQuery (begin, commit, rollback,
+  // savepoints), so the gated connection passed here takes and gives back the gate.
+  beginTransaction(connection: DatabaseConnection, settings: TransactionSettings): Promise<void> {
+    return this.inner.beginTransaction(connection, settings);
+  }
+  commitTransaction(connection: DatabaseConnection): Promise<void> {
+    return this.inner.commitTransaction(connection);
+  }
+  rollbackTransaction(connection: DatabaseConnection): Promise<void> {
+    return this.inner.rollbackTransaction(connection);
+  }
+  savepoint(connection: DatabaseConnection, name: string, compile: Parameters<NonNullable<Driver['savepoint']>>[2]): Promise<void> {
+    return this.inner.savepoint!(connection, name, compile);
+  }
+  rollbackToSavepoint(connection: DatabaseConnection, name: string, compile: Parameters<NonNullable<Driver['rollbackToSavepoint']>>[2]): Promise<void> {
+    return this.inner.rollbackToSavepoint!(connection, name, compile);
+  }
+  releaseSavepoint(connection: DatabaseConnection, name: string, compile: Parameters<NonNullable<Driver['releaseSavepoint']>>[2]): Promise<void> {
+    return this.inner.releaseSavepoint!(connection, name, compile);
+  }
+  releaseConnection(connection: DatabaseConnection): Promise<void> {
+    return this.inner.releaseConnection((connection as GatedConnection).inner ?? connection);
+  }
+  destroy(): Promise<void> {
+    return this.inner.destroy();
+  }
 }
 
 class StaticProvider implements MigrationProvider {

@@ -47,24 +47,43 @@ export class MainWriteGate {
     return Atomics.load(this.cells, OWNER) === MAIN;
   }
 
-  acquire(): void {
+  /** One attempt: true when the event loop holds the gate now. */
+  private tryAcquire(): boolean {
     const c = this.cells;
+    if (Atomics.load(c, OWNER) === MAIN) return true;
+    const waiting = Atomics.load(c, WAITING) === 1;
+    // After passing over a waiting writer thread a few times, let it go first.
+    if (waiting && Atomics.load(c, PASSED) >= MAX_PASSES) return false;
+    if (Atomics.compareExchange(c, OWNER, FREE, MAIN) !== FREE) return false;
+    if (waiting) Atomics.add(c, PASSED, 1);
+    return true;
+  }
+
+  /** What to wait on until the next attempt: the writer thread giving the gate back, or taking it. */
+  private waitTarget(): [number, number] {
+    return Atomics.load(this.cells, OWNER) === WORKER ? [OWNER, WORKER] : [WAITING, 1];
+  }
+
+  /** Blocks the event loop until the gate is held (for code that cannot wait asynchronously). */
+  acquire(): void {
     let deadline = 0;
-    for (;;) {
-      const waiting = Atomics.load(c, WAITING) === 1;
-      if (!(waiting && Atomics.load(c, PASSED) >= MAX_PASSES)) {
-        const prev = Atomics.compareExchange(c, OWNER, FREE, MAIN);
-        if (prev === FREE) {
-          if (waiting) Atomics.add(c, PASSED, 1);
-          return;
-        }
-        if (prev === MAIN) return;
-      }
+    while (!this.tryAcquire()) {
       deadline ||= Date.now() + this.timeoutMs;
       if (Date.now() > deadline) throw new WriteGateTimeout(this.timeoutMs);
-      // Until the writer thread takes the gate (it clears WAITING) or gives it back (OWNER changes).
-      if (Atomics.load(c, OWNER) === WORKER) Atomics.wait(c, OWNER, WORKER, 20);
-      else Atomics.wait(c, WAITING, 1, 20);
+      const [cell, value] = this.waitTarget();
+      Atomics.wait(this.cells, cell, value, 20);
+    }
+  }
+
+  /** Resolves once the gate is held; the event loop serves other work meanwhile. */
+  async acquireAsync(): Promise<void> {
+    let deadline = 0;
+    while (!this.tryAcquire()) {
+      deadline ||= Date.now() + this.timeoutMs;
+      if (Date.now() > deadline) throw new WriteGateTimeout(this.timeoutMs);
+      const [cell, value] = this.waitTarget();
+      const r = (Atomics as unknown as { waitAsync(a: Int32Array, i: number, v: number, t: number): { async: boolean; value: Promise<string> | string } }).waitAsync(this.cells, cell, value, 20);
+      if (r.async) await r.value;
     }
   }
 

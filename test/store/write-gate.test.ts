@@ -83,6 +83,23 @@ describe('write gate between threads', () => {
     });
   });
 
+  test('waiting asynchronously, the event loop goes on serving while the other thread holds the gate', async () => {
+    await withGateThread(async ({ w, main, turns }) => {
+      const held = message(w, 'held');
+      w.postMessage({ holdMs: 150, turns: 1 });
+      await held;
+      let ticks = 0;
+      const timer = setInterval(() => ticks++, 10);
+      const t0 = performance.now();
+      await main.acquireAsync();
+      clearInterval(timer);
+      assert.equal(turns(), 1, 'held only after the thread gave it back');
+      assert.ok(performance.now() - t0 >= 100);
+      assert.ok(ticks >= 5, `the event loop ran meanwhile (${ticks} timer ticks)`);
+      main.release();
+    });
+  });
+
   test('a busy event loop taking the gate again and again still lets a waiting thread have its turns', async () => {
     await withGateThread(async ({ w, main, turns }) => {
       const done = message(w, 'done');
