@@ -181,7 +181,6 @@ export class AuditService implements AuditRecorder {
 
   private async append(traces: RequestTrace[]): Promise<void> {
     const recordTime = this.now();
-    if (this.opts.sqlite) return this.appendInWorker(traces, recordTime);
     await this.writeTransaction(async (trx) => {
       for (const [trail, list] of byTrail(traces)) {
         const head = await this.lockHead(trx, trail);

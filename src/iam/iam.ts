@@ -1186,7 +1186,6 @@ export class IamService {
     return conditions;
   }
 
-
   // ---------------------------------------------------------------- agencies
 
   async createAgency(accountId: string, input: { name: string; trustAccountName: string; description: string; maxSessionSeconds: number; expiresAt: number | null }) {

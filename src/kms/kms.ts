@@ -68,6 +68,10 @@ export const MANAGED_ALIAS_PREFIXES = ['obs/', 'vault/', 'privacy/'] as const;
 export function isManagedAlias(alias: string | null | undefined): boolean {
   return typeof alias === 'string' && MANAGED_ALIAS_PREFIXES.some((p) => alias.startsWith(p));
 }
+/** For an alias a caller asks for (create-key, update-key-alias, CreateAlias): not a managed key's. */
+export function assertCustomerAlias(alias: string | null | undefined): void {
+  if (isManagedAlias(alias)) throw KmsError.invalid(`aliases starting with ${MANAGED_ALIAS_PREFIXES.join(', ')} are reserved for the keys Custos services manage`);
+}
 
 export const MIN_PENDING_DAYS = 7;
 export const MAX_PENDING_DAYS = 1096;
@@ -371,7 +375,7 @@ export class KmsService {
   async updateAlias(key: KeyRow, alias: string | null): Promise<KeyRow> {
     this.assertNotDestroyed(key);
     if (isManagedAlias(key.alias)) throw KmsError.invalid(`key ${key.id} is managed by a Custos service (${key.alias}): its alias does not change`);
-    if (isManagedAlias(alias)) throw KmsError.invalid(`aliases starting with ${MANAGED_ALIAS_PREFIXES.join(', ')} are reserved for the keys Custos services manage`);
+    assertCustomerAlias(alias);
     try {
       return await this.update(key, { alias, alias_created_at: alias ? this.now() : null });
     } catch (e) {

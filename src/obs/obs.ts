@@ -645,9 +645,9 @@ export class ObsService {
   }
 
   /** Opens the object for reading bytes [start, end]; one KMS call unwraps its data key. */
-  async readObject(bucket: BucketRow, row: ObjectRow, start: number, end: number, customerKey?: Buffer): Promise<Readable> {
+  async readObject(bucket: BucketRow, row: ObjectRow, start: number, end: number, customerKey?: Buffer, cmk?: KeyRow): Promise<Readable> {
     if (this.opts.plaintextBaselineForBenchmarks) return this.readPlain(row, start, end);
-    const key = await this.dataKeyOf(bucket, row, customerKey);
+    const key = await this.dataKeyOf(bucket, row, customerKey, cmk);
     const blobs = this.blobs;
     const parts: StoredPart[] = row.parts_json ? (JSON.parse(row.parts_json) as StoredPart[]) : [{ blob: row.blob_id, size: row.size, cipher: row.cipher_size }];
     async function* content() {
@@ -699,17 +699,19 @@ export class ObsService {
    * be the one it was stored with. Also used by HEAD to check an SSE-C key without reading content.
    */
   /**
-   * The customer KMS key a version's data key is sealed under, or null when reading it uses no key of
-   * the customer's: an SSE-C version (the request brings its key) or the tenant's service-managed
-   * obs/default key.
+   * The KMS key a version's data key is sealed under, and whether it is the tenant's service-managed
+   * obs/default key; null for an SSE-C version (the request brings its key) or a key that is gone.
+   * A read that looked it up hands it to readObject, which then does not look it up again.
    */
-  async customerKeyOf(bucket: BucketRow, row: ObjectRow): Promise<KeyRow | null> {
-    if (this.isSseC(row)) return null;
+  async versionKey(bucket: BucketRow, row: ObjectRow): Promise<{ key: KeyRow; managed: boolean } | null> {
+    // The benchmark's plaintext baseline reads with no key, so it looks none up either.
+    if (this.isSseC(row) || this.opts.plaintextBaselineForBenchmarks) return null;
     const key = await this.kms.findKey(this.scopeOf(bucket), row.kms_key_id);
-    return key && key.alias !== DEFAULT_KEY_ALIAS ? key : null;
+    return key ? { key, managed: key.alias === DEFAULT_KEY_ALIAS } : null;
   }
 
-  async dataKeyOf(bucket: BucketRow, row: ObjectRow, customerKey?: Buffer): Promise<Buffer> {
+  /** `cmk`: the version's KMS key when the caller already looked it up (versionKey). */
+  async dataKeyOf(bucket: BucketRow, row: ObjectRow, customerKey?: Buffer, cmk?: KeyRow): Promise<Buffer> {
     if (this.isSseC(row)) {
       if (!customerKey) throw new ObsError(400, 'InvalidRequest', 'the object was stored with a customer-provided key (SSE-C): send the same key to read it');
       try {
@@ -720,8 +722,8 @@ export class ObsService {
     }
     if (customerKey) throw new ObsError(400, 'InvalidRequest', 'the object was not stored with a customer-provided key (SSE-C)');
     try {
-      const cmk = await this.kms.getKey(this.scopeOf(bucket), row.kms_key_id);
-      return await this.kms.decrypt(cmk, Buffer.from(row.data_key, 'base64'), { 'obs:bucket': bucket.id, 'obs:blob': row.blob_id });
+      const key = cmk ?? (await this.kms.getKey(this.scopeOf(bucket), row.kms_key_id));
+      return await this.kms.decrypt(key, Buffer.from(row.data_key, 'base64'), { 'obs:bucket': bucket.id, 'obs:blob': row.blob_id });
     } catch (e) {
       throw kmsFailure(e);
     }
@@ -822,13 +824,13 @@ export class ObsService {
    * UploadPartCopy: bytes [start, end] of a source version (decrypted with its own data key, or the
    * customer's key for an SSE-C source) become a part of the upload, encrypted under the upload's key.
    */
-  async uploadPartCopy(bucket: BucketRow, u: UploadRow, partNumber: number, source: { bucket: BucketRow; row: ObjectRow; start: number; end: number; customerKey?: Buffer | undefined }, customerKey?: Buffer): Promise<{ etag: string; lastModified: number }> {
+  async uploadPartCopy(bucket: BucketRow, u: UploadRow, partNumber: number, source: { bucket: BucketRow; row: ObjectRow; start: number; end: number; customerKey?: Buffer | undefined; cmk?: KeyRow | undefined }, customerKey?: Buffer): Promise<{ etag: string; lastModified: number }> {
     if (!Number.isInteger(partNumber) || partNumber < 1 || partNumber > MAX_PARTS) throw new ObsError(400, 'InvalidArgument', `part numbers are 1 to ${MAX_PARTS}`);
     const length = source.end - source.start + 1;
     if (length > MAX_PART_BYTES) throw new ObsError(400, 'InvalidRequest', `a copied part is at most ${MAX_PART_BYTES} bytes: give x-amz-copy-source-range`);
     // Check the destination's key before reading (and unwrapping) the source.
     if (this.isSseCUpload(u) || customerKey) (await this.uploadKey(bucket, u, customerKey)).fill(0);
-    const content = await this.readObject(source.bucket, source.row, source.start, source.end, source.customerKey);
+    const content = await this.readObject(source.bucket, source.row, source.start, source.end, source.customerKey, source.cmk);
     try {
       const etag = await this.uploadPart(bucket, u, partNumber, content, ({ size }) => {
         if (size !== length) throw new ObsError(500, 'InternalError', 'the copy read a different number of bytes than the range has');

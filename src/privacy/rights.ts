@@ -5,8 +5,6 @@
  * extendable once by up to two months with a reason before the first deadline, or refused with a
  * reason. A request runs only after the subject's identity was verified.
  */
-import { lookup } from 'node:dns/promises';
-import { isIP } from 'node:net';
 import { createHash, createHmac, randomBytes, randomUUID, timingSafeEqual } from 'node:crypto';
 import { strToU8, zipSync } from 'fflate';
 import { stringify } from 'csv-stringify/sync';
@@ -21,7 +19,7 @@ import { isUniqueViolation } from '../store/db.js';
 import { durationMs } from '../vault/schema.js';
 import type { ProcessingGate, VaultService } from '../vault/vault.js';
 import type { RequestRow, RightsDb } from './rights-store.js';
-import { checkLiteralHost, internalRange, InternalAddressError, postWebhook } from './webhook-delivery.js';
+import { checkWebhookTarget, InternalAddressError, postWebhook } from './webhook-delivery.js';
 
 export class PrivacyError extends ServiceError {
   constructor(status: number, code: string, message: string) {
@@ -551,14 +549,7 @@ export class PrivacyRightsService implements ProcessingGate, TransferCheck {
     // Refused now when the host is, or resolves to, an internal address; checked again at every delivery.
     const allowInternal = this.opts.allowInternalWebhooks === true;
     try {
-      checkLiteralHost(u, allowInternal);
-      if (!allowInternal && !isIP(u.hostname.replace(/^\[|\]$/g, ''))) {
-        const addresses = await lookup(u.hostname, { all: true }).catch(() => []);
-        for (const a of addresses) {
-          const range = internalRange(a.address);
-          if (range) throw new InternalAddressError(range);
-        }
-      }
+      await checkWebhookTarget(u, allowInternal);
     } catch (e) {
       if (e instanceof InternalAddressError) throw new PrivacyError(400, 'InvalidWebhook', `${e.message} (an operator may allow them with privacyWebhookInternalTargets)`);
       throw e;

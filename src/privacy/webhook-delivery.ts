@@ -8,6 +8,7 @@
  * `privacyWebhookInternalTargets`.
  */
 import { lookup as dnsLookup, type LookupAddress } from 'node:dns';
+import { lookup as dnsLookupAll } from 'node:dns/promises';
 import { request as httpRequest, type RequestOptions } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { isIP, type LookupFunction } from 'node:net';
@@ -39,6 +40,19 @@ export function checkLiteralHost(url: URL, allowInternal: boolean): void {
     if (range) throw new InternalAddressError(range);
   } else if (host === 'localhost' || host.endsWith('.localhost')) {
     throw new InternalAddressError('loopback');
+  }
+}
+
+/**
+ * The check when a webhook is set: an IP literal, or every address the name resolves to now, must be
+ * public. A name that does not resolve passes (delivery checks again, and retries).
+ */
+export async function checkWebhookTarget(url: URL, allowInternal: boolean): Promise<void> {
+  checkLiteralHost(url, allowInternal);
+  if (allowInternal || isIP(url.hostname.replace(/^\[|\]$/g, ''))) return;
+  for (const a of await dnsLookupAll(url.hostname, { all: true }).catch(() => [])) {
+    const range = internalRange(a.address);
+    if (range) throw new InternalAddressError(range);
   }
 }
 

@@ -36,7 +36,7 @@ export function newWriteGate(): SharedArrayBuffer {
   return new SharedArrayBuffer(3 * Int32Array.BYTES_PER_ELEMENT);
 }
 
-/** The event loop's side. Blocking, but only for as long as the other thread's one transaction. */
+/** The event loop's side: waits asynchronously, at most as long as the other thread's one transaction. */
 export class MainWriteGate {
   private readonly cells: Int32Array;
   constructor(buffer: SharedArrayBuffer, private readonly timeoutMs = 5000) {
@@ -64,17 +64,6 @@ export class MainWriteGate {
     return Atomics.load(this.cells, OWNER) === WORKER ? [OWNER, WORKER] : [WAITING, 1];
   }
 
-  /** Blocks the event loop until the gate is held (for code that cannot wait asynchronously). */
-  acquire(): void {
-    let deadline = 0;
-    while (!this.tryAcquire()) {
-      deadline ||= Date.now() + this.timeoutMs;
-      if (Date.now() > deadline) throw new WriteGateTimeout(this.timeoutMs);
-      const [cell, value] = this.waitTarget();
-      Atomics.wait(this.cells, cell, value, 20);
-    }
-  }
-
   /** Resolves once the gate is held; the event loop serves other work meanwhile. */
   async acquireAsync(): Promise<void> {
     let deadline = 0;
@@ -83,7 +72,12 @@ export class MainWriteGate {
       if (Date.now() > deadline) throw new WriteGateTimeout(this.timeoutMs);
       const [cell, value] = this.waitTarget();
       const r = (Atomics as unknown as { waitAsync(a: Int32Array, i: number, v: number, t: number): { async: boolean; value: Promise<string> | string } }).waitAsync(this.cells, cell, value, 20);
-      if (r.async) await r.value;
+      if (!r.async) continue;
+      // A pending waitAsync does not keep the process alive; a timer does (a CLI command with nothing
+      // else to wait for would otherwise exit in the middle of its write).
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([r.value, new Promise((resolve) => (timer = setTimeout(resolve, 25)))]);
+      clearTimeout(timer);
     }
   }
 

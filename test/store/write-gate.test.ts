@@ -64,9 +64,14 @@ describe('write gate between threads', () => {
       const firstDone = message(w, 'done');
       w.postMessage({ holdMs: 150, turns: 1 });
       await held;
+      // Waiting asynchronously: the event loop goes on serving meanwhile.
+      let ticks = 0;
+      const timer = setInterval(() => ticks++, 10);
       const t0 = performance.now();
-      main.acquire();
+      await main.acquireAsync();
       const waited = performance.now() - t0;
+      clearInterval(timer);
+      assert.ok(ticks >= 5, `the event loop ran meanwhile (${ticks} timer ticks)`);
       assert.equal(turns(), 1, 'the event loop got the gate only after the thread gave it back');
       assert.ok(waited >= 100, `waited ${waited.toFixed(0)} ms for a 150 ms transaction`);
       assert.ok(main.held);
@@ -83,23 +88,6 @@ describe('write gate between threads', () => {
     });
   });
 
-  test('waiting asynchronously, the event loop goes on serving while the other thread holds the gate', async () => {
-    await withGateThread(async ({ w, main, turns }) => {
-      const held = message(w, 'held');
-      w.postMessage({ holdMs: 150, turns: 1 });
-      await held;
-      let ticks = 0;
-      const timer = setInterval(() => ticks++, 10);
-      const t0 = performance.now();
-      await main.acquireAsync();
-      clearInterval(timer);
-      assert.equal(turns(), 1, 'held only after the thread gave it back');
-      assert.ok(performance.now() - t0 >= 100);
-      assert.ok(ticks >= 5, `the event loop ran meanwhile (${ticks} timer ticks)`);
-      main.release();
-    });
-  });
-
   test('a busy event loop taking the gate again and again still lets a waiting thread have its turns', async () => {
     await withGateThread(async ({ w, main, turns }) => {
       const done = message(w, 'done');
@@ -108,7 +96,7 @@ describe('write gate between threads', () => {
       const end = performance.now() + 500;
       let mine = 0;
       while (performance.now() < end) {
-        main.acquire();
+        await main.acquireAsync();
         mine++;
         const busy = performance.now() + 0.05;
         while (performance.now() < busy);
@@ -122,21 +110,21 @@ describe('write gate between threads', () => {
     });
   });
 
-  test('a thread that died holding the gate is cleared away: the event loop does not wait for it', () => {
+  test('a thread that died holding the gate is cleared away: the event loop does not wait for it', async () => {
     const buffer = newWriteGate();
     new Int32Array(buffer)[0] = 2; // held by the (dead) writer thread
     WorkerWriteGate.reset(buffer);
     const main = new MainWriteGate(buffer, 200);
     const t0 = performance.now();
-    main.acquire();
+    await main.acquireAsync();
     assert.ok(performance.now() - t0 < 50);
   });
 
-  test('the event loop gives up with SQLITE_BUSY after its timeout rather than hang', () => {
+  test('the event loop gives up with SQLITE_BUSY after its timeout rather than hang', async () => {
     const buffer = newWriteGate();
     new Int32Array(buffer)[0] = 2;
     const main = new MainWriteGate(buffer, 100);
-    assert.throws(() => main.acquire(), (e: Error & { code?: string }) => e.code === 'SQLITE_BUSY' && /write lock/.test(e.message));
+    await assert.rejects(main.acquireAsync(), (e: Error & { code?: string }) => e.code === 'SQLITE_BUSY' && /write lock/.test(e.message));
   });
 });
 

@@ -10,7 +10,7 @@ import type { IamService, Principal } from '../../iam/iam.js';
 import { principalOf, type RouteDef, type RouteMeta } from '../../server/route.js';
 import { KmsError } from '../errors.js';
 import {
-  algorithmsFor, isManagedAlias, isSymmetric, KEY_SPECS, MANAGED_ALIAS_PREFIXES, MAX_PENDING_DAYS, MIN_PENDING_DAYS,
+  algorithmsFor, assertCustomerAlias, isSymmetric, KEY_SPECS, MAX_PENDING_DAYS, MIN_PENDING_DAYS,
   type GrantOperation, type KeySpec, type KeyState, type KmsService,
 } from '../kms.js';
 import type { GrantRow, KeyRow } from '../store.js';
@@ -107,7 +107,7 @@ export function huaweiKmsRoutes(kms: KmsService, iam: IamService): RouteDef[] {
         enterprise_project_id: Type.Optional(Type.String({ maxLength: 36 })), keystore_id: Type.Optional(Type.String({ maxLength: 36 })), sequence: Sequence,
       },
       handler: async (req, b) => {
-        if (isManagedAlias(b.key_alias as string)) throw KmsError.invalid(`aliases starting with ${MANAGED_ALIAS_PREFIXES.join(', ')} are reserved for the keys Custos services manage`);
+        assertCustomerAlias(b.key_alias as string);
         const key = await kms.createKey(scopeOf(req), {
           alias: b.key_alias as string, description: b.key_description as string | undefined, keySpec: (b.key_spec as KeySpec | undefined) ?? 'AES_256',
           keyUsage: b.key_usage as 'ENCRYPT_DECRYPT' | undefined, origin: b.origin as 'kms' | 'external' | undefined,

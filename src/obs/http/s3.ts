@@ -14,6 +14,7 @@ import { lifecycleDocument, parseLifecycle } from '../lifecycle.js';
 import { CHECKSUM_BYTES, checksummer, COMPOSITE_ALGORITHMS, FULL_OBJECT_ALGORITHMS, isChecksumAlgorithm, type ChecksumAlgorithm, type UploadChecksum } from '../checksums.js';
 import { CORS_METHODS, corsDocument, HEADER_NAME, matchCorsRule, parseCorsConfiguration, preflightAllowed, responseCorsHeaders, type CorsRule } from '../cors.js';
 import { ProjectLookup, scopeOfProject, type KeyUseCheck } from '../../kms/http/common.js';
+import type { KeyRow } from '../../kms/store.js';
 import { principalOf, type RouteDef, type RouteMeta } from '../../server/route.js';
 import { etagMatches, hasPublicAccessBlock, isPublicBucket, ObsError, publicAccessBlockOf, type LockMode, type PublicAccessBlock, type ObjectMeta, type ObsService, type VerifyUpload, type WriteCondition } from '../obs.js';
 import type { BucketRow, ObjectRow } from '../store.js';
@@ -320,12 +321,13 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
    * the key holds, and an anonymous reader of a public bucket gets nothing under such a key). The
    * service-managed obs/default key and SSE-C (the caller brings the key) need nothing more.
    */
-  const authorizeReadKey = async (req: FastifyRequest, b: BucketRow, row: ObjectRow) => {
-    if (!opts.mayDecryptWith) return;
-    const key = await obs.customerKeyOf(b, row);
-    if (key && !(await opts.mayDecryptWith(principalOf(req), key, req.ip))) {
+  const authorizeReadKey = async (req: FastifyRequest, b: BucketRow, row: ObjectRow): Promise<KeyRow | undefined> => {
+    const v = await obs.versionKey(b, row);
+    if (v && !v.managed && opts.mayDecryptWith && !(await opts.mayDecryptWith(principalOf(req), v.key, req.ip))) {
       throw new ObsError(403, 'AccessDenied', 'Access Denied: not authorized to decrypt with the KMS key the object is encrypted under (kms:cmk:decrypt)');
     }
+    // Handed to readObject, which then does not look the key up again.
+    return v?.key;
   };
   const namedKeyHeader = (req: FastifyRequest) => {
     const v = req.headers['x-amz-server-side-encryption-aws-kms-key-id'];
@@ -368,12 +370,12 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
     }
     if (!(await allowed(req, m[3] ? 'obs:object:GetObjectVersion' : 'obs:object:GetObject', srcBucket, srcKey))) throw new ObsError(403, 'AccessDenied', 'not authorized to read the copy source');
     const row = await obs.headObject(srcBucket, srcKey, m[3] ? safeDecode(m[3]) : undefined);
-    await authorizeReadKey(req, srcBucket, row);
+    const cmk = await authorizeReadKey(req, srcBucket, row);
     const customerKey = sseCustomerKey(req, 'x-amz-copy-source-server-side-encryption-customer-');
     // An SSE-C source answers conditions only to the holder of its key.
     if (obs.isSseC(row)) (await obs.dataKeyOf(srcBucket, row, customerKey)).fill(0);
     if (evaluateConditions(req, row, 'x-amz-copy-source-') !== 'ok') throw preconditionFailed(req.headers['x-amz-copy-source-if-none-match'] !== undefined ? 'x-amz-copy-source-If-None-Match' : 'x-amz-copy-source-If-Modified-Since');
-    return { bucket: srcBucket, row, customerKey };
+    return { bucket: srcBucket, row, customerKey, cmk };
   };
   const copySourceHeaders = (reply: FastifyReply, src: { bucket: BucketRow; row: ObjectRow }) => {
     if (src.bucket.versioning || src.row.version_id !== 'null') reply.header('x-amz-copy-source-version-id', src.row.version_id);
@@ -396,7 +398,7 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
     const asked = req.headers['x-amz-checksum-algorithm'];
     const alg = typeof asked === 'string' ? asked.toLowerCase() : row.checksum?.slice(0, row.checksum.indexOf(':'));
     if (alg !== undefined && !isChecksumAlgorithm(alg)) throw new ObsError(400, 'InvalidRequest', 'x-amz-checksum-algorithm is one of CRC32, CRC32C, CRC64NVME, SHA1, SHA256');
-    const content = await obs.readObject(src.bucket, row, 0, row.size - 1, src.customerKey);
+    const content = await obs.readObject(src.bucket, row, 0, row.size - 1, src.customerKey, src.cmk);
     copySourceHeaders(reply, src);
     try {
       return await obs.putObject(dest, keyOf(req), content, meta, ({ size }) => {
@@ -929,7 +931,7 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
           });
         }
         const row = await obs.headObject(b, keyOf(req), versionIdOf(req));
-        await authorizeReadKey(req, b, row);
+        const cmk = await authorizeReadKey(req, b, row);
         const customerKey = sseCustomerKey(req);
         // An SSE-C object answers (even conditions) only to the holder of its key.
         if (obs.isSseC(row)) (await obs.dataKeyOf(b, row, customerKey)).fill(0);
@@ -938,16 +940,16 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
         if (process !== undefined) {
           const spec = parseWatermark(process);
           if (row.size > MAX_IMAGE_BYTES) throw new ObsError(400, 'InvalidArgument', `x-image-process: images over ${MAX_IMAGE_BYTES} bytes are not processed`);
-          const readAll = async (r: ObjectRow, bucket: BucketRow) => Buffer.concat(await (await obs.readObject(bucket, r, 0, r.size - 1)).toArray());
+          const readAll = async (r: ObjectRow, bucket: BucketRow, key: KeyRow | undefined) => Buffer.concat(await (await obs.readObject(bucket, r, 0, r.size - 1, undefined, key)).toArray());
           let mark: Buffer | undefined;
           if (spec.imageKey !== undefined) {
             if (!(await allowed(req, 'obs:object:GetObject', b, spec.imageKey))) throw new ObsError(403, 'AccessDenied', 'not authorized to read the watermark image');
             const markRow = await obs.headObject(b, spec.imageKey);
-            await authorizeReadKey(req, b, markRow);
+            const markKey = await authorizeReadKey(req, b, markRow);
             if (markRow.size > MAX_IMAGE_BYTES) throw new ObsError(400, 'InvalidArgument', 'x-image-process: the watermark image is too large');
-            mark = await readAll(markRow, b);
+            mark = await readAll(markRow, b, markKey);
           }
-          const out = await applyWatermark(await readAll(row, b), spec, mark);
+          const out = await applyWatermark(await readAll(row, b, cmk), spec, mark);
           reply.header('content-type', out.contentType);
           reply.header('content-length', String(out.body.length));
           reply.header('x-amz-server-side-encryption', 'aws:kms');
@@ -956,7 +958,7 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
         const range = parseRange(req.headers.range, row.size);
         const start = range?.start ?? 0;
         const end = range?.end ?? row.size - 1;
-        const stream = await obs.readObject(b, row, start, end, customerKey);
+        const stream = await obs.readObject(b, row, start, end, customerKey, cmk);
         objectHeaders(reply, row, kmsArn(b, row), b.versioning !== '', req);
         if (!range) checksumHeaders(reply, req, row);
         reply.header('content-length', String(end - start + 1));
