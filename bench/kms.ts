@@ -1,8 +1,11 @@
 // bench/kms: encrypt-data and decrypt-data with 4 KiB payloads, create-datakey, and /health on the
-// same server in the same run (target: encrypt-data >= 40% of /health); then create-datakey on a
-// server whose root key is in SoftHSMv2, for the local-vs-pkcs11 ratio. Every KMS call is traced.
+// same server in the same run (target: encrypt-data >= 40% of /health); then the same two figures on
+// bench/floor-server, a bare HTTP server that only parses the body, seals it with AES-GCM and answers
+// (what bounds the ratio any server can show on this machine); then create-datakey on a server whose
+// root key is in SoftHSMv2, for the local-vs-pkcs11 ratio. Every KMS call is traced.
 //   node dist/bench/kms.js     (BENCH_SECONDS=10 BENCH_CONNECTIONS=16 BENCH_ROUNDS=3; BENCH_DB=postgres for PostgreSQL)
 import autocannon from 'autocannon';
+import { ceilingRate, startFloorServer } from './floor.js';
 import { dropPgDatabase, freshPgDatabase } from './pg.js';
 import { startServerProcess, type ServerProcess } from './server-process.js';
 import { createSoftHsmToken, SOFTHSM_AVAILABLE, SOFTHSM_MODULE } from '../test/softhsm.js';
@@ -63,6 +66,25 @@ async function main() {
     }
     const [health, enc, dec, dk] = [median(figures.health), median(figures.enc), median(figures.dec), median(figures.dk)];
     console.log(`  ratios against /health in this run: encrypt-data ${(enc / health).toFixed(2)} (target >= 0.40), decrypt-data ${(dec / health).toFixed(2)}, create-datakey ${(dk / health).toFixed(2)}`);
+    return { dk, plain, health };
+  }).then(async ({ dk, plain, health }) => {
+    // The floor: the same load generator and body against a server that does nothing but the HTTP,
+    // the JSON and the AES-GCM of encrypt-data.
+    const floor = await startFloorServer();
+    try {
+      console.log(`\nfloor: bare HTTP server, encrypt-data's body parsed and sealed with AES-256-GCM, nothing else (${ROUNDS} alternating rounds)`);
+      const f = { health: [] as number[], enc: [] as number[] };
+      const body = { method: 'POST' as const, headers: { 'content-type': 'application/json' }, body: JSON.stringify({ key_id: '00000000-0000-4000-8000-000000000000', plain_text: plain }) };
+      for (let r = 0; r < ROUNDS; r++) {
+        f.health.push(await run('GET /health', { url: `${floor.url}/health` }));
+        f.enc.push(await run('encrypt-data (4 KiB), floor', { url: `${floor.url}/encrypt-data`, ...body }));
+      }
+      const [fh, fe] = [median(f.health), median(f.enc)];
+      console.log(`  floor ratio encrypt-data/health: ${(fe / fh).toFixed(2)}`);
+      console.log(`  bound on Custos's encrypt-data ratio: ${(ceilingRate(fe, fh, health) / health).toFixed(2)} (target 0.40), were authentication, policy, key lookup and the audit trace free`);
+    } finally {
+      await floor.stop();
+    }
     return dk;
   });
 

@@ -9,13 +9,13 @@
 //   reported; BENCH_DB=postgres for PostgreSQL)
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { spawn } from 'node:child_process';
 import { open, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { CreateBucketCommand, GetObjectCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import S3rver from 's3rver';
+import { startBenchServer } from './floor.js';
 import { dropPgDatabase, freshPgDatabase } from './pg.js';
 import { Readable } from 'node:stream';
 import { startServerProcess } from './server-process.js';
@@ -165,24 +165,13 @@ async function s3rver(): Promise<Figures> {
  * bounds the ratio against s3rver that any server can show.
  */
 async function nullServer(): Promise<Figures> {
-  const child = spawn(process.execPath, [path.join(here, 'null-s3-server.js')], { stdio: ['ignore', 'pipe', 'inherit'] });
-  const port = await new Promise<number>((resolve, reject) => {
-    let out = '';
-    child.stdout!.on('data', (c: Buffer) => {
-      out += c.toString();
-      const m = /listening (\d+)/.exec(out);
-      if (m) resolve(Number(m[1]));
-    });
-    child.on('exit', (code) => reject(new Error(`the null server exited with ${code}`)));
-  });
-  const client = new S3Client({ endpoint: `http://127.0.0.1:${port}`, region: 'us-east-1', forcePathStyle: true, credentials: { accessKeyId: 'NULL', secretAccessKey: 'NULL' } });
+  const server = await startBenchServer('null-s3-server.js');
+  const client = new S3Client({ endpoint: server.url, region: 'us-east-1', forcePathStyle: true, credentials: { accessKeyId: 'NULL', secretAccessKey: 'NULL' } });
   try {
     return await measure(client, 'bench');
   } finally {
     client.destroy();
-    const exited = new Promise((r) => child.once('exit', r));
-    child.kill('SIGTERM');
-    await exited;
+    await server.stop();
   }
 }
 
