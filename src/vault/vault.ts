@@ -852,6 +852,10 @@ export class VaultService {
       if (!p) throw new VaultError(400, 'UnknownProperty', `property ${n} is not in the collection's schema`);
       if (!p.searchable) throw new VaultError(400, 'NotSearchable', `property ${n} is not searchable`);
       if (!p.purposes.includes(opts.reason)) throw new VaultError(403, 'PurposeNotAllowed', `property ${n} is not collected for the purpose ${opts.reason}`);
+      // A match confirms a guessed value: more than a redacted, hashed or tokenized default shows.
+      if (!mayUnmask(access, n) && DISCLOSURE[p.default_transform] < DISCLOSURE.mask) {
+        throw new VaultError(403, 'SearchNotAllowed', `property ${n}: a match would show more of the value than its default (${p.default_transform}); searching by it needs the unmask permission for it`);
+      }
       try {
         this.validatorsOf(c).update({ [n]: raw });
       } catch (e) {

@@ -283,20 +283,21 @@ describe('personal-data vault', () => {
     const hr = await api('POST', V, {
       name: 'hr', project_id: t.projects[0]!.id,
       properties: [
-        { name: 'tax_id', pii_type: 'national_id', default_transform: 'redact', purposes: ['payroll'], collection_method: 'entered by HR', deletion: { after: 'P10Y' } },
-        { name: 'work_email', pii_type: 'email', default_transform: 'tokenize', purposes: ['payroll'], collection_method: 'entered by HR', deletion: { after: 'P10Y' } },
+        { name: 'tax_id', pii_type: 'national_id', default_transform: 'redact', searchable: true, purposes: ['payroll'], collection_method: 'entered by HR', deletion: { after: 'P10Y' } },
+        { name: 'work_email', pii_type: 'email', default_transform: 'tokenize', searchable: true, purposes: ['payroll'], collection_method: 'entered by HR', deletion: { after: 'P10Y' } },
+        { name: 'work_phone', pii_type: 'phone_number', searchable: true, purposes: ['payroll'], collection_method: 'entered by HR', deletion: { after: 'P10Y' } },
       ],
     });
     assert.equal(hr.status, 201, hr.text);
     const access = await api('PUT', `${V}/hr/access`, {
       access: [
-        { type: 'user', id: t.adminUserId, permissions: ['read', 'write', 'detokenize'], unmask: ['*'] },
-        { type: 'group', id: (globalThis as { supportGroup?: string }).supportGroup, permissions: ['read', 'detokenize'] },
+        { type: 'user', id: t.adminUserId, permissions: ['read', 'write', 'detokenize', 'search'], unmask: ['*'] },
+        { type: 'group', id: (globalThis as { supportGroup?: string }).supportGroup, permissions: ['read', 'detokenize', 'search'] },
       ],
     });
     assert.equal(access.status, 200, access.text);
     const taxId = '11010519491231002X';
-    const created = await api('POST', `${V}/hr/records`, { subject_id: 'emp-1', fields: { tax_id: taxId, work_email: 'pat@example.com' } });
+    const created = await api('POST', `${V}/hr/records`, { subject_id: 'emp-1', fields: { tax_id: taxId, work_email: 'pat@example.com', work_phone: '+8613912345678' } });
     assert.equal(created.status, 201, created.text);
     const id = created.json.id as string;
     const hrGet = (query: string, token: string) => api('GET', `${V}/hr/records/${id}?reason=payroll${query}`, undefined, token);
@@ -321,6 +322,20 @@ describe('personal-data vault', () => {
     const detokEmail = await api('POST', `${V}/hr/detokenize`, { reason: 'payroll', tokens: [emailToken] }, agentToken);
     assert.equal(detokEmail.json.values[0].value, emailToken);
     assert.equal((await hrGet('&transform=work_email:mask', agentToken)).status, 403);
+    // Nor may the agent confirm a guess by searching: a match shows more than a redacted or tokenized
+    // default. A masked property (the default) is searchable by it; the administrator searches any.
+    for (const match of [{ tax_id: taxId }, { work_email: 'pat@example.com' }, { work_phone: '+8613912345678', tax_id: taxId }]) {
+      const guess = await api('POST', `${V}/hr/search`, { reason: 'payroll', match }, agentToken);
+      assert.equal(guess.status, 403, guess.text);
+      assert.equal(guess.json.error.code, 'SearchNotAllowed');
+      assert.ok(!guess.text.includes(taxId.slice(-6)) && !guess.text.includes('pat@'), 'no part of the value in the error');
+    }
+    const byPhone = await api('POST', `${V}/hr/search`, { reason: 'payroll', match: { work_phone: '+8613912345678' } }, agentToken);
+    assert.equal(byPhone.status, 200, byPhone.text);
+    assert.deepEqual(byPhone.json.records.map((r: { id: string }) => r.id), [id]);
+    assert.equal(byPhone.json.records[0].fields.tax_id, '[REDACTED]');
+    const adminSearch = await api('POST', `${V}/hr/search`, { reason: 'payroll', match: { tax_id: taxId } });
+    assert.deepEqual(adminSearch.json.records.map((r: { id: string }) => r.id), [id]);
     assert.equal((await api('DELETE', `${V}/hr?force=true`)).status, 204);
   });
 
