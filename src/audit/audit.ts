@@ -5,7 +5,7 @@
  */
 import { generateKeyPairSync, createPrivateKey, sign as signBytes, type KeyObject } from 'node:crypto';
 import { randomBytes } from '../crypto/random.js';
-import { mkdir, writeFile, rename } from 'node:fs/promises';
+import { mkdir, rename, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { Worker } from 'node:worker_threads';
@@ -17,15 +17,16 @@ import { multiRowInsertSql, type Dialect } from '../store/db.js';
 import { WorkerWriteGate } from '../store/write-gate.js';
 import type { AppendReply, AppendRequest } from './append-worker.js';
 import {
-  canonicalDigest, DIGEST_FORMAT, genesisHash, KEYS_FORMAT, keyIdOf, TRACES_FORMAT, type Digest, type PublicKeyInfo, type StoredTrace,
+  canonicalDigest, DIGEST_FORMAT, genesisHash, KEYS_FORMAT, keyIdOf, MIN_RETENTION_DAYS, RANGE_FORMAT, TRACES_FORMAT, type Digest, type PublicKeyInfo, type StoredTrace,
 } from './chain.js';
+
+export { MIN_RETENTION_DAYS };
 import { auditHmac, byTrail, chainRows, fromRow, TRACE_COLUMNS } from './rows.js';
 import type { AuditTables } from './store.js';
 import type { AuditRecorder, RequestTrace } from './trace.js';
 
 const gzipAsync = promisify(gzip);
 
-export const MIN_RETENTION_DAYS = 180;
 export const MAX_RETENTION_DAYS = 3650;
 const DAY_MS = 86_400_000;
 const MAX_BATCH = 400;
@@ -576,6 +577,8 @@ export class AuditService implements AuditRecorder {
         const before = digests.filter((d) => d.end_record_time !== null && d.end_record_time < opts.from!).pop();
         fromSeq = before ? before.end_seq + 1 : 1;
       }
+      // Where this export means to start: the verifier tells traces left out on purpose from removed ones.
+      await writeAtomic(path.join(tdir, 'range.json'), Buffer.from(JSON.stringify({ format: RANGE_FORMAT, trail, from_seq: fromSeq })));
       let count = 0;
       let cursor = fromSeq - 1;
       for (;;) {
@@ -597,6 +600,16 @@ export class AuditService implements AuditRecorder {
   private async exportDigestRange(dir: string, d: Digest): Promise<void> {
     const tdir = path.join(dir, trailDirName(d.trail));
     await mkdir(tdir, { recursive: true, mode: 0o700 });
+    const range = path.join(tdir, 'range.json');
+    if (!(await fileExists(range))) {
+      // The first delivery to this directory: the traces start here, but the digest chain must be whole
+      // (the verifier refuses one that does not start at 1), so the earlier digests come along.
+      if (d.digest_seq > 1) {
+        const earlier = (await this.db.selectFrom('audit_digests').selectAll().where('trail', '=', d.trail).where('digest_seq', '<', d.digest_seq).orderBy('digest_seq').execute()) as Digest[];
+        await writeAtomic(path.join(tdir, `digests-before-${pad(d.digest_seq)}.json.gz`), await gzipAsync(JSON.stringify({ format: DIGEST_FORMAT, digests: earlier })));
+      }
+      await writeAtomic(range, Buffer.from(JSON.stringify({ format: RANGE_FORMAT, trail: d.trail, from_seq: d.start_seq })));
+    }
     if (d.trace_count > 0) {
       const rows = await this.db.selectFrom('audit_traces').selectAll().where('trail', '=', d.trail).where('seq', '>=', d.start_seq).where('seq', '<=', d.end_seq).orderBy('seq').execute();
       await writeAtomic(path.join(tdir, `traces-${pad(d.start_seq)}-${pad(d.end_seq)}.json.gz`), await gzipAsync(JSON.stringify({ format: TRACES_FORMAT, trail: d.trail, traces: rows.map(fromRow) })));
@@ -619,6 +632,15 @@ function pad(n: number): string {
 }
 export function trailDirName(trail: string): string {
   return trail === '' ? 'platform' : trail;
+}
+
+async function fileExists(file: string): Promise<boolean> {
+  try {
+    await stat(file);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 async function writeAtomic(file: string, data: Buffer): Promise<void> {

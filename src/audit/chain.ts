@@ -14,6 +14,19 @@ import { createHash, createPublicKey, hash as oneShotHash, verify as verifySig }
 export const TRACES_FORMAT = 'custos-audit-traces/1';
 export const DIGEST_FORMAT = 'custos-audit-digest/1';
 export const KEYS_FORMAT = 'custos-audit-public-keys/1';
+/** Per trail in an export: the first position the export meant to hold (`--from` starts later than 1). */
+export const RANGE_FORMAT = 'custos-audit-range/1';
+
+/** The shortest retention a trail can have: retention never clears traces younger than this. */
+export const MIN_RETENTION_DAYS = 180;
+const DAY_MS = 86_400_000;
+
+export interface VerifyOptions {
+  /** The verifier's clock (ms): traces missing from a trail's start must be older than the shortest retention. */
+  now?: number;
+  /** Per trail, the first position the export meant to hold (RANGE_FORMAT files); 1 when not given. */
+  exportedFrom?: Record<string, number>;
+}
 
 /** A trace as stored and exported. `trail` is the owning account's id, '' for unattributed requests. */
 export interface StoredTrace {
@@ -174,7 +187,8 @@ export function toLink(t: StoredTrace): TraceLink {
   return { trail: t.trail, seq: t.seq, trace_id: t.trace_id, record_time: t.record_time, prev_hash: t.prev_hash, hash: t.hash, intact: traceHash(t.prev_hash, t) === t.hash };
 }
 
-export function verifyTrail(traces: (StoredTrace | TraceLink)[], digests: Digest[], keys: PublicKeyInfo[], onProgress?: (done: number) => void): VerifyReport {
+export function verifyTrail(traces: (StoredTrace | TraceLink)[], digests: Digest[], keys: PublicKeyInfo[], onProgress?: (done: number) => void, opts: VerifyOptions = {}): VerifyReport {
+  const now = opts.now ?? Date.now();
   const trails = new Set<string>([...traces.map((t) => t.trail), ...digests.map((d) => d.trail)]);
   const keyObjects = new Map(keys.map((k) => [k.key_id, createPublicKey(k.public_key)]));
   const retiredAt = new Map(keys.filter((k) => typeof k.retired_at === 'number').map((k) => [k.key_id, k.retired_at as number]));
@@ -215,6 +229,13 @@ export function verifyTrail(traces: (StoredTrace | TraceLink)[], digests: Digest
       } else if (d.digest_seq === 1 && (d.prev_signature !== null || d.start_seq !== 1 || d.start_prev_hash !== genesisHash(trail))) {
         digestProblem({ kind: 'broken-link', trail, digest_seq: 1, message: 'the first digest does not start the trail' });
       }
+    }
+
+    // Every export holds all of a trail's digests (they are never cleared), so the chain starts at 1:
+    // without this, removing the oldest digests with their traces would leave a trail that verifies.
+    if (ds.length > 0 && ds[0]!.digest_seq !== 1) {
+      const k = ds[0]!.digest_seq;
+      digestProblem({ kind: 'missing-digest', trail, digest_seq: 1, message: `digest${k > 2 ? `s 1..${k - 1} are` : ' 1 is'} missing: the trail's first digests were removed` });
     }
 
     // 2. The traces: contiguous, each hashing to its stored hash and linking to the one before.
@@ -280,6 +301,27 @@ export function verifyTrail(traces: (StoredTrace | TraceLink)[], digests: Digest
       }
       const lastDigestEnd = ds.length ? ds[ds.length - 1]!.end_seq : 0;
       report.unsigned_tail = ts.filter((t) => t.seq > lastDigestEnd).length;
+    }
+
+    // 4. Traces missing before the first one held (all of them, when none is) were cleared by retention
+    // only if whole digest ranges went, each ending more than the shortest retention ago; anything
+    // younger, or never signed, was removed by someone else.
+    const from = Math.max(1, Math.floor(opts.exportedFrom?.[trail] ?? 1));
+    const firstHeld = ts.length ? ts.reduce((m, t) => Math.min(m, t.seq), Number.POSITIVE_INFINITY) : (ds.length ? ds[ds.length - 1]!.end_seq + 1 : 1);
+    if (firstHeld > from) {
+      const oldest = now - MIN_RETENTION_DAYS * DAY_MS;
+      const covering = ds.filter((d) => d.trace_count > 0 && d.end_seq >= from && d.start_seq < firstHeld);
+      const signedThrough = covering.reduce((m, d) => Math.max(m, d.end_seq), from - 1);
+      const young = covering.find((d) => d.end_record_time === null || d.end_record_time > oldest);
+      if (young || signedThrough < firstHeld - 1) {
+        const range = firstHeld - 1 > from ? `traces ${from}..${firstHeld - 1} are` : `trace ${from} is`;
+        traceProblem({
+          kind: 'missing', trail, seq: from, trace_id: null,
+          message: young
+            ? `${range} missing, though digest ${young.digest_seq} covering them ends less than ${MIN_RETENTION_DAYS} days (the shortest retention) ago: they were removed, not cleared`
+            : `${range} missing, and no digest covers them all: they were removed, not cleared`,
+        });
+      }
     }
     reports.push(report);
   }

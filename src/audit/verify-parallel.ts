@@ -8,7 +8,7 @@ import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { gunzipSync } from 'node:zlib';
-import { DIGEST_FORMAT, KEYS_FORMAT, type Digest, type PublicKeyInfo, type TraceLink } from './chain.js';
+import { DIGEST_FORMAT, KEYS_FORMAT, RANGE_FORMAT, type Digest, type PublicKeyInfo, type TraceLink } from './chain.js';
 
 async function filesUnder(dir: string): Promise<string[]> {
   const out: string[] = [];
@@ -32,15 +32,17 @@ async function readJson(file: string): Promise<unknown> {
 export async function loadExportChecked(
   dir: string,
   opts: { keysFile?: string; threads?: number; onProgress?: (tracesRead: number) => void } = {},
-): Promise<{ links: TraceLink[]; digests: Digest[]; keys: PublicKeyInfo[] }> {
+): Promise<{ links: TraceLink[]; digests: Digest[]; keys: PublicKeyInfo[]; exportedFrom: Record<string, number> }> {
   const files = (await filesUnder(dir)).filter((f) => f.endsWith('.json.gz') || f.endsWith('.json'));
   const traceFiles = files.filter((f) => path.basename(f).startsWith('traces-'));
   const digests = new Map<string, Digest>();
+  const exportedFrom: Record<string, number> = {};
   let keys: PublicKeyInfo[] = [];
   for (const f of files.filter((x) => !path.basename(x).startsWith('traces-'))) {
-    const doc = (await readJson(f)) as { format?: string; digests?: Digest[]; keys?: PublicKeyInfo[] };
+    const doc = (await readJson(f)) as { format?: string; digests?: Digest[]; keys?: PublicKeyInfo[]; trail?: string; from_seq?: number };
     if (doc.format === DIGEST_FORMAT && doc.digests) for (const d of doc.digests) digests.set(`${d.trail}/${d.digest_seq}/${d.signature}`, d);
     else if (doc.format === KEYS_FORMAT && doc.keys && !opts.keysFile) keys = doc.keys;
+    else if (doc.format === RANGE_FORMAT && typeof doc.trail === 'string' && typeof doc.from_seq === 'number') exportedFrom[doc.trail] = doc.from_seq;
   }
   if (opts.keysFile) {
     const doc = JSON.parse(await readFile(opts.keysFile, 'utf8')) as { keys?: PublicKeyInfo[]; public_keys?: PublicKeyInfo[] };
@@ -73,5 +75,5 @@ export async function loadExportChecked(
       });
     }),
   );
-  return { links: results.flat(), digests: [...digests.values()], keys };
+  return { links: results.flat(), digests: [...digests.values()], keys, exportedFrom };
 }

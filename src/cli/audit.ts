@@ -2,7 +2,7 @@ import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { Command } from 'commander';
-import { DIGEST_FORMAT, KEYS_FORMAT, TRACES_FORMAT, verifyTrail, type Digest, type PublicKeyInfo, type StoredTrace } from '../audit/chain.js';
+import { DIGEST_FORMAT, KEYS_FORMAT, RANGE_FORMAT, TRACES_FORMAT, verifyTrail, type Digest, type PublicKeyInfo, type StoredTrace } from '../audit/chain.js';
 import { loadExportChecked } from '../audit/verify-parallel.js';
 import { openServices } from '../server/index.js';
 import { call, profile } from './client.js';
@@ -26,17 +26,21 @@ async function filesUnder(dir: string): Promise<string[]> {
   return out.sort();
 }
 
-/** Reads an export directory: traces in file order (files sorted by their first seq), all digests, the public keys. */
-export async function loadExport(dir: string, keysFile?: string): Promise<{ traces: StoredTrace[]; digests: Digest[]; keys: PublicKeyInfo[] }> {
+/**
+ * Reads an export directory: traces in file order (files sorted by their first seq), all digests, the
+ * public keys, and where each trail's export means to start.
+ */
+export async function loadExport(dir: string, keysFile?: string): Promise<{ traces: StoredTrace[]; digests: Digest[]; keys: PublicKeyInfo[]; exportedFrom: Record<string, number> }> {
   const files = await filesUnder(dir);
   const traces: StoredTrace[] = [];
   const digests = new Map<string, Digest>();
+  const exportedFrom: Record<string, number> = {};
   let keys: PublicKeyInfo[] = [];
   for (const f of files) {
     const base = path.basename(f);
     if (!base.endsWith('.json.gz') && !base.endsWith('.json')) continue;
     const raw = await readFile(f);
-    let doc: { format?: string; traces?: StoredTrace[]; digests?: Digest[]; keys?: PublicKeyInfo[] };
+    let doc: { format?: string; traces?: StoredTrace[]; digests?: Digest[]; keys?: PublicKeyInfo[]; trail?: string; from_seq?: number };
     try {
       doc = JSON.parse((base.endsWith('.gz') ? gunzipSync(raw) : raw).toString('utf8'));
     } catch {
@@ -45,12 +49,13 @@ export async function loadExport(dir: string, keysFile?: string): Promise<{ trac
     if (doc.format === TRACES_FORMAT && doc.traces) traces.push(...doc.traces);
     else if (doc.format === DIGEST_FORMAT && doc.digests) for (const d of doc.digests) digests.set(`${d.trail}/${d.digest_seq}/${d.signature}`, d);
     else if (doc.format === KEYS_FORMAT && doc.keys && !keysFile) keys = doc.keys;
+    else if (doc.format === RANGE_FORMAT && typeof doc.trail === 'string' && typeof doc.from_seq === 'number') exportedFrom[doc.trail] = doc.from_seq;
   }
   if (keysFile) {
     const doc = JSON.parse(await readFile(keysFile, 'utf8')) as { keys?: PublicKeyInfo[]; public_keys?: PublicKeyInfo[] };
     keys = doc.keys ?? doc.public_keys ?? [];
   }
-  return { traces, digests: [...digests.values()], keys };
+  return { traces, digests: [...digests.values()], keys, exportedFrom };
 }
 
 export function auditCommand(): Command {
@@ -125,11 +130,11 @@ export function auditCommand(): Command {
     .option('-o, --output <format>', 'json or table', 'table')
     .action(async (dir: string, opts) => {
       const progress = process.stderr.isTTY ? (n: number) => process.stderr.write(`\r${n} traces read and re-hashed`) : undefined;
-      const { links, digests, keys } = await loadExportChecked(dir, { ...(opts.publicKeys ? { keysFile: opts.publicKeys } : {}), ...(progress ? { onProgress: progress } : {}) });
+      const { links, digests, keys, exportedFrom } = await loadExportChecked(dir, { ...(opts.publicKeys ? { keysFile: opts.publicKeys } : {}), ...(progress ? { onProgress: progress } : {}) });
       if (progress) process.stderr.write('\n');
       if (keys.length === 0) throw Object.assign(new Error('no public keys: pass --public-keys or export with public-keys.json'), { exitCode: 2 });
       process.stderr.write(`verifying ${links.length} traces and ${digests.length} digests with ${keys.length} public key(s)\n`);
-      const report = verifyTrail(links, digests, keys);
+      const report = verifyTrail(links, digests, keys, undefined, { exportedFrom });
       if (opts.output === 'json') process.stdout.write(JSON.stringify(report, null, 2) + '\n');
       else {
         print('table', report.trails.map((t) => ({

@@ -5,7 +5,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { createPrivateKey, generateKeyPairSync, sign, type KeyObject } from 'node:crypto';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -312,9 +312,9 @@ describe('digests, export and offline verification', () => {
     rmSync(dir, { recursive: true, force: true });
     await s.custos.audit.exportTo(dir, { trails: [a.accountId] });
   }
-  async function verify() {
-    const { traces, digests, keys } = await loadExport(dir);
-    return verifyTrail(traces, digests, keys).trails[0]!;
+  async function verify(now = clock) {
+    const { traces, digests, keys, exportedFrom } = await loadExport(dir);
+    return verifyTrail(traces, digests, keys, undefined, { now, exportedFrom }).trails[0]!;
   }
 
   test('digests are due at the interval, signed, chained, and published keys verify them', async () => {
@@ -431,6 +431,46 @@ describe('digests, export and offline verification', () => {
     assert.ok(r.first_trace_problem || r.first_digest_problem, 'a removed digest is noticed');
   });
 
+  test("removing a trail's oldest traces is noticed, with their digests or without, unless retention could have cleared them", async () => {
+    await freshExport();
+    const df = path.join(trailDir(), 'digests.json.gz');
+    const first = (readGz(df).digests as Digest[]).find((d) => d.digest_seq === 1)!;
+    assert.ok(first.trace_count > 0 && first.end_seq > 1);
+    // The traces digest 1 covers go: the rest still starts at a signed digest boundary.
+    const dropOldest = () => {
+      for (const f of traceFiles()) {
+        const doc = readGz(path.join(trailDir(), f));
+        doc.traces = doc.traces.filter((t: StoredTrace) => t.seq > first.end_seq);
+        writeGz(path.join(trailDir(), f), doc);
+      }
+    };
+    dropOldest();
+    const young = await verify();
+    assert.equal(young.first_trace_problem?.kind, 'missing', JSON.stringify(young));
+    assert.equal(young.first_trace_problem?.seq, 1);
+    assert.match(young.first_trace_problem!.message, /less than 180 days/);
+    // Past the shortest retention, the same gap is what clearing leaves: it verifies.
+    const later = await verify(first.end_record_time! + 181 * DAY);
+    assert.equal(later.first_trace_problem, null, JSON.stringify(later));
+    assert.equal(later.first_digest_problem, null);
+    // Digest 1 removed as well: the digest chain no longer starts at 1, at any time.
+    const doc = readGz(df);
+    doc.digests = doc.digests.filter((d: Digest) => d.digest_seq !== 1);
+    writeGz(df, doc);
+    for (const when of [clock, first.end_record_time! + 181 * DAY]) {
+      const r = await verify(when);
+      assert.equal(r.first_digest_problem?.kind, 'missing-digest', JSON.stringify(r));
+      assert.equal(r.first_digest_problem?.digest_seq, 1);
+    }
+    // An export asked to start later holds no earlier traces, on purpose: that verifies.
+    rmSync(dir, { recursive: true, force: true });
+    await s.custos.audit.exportTo(dir, { trails: [a.accountId], from: first.end_record_time! + 1 });
+    const fromLater = await verify();
+    assert.equal(fromLater.first_trace_problem, null, JSON.stringify(fromLater));
+    assert.equal(fromLater.first_digest_problem, null);
+    assert.ok(readGz(path.join(trailDir(), traceFiles()[0]!)).traces[0].seq > first.end_seq);
+  });
+
   test('a retired signing key vouches for nothing after its retirement, however the digest is dated', async () => {
     const before = (await s.custos.audit.publicKeys()).find((k) => k.status === 'active')!;
     const rotatedAt = clock;
@@ -496,9 +536,21 @@ describe('digests, export and offline verification', () => {
       const files = readdirSync(path.join(exportDir, t2.accountId));
       assert.ok(files.some((f) => /^digest-\d+\.json\.gz$/.test(f)));
       assert.ok(files.some((f) => /^traces-\d+-\d+\.json\.gz$/.test(f)));
-      const { traces, digests, keys } = await loadExport(exportDir);
-      const report = verifyTrail(traces, digests, keys);
+      const { traces, digests, keys, exportedFrom } = await loadExport(exportDir);
+      const report = verifyTrail(traces, digests, keys, undefined, { exportedFrom });
       assert.equal(report.ok, true, JSON.stringify(report));
+      // A directory configured after the trail's first digests: the first delivery brings the earlier
+      // digests (the chain must start at 1) and says where its traces start, so it verifies.
+      rmSync(exportDir, { recursive: true, force: true });
+      mkdirSync(exportDir);
+      await s2.api('GET', '/v3/groups', { token: t2.token });
+      await s2.custos.audit.writeDueDigests({ force: true });
+      const late = await loadExport(exportDir);
+      const trail = t2.accountId;
+      assert.deepEqual(late.digests.filter((d) => d.trail === trail).map((d) => d.digest_seq).sort(), [1, 2]);
+      assert.ok(late.exportedFrom[trail]! > 1);
+      const lateReport = verifyTrail(late.traces, late.digests, late.keys, undefined, { exportedFrom: late.exportedFrom });
+      assert.equal(lateReport.ok, true, JSON.stringify(lateReport));
     } finally {
       await s2.close();
       rmSync(exportDir, { recursive: true, force: true });
@@ -533,10 +585,13 @@ describe('retention', () => {
       assert.ok(q.json.traces.length >= 3);
       assert.equal((await s.api('GET', '/v1/audit/digests', { token })).json.digests.length, 2, 'digests are kept');
       await s.custos.audit.exportTo(dir, { trails: [a.accountId] });
-      const { traces: ts, digests, keys } = await loadExport(dir);
-      const report = verifyTrail(ts, digests, keys);
+      const { traces: ts, digests, keys, exportedFrom } = await loadExport(dir);
+      const report = verifyTrail(ts, digests, keys, undefined, { now: clock, exportedFrom });
       assert.equal(report.ok, true, JSON.stringify(report.trails[0]));
       assert.ok(ts[0]!.seq > 1, 'the remaining range starts after the cleared one');
+      // Had the same traces gone before the shortest retention, the verifier would say so.
+      const early = verifyTrail(ts, digests, keys, undefined, { now: clock - 2 * DAY, exportedFrom }).trails[0]!;
+      assert.equal(early.first_trace_problem?.kind, 'missing', JSON.stringify(early));
       // A longer retention is accepted.
       assert.equal((await s.api('PUT', '/v1/audit/retention', { token, body: { retention_days: 365 } })).json.retention_days, 365);
     } finally {
