@@ -544,7 +544,7 @@ export class ObsService {
       const checksum = w.checksum ?? w.computed;
       const versionId = bucket.versioning === 'Enabled' ? newVersionId(this.now()) : NULL_VERSION;
       const row: ObjectRow = {
-        bucket_id: bucket.id, key, version_id: versionId, size: w.size, etag: etagOf(w.md5, meta.customerKey), content_type: meta.contentType,
+        bucket_id: bucket.id, key, version_id: versionId, size: w.size, etag: etagOf(w.md5, meta.customerKey, cmk && isCustomerKey(cmk) ? dk.plaintext : undefined), content_type: meta.contentType,
         metadata_json: JSON.stringify(meta.metadata), blob_id: blobId, cipher_size: w.cipherSize, kms_key_id: cmk ? cmk.id : SSE_C,
         data_key: dk.ciphertext.toString('base64'), created_at: this.now(), is_latest: 1, delete_marker: 0, seq: 0, parts_json: null,
         ...this.lockFor(bucket, meta), tags_json: meta.tags ? JSON.stringify(meta.tags) : null, checksum, subject_id: subjectOf(meta.tags),
@@ -707,7 +707,7 @@ export class ObsService {
     // The benchmark's plaintext baseline reads with no key, so it looks none up either.
     if (this.isSseC(row) || this.opts.plaintextBaselineForBenchmarks) return null;
     const key = await this.kms.findKey(this.scopeOf(bucket), row.kms_key_id);
-    return key ? { key, managed: key.alias === DEFAULT_KEY_ALIAS } : null;
+    return key ? { key, managed: !isCustomerKey(key) } : null;
   }
 
   /** `cmk`: the version's KMS key when the caller already looked it up (versionKey). */
@@ -771,11 +771,12 @@ export class ObsService {
   }
 
   /** The upload's data key: through KMS, or (SSE-C) opened with the key the part request carries. */
-  private async uploadKey(bucket: BucketRow, u: UploadRow, customerKey?: Buffer): Promise<Buffer> {
+  /** The upload's data key; `customerCmk`: whether it is under a customer's KMS key (not the service's default). */
+  private async uploadKey(bucket: BucketRow, u: UploadRow, customerKey?: Buffer): Promise<{ dek: Buffer; customerCmk: boolean }> {
     if (this.isSseCUpload(u)) {
       if (!customerKey) throw new ObsError(400, 'InvalidRequest', 'the multipart upload was created with a customer-provided key (SSE-C): every part must carry the same key');
       try {
-        return openForCustomer(bucket, u.id, u.data_key, customerKey);
+        return { dek: openForCustomer(bucket, u.id, u.data_key, customerKey), customerCmk: false };
       } catch {
         throw new ObsError(400, 'InvalidArgument', 'the customer-provided key does not match the one the multipart upload was created with');
       }
@@ -783,7 +784,7 @@ export class ObsService {
     if (customerKey) throw new ObsError(400, 'InvalidArgument', 'the multipart upload was not created with a customer-provided key (SSE-C)');
     try {
       const cmk = await this.kms.getKey(this.scopeOf(bucket), u.kms_key_id);
-      return await this.kms.decrypt(cmk, Buffer.from(u.data_key, 'base64'), { 'obs:bucket': bucket.id, 'obs:blob': u.id });
+      return { dek: await this.kms.decrypt(cmk, Buffer.from(u.data_key, 'base64'), { 'obs:bucket': bucket.id, 'obs:blob': u.id }), customerCmk: isCustomerKey(cmk) };
     } catch (e) {
       throw kmsFailure(e);
     }
@@ -795,7 +796,7 @@ export class ObsService {
    */
   async uploadPart(bucket: BucketRow, u: UploadRow, partNumber: number, content: Readable, verify: VerifyUpload, customerKey?: Buffer, declared?: ChecksumAlgorithm): Promise<string> {
     if (!Number.isInteger(partNumber) || partNumber < 1 || partNumber > MAX_PARTS) throw new ObsError(400, 'InvalidArgument', `part numbers are 1 to ${MAX_PARTS}`);
-    const dek = await this.uploadKey(bucket, u, customerKey);
+    const { dek, customerCmk } = await this.uploadKey(bucket, u, customerKey);
     const blobId = randomBytes(16).toString('hex');
     try {
       const alg = u.checksum_algorithm as ChecksumAlgorithm | null;
@@ -805,7 +806,7 @@ export class ObsService {
         await this.dropBlobs([blobId]);
         throw new ObsError(400, 'EntityTooLarge', `a part is at most ${MAX_PART_BYTES} bytes`);
       }
-      const etag = etagOf(w.md5, customerKey);
+      const etag = etagOf(w.md5, customerKey, customerCmk ? dek : undefined);
       const previous = await this.db.transaction().execute(async (tx) => {
         const old = await tx.selectFrom('obs_upload_parts').select('blob_id').where('upload_id', '=', u.id).where('part_number', '=', partNumber).executeTakeFirst();
         if (old) await tx.deleteFrom('obs_upload_parts').where('upload_id', '=', u.id).where('part_number', '=', partNumber).execute();
@@ -829,7 +830,7 @@ export class ObsService {
     const length = source.end - source.start + 1;
     if (length > MAX_PART_BYTES) throw new ObsError(400, 'InvalidRequest', `a copied part is at most ${MAX_PART_BYTES} bytes: give x-amz-copy-source-range`);
     // Check the destination's key before reading (and unwrapping) the source.
-    if (this.isSseCUpload(u) || customerKey) (await this.uploadKey(bucket, u, customerKey)).fill(0);
+    if (this.isSseCUpload(u) || customerKey) (await this.uploadKey(bucket, u, customerKey)).dek.fill(0);
     const content = await this.readObject(source.bucket, source.row, source.start, source.end, source.customerKey, source.cmk);
     try {
       const etag = await this.uploadPart(bucket, u, partNumber, content, ({ size }) => {
@@ -1102,14 +1103,28 @@ export function checkTags(tags: Record<string, string>, max: number): void {
 }
 
 /**
- * The ETag of stored content: its MD5, as S3 gives for unencrypted and SSE-S3 objects. For SSE-C content,
- * the MD5 keyed by the customer's key instead (S3 too gives such objects an ETag that is not their
- * MD5): a plain digest in the database and in every listing would let anyone confirm a guess of content
- * that only the holder of the key may read.
+ * The ETag of stored content: its MD5, as S3 gives for unencrypted and SSE-S3 objects (here: under the
+ * service's default key). For SSE-C content, the MD5 keyed by the customer's key instead; for content
+ * under a customer's KMS key, keyed by a key derived from its own data key (S3 too gives SSE-C and
+ * SSE-KMS objects ETags that are not their MD5). A plain digest in the database, in every listing and
+ * HEAD would let anyone who may list confirm a guess of content only holders of the key may read.
  */
-function etagOf(md5: Buffer, customerKey: Buffer | undefined): string {
-  if (!customerKey) return md5.toString('hex');
-  return createHmac('sha256', customerKey).update('custos obs sse-c etag\n').update(md5).digest('hex').slice(0, 32);
+function etagOf(md5: Buffer, customerKey: Buffer | undefined, dataKey?: Buffer): string {
+  if (customerKey) return createHmac('sha256', customerKey).update('custos obs sse-c etag\n').update(md5).digest('hex').slice(0, 32);
+  if (dataKey) {
+    const k = createHmac('sha256', dataKey).update('custos obs sse-kms etag key').digest();
+    try {
+      return createHmac('sha256', k).update(md5).digest('hex').slice(0, 32);
+    } finally {
+      k.fill(0);
+    }
+  }
+  return md5.toString('hex');
+}
+
+/** A KMS key a customer chose (named in the request or as the bucket's default), not the service's own. */
+function isCustomerKey(key: KeyRow): boolean {
+  return key.alias !== DEFAULT_KEY_ALIAS;
 }
 
 /** SSE-C: a fresh data key sealed under the customer's key, bound to the bucket and the blob (or upload) id. */

@@ -268,6 +268,26 @@ describe('S3 API with @aws-sdk/client-s3', () => {
     const del = await client.send(new DeleteObjectsCommand({ Bucket: 'copies', Delete: { Objects: [{ Key: 'src.txt' }, { Key: 'dst.txt' }, { Key: 'never-was' }] } }));
     assert.deepEqual(del.Deleted?.map((d) => d.Key).sort(), ['dst.txt', 'never-was', 'src.txt']);
     assert.equal((await client.send(new ListObjectsV2Command({ Bucket: 'copies' }))).KeyCount, 0);
+
+    // Under a customer's key the ETag is not the content's MD5 (S3 gives SSE-KMS objects such ETags
+    // too): who may list or HEAD, without the key's decrypt permission, cannot confirm a guess of it.
+    const md5Of = (b: string | Buffer) => `"${createHash('md5').update(b).digest('hex')}"`;
+    assert.notEqual(moved.ETag, md5Of('copy me'));
+    const kmsPut = async (k: string) => (await client.send(new PutObjectCommand({ Bucket: 'photos', Key: k, Body: 'guessable', SSEKMSKeyId: keyId, ServerSideEncryption: 'aws:kms' }))).ETag!;
+    const [e1, e2] = [await kmsPut('guess-1.txt'), await kmsPut('guess-2.txt')];
+    assert.match(e1, /^"[0-9a-f]{32}"$/);
+    assert.notEqual(e1, md5Of('guessable'));
+    assert.notEqual(e1, e2, 'the same content under two data keys');
+    assert.equal((await client.send(new HeadObjectCommand({ Bucket: 'photos', Key: 'guess-1.txt' }))).ETag, e1);
+    const guesses = (await client.send(new ListObjectsV2Command({ Bucket: 'photos', Prefix: 'guess-' }))).Contents ?? [];
+    assert.deepEqual(guesses.map((o) => o.ETag).sort(), [e1, e2].sort());
+    const partData = randomBytes(1000);
+    const { UploadId } = await client.send(new CreateMultipartUploadCommand({ Bucket: 'photos', Key: 'guess-3.bin', SSEKMSKeyId: keyId, ServerSideEncryption: 'aws:kms' }));
+    const p1 = await client.send(new UploadPartCommand({ Bucket: 'photos', Key: 'guess-3.bin', UploadId, PartNumber: 1, Body: partData }));
+    assert.notEqual(p1.ETag, md5Of(partData));
+    await client.send(new CompleteMultipartUploadCommand({ Bucket: 'photos', Key: 'guess-3.bin', UploadId, MultipartUpload: { Parts: [{ PartNumber: 1, ETag: p1.ETag }] } }));
+    assert.deepEqual(Buffer.from(await (await client.send(new GetObjectCommand({ Bucket: 'photos', Key: 'guess-3.bin' }))).Body!.transformToByteArray()), partData);
+    await client.send(new DeleteObjectsCommand({ Bucket: 'photos', Delete: { Objects: [{ Key: 'guess-1.txt' }, { Key: 'guess-2.txt' }, { Key: 'guess-3.bin' }] } }));
   });
 
   test('SSE-C: an object stored with a customer key is readable only with that key, and copies out under KMS', async () => {
