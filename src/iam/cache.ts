@@ -1,4 +1,6 @@
+import { randomBytes } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
+import type { Kysely } from 'kysely';
 
 /**
  * Per-node cache of what authenticating and authorizing a request reads: token rows, access keys
@@ -227,4 +229,53 @@ export function deepFreeze<T>(v: T): T {
     for (const x of Object.values(v as object)) deepFreeze(x);
   }
   return v;
+}
+
+/**
+ * The shared epoch row (in `settings`) behind an IamCache: a service writes it after every mutation
+ * so other nodes forget what they cached (they read it at least once per staleness bound). Used by
+ * IAM (`iam.epoch`) and KMS (`kms.epoch`, key rows).
+ */
+export class SharedEpoch {
+  constructor(
+    private readonly db: Kysely<{ settings: { name: string; value: string } }>,
+    private readonly name: string,
+    private readonly cache: () => IamCache,
+  ) {}
+
+  async read(): Promise<string | null> {
+    const row = await this.db.selectFrom('settings').select('value').where('name', '=', this.name).executeTakeFirst();
+    return row?.value ?? null;
+  }
+
+  /**
+   * Tells the other nodes that something changed. A failed write is retried; if it keeps failing, other
+   * nodes may keep what they cached before the change until their entries expire (the TTL), so it is
+   * retried in the background for that long.
+   */
+  async bump(): Promise<void> {
+    const value = randomBytes(8).toString('hex');
+    const write = async () => {
+      await this.db
+        .insertInto('settings')
+        .values({ name: this.name, value })
+        .onConflict((oc) => oc.column('name').doUpdateSet({ value }))
+        .execute();
+      this.cache().noteOwnEpoch(value);
+    };
+    for (let attempt = 1; attempt <= 3; attempt++) {
+      try {
+        return await write();
+      } catch {
+        if (attempt < 3) await new Promise((r) => setTimeout(r, 20 * attempt));
+      }
+    }
+    const giveUpAt = Date.now() + this.cache().opts.ttlMs;
+    const retry = () => {
+      write().catch(() => {
+        if (Date.now() < giveUpAt) setTimeout(retry, 1_000).unref();
+      });
+    };
+    setTimeout(retry, 1_000).unref();
+  }
 }

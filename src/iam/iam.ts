@@ -3,7 +3,7 @@ import { randomBytes } from '../crypto/random.js';
 import { CompiledQuery, sql } from 'kysely';
 import type { SecretBox } from '../crypto/secretbox.js';
 import { isUniqueViolation, multiRowInsertSql } from '../store/db.js';
-import { deepFreeze, IamCache, type CacheSpace, type IamCacheOptions } from './cache.js';
+import { deepFreeze, IamCache, SharedEpoch, type CacheSpace, type IamCacheOptions } from './cache.js';
 import { IamCodes, IamError } from './errors.js';
 import { checkTotp, newTotpSecret, totpUri } from './mfa.js';
 import {
@@ -236,6 +236,8 @@ export class IamService {
   private readonly db: IamDb;
   /** What authentication and authorization read, per node; see cache.ts for the invalidation rules. */
   readonly cache: IamCache;
+  /** The `iam.epoch` row other nodes poll. */
+  private readonly epoch: SharedEpoch;
   private readonly tokens: CacheSpace<TokenRow>;
   private readonly accessKeys: CacheSpace<{ key: AccessKeyRow; secret: string }>;
   private readonly principals: CacheSpace<{ principal: Principal; agencyExpiresAt: number | null }>;
@@ -257,7 +259,9 @@ export class IamService {
   ) {
     this.db = db;
     this.now = opts.now ?? Date.now;
-    this.cache = new IamCache(() => this.readEpoch(), opts.cache);
+    const epoch = new SharedEpoch(db as unknown as ConstructorParameters<typeof SharedEpoch>[0], 'iam.epoch', () => this.cache);
+    this.epoch = epoch;
+    this.cache = new IamCache(() => epoch.read(), opts.cache);
     this.tokens = this.cache.space('token');
     this.accessKeys = this.cache.space('access-key');
     this.principals = this.cache.space('principal');
@@ -275,7 +279,7 @@ export class IamService {
           } finally {
             // Before the call returns, so another node honours the change within the staleness bound
             // counted from the moment the caller sees it done.
-            await this.bumpEpoch();
+            await this.epoch.bump();
           }
           // And it survives a power loss before the caller hears of it: a disabled key, a deleted
           // user or a detached policy must not come back.
@@ -283,43 +287,6 @@ export class IamService {
           return result;
         });
     }
-  }
-
-  private async readEpoch(): Promise<string | null> {
-    const row = await this.db.selectFrom('settings').select('value').where('name', '=', 'iam.epoch').executeTakeFirst();
-    return row?.value ?? null;
-  }
-
-  /**
-   * Tells the other nodes that IAM changed: they read this row at least once per staleness bound
-   * before serving anything cached. A failed write is retried; if it keeps failing, other nodes may
-   * keep what they cached before the change until their entries expire (the TTL), so it is retried
-   * in the background for that long.
-   */
-  private async bumpEpoch(): Promise<void> {
-    const value = randomBytes(8).toString('hex');
-    const write = async () => {
-      await this.db
-        .insertInto('settings')
-        .values({ name: 'iam.epoch', value })
-        .onConflict((oc) => oc.column('name').doUpdateSet({ value }))
-        .execute();
-      this.cache.noteOwnEpoch(value);
-    };
-    for (let attempt = 1; attempt <= 3; attempt++) {
-      try {
-        return await write();
-      } catch {
-        if (attempt < 3) await new Promise((r) => setTimeout(r, 20 * attempt));
-      }
-    }
-    const giveUpAt = Date.now() + this.cache.opts.ttlMs;
-    const retry = () => {
-      write().catch(() => {
-        if (Date.now() < giveUpAt) setTimeout(retry, 1_000).unref();
-      });
-    };
-    setTimeout(retry, 1_000).unref();
   }
 
   /** One read of the epoch row: a change made by another node empties this node's cache. */

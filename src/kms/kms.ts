@@ -32,6 +32,7 @@ import type { RootKeyProvider } from '../crypto/rootkey.js';
 import { isUniqueViolation } from '../store/db.js';
 import { openWithKey, parseHeader, sealWithKey, type EncryptionContext } from './ciphertext.js';
 import { KmsError } from './errors.js';
+import { deepFreeze, IamCache, SharedEpoch, type CacheSpace, type IamCacheOptions } from '../iam/cache.js';
 import type { GrantRow, KeyRow, KmsDb } from './store.js';
 
 const generateKeyPairAsync = promisify(generateKeyPair);
@@ -100,7 +101,19 @@ export interface KmsOptions {
    * data, and a disabled, destroyed or revoked one must not come back.
    */
   durable?: () => Promise<void>;
+  /** The key-row cache (see KEY_ROW_WRITERS); its staleness bound is IAM's, 1 s by default. */
+  rowCache?: Partial<IamCacheOptions>;
 }
+
+/**
+ * Methods that change a key's row (state, versions, alias, rotation, import). Each is wrapped so this
+ * node's key-row cache forgets everything when it completes (nothing is cached while it runs) and
+ * other nodes are told through the `kms.epoch` row, which they read at least once a second before
+ * serving a cached row: a key disabled, scheduled for deletion or destroyed on one node is refused
+ * on this node at once and on every other within that bound (AWS KMS, too, applies key state
+ * changes eventually). A test checks that every method writing kms_keys is listed.
+ */
+export const KEY_ROW_WRITERS = ['createKey', 'update', 'rotate', 'expireMaterial', 'destroy', 'destroyAccountKeys', 'importMaterial', 'deleteImportedMaterial'] as const;
 
 export function isSymmetric(spec: string): boolean {
   return spec === 'AES_256' || spec === 'SM4';
@@ -196,6 +209,10 @@ export class KmsService {
   private readonly cache: MaterialCache;
   private readonly unwrapping = new Map<string, Promise<Buffer | KeyObject>>();
   readonly stats = { materialUnwraps: 0, materialCacheHits: 0, rotations: 0, destroyed: 0 };
+  /** Key rows by account, project and id or alias (every KMS call, OBS write and vault write looks one up). */
+  readonly rowCache: IamCache;
+  private readonly keyRows: CacheSpace<KeyRow>;
+  private readonly epoch: SharedEpoch;
 
   constructor(
     private readonly db: KmsDb,
@@ -204,6 +221,27 @@ export class KmsService {
   ) {
     this.now = opts.now ?? Date.now;
     this.cache = new MaterialCache(opts.materialCacheEntries ?? 1000, opts.materialTtlMs ?? 300_000, this.now);
+    const epoch = new SharedEpoch(db as unknown as ConstructorParameters<typeof SharedEpoch>[0], 'kms.epoch', () => this.rowCache);
+    this.epoch = epoch;
+    this.rowCache = new IamCache(() => epoch.read(), opts.rowCache);
+    this.keyRows = this.rowCache.space('key');
+    const self = this as unknown as Record<string, (...args: unknown[]) => Promise<unknown>>;
+    for (const name of KEY_ROW_WRITERS) {
+      const original = self[name]!;
+      self[name] = (...args: unknown[]) =>
+        this.rowCache.mutation(async () => {
+          try {
+            return await original.apply(this, args);
+          } finally {
+            await this.epoch.bump();
+          }
+        });
+    }
+  }
+
+  /** One read of the `kms.epoch` row: a change made by another node empties this node's key-row cache. */
+  async pollEpoch(): Promise<void> {
+    await this.rowCache.poll();
   }
 
   get cachedMaterial(): number {
@@ -287,12 +325,21 @@ export class KmsService {
     }
   }
 
+  /**
+   * A key of the project by id or alias. Every KMS operation (and every OBS and vault write) starts
+   * here, so rows come from the per-node cache while it is fresh (see KEY_ROW_WRITERS). The row
+   * handed out is shared and frozen.
+   */
   async findKey(scope: KeyScope, ref: string): Promise<KeyRow | undefined> {
-    // Every KMS operation (and every vault write) starts here: one SQL template, since building the
-    // query cost more than running it.
-    const by = UUID.test(ref) ? sql`id = ${ref}` : sql`alias = ${ref}`;
-    const { rows } = await sql<KeyRow>`select * from kms_keys where account_id = ${scope.accountId} and project_id = ${scope.projectId} and ${by}`.execute(this.db);
-    return rows[0];
+    const stale = this.rowCache.ensureFresh();
+    if (stale) await stale;
+    const k = `${scope.accountId}/${scope.projectId}/${ref}`;
+    return this.keyRows.get(k) ?? this.keyRows.load(k, async () => {
+      // One SQL template: building the query cost more than running it.
+      const by = UUID.test(ref) ? sql`id = ${ref}` : sql`alias = ${ref}`;
+      const { rows } = await sql<KeyRow>`select * from kms_keys where account_id = ${scope.accountId} and project_id = ${scope.projectId} and ${by}`.execute(this.db);
+      return rows[0] ? deepFreeze(rows[0]) : undefined;
+    });
   }
 
   async getKey(scope: KeyScope, ref: string): Promise<KeyRow> {
@@ -475,25 +522,26 @@ export class KmsService {
     for (const { id } of due) if (await this.destroy(id, now)) destroyed++;
 
     const lapsed = await this.db.selectFrom('kms_keys').selectAll().where('material_expires_at', '<=', now).where('state', 'in', ['enabled', 'disabled']).limit(500).execute();
-    for (const key of lapsed) {
-      const done = await this.db.transaction().execute(async (tx) => {
-        const r = await tx.updateTable('kms_keys').set({ state: 'pending_import', material_expires_at: null, updated_at: now })
-          .where('id', '=', key.id).where('material_expires_at', '<=', now).where('state', 'in', ['enabled', 'disabled']).executeTakeFirst();
-        if (Number(r.numUpdatedRows) !== 1) return false;
-        await tx.updateTable('kms_key_versions').set({ material_wrapped: null }).where('key_id', '=', key.id).execute();
-        return true;
-      });
-      this.cache.dropKey(key.id);
-      if (done) {
-        await this.persisted();
-        expired++;
-      }
-    }
+    for (const key of lapsed) if (await this.expireMaterial(key.id, now)) expired++;
 
     const rotations = await this.db.selectFrom('kms_keys').selectAll().where('rotation_enabled', '=', 1).where('next_rotation_at', '<=', now).where('state', '=', 'enabled').limit(500).execute();
     for (const key of rotations) if (await this.rotate(key)) rotated++;
     this.cache.sweep();
     return { destroyed, expired, rotated };
+  }
+
+  /** Imported material whose expiry passed is dropped: the key waits for new material. */
+  private async expireMaterial(keyId: string, now: number): Promise<boolean> {
+    const done = await this.db.transaction().execute(async (tx) => {
+      const r = await tx.updateTable('kms_keys').set({ state: 'pending_import', material_expires_at: null, updated_at: now })
+        .where('id', '=', keyId).where('material_expires_at', '<=', now).where('state', 'in', ['enabled', 'disabled']).executeTakeFirst();
+      if (Number(r.numUpdatedRows) !== 1) return false;
+      await tx.updateTable('kms_key_versions').set({ material_wrapped: null }).where('key_id', '=', keyId).execute();
+      return true;
+    });
+    this.cache.dropKey(keyId);
+    if (done) await this.persisted();
+    return done;
   }
 
   /** Crypto-shredding: every version's wrapped material is overwritten; the key row stays to say so. */

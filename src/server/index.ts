@@ -178,6 +178,9 @@ export async function startCustos(config: Config, opts: StartOptions = {}): Prom
         ['custos_kms_material_cache_hits_total', 'CMK material served from the in-memory cache', () => kms.stats.materialCacheHits],
         ['custos_kms_rotations_total', 'CMK rotations made by this node', () => kms.stats.rotations],
         ['custos_kms_keys_destroyed_total', 'CMKs destroyed (crypto-shredded) by this node', () => kms.stats.destroyed],
+        ['custos_kms_key_cache_hits_total', 'CMK rows served from the per-node cache', () => kms.rowCache.stats.hits],
+        ['custos_kms_key_cache_misses_total', 'CMK rows read from the database', () => kms.rowCache.stats.misses],
+        ['custos_kms_epoch_read_failures_total', 'Failed reads of the KMS epoch (cached rows are not served meanwhile)', () => kms.rowCache.stats.epochReadFailures],
         ['custos_vault_records_written_total', 'Vault records created or rectified by this node', () => vault.stats.recordsWritten],
         ['custos_vault_records_read_total', 'Vault records decrypted for a read, search or list by this node', () => vault.stats.recordsRead],
         ['custos_vault_values_deleted_total', 'Vault values deleted by their retention rule on this node', () => vault.stats.valuesDeleted],
@@ -207,6 +210,8 @@ export async function startCustos(config: Config, opts: StartOptions = {}): Prom
       setInterval(() => iam.purgeExpired().catch(warn('IAM housekeeping')), 60_000),
       // IAM changes made on other nodes reach this node's cache within this interval.
       setInterval(() => iam.pollEpoch().catch(warn('IAM epoch poll')), IAM_EPOCH_POLL_MS),
+      // Likewise for KMS key rows (a key disabled or destroyed on another node).
+      setInterval(() => kms.pollEpoch().catch(warn('KMS epoch poll')), IAM_EPOCH_POLL_MS),
       // Any node may write a due digest; the chain-head lock makes exactly one of them do it.
       setInterval(() => audit.writeDueDigests().catch(warn('audit digest')), Math.min(60, config.auditDigestIntervalSeconds / 4) * 1000),
       setInterval(() => audit.clearExpired().catch(warn('audit retention')), 3_600_000),

@@ -1,0 +1,83 @@
+// The per-node cache of KMS key rows: every method that writes a key's row invalidates it; a state
+// change applies to the next request on the node that made it, and within the poll interval on others.
+import { describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { KEY_ROW_WRITERS } from '../../src/kms/kms.js';
+import { IAM_EPOCH_POLL_MS } from '../../src/server/index.js';
+import { DB, freshDatabase, startTestServer, type TestServer, type Tenant } from '../helpers.js';
+
+const SOURCE = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../src/kms/kms.ts');
+
+const kms = (s: TestServer, t: Tenant, op: string, body: unknown) => s.api('POST', `/v1.0/${t.projects[0]!.id}/kms/${op}`, { token: t.token, body });
+
+describe('KMS key-row cache', () => {
+  test('every KmsService method that writes a key row is declared as invalidating', () => {
+    const src = readFileSync(SOURCE, 'utf8');
+    const starts = [...src.matchAll(/^ {2}(?:private |static )?(?:async )?([a-zA-Z]+)\(/gm)];
+    const writers: string[] = [];
+    starts.forEach((m, i) => {
+      const body = src.slice(m.index, starts[i + 1]?.index ?? src.length);
+      if (/(insertInto|updateTable|deleteFrom)\('kms_keys'\)/.test(body) && m[1] !== 'constructor') writers.push(m[1]!);
+    });
+    assert.ok(writers.length >= 7, `found ${writers.length} writing methods: ${writers.join(', ')}`);
+    assert.deepEqual(writers.filter((w) => !(KEY_ROW_WRITERS as readonly string[]).includes(w)), [], 'undeclared writers of kms_keys');
+  });
+
+  test('on one node: disabling, scheduling deletion and moving an alias apply to the next request', async () => {
+    const s = await startTestServer();
+    try {
+      const t = await s.createTenant();
+      const a = (await kms(s, t, 'create-key', { key_alias: 'orders' })).json.key_info.key_id as string;
+      const b = (await kms(s, t, 'create-key', { key_alias: 'invoices' })).json.key_info.key_id as string;
+      const enc = async (keyId: string) => kms(s, t, 'encrypt-data', { key_id: keyId, plain_text: 'x' });
+      const hits = async () => Number(/^custos_kms_key_cache_hits_total (\d+)/m.exec((await s.api('GET', '/metrics')).text)?.[1] ?? NaN);
+      const before = await hits();
+      for (let i = 0; i < 3; i++) assert.equal((await enc(a)).status, 200);
+      assert.ok((await hits()) >= before + 2, 'repeated use of a key is served from the cache');
+      assert.equal((await kms(s, t, 'disable-key', { key_id: a })).status, 200);
+      assert.equal((await enc(a)).status, 400, 'disabled at once');
+      assert.equal((await kms(s, t, 'enable-key', { key_id: a })).status, 200);
+      assert.equal((await enc(a)).status, 200);
+      assert.equal((await kms(s, t, 'schedule-key-deletion', { key_id: a, pending_days: '7' })).status, 200);
+      assert.equal((await enc(a)).status, 400, 'pending deletion at once');
+      // A lookup by alias (as OBS and the vault make them) follows the alias when it moves.
+      const scope = { accountId: t.accountId, projectId: t.projects[0]!.id, region: '' };
+      const byAlias = async (alias: string) => (await s.custos.kms.findKey(scope, alias))?.id;
+      for (let i = 0; i < 2; i++) assert.equal(await byAlias('invoices'), b);
+      assert.equal((await kms(s, t, 'update-key-alias', { key_id: b, key_alias: 'invoices-old' })).status, 200);
+      assert.equal(await byAlias('invoices'), undefined);
+      assert.equal((await kms(s, t, 'update-key-alias', { key_id: a, key_alias: 'invoices' })).status, 200);
+      assert.equal(await byAlias('invoices'), a);
+    } finally {
+      await s.close();
+    }
+  });
+
+  test('across nodes: a key disabled on one node is refused on the other within the poll interval', { skip: DB === 'sqlite' ? 'several nodes need PostgreSQL' : false }, async () => {
+    const database = await freshDatabase();
+    const dataDir = mkdtempSync(path.join(tmpdir(), 'custos-kms-cache-'));
+    const n1 = await startTestServer({ database, dataDir });
+    const n2 = await startTestServer({ database, dataDir, join: true });
+    try {
+      const t = await n1.createTenant();
+      const id = (await kms(n1, t, 'create-key', { key_alias: 'shared' })).json.key_info.key_id as string;
+      // Warm node 2's cache with the enabled row.
+      for (let i = 0; i < 3; i++) assert.equal((await kms(n2, t, 'encrypt-data', { key_id: id, plain_text: 'x' })).status, 200);
+      assert.equal((await kms(n1, t, 'disable-key', { key_id: id })).status, 200);
+      await new Promise((r) => setTimeout(r, IAM_EPOCH_POLL_MS * 2 + 100));
+      assert.equal((await kms(n2, t, 'encrypt-data', { key_id: id, plain_text: 'x' })).status, 400, 'the disable reached node 2');
+      assert.equal((await kms(n1, t, 'enable-key', { key_id: id })).status, 200);
+      await new Promise((r) => setTimeout(r, IAM_EPOCH_POLL_MS * 2 + 100));
+      assert.equal((await kms(n2, t, 'encrypt-data', { key_id: id, plain_text: 'x' })).status, 200, 'and so did the enable');
+    } finally {
+      await n2.stop();
+      await n1.stop();
+      await database.drop();
+      rmSync(dataDir, { recursive: true, force: true });
+    }
+  });
+});
