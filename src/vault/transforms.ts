@@ -77,6 +77,15 @@ export function mask(p: Property, v: Value): Value {
   }
 }
 
+/**
+ * Whether `mask` hides the whole value of this property (a date of birth, an address, free text, a
+ * gender, a number or a boolean): then a mask shows no more than a redaction.
+ */
+export function maskHidesAll(p: Property): boolean {
+  if (p.data_type !== 'string') return true;
+  return p.pii_type === 'date_of_birth' || p.pii_type === 'postal_address' || p.pii_type === 'free_text' || p.pii_type === 'gender';
+}
+
 /** A generic partial view: a quarter of the characters at each end (at most four), the rest starred. */
 export function partial(v: Value): Value {
   if (typeof v !== 'string') return '*';

@@ -19,7 +19,7 @@ import {
 } from './schema.js';
 import type { Static } from '@sinclair/typebox';
 import type { AccessRow, CollectionRow, RecordRow, StoredValue, VaultDb } from './store.js';
-import { generalize, keyedHash, mask, partial, REDACTED, type Value } from './transforms.js';
+import { generalize, keyedHash, mask, maskHidesAll, partial, REDACTED, type Value } from './transforms.js';
 
 export class VaultError extends ServiceError {
   constructor(status: number, code: string, message: string) {
@@ -852,8 +852,9 @@ export class VaultService {
       if (!p) throw new VaultError(400, 'UnknownProperty', `property ${n} is not in the collection's schema`);
       if (!p.searchable) throw new VaultError(400, 'NotSearchable', `property ${n} is not searchable`);
       if (!p.purposes.includes(opts.reason)) throw new VaultError(403, 'PurposeNotAllowed', `property ${n} is not collected for the purpose ${opts.reason}`);
-      // A match confirms a guessed value: more than a redacted, hashed or tokenized default shows.
-      if (!mayUnmask(access, n) && DISCLOSURE[p.default_transform] < DISCLOSURE.mask) {
+      // A match confirms a guessed value: more than a default shows that shows nothing of it (redact,
+      // hash, tokenize, or a mask that hides the whole value, as a date of birth's does).
+      if (!mayUnmask(access, n) && (DISCLOSURE[p.default_transform] < DISCLOSURE.mask || (p.default_transform === 'mask' && maskHidesAll(p)))) {
         throw new VaultError(403, 'SearchNotAllowed', `property ${n}: a match would show more of the value than its default (${p.default_transform}); searching by it needs the unmask permission for it`);
       }
       try {

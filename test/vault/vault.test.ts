@@ -286,6 +286,7 @@ describe('personal-data vault', () => {
         { name: 'tax_id', pii_type: 'national_id', default_transform: 'redact', searchable: true, purposes: ['payroll'], collection_method: 'entered by HR', deletion: { after: 'P10Y' } },
         { name: 'work_email', pii_type: 'email', default_transform: 'tokenize', searchable: true, purposes: ['payroll'], collection_method: 'entered by HR', deletion: { after: 'P10Y' } },
         { name: 'work_phone', pii_type: 'phone_number', searchable: true, purposes: ['payroll'], collection_method: 'entered by HR', deletion: { after: 'P10Y' } },
+        { name: 'born', pii_type: 'date_of_birth', searchable: true, purposes: ['payroll'], collection_method: 'entered by HR', deletion: { after: 'P10Y' } },
       ],
     });
     assert.equal(hr.status, 201, hr.text);
@@ -297,7 +298,7 @@ describe('personal-data vault', () => {
     });
     assert.equal(access.status, 200, access.text);
     const taxId = '11010519491231002X';
-    const created = await api('POST', `${V}/hr/records`, { subject_id: 'emp-1', fields: { tax_id: taxId, work_email: 'pat@example.com', work_phone: '+8613912345678' } });
+    const created = await api('POST', `${V}/hr/records`, { subject_id: 'emp-1', fields: { tax_id: taxId, work_email: 'pat@example.com', work_phone: '+8613912345678', born: '1990-04-01' } });
     assert.equal(created.status, 201, created.text);
     const id = created.json.id as string;
     const hrGet = (query: string, token: string) => api('GET', `${V}/hr/records/${id}?reason=payroll${query}`, undefined, token);
@@ -324,11 +325,12 @@ describe('personal-data vault', () => {
     assert.equal((await hrGet('&transform=work_email:mask', agentToken)).status, 403);
     // Nor may the agent confirm a guess by searching: a match shows more than a redacted or tokenized
     // default. A masked property (the default) is searchable by it; the administrator searches any.
-    for (const match of [{ tax_id: taxId }, { work_email: 'pat@example.com' }, { work_phone: '+8613912345678', tax_id: taxId }]) {
+    // A masked date of birth (****-**-**) shows nothing either.
+    for (const match of [{ tax_id: taxId }, { work_email: 'pat@example.com' }, { work_phone: '+8613912345678', tax_id: taxId }, { born: '1990-04-01' }]) {
       const guess = await api('POST', `${V}/hr/search`, { reason: 'payroll', match }, agentToken);
       assert.equal(guess.status, 403, guess.text);
       assert.equal(guess.json.error.code, 'SearchNotAllowed');
-      assert.ok(!guess.text.includes(taxId.slice(-6)) && !guess.text.includes('pat@'), 'no part of the value in the error');
+      assert.ok(!guess.text.includes(taxId.slice(-6)) && !guess.text.includes('pat@') && !guess.text.includes('1990'), 'no part of the value in the error');
     }
     const byPhone = await api('POST', `${V}/hr/search`, { reason: 'payroll', match: { work_phone: '+8613912345678' } }, agentToken);
     assert.equal(byPhone.status, 200, byPhone.text);
