@@ -544,7 +544,7 @@ export class ObsService {
       const checksum = w.checksum ?? w.computed;
       const versionId = bucket.versioning === 'Enabled' ? newVersionId(this.now()) : NULL_VERSION;
       const row: ObjectRow = {
-        bucket_id: bucket.id, key, version_id: versionId, size: w.size, etag: etagOf(w.md5, meta.customerKey, cmk && isCustomerKey(cmk) ? dk.plaintext : undefined), content_type: meta.contentType,
+        bucket_id: bucket.id, key, version_id: versionId, size: w.size, etag: etagOf(w.md5, meta.customerKey, cmk && isCustomerKey(cmk) ? { dataKey: dk.plaintext, blobId } : undefined), content_type: meta.contentType,
         metadata_json: JSON.stringify(meta.metadata), blob_id: blobId, cipher_size: w.cipherSize, kms_key_id: cmk ? cmk.id : SSE_C,
         data_key: dk.ciphertext.toString('base64'), created_at: this.now(), is_latest: 1, delete_marker: 0, seq: 0, parts_json: null,
         ...this.lockFor(bucket, meta), tags_json: meta.tags ? JSON.stringify(meta.tags) : null, checksum, subject_id: subjectOf(meta.tags),
@@ -770,8 +770,19 @@ export class ObsService {
     return u.kms_key_id === SSE_C;
   }
 
-  /** The upload's data key: through KMS, or (SSE-C) opened with the key the part request carries. */
-  /** The upload's data key; `customerCmk`: whether it is under a customer's KMS key (not the service's default). */
+  /** An upload's KMS key, and whether the service manages it (obs/default); null for SSE-C. */
+  async uploadKmsKey(bucket: BucketRow, u: UploadRow): Promise<{ key: KeyRow; managed: boolean } | null> {
+    if (this.isSseCUpload(u)) return null;
+    const key = await this.kms.findKey(this.scopeOf(bucket), u.kms_key_id);
+    return key ? { key, managed: !isCustomerKey(key) } : null;
+  }
+
+  /** SSE-C: checks that `customerKey` is the one the upload was created with (400 otherwise). */
+  async checkUploadCustomerKey(bucket: BucketRow, u: UploadRow, customerKey: Buffer | undefined): Promise<void> {
+    (await this.uploadKey(bucket, u, customerKey)).dek.fill(0);
+  }
+
+  /** The upload's data key: through KMS, or (SSE-C) opened with the key the part request carries; `customerCmk`: under a customer's KMS key. */
   private async uploadKey(bucket: BucketRow, u: UploadRow, customerKey?: Buffer): Promise<{ dek: Buffer; customerCmk: boolean }> {
     if (this.isSseCUpload(u)) {
       if (!customerKey) throw new ObsError(400, 'InvalidRequest', 'the multipart upload was created with a customer-provided key (SSE-C): every part must carry the same key');
@@ -806,7 +817,7 @@ export class ObsService {
         await this.dropBlobs([blobId]);
         throw new ObsError(400, 'EntityTooLarge', `a part is at most ${MAX_PART_BYTES} bytes`);
       }
-      const etag = etagOf(w.md5, customerKey, customerCmk ? dek : undefined);
+      const etag = etagOf(w.md5, customerKey, customerCmk ? { dataKey: dek, blobId } : undefined);
       const previous = await this.db.transaction().execute(async (tx) => {
         const old = await tx.selectFrom('obs_upload_parts').select('blob_id').where('upload_id', '=', u.id).where('part_number', '=', partNumber).executeTakeFirst();
         if (old) await tx.deleteFrom('obs_upload_parts').where('upload_id', '=', u.id).where('part_number', '=', partNumber).execute();
@@ -1109,10 +1120,12 @@ export function checkTags(tags: Record<string, string>, max: number): void {
  * SSE-KMS objects ETags that are not their MD5). A plain digest in the database, in every listing and
  * HEAD would let anyone who may list confirm a guess of content only holders of the key may read.
  */
-function etagOf(md5: Buffer, customerKey: Buffer | undefined, dataKey?: Buffer): string {
+function etagOf(md5: Buffer, customerKey: Buffer | undefined, kms?: { dataKey: Buffer; blobId: string }): string {
   if (customerKey) return createHmac('sha256', customerKey).update('custos obs sse-c etag\n').update(md5).digest('hex').slice(0, 32);
-  if (dataKey) {
-    const k = createHmac('sha256', dataKey).update('custos obs sse-kms etag key').digest();
+  if (kms) {
+    // One key per blob: the parts of one upload share a data key, and equal ETags among them would
+    // tell whoever may add a part whether it holds the same content as another.
+    const k = createHmac('sha256', kms.dataKey).update(`custos obs sse-kms etag key\n${kms.blobId}`).digest();
     try {
       return createHmac('sha256', k).update(md5).digest('hex').slice(0, 32);
     } finally {

@@ -4,11 +4,11 @@
 // x-amz-* query parameters count as headers only in a presigned SigV4 URL.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { Sha256 } from '@aws-crypto/sha256-js';
 import { SignatureV4 } from '@smithy/signature-v4';
 import {
-  CopyObjectCommand, CreateBucketCommand, CreateMultipartUploadCommand, DeleteBucketEncryptionCommand, DeleteObjectsCommand, PutBucketEncryptionCommand, GetObjectCommand, GetObjectTaggingCommand, HeadBucketCommand, HeadObjectCommand, PutBucketPolicyCommand,
+  CopyObjectCommand, CreateBucketCommand, CreateMultipartUploadCommand, DeleteBucketEncryptionCommand, ListPartsCommand, UploadPartCommand, DeleteObjectsCommand, PutBucketEncryptionCommand, GetObjectCommand, GetObjectTaggingCommand, HeadBucketCommand, HeadObjectCommand, PutBucketPolicyCommand,
   PutObjectCommand, PutObjectLegalHoldCommand, S3Client,
 } from '@aws-sdk/client-s3';
 import { sdkFailure as failure, startTestServer, type Tenant, type TestServer } from '../helpers.js';
@@ -138,6 +138,41 @@ test('reading an object under a customer KMS key needs permission to decrypt wit
   const moved = await kmsApi('update-key-alias', { key_id: managed.key_id, key_alias: 'mine-now' });
   assert.equal(moved.status, 400, moved.text);
   assert.match(moved.text, /managed by a Custos service/);
+});
+
+test('a multipart upload under a customer KMS key: adding and listing parts need its decrypt permission; SSE-C parts are listed with the key', async () => {
+  const keyId = (await s.api('POST', `/v1.0/${t.projects[0]!.id}/kms/create-key`, { token: t.token, body: { key_alias: 'drafts-key' } })).json.key_info.key_id as string;
+  await admin.send(new CreateBucketCommand({ Bucket: 'drafts' }));
+  await admin.send(new PutBucketPolicyCommand({
+    Bucket: 'drafts',
+    Policy: JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${t.accountId}:user/writer` }, Action: ['s3:PutObject', 's3:ListMultipartUploadParts'], Resource: 'arn:aws:s3:::drafts/*' }] }),
+  }));
+  const { UploadId } = await admin.send(new CreateMultipartUploadCommand({ Bucket: 'drafts', Key: 'plan.bin', ServerSideEncryption: 'aws:kms', SSEKMSKeyId: keyId, ChecksumAlgorithm: 'SHA256' }));
+  const content = randomBytes(64);
+  const part = (c: S3Client, n: number, body: Buffer) => c.send(new UploadPartCommand({ Bucket: 'drafts', Key: 'plan.bin', UploadId, PartNumber: n, Body: body, ChecksumAlgorithm: 'SHA256' }));
+  const p1 = await part(admin, 1, content);
+  // The same content again in the same upload: its ETag tells nothing (one ETag key per part).
+  const p2 = await part(admin, 2, content);
+  assert.notEqual(p1.ETag, p2.ETag);
+  // The writer may put objects and list parts in the bucket, but not decrypt with the key: neither a
+  // guess added as a part nor the listing of the parts (their ETags and plaintext checksums).
+  assert.deepEqual(await failure(part(writer, 9, content)), { status: 403, code: 'AccessDenied' });
+  assert.deepEqual(await failure(writer.send(new ListPartsCommand({ Bucket: 'drafts', Key: 'plan.bin', UploadId }))), { status: 403, code: 'AccessDenied' });
+  const listed = await admin.send(new ListPartsCommand({ Bucket: 'drafts', Key: 'plan.bin', UploadId }));
+  assert.deepEqual(listed.Parts?.map((x) => x.PartNumber), [1, 2]);
+  assert.ok(listed.Parts?.every((x) => typeof x.ChecksumSHA256 === 'string'));
+  const grant = await s.api('POST', `/v1.0/${t.projects[0]!.id}/kms/create-grant`, { token: t.token, body: { key_id: keyId, grantee_principal: (await s.api('GET', '/v3/users?name=writer', { token: t.token })).json.users[0].id, operations: ['decrypt-data'] } });
+  assert.equal(grant.status, 200, grant.text);
+  assert.equal((await part(writer, 3, randomBytes(16))).$metadata.httpStatusCode, 200);
+  assert.equal((await writer.send(new ListPartsCommand({ Bucket: 'drafts', Key: 'plan.bin', UploadId }))).Parts?.length, 3);
+
+  // SSE-C: the parts of an upload made with a customer key are listed only with that key.
+  const key = randomBytes(32);
+  const ssec = { SSECustomerAlgorithm: 'AES256', SSECustomerKey: key as unknown as string };
+  const c = await admin.send(new CreateMultipartUploadCommand({ Bucket: 'drafts', Key: 'sealed.bin', ...ssec }));
+  await admin.send(new UploadPartCommand({ Bucket: 'drafts', Key: 'sealed.bin', UploadId: c.UploadId, PartNumber: 1, Body: content, ...ssec }));
+  assert.deepEqual(await failure(admin.send(new ListPartsCommand({ Bucket: 'drafts', Key: 'sealed.bin', UploadId: c.UploadId }))), { status: 400, code: 'InvalidRequest' });
+  assert.equal((await admin.send(new ListPartsCommand({ Bucket: 'drafts', Key: 'sealed.bin', UploadId: c.UploadId, ...ssec }))).Parts?.length, 1);
 });
 
 test('a DELETE naming a subresource not served here is 501 and deletes nothing', async () => {

@@ -17,7 +17,7 @@ import { ProjectLookup, scopeOfProject, type KeyUseCheck } from '../../kms/http/
 import type { KeyRow } from '../../kms/store.js';
 import { principalOf, type RouteDef, type RouteMeta } from '../../server/route.js';
 import { etagMatches, hasPublicAccessBlock, isPublicBucket, ObsError, publicAccessBlockOf, type LockMode, type PublicAccessBlock, type ObjectMeta, type ObsService, type VerifyUpload, type WriteCondition } from '../obs.js';
-import type { BucketRow, ObjectRow } from '../store.js';
+import type { BucketRow, ObjectRow, UploadRow } from '../store.js';
 import { AwsChunkedDecoder } from './chunked.js';
 import { applyWatermark, MAX_IMAGE_BYTES, parseWatermark } from '../watermark.js';
 
@@ -328,6 +328,18 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
     }
     // Handed to readObject, which then does not look the key up again.
     return v?.key;
+  };
+  /**
+   * A multipart upload under a customer KMS key: adding a part decrypts its data key, and listing its
+   * parts shows their ETags and checksums, so both need the key's decrypt permission (as S3 asks
+   * kms:Decrypt); an SSE-C upload's parts are listed only with its customer key, as S3 asks.
+   */
+  const authorizeUploadKey = async (req: FastifyRequest, b: BucketRow, u: UploadRow) => {
+    if (obs.isSseCUpload(u)) return obs.checkUploadCustomerKey(b, u, sseCustomerKey(req));
+    const v = await obs.uploadKmsKey(b, u);
+    if (v && !v.managed && opts.mayDecryptWith && !(await opts.mayDecryptWith(principalOf(req), v.key, req.ip))) {
+      throw new ObsError(403, 'AccessDenied', 'Access Denied: not authorized to decrypt with the KMS key the upload is encrypted under (kms:cmk:decrypt)');
+    }
   };
   const namedKeyHeader = (req: FastifyRequest) => {
     const v = req.headers['x-amz-server-side-encryption-aws-kms-key-id'];
@@ -794,6 +806,7 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
           if (q.uploadId === undefined || q.partNumber === undefined || !/^\d{1,5}$/.test(q.partNumber)) throw new ObsError(400, 'InvalidArgument', 'UploadPart needs uploadId and a partNumber from 1 to 10000');
           const u = await obs.getUpload(b, keyOf(req), q.uploadId);
           const customerKey = sseCustomerKey(req);
+          if (!obs.isSseCUpload(u)) await authorizeUploadKey(req, b, u);
           const copy = h['x-amz-copy-source'];
           if (copy !== undefined) {
             // UploadPartCopy: (a range of) another object becomes the part, re-encrypted under the upload's key.
@@ -917,6 +930,7 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
         const uploadId = gq.uploadId;
         if (uploadId !== undefined) {
           const u = await obs.getUpload(b, keyOf(req), uploadId);
+          await authorizeUploadKey(req, b, u);
           const parts = await obs.listParts(u);
           reply.type('application/xml');
           return xmlDoc({
