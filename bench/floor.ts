@@ -32,6 +32,7 @@ export async function startBenchServer(script: string, env: Record<string, strin
     port,
     url: `http://127.0.0.1:${port}`,
     async stop() {
+      if (child.exitCode !== null || child.signalCode !== null) return;
       const exited = new Promise((r) => child.once('exit', r));
       child.kill('SIGTERM');
       await exited;

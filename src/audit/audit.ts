@@ -5,7 +5,7 @@
  */
 import { generateKeyPairSync, createPrivateKey, sign as signBytes, type KeyObject } from 'node:crypto';
 import { randomBytes } from '../crypto/random.js';
-import { mkdir, rename, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, rename, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { Worker } from 'node:worker_threads';
@@ -600,23 +600,30 @@ export class AuditService implements AuditRecorder {
   private async exportDigestRange(dir: string, d: Digest): Promise<void> {
     const tdir = path.join(dir, trailDirName(d.trail));
     await mkdir(tdir, { recursive: true, mode: 0o700 });
-    const range = path.join(tdir, 'range.json');
-    if (!(await fileExists(range))) {
-      // The first delivery to this directory: the traces start here, but the digest chain must be whole
-      // (the verifier refuses one that does not start at 1), so the earlier digests come along.
-      if (d.digest_seq > 1) {
-        const earlier = (await this.db.selectFrom('audit_digests').selectAll().where('trail', '=', d.trail).where('digest_seq', '<', d.digest_seq).orderBy('digest_seq').execute()) as Digest[];
-        await writeAtomic(path.join(tdir, `digests-before-${pad(d.digest_seq)}.json.gz`), await gzipAsync(JSON.stringify({ format: DIGEST_FORMAT, digests: earlier })));
-      }
-      await writeAtomic(range, Buffer.from(JSON.stringify({ format: RANGE_FORMAT, trail: d.trail, from_seq: d.start_seq })));
-    }
     if (d.trace_count > 0) {
       const rows = await this.db.selectFrom('audit_traces').selectAll().where('trail', '=', d.trail).where('seq', '>=', d.start_seq).where('seq', '<=', d.end_seq).orderBy('seq').execute();
       await writeAtomic(path.join(tdir, `traces-${pad(d.start_seq)}-${pad(d.end_seq)}.json.gz`), await gzipAsync(JSON.stringify({ format: TRACES_FORMAT, trail: d.trail, traces: rows.map(fromRow) })));
     }
     await writeAtomic(path.join(tdir, `digest-${pad(d.digest_seq)}.json.gz`), await gzipAsync(JSON.stringify({ format: DIGEST_FORMAT, digests: [d] })));
     await writeAtomic(path.join(dir, 'public-keys.json'), Buffer.from(JSON.stringify({ format: KEYS_FORMAT, keys: await this.publicKeys() }, null, 2)));
+    const range = path.join(tdir, 'range.json');
+    if (!(await fileExists(range))) {
+      // No range yet (a new directory, one filled before ranges existed, or a delivery cut short): the
+      // digest chain must be whole (the verifier refuses one not starting at 1), so the earlier digests
+      // come along; the traces start at the earliest delivered here. Written last, and never moved on.
+      if (d.digest_seq > 1) {
+        const earlier = (await this.db.selectFrom('audit_digests').selectAll().where('trail', '=', d.trail).where('digest_seq', '<', d.digest_seq).orderBy('digest_seq').execute()) as Digest[];
+        await writeAtomic(path.join(tdir, `digests-before-${pad(d.digest_seq)}.json.gz`), await gzipAsync(JSON.stringify({ format: DIGEST_FORMAT, digests: earlier })));
+      }
+      let from = d.start_seq;
+      for (const f of await readdir(tdir)) {
+        const m = /^traces-(\d+)-\d+\.json\.gz$/.exec(f);
+        if (m) from = Math.min(from, Number(m[1]));
+      }
+      await writeAtomic(range, Buffer.from(JSON.stringify({ format: RANGE_FORMAT, trail: d.trail, from_seq: from })));
+    }
   }
+
 
   /** Waits for queued traces to commit (shutdown). */
   async drain(): Promise<void> {

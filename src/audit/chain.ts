@@ -26,7 +26,14 @@ export interface VerifyOptions {
   now?: number;
   /** Per trail, the first position the export meant to hold (RANGE_FORMAT files); 1 when not given. */
   exportedFrom?: Record<string, number>;
+  /**
+   * How long traces may span with no digest covering them (default 24 h; digests are written every
+   * hour while a node runs): a longer unsigned stretch means digests were removed.
+   */
+  maxUnsignedMs?: number;
 }
+
+export const DEFAULT_MAX_UNSIGNED_MS = 24 * 3_600_000;
 
 /** A trace as stored and exported. `trail` is the owning account's id, '' for unattributed requests. */
 export interface StoredTrace {
@@ -138,7 +145,7 @@ export function keyIdOf(spkiDer: Buffer): string {
 }
 
 export interface TraceProblem {
-  kind: 'missing' | 'altered' | 'reordered' | 'inserted' | 'unanchored';
+  kind: 'missing' | 'altered' | 'reordered' | 'inserted' | 'unanchored' | 'unsigned';
   trail: string;
   seq: number;
   trace_id: string | null;
@@ -156,6 +163,11 @@ export interface TrailReport {
   digests: number;
   /** Traces after the newest digest: chained, but not yet covered by a signature. */
   unsigned_tail: number;
+  /**
+   * The first position this report vouches for: 1, or where the export says it starts (its range.json,
+   * which the export's maker can change: an auditor expecting the whole trail checks this is 1).
+   */
+  verified_from: number;
   first_trace_problem: TraceProblem | null;
   first_digest_problem: DigestProblem | null;
 }
@@ -198,7 +210,8 @@ export function verifyTrail(traces: (StoredTrace | TraceLink)[], digests: Digest
   for (const trail of [...trails].sort()) {
     const ts = traces.filter((t) => t.trail === trail);
     const ds = digests.filter((d) => d.trail === trail).sort((a, b) => a.digest_seq - b.digest_seq);
-    const report: TrailReport = { trail, traces: ts.length, digests: ds.length, unsigned_tail: 0, first_trace_problem: null, first_digest_problem: null };
+    const from = Math.max(1, Math.floor(opts.exportedFrom?.[trail] ?? 1));
+    const report: TrailReport = { trail, traces: ts.length, digests: ds.length, unsigned_tail: 0, verified_from: from, first_trace_problem: null, first_digest_problem: null };
     const digestProblem = (p: DigestProblem) => (report.first_digest_problem ??= p);
     const traceProblem = (p: TraceProblem) => (report.first_trace_problem ??= p);
 
@@ -241,7 +254,11 @@ export function verifyTrail(traces: (StoredTrace | TraceLink)[], digests: Digest
     // 2. The traces: contiguous, each hashing to its stored hash and linking to the one before.
     const anchors = new Map<number, string>(); // seq -> the hash the trace at seq must carry as prev_hash
     anchors.set(1, genesisHash(trail));
-    for (const d of ds) anchors.set(d.start_seq, d.start_prev_hash);
+    for (const d of ds) {
+      anchors.set(d.start_seq, d.start_prev_hash);
+      // An export may also start just after the newest digest (--from later than it).
+      anchors.set(d.end_seq + 1, d.end_hash);
+    }
     const present = new Set(ts.map((t) => t.seq));
     let prev: StoredTrace | TraceLink | null = null;
     for (const t of ts) {
@@ -278,10 +295,6 @@ export function verifyTrail(traces: (StoredTrace | TraceLink)[], digests: Digest
       const bySeq = new Map(ts.map((t) => [t.seq, t]));
       const first = ts.reduce((m, t) => Math.min(m, t.seq), Number.POSITIVE_INFINITY);
       const last = ts.reduce((m, t) => Math.max(m, t.seq), 0);
-      const firstDigest = ds[0];
-      if (firstDigest && firstDigest.digest_seq > 1 && first < firstDigest.start_seq) {
-        digestProblem({ kind: 'missing-digest', trail, digest_seq: firstDigest.digest_seq - 1, message: `digest ${firstDigest.digest_seq - 1}, covering traces before ${firstDigest.start_seq}, is missing` });
-      }
       for (const d of ds) {
         const before = bySeq.get(d.start_seq - 1);
         if (before && before.hash !== d.start_prev_hash) {
@@ -300,13 +313,31 @@ export function verifyTrail(traces: (StoredTrace | TraceLink)[], digests: Digest
         }
       }
       const lastDigestEnd = ds.length ? ds[ds.length - 1]!.end_seq : 0;
-      report.unsigned_tail = ts.filter((t) => t.seq > lastDigestEnd).length;
+      const unsigned = ts.filter((t) => t.seq > lastDigestEnd);
+      report.unsigned_tail = unsigned.length;
+      // Digests are written every interval while a node runs: traces spanning much longer with none
+      // covering them (a trail with no digest at all, re-chained from genesis) had their digests removed.
+      if (unsigned.length > 1) {
+        let lo = Number.POSITIVE_INFINITY;
+        let hi = Number.NEGATIVE_INFINITY;
+        for (const t of unsigned) {
+          if (t.record_time < lo) lo = t.record_time;
+          if (t.record_time > hi) hi = t.record_time;
+        }
+        const span = hi - lo;
+        const limit = opts.maxUnsignedMs ?? DEFAULT_MAX_UNSIGNED_MS;
+        if (span > limit) {
+          traceProblem({
+            kind: 'unsigned', trail, seq: unsigned[0]!.seq, trace_id: unsigned[0]!.trace_id,
+            message: `traces ${unsigned[0]!.seq}.. span ${Math.round(span / 3_600_000)} hours with no digest covering them (more than ${Math.round(limit / 3_600_000)}): digests were removed`,
+          });
+        }
+      }
     }
 
     // 4. Traces missing before the first one held (all of them, when none is) were cleared by retention
     // only if whole digest ranges went, each ending more than the shortest retention ago; anything
     // younger, or never signed, was removed by someone else.
-    const from = Math.max(1, Math.floor(opts.exportedFrom?.[trail] ?? 1));
     const firstHeld = ts.length ? ts.reduce((m, t) => Math.min(m, t.seq), Number.POSITIVE_INFINITY) : (ds.length ? ds[ds.length - 1]!.end_seq + 1 : 1);
     if (firstHeld > from) {
       const oldest = now - MIN_RETENTION_DAYS * DAY_MS;

@@ -29,25 +29,44 @@ async function readJson(file: string): Promise<unknown> {
   }
 }
 
+/** What an export's files other than traces hold: digests, public keys, where each trail starts. */
+export interface ExportMeta {
+  digests: Map<string, Digest>;
+  keys: PublicKeyInfo[];
+  exportedFrom: Record<string, number>;
+}
+
+export function newExportMeta(): ExportMeta {
+  return { digests: new Map(), keys: [], exportedFrom: {} };
+}
+
+/**
+ * Takes in one parsed export document (digests, keys or a range). Of several ranges for one trail the
+ * earliest start counts: a later one never narrows what the verifier checks.
+ */
+export function addExportDoc(meta: ExportMeta, doc: { format?: string; digests?: Digest[]; keys?: PublicKeyInfo[]; trail?: string; from_seq?: number }, keysGiven: boolean): void {
+  if (doc.format === DIGEST_FORMAT && doc.digests) for (const d of doc.digests) meta.digests.set(`${d.trail}/${d.digest_seq}/${d.signature}`, d);
+  else if (doc.format === KEYS_FORMAT && doc.keys && !keysGiven) meta.keys = doc.keys;
+  else if (doc.format === RANGE_FORMAT && typeof doc.trail === 'string' && typeof doc.from_seq === 'number') {
+    meta.exportedFrom[doc.trail] = Math.min(meta.exportedFrom[doc.trail] ?? Number.POSITIVE_INFINITY, doc.from_seq);
+  }
+}
+
+/** Public keys from a file the auditor fetched (`custos audit public-keys --save`). */
+export async function readKeysFile(file: string): Promise<PublicKeyInfo[]> {
+  const doc = JSON.parse(await readFile(file, 'utf8')) as { keys?: PublicKeyInfo[]; public_keys?: PublicKeyInfo[] };
+  return doc.keys ?? doc.public_keys ?? [];
+}
+
 export async function loadExportChecked(
   dir: string,
   opts: { keysFile?: string; threads?: number; onProgress?: (tracesRead: number) => void } = {},
 ): Promise<{ links: TraceLink[]; digests: Digest[]; keys: PublicKeyInfo[]; exportedFrom: Record<string, number> }> {
   const files = (await filesUnder(dir)).filter((f) => f.endsWith('.json.gz') || f.endsWith('.json'));
   const traceFiles = files.filter((f) => path.basename(f).startsWith('traces-'));
-  const digests = new Map<string, Digest>();
-  const exportedFrom: Record<string, number> = {};
-  let keys: PublicKeyInfo[] = [];
-  for (const f of files.filter((x) => !path.basename(x).startsWith('traces-'))) {
-    const doc = (await readJson(f)) as { format?: string; digests?: Digest[]; keys?: PublicKeyInfo[]; trail?: string; from_seq?: number };
-    if (doc.format === DIGEST_FORMAT && doc.digests) for (const d of doc.digests) digests.set(`${d.trail}/${d.digest_seq}/${d.signature}`, d);
-    else if (doc.format === KEYS_FORMAT && doc.keys && !opts.keysFile) keys = doc.keys;
-    else if (doc.format === RANGE_FORMAT && typeof doc.trail === 'string' && typeof doc.from_seq === 'number') exportedFrom[doc.trail] = doc.from_seq;
-  }
-  if (opts.keysFile) {
-    const doc = JSON.parse(await readFile(opts.keysFile, 'utf8')) as { keys?: PublicKeyInfo[]; public_keys?: PublicKeyInfo[] };
-    keys = doc.keys ?? doc.public_keys ?? [];
-  }
+  const meta = newExportMeta();
+  for (const f of files.filter((x) => !path.basename(x).startsWith('traces-'))) addExportDoc(meta, (await readJson(f)) as Parameters<typeof addExportDoc>[1], opts.keysFile !== undefined);
+  const keys = opts.keysFile ? await readKeysFile(opts.keysFile) : meta.keys;
 
   const results: TraceLink[][] = new Array(traceFiles.length);
   const n = Math.max(1, Math.min(opts.threads ?? availableParallelism(), traceFiles.length));
@@ -75,5 +94,5 @@ export async function loadExportChecked(
       });
     }),
   );
-  return { links: results.flat(), digests: [...digests.values()], keys, exportedFrom };
+  return { links: results.flat(), digests: [...meta.digests.values()], keys, exportedFrom: meta.exportedFrom };
 }

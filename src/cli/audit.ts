@@ -2,8 +2,8 @@ import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { Command } from 'commander';
-import { DIGEST_FORMAT, KEYS_FORMAT, RANGE_FORMAT, TRACES_FORMAT, verifyTrail, type Digest, type PublicKeyInfo, type StoredTrace } from '../audit/chain.js';
-import { loadExportChecked } from '../audit/verify-parallel.js';
+import { DEFAULT_MAX_UNSIGNED_MS, KEYS_FORMAT, TRACES_FORMAT, verifyTrail, type Digest, type PublicKeyInfo, type StoredTrace } from '../audit/chain.js';
+import { addExportDoc, loadExportChecked, newExportMeta, readKeysFile } from '../audit/verify-parallel.js';
 import { openServices } from '../server/index.js';
 import { call, profile } from './client.js';
 import { configFrom, withServerOptions } from './options.js';
@@ -33,29 +33,21 @@ async function filesUnder(dir: string): Promise<string[]> {
 export async function loadExport(dir: string, keysFile?: string): Promise<{ traces: StoredTrace[]; digests: Digest[]; keys: PublicKeyInfo[]; exportedFrom: Record<string, number> }> {
   const files = await filesUnder(dir);
   const traces: StoredTrace[] = [];
-  const digests = new Map<string, Digest>();
-  const exportedFrom: Record<string, number> = {};
-  let keys: PublicKeyInfo[] = [];
+  const meta = newExportMeta();
   for (const f of files) {
     const base = path.basename(f);
     if (!base.endsWith('.json.gz') && !base.endsWith('.json')) continue;
     const raw = await readFile(f);
-    let doc: { format?: string; traces?: StoredTrace[]; digests?: Digest[]; keys?: PublicKeyInfo[]; trail?: string; from_seq?: number };
+    let doc: { format?: string; traces?: StoredTrace[] };
     try {
       doc = JSON.parse((base.endsWith('.gz') ? gunzipSync(raw) : raw).toString('utf8'));
     } catch {
       throw Object.assign(new Error(`${f} is not a readable export file`), { exitCode: 1 });
     }
     if (doc.format === TRACES_FORMAT && doc.traces) traces.push(...doc.traces);
-    else if (doc.format === DIGEST_FORMAT && doc.digests) for (const d of doc.digests) digests.set(`${d.trail}/${d.digest_seq}/${d.signature}`, d);
-    else if (doc.format === KEYS_FORMAT && doc.keys && !keysFile) keys = doc.keys;
-    else if (doc.format === RANGE_FORMAT && typeof doc.trail === 'string' && typeof doc.from_seq === 'number') exportedFrom[doc.trail] = doc.from_seq;
+    else addExportDoc(meta, doc, keysFile !== undefined);
   }
-  if (keysFile) {
-    const doc = JSON.parse(await readFile(keysFile, 'utf8')) as { keys?: PublicKeyInfo[]; public_keys?: PublicKeyInfo[] };
-    keys = doc.keys ?? doc.public_keys ?? [];
-  }
-  return { traces, digests: [...digests.values()], keys, exportedFrom };
+  return { traces, digests: [...meta.digests.values()], keys: keysFile ? await readKeysFile(keysFile) : meta.keys, exportedFrom: meta.exportedFrom };
 }
 
 export function auditCommand(): Command {
@@ -127,21 +119,27 @@ export function auditCommand(): Command {
     .command('verify <dir>')
     .description('verify an exported trail offline: hash chain, digest signatures and coverage')
     .option('--public-keys <file>', 'public keys to trust (default: public-keys.json in the export; pass your own copy to not trust the export)')
+    .option('--max-unsigned-hours <n>', 'longest span of traces with no digest covering them that is not taken for removed digests', String(DEFAULT_MAX_UNSIGNED_MS / 3_600_000))
     .option('-o, --output <format>', 'json or table', 'table')
     .action(async (dir: string, opts) => {
+      const maxUnsignedHours = Number(opts.maxUnsignedHours);
+      if (!(maxUnsignedHours > 0)) throw Object.assign(new Error('--max-unsigned-hours: give a number of hours above 0'), { exitCode: 2 });
       const progress = process.stderr.isTTY ? (n: number) => process.stderr.write(`\r${n} traces read and re-hashed`) : undefined;
       const { links, digests, keys, exportedFrom } = await loadExportChecked(dir, { ...(opts.publicKeys ? { keysFile: opts.publicKeys } : {}), ...(progress ? { onProgress: progress } : {}) });
       if (progress) process.stderr.write('\n');
       if (keys.length === 0) throw Object.assign(new Error('no public keys: pass --public-keys or export with public-keys.json'), { exitCode: 2 });
       process.stderr.write(`verifying ${links.length} traces and ${digests.length} digests with ${keys.length} public key(s)\n`);
-      const report = verifyTrail(links, digests, keys, undefined, { exportedFrom });
+      const report = verifyTrail(links, digests, keys, undefined, { exportedFrom, maxUnsignedMs: maxUnsignedHours * 3_600_000 });
       if (opts.output === 'json') process.stdout.write(JSON.stringify(report, null, 2) + '\n');
       else {
         print('table', report.trails.map((t) => ({
-          trail: t.trail || 'platform', traces: t.traces, digests: t.digests, unsigned_tail: t.unsigned_tail,
+          trail: t.trail || 'platform', from: t.verified_from, traces: t.traces, digests: t.digests, unsigned_tail: t.unsigned_tail,
           first_trace_problem: t.first_trace_problem?.message ?? 'none', first_digest_problem: t.first_digest_problem?.message ?? 'none',
         })));
-        process.stdout.write(report.ok ? 'OK: every trace and digest verifies\n' : 'FAILED: the trail was tampered with or is incomplete\n');
+        // An export starting later than the trail's first trace vouches for nothing before it: say so.
+        const partial = report.trails.filter((t) => t.verified_from > 1);
+        const scope = partial.length ? ` from the position each export says it starts at (${partial.map((t) => `${t.trail || 'platform'} from ${t.verified_from}`).join(', ')}; earlier traces were not checked)` : '';
+        process.stdout.write(report.ok ? `OK: every trace and digest verifies${scope}\n` : 'FAILED: the trail was tampered with or is incomplete\n');
       }
       if (!report.ok) process.exitCode = 4;
     });

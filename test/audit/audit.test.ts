@@ -469,6 +469,35 @@ describe('digests, export and offline verification', () => {
     assert.equal(fromLater.first_trace_problem, null, JSON.stringify(fromLater));
     assert.equal(fromLater.first_digest_problem, null);
     assert.ok(readGz(path.join(trailDir(), traceFiles()[0]!)).traces[0].seq > first.end_seq);
+    // The report says where it starts vouching: an auditor expecting the whole trail sees it is not 1
+    // (range.json is the exporter's statement, not a signed one).
+    assert.equal(fromLater.verified_from, first.end_seq + 1);
+    await freshExport();
+    assert.equal((await verify()).verified_from, 1);
+    // An export may also start after the newest digest: its first (unsigned) trace links to that digest.
+    const newest = (await s.custos.audit.writeDueDigests({ force: true })).find((d) => d.trail === a.accountId)!;
+    clock += 1000;
+    await traffic(2);
+    rmSync(dir, { recursive: true, force: true });
+    await s.custos.audit.exportTo(dir, { trails: [a.accountId], from: newest.end_record_time! + 1 });
+    const afterNewest = await verify();
+    assert.equal(afterNewest.first_trace_problem, null, JSON.stringify(afterNewest));
+    assert.equal(afterNewest.verified_from, newest.end_seq + 1);
+  });
+
+  test('traces spanning longer than digests are written with none covering them: digests were removed', async () => {
+    await freshExport();
+    const df = path.join(trailDir(), 'digests.json.gz');
+    const doc = readGz(df);
+    doc.digests = [];
+    writeGz(df, doc);
+    const { traces, digests, keys, exportedFrom } = await loadExport(dir);
+    // The traces still chain from genesis, so only their span without a digest tells.
+    const lenient = verifyTrail(traces, digests, keys, undefined, { now: clock, exportedFrom }).trails[0]!;
+    assert.equal(lenient.first_trace_problem, null, 'within the default 24 hours');
+    const strict = verifyTrail(traces, digests, keys, undefined, { now: clock, exportedFrom, maxUnsignedMs: 60_000 }).trails[0]!;
+    assert.equal(strict.first_trace_problem?.kind, 'unsigned', JSON.stringify(strict));
+    assert.equal(strict.first_trace_problem?.seq, 1);
   });
 
   test('a retired signing key vouches for nothing after its retirement, however the digest is dated', async () => {
@@ -551,6 +580,13 @@ describe('digests, export and offline verification', () => {
       assert.ok(late.exportedFrom[trail]! > 1);
       const lateReport = verifyTrail(late.traces, late.digests, late.keys, undefined, { exportedFrom: late.exportedFrom });
       assert.equal(lateReport.ok, true, JSON.stringify(lateReport));
+      // A directory with deliveries but no range (filled before ranges existed, or a delivery cut
+      // short): the range starts at the earliest traces already there, never later.
+      const startedAt = late.exportedFrom[trail]!;
+      rmSync(path.join(exportDir, trail, 'range.json'));
+      await s2.api('GET', '/v3/groups', { token: t2.token });
+      await s2.custos.audit.writeDueDigests({ force: true });
+      assert.equal((await loadExport(exportDir)).exportedFrom[trail], startedAt);
     } finally {
       await s2.close();
       rmSync(exportDir, { recursive: true, force: true });
