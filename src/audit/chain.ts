@@ -27,13 +27,14 @@ export interface VerifyOptions {
   /** Per trail, the first position the export meant to hold (RANGE_FORMAT files); 1 when not given. */
   exportedFrom?: Record<string, number>;
   /**
-   * How long traces may span with no digest covering them (default 24 h; digests are written every
-   * hour while a node runs): a longer unsigned stretch means digests were removed.
+   * How long traces may span with no digest covering them (default 48 h, twice the longest digest
+   * interval; digests are written every interval while a node runs): a longer unsigned stretch means
+   * digests were removed.
    */
   maxUnsignedMs?: number;
 }
 
-export const DEFAULT_MAX_UNSIGNED_MS = 24 * 3_600_000;
+export const DEFAULT_MAX_UNSIGNED_MS = 48 * 3_600_000;
 
 /** A trace as stored and exported. `trail` is the owning account's id, '' for unattributed requests. */
 export interface StoredTrace {
