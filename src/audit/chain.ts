@@ -36,6 +36,11 @@ export interface VerifyOptions {
 
 export const DEFAULT_MAX_UNSIGNED_MS = 48 * 3_600_000;
 
+function hours(ms: number): string {
+  const h = ms / 3_600_000;
+  return h >= 10 ? h.toFixed(0) : h.toFixed(2).replace(/\.?0+$/, '');
+}
+
 /** A trace as stored and exported. `trail` is the owning account's id, '' for unattributed requests. */
 export interface StoredTrace {
   trail: string;
@@ -330,7 +335,7 @@ export function verifyTrail(traces: (StoredTrace | TraceLink)[], digests: Digest
         if (span > limit) {
           traceProblem({
             kind: 'unsigned', trail, seq: unsigned[0]!.seq, trace_id: unsigned[0]!.trace_id,
-            message: `traces ${unsigned[0]!.seq}.. span ${Math.round(span / 3_600_000)} hours with no digest covering them (more than ${Math.round(limit / 3_600_000)}): digests were removed`,
+            message: `traces ${unsigned[0]!.seq}.. span ${hours(span)} hours with no digest covering them (more than ${hours(limit)}): digests were removed, or no node ran to write them (custos audit digest writes those due)`,
           });
         }
       }

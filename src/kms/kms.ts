@@ -106,14 +106,26 @@ export interface KmsOptions {
 }
 
 /**
- * Methods that change a key's row (state, versions, alias, rotation, import). Each is wrapped so this
- * node's key-row cache forgets everything when it completes (nothing is cached while it runs) and
- * other nodes are told through the `kms.epoch` row, which they read at least once a second before
- * serving a cached row: a key disabled, scheduled for deletion or destroyed on one node is refused
- * on this node at once and on every other within that bound (AWS KMS, too, applies key state
- * changes eventually). A test checks that every method writing kms_keys is listed.
+ * Methods that change a key's row (state, versions, alias, tags, rotation, import). Each is wrapped:
+ * - a key row it is handed is read again from the database first, so it decides on the current row,
+ *   never on one cached before another node changed it (a disable there, a tag added there);
+ * - this node's key-row cache forgets everything when it completes (nothing is cached while it runs),
+ *   and other nodes are told through the `kms.epoch` row, which they read at least once a second
+ *   before serving a cached row.
+ * So a key disabled, scheduled for deletion or destroyed on one node is refused on this node at once
+ * and on every other within that bound (AWS KMS, too, applies key state changes eventually); a refusal
+ * on a cached row is checked again against the database (see `usable`), so a key enabled or rotated
+ * elsewhere is not refused for that second. A test checks that every method writing kms_keys or
+ * kms_key_versions, or calling update, is listed.
  */
-export const KEY_ROW_WRITERS = ['createKey', 'update', 'rotate', 'expireMaterial', 'destroy', 'destroyAccountKeys', 'importMaterial', 'deleteImportedMaterial'] as const;
+export const KEY_ROW_WRITERS = [
+  'createKey', 'update', 'enableKey', 'disableKey', 'scheduleDeletion', 'cancelDeletion', 'updateAlias', 'updateDescription', 'setTags',
+  'setRotation', 'rotate', 'expireMaterial', 'destroy', 'destroyAccountKeys', 'importParameters', 'importMaterial', 'deleteImportedMaterial',
+] as const;
+
+function isKeyRow(v: unknown): v is KeyRow {
+  return typeof v === 'object' && v !== null && typeof (v as KeyRow).id === 'string' && typeof (v as KeyRow).account_id === 'string' && typeof (v as KeyRow).state === 'string';
+}
 
 export function isSymmetric(spec: string): boolean {
   return spec === 'AES_256' || spec === 'SM4';
@@ -231,11 +243,35 @@ export class KmsService {
       self[name] = (...args: unknown[]) =>
         this.rowCache.mutation(async () => {
           try {
+            if (isKeyRow(args[0])) args[0] = await this.currentRow(args[0]);
             return await original.apply(this, args);
           } finally {
             await this.epoch.bump();
           }
         });
+    }
+  }
+
+  /** The key's row as the database holds it now (never from the cache); a row since removed stays as given. */
+  private async currentRow(key: KeyRow): Promise<KeyRow> {
+    const row = await this.db.selectFrom('kms_keys').selectAll().where('id', '=', key.id).where('account_id', '=', key.account_id).executeTakeFirst();
+    return row ?? key;
+  }
+
+  /**
+   * The key, if it may be used for `usage` (else the refusal). A refusal on a cached row is checked
+   * again against the database: the row may predate another node enabling or rotating the key.
+   */
+  private async usable(key: KeyRow, usage: KeyUsage, version?: number): Promise<KeyRow> {
+    const ok = (k: KeyRow) => {
+      this.assertUsable(k, usage);
+      if (version !== undefined && (version < 1 || version > k.current_version)) throw new KmsError(400, 'InvalidCiphertext', 'the ciphertext names a key version that does not exist');
+      return k;
+    };
+    try {
+      return ok(key);
+    } catch {
+      return ok(await this.currentRow(key));
     }
   }
 
@@ -643,7 +679,7 @@ export class KmsService {
   }
 
   async encrypt(key: KeyRow, plaintext: Buffer, ctx: EncryptionContext | undefined, algorithm: EncryptionAlgorithm = 'SYMMETRIC_DEFAULT'): Promise<Buffer> {
-    this.assertUsable(key, 'ENCRYPT_DECRYPT');
+    key = await this.usable(key, 'ENCRYPT_DECRYPT');
     if (plaintext.length === 0 || plaintext.length > MAX_PLAINTEXT_BYTES) throw KmsError.invalid(`the plaintext must be 1 to ${MAX_PLAINTEXT_BYTES} bytes`);
     if (isSymmetric(key.key_spec)) {
       if (algorithm !== 'SYMMETRIC_DEFAULT') throw KmsError.invalid(`a symmetric key encrypts with SYMMETRIC_DEFAULT, not ${algorithm}`);
@@ -670,12 +706,11 @@ export class KmsService {
     if (isSymmetric(key.key_spec)) {
       const header = parseHeader(ciphertext);
       if (header.keyId !== key.id) throw new KmsError(400, 'IncorrectKey', 'the ciphertext was not encrypted under this key');
-      this.assertUsable(key, 'ENCRYPT_DECRYPT');
-      if (header.version < 1 || header.version > key.current_version) throw new KmsError(400, 'InvalidCiphertext', 'the ciphertext names a key version that does not exist');
+      key = await this.usable(key, 'ENCRYPT_DECRYPT', header.version);
       const material = (await this.material(key, header.version)) as Buffer;
       return openWithKey(material, key.account_id, ctx, ciphertext);
     }
-    this.assertUsable(key, 'ENCRYPT_DECRYPT');
+    key = await this.usable(key, 'ENCRYPT_DECRYPT');
     if (!ASYMMETRIC_ENCRYPTION.includes(algorithm as (typeof ASYMMETRIC_ENCRYPTION)[number])) {
       throw KmsError.invalid(`an RSA key decrypts with ${ASYMMETRIC_ENCRYPTION.join(' or ')}`);
     }
@@ -730,7 +765,7 @@ export class KmsService {
   }
 
   async sign(key: KeyRow, message: Buffer, messageType: 'RAW' | 'DIGEST', algorithm: string): Promise<Buffer> {
-    this.assertUsable(key, 'SIGN_VERIFY');
+    key = await this.usable(key, 'SIGN_VERIFY');
     const { hash, options } = this.signingParams(key, algorithm, messageType, message);
     const priv = (await this.material(key, key.current_version)) as KeyObject;
     if (messageType === 'DIGEST') return privateEncrypt({ key: priv, padding: constants.RSA_PKCS1_PADDING }, Buffer.concat([DIGEST_INFO[hash], message]));
@@ -738,7 +773,7 @@ export class KmsService {
   }
 
   async verify(key: KeyRow, message: Buffer, messageType: 'RAW' | 'DIGEST', signature: Buffer, algorithm: string): Promise<boolean> {
-    this.assertUsable(key, 'SIGN_VERIFY');
+    key = await this.usable(key, 'SIGN_VERIFY');
     const { hash, options } = this.signingParams(key, algorithm, messageType, message);
     const pub = await this.publicKeyObject(key);
     try {

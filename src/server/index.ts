@@ -197,6 +197,10 @@ export async function startCustos(config: Config, opts: StartOptions = {}): Prom
       config, store, iam, audit: opts.untracedBaselineForBenchmarks ? null : audit, routes: s3Routes(obs, iam, config.regions, rights, { corsOrigins: config.obsCorsOrigins, mayUseKey, mayDecryptWith: keyDecryptCheck(iam, kms) }), now, listener: 's3', onSend: s3CorsHeaders, anonymousActions: ANONYMOUS_ACTIONS,
       ...(opts.logStream ? { logStream: opts.logStream } : {}),
     });
+    // Digests that fell due while no node ran (a stop before the next one, a long outage) are written
+    // before serving, so the trail's unsigned tail never spans a downtime (the verifier takes a long
+    // unsigned span for removed digests).
+    await audit.writeDueDigests().catch((e: Error) => app.log.warn({ err: { message: e.message } }, 'audit digest at start-up failed'));
     const address = await app.listen({ host: config.host, port: config.port });
     let obsUrl: string;
     try {

@@ -15,15 +15,15 @@ const SOURCE = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..
 const kms = (s: TestServer, t: Tenant, op: string, body: unknown) => s.api('POST', `/v1.0/${t.projects[0]!.id}/kms/${op}`, { token: t.token, body });
 
 describe('KMS key-row cache', () => {
-  test('every KmsService method that writes a key row is declared as invalidating', () => {
+  test('every KmsService method that writes a key row or its versions is declared as invalidating', () => {
     const src = readFileSync(SOURCE, 'utf8');
     const starts = [...src.matchAll(/^ {2}(?:private |static )?(?:async )?([a-zA-Z]+)\(/gm)];
     const writers: string[] = [];
     starts.forEach((m, i) => {
       const body = src.slice(m.index, starts[i + 1]?.index ?? src.length);
-      if (/(insertInto|updateTable|deleteFrom)\('kms_keys'\)/.test(body) && m[1] !== 'constructor') writers.push(m[1]!);
+      if (/(insertInto|updateTable|deleteFrom)\('kms_key(s|_versions)'\)|this\.update\(|sql`(insert|update|delete)[^`]*kms_key/i.test(body) && m[1] !== 'constructor') writers.push(m[1]!);
     });
-    assert.ok(writers.length >= 7, `found ${writers.length} writing methods: ${writers.join(', ')}`);
+    assert.ok(writers.length >= 15, `found ${writers.length} writing methods: ${writers.join(', ')}`);
     assert.deepEqual(writers.filter((w) => !(KEY_ROW_WRITERS as readonly string[]).includes(w)), [], 'undeclared writers of kms_keys');
   });
 
@@ -70,9 +70,32 @@ describe('KMS key-row cache', () => {
       assert.equal((await kms(n1, t, 'disable-key', { key_id: id })).status, 200);
       await new Promise((r) => setTimeout(r, IAM_EPOCH_POLL_MS * 2 + 100));
       assert.equal((await kms(n2, t, 'encrypt-data', { key_id: id, plain_text: 'x' })).status, 400, 'the disable reached node 2');
+      // Node 2 now holds the disabled row. Enabled on node 1, the key is not refused on node 2 even
+      // before its next poll: a refusal is checked again against the database.
       assert.equal((await kms(n1, t, 'enable-key', { key_id: id })).status, 200);
+      assert.equal((await kms(n2, t, 'encrypt-data', { key_id: id, plain_text: 'x' })).status, 200, 'the enable applies at once');
+      // A write decides on the current row, not the cached one: disabling on node 2 a key that node 2
+      // cached as disabled (node 1 enabled it meanwhile) really disables it.
+      const cachedDisabled = await kms(n2, t, 'describe-key', { key_id: id });
+      assert.equal(cachedDisabled.status, 200);
+      assert.equal((await kms(n1, t, 'disable-key', { key_id: id })).status, 200);
       await new Promise((r) => setTimeout(r, IAM_EPOCH_POLL_MS * 2 + 100));
-      assert.equal((await kms(n2, t, 'encrypt-data', { key_id: id, plain_text: 'x' })).status, 200, 'and so did the enable');
+      assert.equal((await kms(n2, t, 'describe-key', { key_id: id })).json.key_info.key_state, '3', 'node 2 sees it disabled');
+      assert.equal((await kms(n1, t, 'enable-key', { key_id: id })).status, 200);
+      assert.equal((await kms(n2, t, 'disable-key', { key_id: id })).status, 200);
+      assert.equal((await kms(n2, t, 'encrypt-data', { key_id: id, plain_text: 'x' })).status, 400, 'disabled for real');
+      await new Promise((r) => setTimeout(r, IAM_EPOCH_POLL_MS * 2 + 100));
+      assert.equal((await kms(n1, t, 'encrypt-data', { key_id: id, plain_text: 'x' })).status, 400, 'on node 1 too');
+      // A rotation on node 1: its new ciphertexts decrypt on node 2 at once, though node 2 cached version 1.
+      await kms(n1, t, 'enable-key', { key_id: id });
+      await kms(n2, t, 'encrypt-data', { key_id: id, plain_text: 'x' });
+      const row = await n1.custos.kms.getKey({ accountId: t.accountId, projectId: t.projects[0]!.id, region: '' }, id);
+      assert.equal(await n1.custos.kms.rotate(row), true);
+      const fresh = await kms(n1, t, 'encrypt-data', { key_id: id, plain_text: 'after rotation' });
+      assert.equal(Buffer.from(fresh.json.cipher_text, 'base64').readUInt32BE(17), 2);
+      const opened = await kms(n2, t, 'decrypt-data', { cipher_text: fresh.json.cipher_text });
+      assert.equal(opened.status, 200, opened.text);
+      assert.equal(opened.json.plain_text, 'after rotation');
     } finally {
       await n2.stop();
       await n1.stop();

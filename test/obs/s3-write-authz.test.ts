@@ -8,7 +8,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { Sha256 } from '@aws-crypto/sha256-js';
 import { SignatureV4 } from '@smithy/signature-v4';
 import {
-  CopyObjectCommand, CreateBucketCommand, CreateMultipartUploadCommand, DeleteBucketEncryptionCommand, ListPartsCommand, UploadPartCommand, DeleteObjectsCommand, PutBucketEncryptionCommand, GetObjectCommand, GetObjectTaggingCommand, HeadBucketCommand, HeadObjectCommand, PutBucketPolicyCommand,
+  CompleteMultipartUploadCommand, CopyObjectCommand, CreateBucketCommand, CreateMultipartUploadCommand, DeleteBucketEncryptionCommand, ListPartsCommand, UploadPartCommand, DeleteObjectsCommand, PutBucketEncryptionCommand, GetObjectCommand, GetObjectTaggingCommand, HeadBucketCommand, HeadObjectCommand, PutBucketPolicyCommand,
   PutObjectCommand, PutObjectLegalHoldCommand, S3Client,
 } from '@aws-sdk/client-s3';
 import { sdkFailure as failure, startTestServer, type Tenant, type TestServer } from '../helpers.js';
@@ -158,6 +158,7 @@ test('a multipart upload under a customer KMS key: adding and listing parts need
   // guess added as a part nor the listing of the parts (their ETags and plaintext checksums).
   assert.deepEqual(await failure(part(writer, 9, content)), { status: 403, code: 'AccessDenied' });
   assert.deepEqual(await failure(writer.send(new ListPartsCommand({ Bucket: 'drafts', Key: 'plan.bin', UploadId }))), { status: 403, code: 'AccessDenied' });
+  assert.deepEqual(await failure(writer.send(new CompleteMultipartUploadCommand({ Bucket: 'drafts', Key: 'plan.bin', UploadId, MultipartUpload: { Parts: [{ PartNumber: 1, ETag: p1.ETag }] } }))), { status: 403, code: 'AccessDenied' });
   const listed = await admin.send(new ListPartsCommand({ Bucket: 'drafts', Key: 'plan.bin', UploadId }));
   assert.deepEqual(listed.Parts?.map((x) => x.PartNumber), [1, 2]);
   assert.ok(listed.Parts?.every((x) => typeof x.ChecksumSHA256 === 'string'));

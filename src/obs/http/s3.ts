@@ -330,9 +330,10 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
     return v?.key;
   };
   /**
-   * A multipart upload under a customer KMS key: adding a part decrypts its data key, and listing its
-   * parts shows their ETags and checksums, so both need the key's decrypt permission (as S3 asks
-   * kms:Decrypt); an SSE-C upload's parts are listed only with its customer key, as S3 asks.
+   * A multipart upload under a customer KMS key: adding a part decrypts its data key, listing its
+   * parts shows their ETags and checksums, completing it answers the object's checksum, so each needs
+   * the key's decrypt permission (as S3 asks kms:Decrypt); an SSE-C upload's parts are listed only
+   * with its customer key, as S3 asks.
    */
   const authorizeUploadKey = async (req: FastifyRequest, b: BucketRow, u: UploadRow) => {
     if (obs.isSseCUpload(u)) return obs.checkUploadCustomerKey(b, u, sseCustomerKey(req));
@@ -876,6 +877,9 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
         }
         if (q.uploadId !== undefined) {
           const u = await obs.getUpload(b, keyOf(req), q.uploadId);
+          // Completing answers the object's checksum and compares the parts' ones: under a customer
+          // KMS key that needs its decrypt permission, as S3 asks kms:Decrypt here.
+          if (!obs.isSseCUpload(u)) await authorizeUploadKey(req, b, u);
           // The completion's x-amz-checksum-* header is the object's checksum, not its body's.
           const doc = parseXml(await readSmallBody(req, 4 * 1024 * 1024, { checksumHeadersNameTheObject: true })) as { CompleteMultipartUpload?: { Part?: unknown } };
           const partsRaw = doc.CompleteMultipartUpload?.Part;
