@@ -595,6 +595,30 @@ describe('digests, export and offline verification', () => {
 });
 
 
+describe('start-up', () => {
+  test('digests that fell due while no node ran are written before the server serves', async () => {
+    let clock = Date.now();
+    const database = await freshDatabase();
+    const dataDir = mkdtempSync(path.join(tmpdir(), 'custos-startup-'));
+    const n1 = await startTestServer({ database, dataDir, now: () => clock });
+    let n2: TestServer | undefined;
+    try {
+      const a = await n1.createTenant();
+      await n1.api('GET', '/v3/groups', { token: a.token });
+      await n1.stop();
+      clock += 2 * 3_600_000;
+      n2 = await startTestServer({ database, dataDir, now: () => clock, join: true });
+      const rows = (await sql<{ created_at: number | string }>`select created_at from audit_digests where trail = ${a.accountId}`.execute(n2.custos.store.db)).rows;
+      assert.equal(rows.length, 1, 'written at start-up, before any request or timer');
+      assert.equal(Number(rows[0]!.created_at), clock);
+    } finally {
+      await n2?.stop();
+      await database.drop();
+      rmSync(dataDir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe('retention', () => {
   test('traces older than the retention are cleared, digests stay, and the rest still verifies', async () => {
     let clock = Date.now();
