@@ -123,6 +123,14 @@ export const KEY_ROW_WRITERS = [
   'setRotation', 'rotate', 'expireMaterial', 'destroy', 'destroyAccountKeys', 'importParameters', 'importMaterial', 'deleteImportedMaterial',
 ] as const;
 
+/**
+ * Identifies imported material without revealing it: SHA-256 over a label, the key id and the 256-bit
+ * material (which no one can search for from its hash).
+ */
+function materialFingerprint(keyId: string, material: Buffer): string {
+  return createHash('sha256').update(`custos kms material fingerprint\n${keyId}\n`).update(material).digest('hex');
+}
+
 function isKeyRow(v: unknown): v is KeyRow {
   return typeof v === 'object' && v !== null && typeof (v as KeyRow).id === 'string' && typeof (v as KeyRow).account_id === 'string' && typeof (v as KeyRow).state === 'string';
 }
@@ -307,7 +315,7 @@ export class KmsService {
       current_version: origin === 'external' ? 0 : 1,
       rotation_enabled: 0, rotation_interval_days: DEFAULT_ROTATION_DAYS, next_rotation_at: null, last_rotated_at: null,
       tags_json: JSON.stringify(tags),
-      import_token_hash: null, import_wrapping_key: null, import_wrapping_algorithm: null, import_expires_at: null, material_expires_at: null,
+      import_token_hash: null, import_wrapping_key: null, import_wrapping_algorithm: null, import_expires_at: null, material_expires_at: null, material_fingerprint: null,
     };
     const version = origin === 'external' ? null : await this.newVersion(row, 1);
     try {
@@ -832,20 +840,26 @@ export class KmsService {
     }
     try {
       if (material.length !== 32) throw new KmsError(400, 'IncorrectKeyMaterial', `an AES_256 key's material is 32 bytes, not ${material.length}`);
+      // Re-imported material must be the material first imported (as AWS KMS requires): other material
+      // would leave what the key encrypted undecryptable.
+      const fingerprint = materialFingerprint(key.id, material);
+      if (key.material_fingerprint !== null && !timingSafeEqual(Buffer.from(fingerprint, 'hex'), Buffer.from(key.material_fingerprint, 'hex'))) {
+        throw new KmsError(400, 'IncorrectKeyMaterial', `key ${key.id} was imported with other key material: import that same material again`);
+      }
       const wrapped = (await this.root.wrap(material, versionAad(key, 1))).toString('base64');
       const now = this.now();
       await this.db.transaction().execute(async (tx) => {
         await tx.deleteFrom('kms_key_versions').where('key_id', '=', key.id).execute();
         await tx.insertInto('kms_key_versions').values({ key_id: key.id, version: 1, material_wrapped: wrapped, public_key: null, created_at: now }).execute();
         const r = await tx.updateTable('kms_keys').set({
-          state: 'enabled', current_version: 1, material_expires_at: materialExpiresAt, updated_at: now,
+          state: 'enabled', current_version: 1, material_expires_at: materialExpiresAt, updated_at: now, material_fingerprint: fingerprint,
           import_token_hash: null, import_wrapping_key: null, import_wrapping_algorithm: null, import_expires_at: null,
         }).where('id', '=', key.id).where('state', '=', 'pending_import').executeTakeFirst();
         if (Number(r.numUpdatedRows) !== 1) throw new KmsError(409, 'InvalidState', `key ${key.id} changed state meanwhile; retry`);
       });
       this.cache.dropKey(key.id);
       await this.persisted();
-      return { ...key, state: 'enabled', current_version: 1, material_expires_at: materialExpiresAt };
+      return { ...key, state: 'enabled', current_version: 1, material_expires_at: materialExpiresAt, material_fingerprint: fingerprint };
     } finally {
       material.fill(0);
     }

@@ -29,6 +29,8 @@ export type KmsTables = {
     import_wrapping_algorithm: string | null;
     import_expires_at: number | null;
     material_expires_at: number | null;
+    /** Of the material first imported (origin external): a re-import must match it. */
+    material_fingerprint: string | null;
   };
   kms_key_versions: {
     key_id: string;
@@ -55,14 +57,14 @@ export type KeyRow = KmsTables['kms_keys'];
 export type GrantRow = KmsTables['kms_grants'];
 
 /**
- * Every column of kms_keys, for a service that reads a key's row joined to its own rows: the key's
- * state is still read with each operation (nothing cached), in one query instead of two.
+ * Every column of kms_keys, for a service that reads a key's row joined to its own rows (the vault):
+ * the key's state is read with each operation, uncached, in one query instead of two.
  */
 export const KEY_COLUMNS = [
   'id', 'account_id', 'project_id', 'region', 'alias', 'alias_created_at', 'description', 'key_spec', 'key_usage', 'origin', 'state',
   'created_at', 'updated_at', 'deletion_date', 'destroyed_at', 'current_version', 'rotation_enabled', 'rotation_interval_days',
   'next_rotation_at', 'last_rotated_at', 'tags_json', 'import_token_hash', 'import_wrapping_key', 'import_wrapping_algorithm',
-  'import_expires_at', 'material_expires_at',
+  'import_expires_at', 'material_expires_at', 'material_fingerprint',
 ] as const satisfies readonly (keyof KeyRow)[];
 // A column added to kms_keys without being listed above fails to compile here.
 const everyKeyColumn: Exclude<keyof KeyRow, (typeof KEY_COLUMNS)[number]> extends never ? true : never = true;

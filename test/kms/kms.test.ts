@@ -256,10 +256,15 @@ for (const provider of ['local', 'pkcs11'] as const) {
       assert.equal((await ok('describe-key', { key_id: id })).key_info.key_state, '5');
       await fails('encrypt-data', { key_id: id, plain_text: 'x' }, 400, 'KMS.0204', /import/);
       const material = randomBytes(32);
+      let imported = false;
       const importOnce = async () => {
         const p = await ok('get-parameters-for-import', { key_id: id, wrapping_algorithm: 'RSAES_OAEP_SHA_256' });
         const pub = createPublicKey({ key: Buffer.from(p.public_key, 'base64'), format: 'der', type: 'spki' });
         const wrapped = publicEncrypt({ key: pub, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' }, material);
+        // Once material was imported, other material is refused: what the key sealed must stay openable.
+        const other = publicEncrypt({ key: pub, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' }, randomBytes(32));
+        if (imported) await fails('import-key-material', { key_id: id, import_token: p.import_token, encrypted_key_material: other.toString('base64') }, 400, 'KMS.0210', /imported with other key material/);
+        imported = true;
         await fails('import-key-material', { key_id: id, import_token: randomBytes(32).toString('base64'), encrypted_key_material: wrapped.toString('base64') }, 400, 'KMS.0209');
         await ok('import-key-material', { key_id: id, import_token: p.import_token, encrypted_key_material: wrapped.toString('base64') });
       };
