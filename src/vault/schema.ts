@@ -289,9 +289,12 @@ export function canonicalValue(p: Property, v: string | number | boolean): strin
   }
 }
 
-/** What a blind index hashes: the canonical value, case-folded where case carries no meaning. */
-export function indexForm(p: Property, v: string | number | boolean): string {
-  const c = canonicalValue(p, v);
+/**
+ * What a blind index hashes: the canonical value, case-folded where case carries no meaning.
+ * `canonical`: `v` is canonicalValue(p, …) already (parsing a phone number again cost 15 µs a write).
+ */
+export function indexForm(p: Property, v: string | number | boolean, canonical = false): string {
+  const c = canonical ? v : canonicalValue(p, v);
   if (typeof c !== 'string') return JSON.stringify(c);
   return p.pii_type === 'email' ? c.toLowerCase() : c;
 }

@@ -529,8 +529,9 @@ export class VaultService {
     }
   }
 
-  private blindIndex(keys: Map<string, Buffer>, p: Property, v: Value): string {
-    return createHmac('sha256', keys.get('index')!).update(`${p.name}\u0000${indexForm(p, v)}`).digest('hex').slice(0, 40);
+  /** `canonical`: `v` was just made canonicalValue(p, …) for this very property. */
+  private blindIndex(keys: Map<string, Buffer>, p: Property, v: Value, canonical = false): string {
+    return createHmac('sha256', keys.get('index')!).update(`${p.name}\u0000${indexForm(p, v, canonical)}`).digest('hex').slice(0, 40);
   }
 
   private async recordKey(c: Collection, rec: RecordRow): Promise<Buffer> {
@@ -598,7 +599,7 @@ export class VaultService {
         if (raw === undefined || raw === null) continue;
         const v = canonicalValue(p, raw as Value);
         values[p.name] = this.seal(c.row, id, p, v, dk.plaintext, now, this.dueOf(p, now, fired, undefined));
-        if (p.searchable) index.push({ property: p.name, digest: this.blindIndex(keys!, p, v) });
+        if (p.searchable) index.push({ property: p.name, digest: this.blindIndex(keys!, p, v, true) });
       }
     } finally {
       dk.plaintext.fill(0);
@@ -915,7 +916,7 @@ export class VaultService {
           }
           const v = canonicalValue(p, raw as Value);
           values[n] = this.seal(c.row, id, p, v, dek, now, this.dueOf(p, now, fired, values[n]?.d));
-          if (p.searchable) index.push({ property: n, digest: this.blindIndex(keys!, p, v) });
+          if (p.searchable) index.push({ property: n, digest: this.blindIndex(keys!, p, v, true) });
         }
       } finally {
         dek.fill(0);
