@@ -250,11 +250,21 @@ export class KmsService {
       const original = self[name]!;
       self[name] = (...args: unknown[]) =>
         this.rowCache.mutation(async () => {
+          // Other nodes are told unless nothing changed: a refusal of the caller's request (4xx, thrown
+          // before anything is written) or a job step another node did (false). Telling them for
+          // nothing would empty every node's key cache at any tenant's whim.
+          let changed = true;
           try {
             if (isKeyRow(args[0])) args[0] = await this.currentRow(args[0]);
-            return await original.apply(this, args);
+            const result = await original.apply(this, args);
+            if (result === false) changed = false;
+            return result;
+          } catch (e) {
+            // A unique violation is a statement refused whole (an alias in use), inside update() too.
+            if ((e instanceof KmsError && e.status < 500) || isUniqueViolation(e)) changed = false;
+            throw e;
           } finally {
-            await this.epoch.bump();
+            if (changed) await this.epoch.bump();
           }
         });
     }

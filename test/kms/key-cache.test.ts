@@ -6,6 +6,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { sql } from 'kysely';
 import { KEY_ROW_WRITERS } from '../../src/kms/kms.js';
 import { IAM_EPOCH_POLL_MS } from '../../src/server/index.js';
 import { DB, freshDatabase, startTestServer, type TestServer, type Tenant } from '../helpers.js';
@@ -52,6 +53,15 @@ describe('KMS key-row cache', () => {
       assert.equal(await byAlias('invoices'), undefined);
       assert.equal((await kms(s, t, 'update-key-alias', { key_id: a, key_alias: 'invoices' })).status, 200);
       assert.equal(await byAlias('invoices'), a);
+      // Other nodes are told of changes only: a refused one leaves the shared epoch as it was, so no
+      // tenant can empty every node's key cache by sending requests that fail.
+      const epoch = async () => (await sql<{ value: string }>`select value from settings where name = 'kms.epoch'`.execute(s.custos.store.db)).rows[0]?.value;
+      const epochBefore = await epoch();
+      assert.equal((await kms(s, t, 'schedule-key-deletion', { key_id: b, pending_days: '3' })).status, 400);
+      assert.equal((await kms(s, t, 'update-key-alias', { key_id: b, key_alias: 'invoices' })).status, 409);
+      assert.equal(await epoch(), epochBefore, 'refusals do not move the epoch');
+      assert.equal((await kms(s, t, 'disable-key', { key_id: b })).status, 200);
+      assert.notEqual(await epoch(), epochBefore, 'a change does');
     } finally {
       await s.close();
     }
