@@ -19,8 +19,6 @@ import type { AppendReply, AppendRequest } from './append-worker.js';
 import {
   canonicalDigest, DIGEST_FORMAT, genesisHash, KEYS_FORMAT, keyIdOf, MIN_RETENTION_DAYS, RANGE_FORMAT, TRACES_FORMAT, type Digest, type PublicKeyInfo, type StoredTrace,
 } from './chain.js';
-
-export { MIN_RETENTION_DAYS };
 import { auditHmac, byTrail, chainRows, fromRow, TRACE_COLUMNS } from './rows.js';
 import type { AuditTables } from './store.js';
 import type { AuditRecorder, RequestTrace } from './trace.js';
@@ -578,7 +576,7 @@ export class AuditService implements AuditRecorder {
         fromSeq = before ? before.end_seq + 1 : 1;
       }
       // Where this export means to start: the verifier tells traces left out on purpose from removed ones.
-      await writeAtomic(path.join(tdir, 'range.json'), Buffer.from(JSON.stringify({ format: RANGE_FORMAT, trail, from_seq: fromSeq })));
+      await writeRange(tdir, trail, fromSeq);
       let count = 0;
       let cursor = fromSeq - 1;
       for (;;) {
@@ -606,8 +604,7 @@ export class AuditService implements AuditRecorder {
     }
     await writeAtomic(path.join(tdir, `digest-${pad(d.digest_seq)}.json.gz`), await gzipAsync(JSON.stringify({ format: DIGEST_FORMAT, digests: [d] })));
     await writeAtomic(path.join(dir, 'public-keys.json'), Buffer.from(JSON.stringify({ format: KEYS_FORMAT, keys: await this.publicKeys() }, null, 2)));
-    const range = path.join(tdir, 'range.json');
-    if (!(await fileExists(range))) {
+    if (!(await fileExists(path.join(tdir, RANGE_FILE)))) {
       // No range yet (a new directory, one filled before ranges existed, or a delivery cut short): the
       // digest chain must be whole (the verifier refuses one not starting at 1), so the earlier digests
       // come along; the traces start at the earliest delivered here. Written last, and never moved on.
@@ -620,10 +617,9 @@ export class AuditService implements AuditRecorder {
         const m = /^traces-(\d+)-\d+\.json\.gz$/.exec(f);
         if (m) from = Math.min(from, Number(m[1]));
       }
-      await writeAtomic(range, Buffer.from(JSON.stringify({ format: RANGE_FORMAT, trail: d.trail, from_seq: from })));
+      await writeRange(tdir, d.trail, from);
     }
   }
-
 
   /** Waits for queued traces to commit (shutdown). */
   async drain(): Promise<void> {
@@ -639,6 +635,13 @@ function pad(n: number): string {
 }
 export function trailDirName(trail: string): string {
   return trail === '' ? 'platform' : trail;
+}
+
+const RANGE_FILE = 'range.json';
+
+/** Where a trail's export starts (RANGE_FORMAT), read by the offline verifier. */
+async function writeRange(tdir: string, trail: string, fromSeq: number): Promise<void> {
+  await writeAtomic(path.join(tdir, RANGE_FILE), Buffer.from(JSON.stringify({ format: RANGE_FORMAT, trail, from_seq: fromSeq })));
 }
 
 async function fileExists(file: string): Promise<boolean> {

@@ -297,9 +297,9 @@ export function verifyTrail(traces: (StoredTrace | TraceLink)[], digests: Digest
     }
 
     // 3. Each digest whose range the export holds must match the traces: the right count and end hash.
+    const first = ts.reduce((m, t) => Math.min(m, t.seq), Number.POSITIVE_INFINITY);
     if (ts.length > 0) {
       const bySeq = new Map(ts.map((t) => [t.seq, t]));
-      const first = ts.reduce((m, t) => Math.min(m, t.seq), Number.POSITIVE_INFINITY);
       const last = ts.reduce((m, t) => Math.max(m, t.seq), 0);
       for (const d of ds) {
         const before = bySeq.get(d.start_seq - 1);
@@ -344,7 +344,7 @@ export function verifyTrail(traces: (StoredTrace | TraceLink)[], digests: Digest
     // 4. Traces missing before the first one held (all of them, when none is) were cleared by retention
     // only if whole digest ranges went, each ending more than the shortest retention ago; anything
     // younger, or never signed, was removed by someone else.
-    const firstHeld = ts.length ? ts.reduce((m, t) => Math.min(m, t.seq), Number.POSITIVE_INFINITY) : (ds.length ? ds[ds.length - 1]!.end_seq + 1 : 1);
+    const firstHeld = ts.length ? first : ds.length ? ds[ds.length - 1]!.end_seq + 1 : 1;
     if (firstHeld > from) {
       const oldest = now - MIN_RETENTION_DAYS * DAY_MS;
       const covering = ds.filter((d) => d.trace_count > 0 && d.end_seq >= from && d.start_seq < firstHeld);

@@ -10,7 +10,8 @@ import { Worker } from 'node:worker_threads';
 import { gunzipSync } from 'node:zlib';
 import { DIGEST_FORMAT, KEYS_FORMAT, RANGE_FORMAT, type Digest, type PublicKeyInfo, type TraceLink } from './chain.js';
 
-async function filesUnder(dir: string): Promise<string[]> {
+/** Every file under `dir`, sorted by path (so trace files come in the order of their first position). */
+export async function filesUnder(dir: string): Promise<string[]> {
   const out: string[] = [];
   for (const e of await readdir(dir, { withFileTypes: true })) {
     const p = path.join(dir, e.name);

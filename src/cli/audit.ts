@@ -1,9 +1,9 @@
-import { readdir, readFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { Command } from 'commander';
 import { DEFAULT_MAX_UNSIGNED_MS, KEYS_FORMAT, TRACES_FORMAT, verifyTrail, type Digest, type PublicKeyInfo, type StoredTrace } from '../audit/chain.js';
-import { addExportDoc, loadExportChecked, newExportMeta, readKeysFile } from '../audit/verify-parallel.js';
+import { addExportDoc, filesUnder, loadExportChecked, newExportMeta, readKeysFile } from '../audit/verify-parallel.js';
 import { openServices } from '../server/index.js';
 import { call, profile } from './client.js';
 import { configFrom, withServerOptions } from './options.js';
@@ -16,15 +16,6 @@ function parseTime(s: string | undefined, name: string): number | undefined {
   return t;
 }
 
-async function filesUnder(dir: string): Promise<string[]> {
-  const out: string[] = [];
-  for (const e of await readdir(dir, { withFileTypes: true })) {
-    const p = path.join(dir, e.name);
-    if (e.isDirectory()) out.push(...(await filesUnder(p)));
-    else out.push(p);
-  }
-  return out.sort();
-}
 
 /**
  * Reads an export directory: traces in file order (files sorted by their first seq), all digests, the

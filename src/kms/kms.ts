@@ -107,8 +107,9 @@ export interface KmsOptions {
 
 /**
  * Methods that change a key's row (state, versions, alias, tags, rotation, import). Each is wrapped:
- * - a key row it is handed is read again from the database first, so it decides on the current row,
- *   never on one cached before another node changed it (a disable there, a tag added there);
+ * - a key row it is handed from the cache is read again from the database first, so it decides on
+ *   the current row, never on one cached before another node changed it (a disable there, a tag added
+ *   there);
  * - this node's key-row cache forgets everything when it completes (nothing is cached while it runs),
  *   and other nodes are told through the `kms.epoch` row, which they read at least once a second
  *   before serving a cached row.
@@ -116,10 +117,11 @@ export interface KmsOptions {
  * and on every other within that bound (AWS KMS, too, applies key state changes eventually); a refusal
  * on a cached row is checked again against the database (see `usable`), so a key enabled or rotated
  * elsewhere is not refused for that second. A test checks that every method writing kms_keys or
- * kms_key_versions, or calling update, is listed.
+ * kms_key_versions, or calling update, is listed; update itself is not (each caller is wrapped, so
+ * wrapping it too would read the row and tell the other nodes twice a change).
  */
 export const KEY_ROW_WRITERS = [
-  'createKey', 'update', 'enableKey', 'disableKey', 'scheduleDeletion', 'cancelDeletion', 'updateAlias', 'updateDescription', 'setTags',
+  'createKey', 'enableKey', 'disableKey', 'scheduleDeletion', 'cancelDeletion', 'updateAlias', 'updateDescription', 'setTags',
   'setRotation', 'rotate', 'expireMaterial', 'destroy', 'destroyAccountKeys', 'importParameters', 'importMaterial', 'deleteImportedMaterial',
 ] as const;
 
@@ -255,7 +257,10 @@ export class KmsService {
           // nothing would empty every node's key cache at any tenant's whim.
           let changed = true;
           try {
-            if (isKeyRow(args[0])) args[0] = await this.currentRow(args[0]);
+            // A row from the cache (frozen) is read again; one a caller just read from the database (the
+            // jobs' own selects) is not, since a conditional write on it is what makes a job step happen
+            // once across nodes (a rotation re-read after another node's would rotate again).
+            if (isKeyRow(args[0]) && Object.isFrozen(args[0])) args[0] = await this.currentRow(args[0]);
             const result = await original.apply(this, args);
             if (result === false) changed = false;
             return result;

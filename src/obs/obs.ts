@@ -695,10 +695,6 @@ export class ObsService {
   }
 
   /**
-   * Unwraps a version's data key: through KMS, or (SSE-C) with the key the request carries, which must
-   * be the one it was stored with. Also used by HEAD to check an SSE-C key without reading content.
-   */
-  /**
    * The KMS key a version's data key is sealed under, and whether it is the tenant's service-managed
    * obs/default key; null for an SSE-C version (the request brings its key) or a key that is gone.
    * A read that looked it up hands it to readObject, which then does not look it up again.
@@ -706,11 +702,20 @@ export class ObsService {
   async versionKey(bucket: BucketRow, row: ObjectRow): Promise<{ key: KeyRow; managed: boolean } | null> {
     // The benchmark's plaintext baseline reads with no key, so it looks none up either.
     if (this.isSseC(row) || this.opts.plaintextBaselineForBenchmarks) return null;
-    const key = await this.kms.findKey(this.scopeOf(bucket), row.kms_key_id);
+    return this.sealingKey(bucket, row.kms_key_id);
+  }
+
+  /** A KMS key content of the bucket is sealed under, and whether the service manages it; null when gone. */
+  private async sealingKey(bucket: BucketRow, keyId: string): Promise<{ key: KeyRow; managed: boolean } | null> {
+    const key = await this.kms.findKey(this.scopeOf(bucket), keyId);
     return key ? { key, managed: !isCustomerKey(key) } : null;
   }
 
-  /** `cmk`: the version's KMS key when the caller already looked it up (versionKey). */
+  /**
+   * Unwraps a version's data key: through KMS, or (SSE-C) with the key the request carries, which must
+   * be the one it was stored with. Also used by HEAD to check an SSE-C key without reading content.
+   * `cmk`: the version's KMS key when the caller already looked it up (versionKey).
+   */
   async dataKeyOf(bucket: BucketRow, row: ObjectRow, customerKey?: Buffer, cmk?: KeyRow): Promise<Buffer> {
     if (this.isSseC(row)) {
       if (!customerKey) throw new ObsError(400, 'InvalidRequest', 'the object was stored with a customer-provided key (SSE-C): send the same key to read it');
@@ -772,9 +777,7 @@ export class ObsService {
 
   /** An upload's KMS key, and whether the service manages it (obs/default); null for SSE-C. */
   async uploadKmsKey(bucket: BucketRow, u: UploadRow): Promise<{ key: KeyRow; managed: boolean } | null> {
-    if (this.isSseCUpload(u)) return null;
-    const key = await this.kms.findKey(this.scopeOf(bucket), u.kms_key_id);
-    return key ? { key, managed: !isCustomerKey(key) } : null;
+    return this.isSseCUpload(u) ? null : this.sealingKey(bucket, u.kms_key_id);
   }
 
   /** SSE-C: checks that `customerKey` is the one the upload was created with (400 otherwise). */

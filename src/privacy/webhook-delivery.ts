@@ -31,6 +31,14 @@ export function internalRange(address: string): string | null {
   return null;
 }
 
+/** Throws for the first internal address among a name's addresses. */
+function refuseInternal(addresses: readonly { address: string }[]): void {
+  for (const a of addresses) {
+    const range = internalRange(a.address);
+    if (range) throw new InternalAddressError(range);
+  }
+}
+
 /** Checks a URL's host when it is an IP literal (a name is checked when it is resolved). */
 export function checkLiteralHost(url: URL, allowInternal: boolean): void {
   if (allowInternal) return;
@@ -50,10 +58,7 @@ export function checkLiteralHost(url: URL, allowInternal: boolean): void {
 export async function checkWebhookTarget(url: URL, allowInternal: boolean): Promise<void> {
   checkLiteralHost(url, allowInternal);
   if (allowInternal || isIP(url.hostname.replace(/^\[|\]$/g, ''))) return;
-  for (const a of await dnsLookupAll(url.hostname, { all: true }).catch(() => [])) {
-    const range = internalRange(a.address);
-    if (range) throw new InternalAddressError(range);
-  }
+  refuseInternal(await dnsLookupAll(url.hostname, { all: true }).catch(() => []));
 }
 
 type Resolver = (hostname: string, options: { all: true; family?: number }, cb: (err: NodeJS.ErrnoException | null, addresses: LookupAddress[]) => void) => void;
@@ -65,9 +70,10 @@ export function guardedLookup(allowInternal: boolean, resolve: Resolver = dnsLoo
       if (err) return callback(err, '', 0);
       const list = addresses;
       if (!allowInternal) {
-        for (const a of list) {
-          const range = internalRange(a.address);
-          if (range) return callback(new InternalAddressError(range), '', 0);
+        try {
+          refuseInternal(list);
+        } catch (e) {
+          return callback(e as InternalAddressError, '', 0);
         }
       }
       if (!list.length) return callback(Object.assign(new Error(`no address for ${hostname}`), { code: 'ENOTFOUND' }), '', 0);

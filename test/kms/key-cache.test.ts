@@ -22,7 +22,8 @@ describe('KMS key-row cache', () => {
     const writers: string[] = [];
     starts.forEach((m, i) => {
       const body = src.slice(m.index, starts[i + 1]?.index ?? src.length);
-      if (/(insertInto|updateTable|deleteFrom)\('kms_key(s|_versions)'\)|this\.update\(|sql`(insert|update|delete)[^`]*kms_key/i.test(body) && m[1] !== 'constructor') writers.push(m[1]!);
+      // update() is the helper the listed methods write through: its callers are what is checked.
+      if (/(insertInto|updateTable|deleteFrom)\('kms_key(s|_versions)'\)|this\.update\(|sql`(insert|update|delete)[^`]*kms_key/i.test(body) && m[1] !== 'constructor' && m[1] !== 'update') writers.push(m[1]!);
     });
     assert.ok(writers.length >= 15, `found ${writers.length} writing methods: ${writers.join(', ')}`);
     assert.deepEqual(writers.filter((w) => !(KEY_ROW_WRITERS as readonly string[]).includes(w)), [], 'undeclared writers of kms_keys');

@@ -6,8 +6,8 @@ import { Type } from '@sinclair/typebox';
 import type { FastifyRequest } from 'fastify';
 import type { IamService, Principal, ResourceRef } from '../../iam/iam.js';
 import { principalOf, type RouteDef, type RouteMeta } from '../../server/route.js';
-import { AuditError, MAX_RETENTION_DAYS, MIN_RETENTION_DAYS, type AuditService } from '../audit.js';
-import type { StoredTrace } from '../chain.js';
+import { AuditError, MAX_RETENTION_DAYS, type AuditService } from '../audit.js';
+import { MIN_RETENTION_DAYS, type StoredTrace } from '../chain.js';
 
 const S = { additionalProperties: false } as const;
 const Id = Type.String({ pattern: '^[A-Za-z0-9_-]{1,64}$' });

@@ -323,23 +323,19 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
    */
   const authorizeReadKey = async (req: FastifyRequest, b: BucketRow, row: ObjectRow): Promise<KeyRow | undefined> => {
     const v = await obs.versionKey(b, row);
-    if (v && !v.managed && opts.mayDecryptWith && !(await opts.mayDecryptWith(principalOf(req), v.key, req.ip))) {
-      throw new ObsError(403, 'AccessDenied', 'Access Denied: not authorized to decrypt with the KMS key the object is encrypted under (kms:cmk:decrypt)');
-    }
+    await requireDecrypt(req, v, 'object');
     // Handed to readObject, which then does not look the key up again.
     return v?.key;
   };
   /**
    * A multipart upload under a customer KMS key: adding a part decrypts its data key, listing its
    * parts shows their ETags and checksums, completing it answers the object's checksum, so each needs
-   * the key's decrypt permission (as S3 asks kms:Decrypt); an SSE-C upload's parts are listed only
-   * with its customer key, as S3 asks.
+   * the key's decrypt permission (as S3 asks kms:Decrypt).
    */
-  const authorizeUploadKey = async (req: FastifyRequest, b: BucketRow, u: UploadRow) => {
-    if (obs.isSseCUpload(u)) return obs.checkUploadCustomerKey(b, u, sseCustomerKey(req));
-    const v = await obs.uploadKmsKey(b, u);
+  const authorizeUploadKey = async (req: FastifyRequest, b: BucketRow, u: UploadRow) => requireDecrypt(req, await obs.uploadKmsKey(b, u), 'upload');
+  const requireDecrypt = async (req: FastifyRequest, v: { key: KeyRow; managed: boolean } | null, what: 'object' | 'upload') => {
     if (v && !v.managed && opts.mayDecryptWith && !(await opts.mayDecryptWith(principalOf(req), v.key, req.ip))) {
-      throw new ObsError(403, 'AccessDenied', 'Access Denied: not authorized to decrypt with the KMS key the upload is encrypted under (kms:cmk:decrypt)');
+      throw new ObsError(403, 'AccessDenied', `Access Denied: not authorized to decrypt with the KMS key the ${what} is encrypted under (kms:cmk:decrypt)`);
     }
   };
   const namedKeyHeader = (req: FastifyRequest) => {
@@ -807,7 +803,7 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
           if (q.uploadId === undefined || q.partNumber === undefined || !/^\d{1,5}$/.test(q.partNumber)) throw new ObsError(400, 'InvalidArgument', 'UploadPart needs uploadId and a partNumber from 1 to 10000');
           const u = await obs.getUpload(b, keyOf(req), q.uploadId);
           const customerKey = sseCustomerKey(req);
-          if (!obs.isSseCUpload(u)) await authorizeUploadKey(req, b, u);
+          await authorizeUploadKey(req, b, u);
           const copy = h['x-amz-copy-source'];
           if (copy !== undefined) {
             // UploadPartCopy: (a range of) another object becomes the part, re-encrypted under the upload's key.
@@ -879,7 +875,7 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
           const u = await obs.getUpload(b, keyOf(req), q.uploadId);
           // Completing answers the object's checksum and compares the parts' ones: under a customer
           // KMS key that needs its decrypt permission, as S3 asks kms:Decrypt here.
-          if (!obs.isSseCUpload(u)) await authorizeUploadKey(req, b, u);
+          await authorizeUploadKey(req, b, u);
           // The completion's x-amz-checksum-* header is the object's checksum, not its body's.
           const doc = parseXml(await readSmallBody(req, 4 * 1024 * 1024, { checksumHeadersNameTheObject: true })) as { CompleteMultipartUpload?: { Part?: unknown } };
           const partsRaw = doc.CompleteMultipartUpload?.Part;
@@ -934,7 +930,9 @@ export function s3Routes(obs: ObsService, iam: IamService, regions: string[], tr
         const uploadId = gq.uploadId;
         if (uploadId !== undefined) {
           const u = await obs.getUpload(b, keyOf(req), uploadId);
-          await authorizeUploadKey(req, b, u);
+          // An SSE-C upload's parts are listed only with its customer key, as S3 asks.
+          if (obs.isSseCUpload(u)) await obs.checkUploadCustomerKey(b, u, sseCustomerKey(req));
+          else await authorizeUploadKey(req, b, u);
           const parts = await obs.listParts(u);
           reply.type('application/xml');
           return xmlDoc({
