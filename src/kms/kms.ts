@@ -298,6 +298,27 @@ export class KmsService {
     }
   }
 
+  /**
+   * The key's row if it may encrypt and decrypt now, else KMS's refusal: for callers that keep what
+   * the key unwrapped (the vault's collection secrets) and must stop using it once the key is disabled
+   * or scheduled for deletion, as a decrypt would.
+   */
+  async checkUsable(key: KeyRow): Promise<KeyRow> {
+    return this.usable(key, 'ENCRYPT_DECRYPT');
+  }
+
+  /**
+   * The key's row from this node's cache, when the cache may serve it and the row says the key may
+   * encrypt and decrypt now; undefined otherwise, and the caller takes getKey and checkUsable.
+   * Synchronous, for callers that keep what the key unwrapped and check the key on each use.
+   */
+  cachedUsableKey(scope: KeyScope, ref: string): KeyRow | undefined {
+    const k = this.keyRows.get(`${scope.accountId}/${scope.projectId}/${ref}`);
+    if (!k || k.state !== 'enabled' || k.key_usage !== 'ENCRYPT_DECRYPT') return undefined;
+    if (k.material_expires_at !== null && k.material_expires_at <= this.now()) return undefined;
+    return k;
+  }
+
   /** One read of the `kms.epoch` row: a change made by another node empties this node's key-row cache. */
   async pollEpoch(): Promise<void> {
     await this.rowCache.poll();

@@ -184,6 +184,7 @@ export async function startCustos(config: Config, opts: StartOptions = {}): Prom
         ['custos_vault_records_written_total', 'Vault records created or rectified by this node', () => vault.stats.recordsWritten],
         ['custos_vault_records_read_total', 'Vault records decrypted for a read, search or list by this node', () => vault.stats.recordsRead],
         ['custos_vault_values_deleted_total', 'Vault values deleted by their retention rule on this node', () => vault.stats.valuesDeleted],
+        ['custos_vault_values_deferred_total', 'Due vault values the retention job could not delete yet: their sealed group holds values not yet due and the collection\'s KMS key cannot be used', () => vault.stats.valuesDeferred],
         ['custos_privacy_requests_completed_total', 'Data-subject requests carried out by this node', () => rights.stats.requestsCompleted],
         ['custos_privacy_requests_overdue_total', 'Data-subject requests found past their deadline (one alert each)', () => rights.stats.overdueAlerts],
         ['custos_accounts_destroyed_total', 'Deregistered accounts destroyed by this node', () => deregistration.stats.destroyed],

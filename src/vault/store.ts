@@ -10,7 +10,7 @@ export type VaultTables = {
   vault_access: { collection_id: string; principal_type: string; principal_id: string; permissions_json: string; unmask_json: string; created_at: number };
   vault_records: {
     id: string; collection_id: string; account_id: string; subject_id: string; region: string; kms_key_id: string;
-    data_key: string; values_json: string; next_delete_at: number | null; created_at: number; updated_at: number;
+    data_key: string; values_json: string; groups_json: string | null; next_delete_at: number | null; created_at: number; updated_at: number;
   };
   vault_index: { collection_id: string; property: string; digest: string; record_id: string };
   vault_tokens: { collection_id: string; token: string; record_id: string; property: string; created_at: number };
@@ -22,10 +22,3 @@ export type VaultDb = Kysely<VaultTables>;
 export type CollectionRow = VaultTables['vault_collections'];
 export type RecordRow = VaultTables['vault_records'];
 export type AccessRow = VaultTables['vault_access'];
-
-/** One stored value: ciphertext, when it was written, when its deletion rule makes it go. */
-export interface StoredValue {
-  c: string;
-  t: number;
-  d: number | null;
-}

@@ -1,24 +1,29 @@
 /**
  * The personal-data vault. Applications keep their users' personal data here instead of in plain
- * columns: each record's values are encrypted with the record's own data key (from KMS, under the
- * collection's key) before they reach the database; exact-match search goes through keyed blind
+ * columns: each record's values are encrypted with the record's own data key (wrapped under the
+ * collection's secret, which KMS wraps under the collection's key; sealing.ts) before they reach the
+ * database; exact-match search goes through keyed blind
  * indexes; only whitelisted principals reach the data, for a purpose each property is collected for,
  * and see values masked unless they may unmask them; values go when their deletion rule fires.
  */
 import { createHmac, hkdfSync, randomUUID } from 'node:crypto';
 import { randomBytes } from '../crypto/random.js';
-import { sql, type AliasedRawBuilder, type RawBuilder } from 'kysely';
-import { DecryptError, openAesGcm, sealAesGcm } from '../crypto/aead.js';
+import { CompiledQuery, sql, type AliasedRawBuilder, type RawBuilder } from 'kysely';
 import { ServiceError } from '../errors.js';
 import type { KeyScope, KmsService } from '../kms/kms.js';
-import { KEY_COLUMNS, type KeyRow } from '../kms/store.js';
+import type { KeyRow } from '../kms/store.js';
 import { isUniqueViolation } from '../store/db.js';
+import { QueryShapes } from '../store/shapes.js';
 import {
   ageAt, canonicalValue, compileRecordValidator, describeDeletion, durationMs, indexForm, normalizeSchema, SchemaError,
   type CollectionSchema, type Property, type RecordValidator, type Transform, CollectionSchemaInput,
 } from './schema.js';
 import type { Static } from '@sinclair/typebox';
-import type { AccessRow, CollectionRow, RecordRow, StoredValue, VaultDb } from './store.js';
+import type { AccessRow, CollectionRow, RecordRow, VaultDb } from './store.js';
+import {
+  derivedLocally, groupsJson, IntegrityError, newRecordSalt, openValues, parseStored, recordKeyFrom, removeFrom, sealInto,
+  type Sealable, type Stored, type StoredValue,
+} from './sealing.js';
 import { generalize, keyedHash, mask, maskHidesAll, partial, REDACTED, type Value } from './transforms.js';
 
 export class VaultError extends ServiceError {
@@ -137,17 +142,15 @@ export interface ProcessingGate {
   probe?(accountId: string, purpose: string, subjectColumn: string): { columns: AliasedRawBuilder<unknown, string>[]; clear(row: Record<string, unknown>): boolean };
 }
 
-/** A record read with its key's row and, when a gate probes, whether its subject is certainly clear. */
-interface Loaded {
-  key: KeyRow | undefined;
-  clear: boolean;
-}
-const RECORD_COLUMNS = ['id', 'collection_id', 'account_id', 'subject_id', 'region', 'kms_key_id', 'data_key', 'values_json', 'next_delete_at', 'created_at', 'updated_at'] as const satisfies readonly (keyof RecordRow)[];
+const RECORD_COLUMNS = ['id', 'collection_id', 'account_id', 'subject_id', 'region', 'kms_key_id', 'data_key', 'values_json', 'groups_json', 'next_delete_at', 'created_at', 'updated_at'] as const satisfies readonly (keyof RecordRow)[];
 const everyRecordColumn: Exclude<keyof RecordRow, (typeof RECORD_COLUMNS)[number]> extends never ? true : never = true;
 void everyRecordColumn;
 const RECORD_SELECT = sql.raw(RECORD_COLUMNS.map((col) => `r.${col}`).join(', '));
 const RECORD_COLUMN_LIST = sql.raw(RECORD_COLUMNS.join(', '));
-const KEY_SELECT = sql.raw(KEY_COLUMNS.map((col) => `k.${col} as k__${col}`).join(', '));
+
+type Probe = ReturnType<NonNullable<ProcessingGate['probe']>>;
+/** Stands for the record id in mustGet's compiled query (a value no caller can pass: ids are UUIDs). */
+const RECORD_ID_SLOT = `\u0000record-id:${randomUUID()}`;
 
 /** Everything the vault holds about one subject, in the clear (for access and portability requests). */
 export interface SubjectData {
@@ -174,9 +177,12 @@ export class VaultService {
   /** Unwrapped collection secrets, dropped after a while unused (zeroed on eviction). */
   private readonly secrets = new Map<string, { secret: Buffer; keys: Map<string, Buffer>; until: number }>();
   private readonly validators = new Map<string, { create: RecordValidator; update: RecordValidator }>();
-  /** What loadRecords read beside each row (its key's row, the gate's verdict), for this call only. */
-  private readonly loaded = new WeakMap<RecordRow, Loaded>();
-  readonly stats = { recordsWritten: 0, recordsRead: 0, valuesDeleted: 0, recordsDeleted: 0 };
+  /** Records loadRecords read whose subject the gate's probe found certainly clear, for this call only. */
+  private readonly clear = new WeakSet<RecordRow>();
+  /** Hot statements, compiled once (mustGet's per collection and purpose, with the gate's probe). */
+  private readonly shapes = new QueryShapes();
+  private readonly probes = new Map<string, Probe | undefined>();
+  readonly stats = { recordsWritten: 0, recordsRead: 0, valuesDeleted: 0, recordsDeleted: 0, valuesDeferred: 0 };
   private gate: ProcessingGate | null = null;
 
   constructor(
@@ -329,13 +335,27 @@ export class VaultService {
     });
     if (problems.size) throw new VaultError(409, 'SchemaConflict', `the new schema does not fit the stored records: ${[...problems].map(([w, n]) => `${w} (${n} record${n === 1 ? '' : 's'})`).join('; ')}`);
 
-    // Second pass: drop removed values, re-index, re-time deletion rules.
+    // Second pass: drop removed values, re-index, re-time deletion rules, and seal again the groups
+    // whose values no longer share a deletion rule, time or purposes (sealing.ts).
     const now = this.now();
+    const regroup = new Set(next.properties.filter((p) => {
+      const o = old.get(p.name);
+      return o && (JSON.stringify(o.deletion) !== JSON.stringify(p.deletion) || JSON.stringify([...o.purposes].sort()) !== JSON.stringify([...p.purposes].sort()));
+    }).map((p) => p.name));
     await this.forEachRecord(c.row.id, async (rec) => {
-      const values = JSON.parse(rec.values_json) as Record<string, StoredValue>;
+      const stored = parseStored(rec.values_json, rec.groups_json);
+      const values = stored.values;
       let changed = false;
-      for (const name of removed) if (values[name]) {
-        delete values[name];
+      const unindex = indexRowsOf(c.row.id, rec.id, values, [...removed, ...indexOff]);
+      for (const n of indexOff) {
+        if (values[n]?.x !== undefined) {
+          delete values[n]!.x;
+          changed = true;
+        }
+      }
+      const gone = removed.filter((name) => values[name]);
+      if (gone.length) {
+        await integrityAsync(() => removeFrom(stored, gone, c.row, rec.id, () => this.recordKey(c, rec)));
         changed = true;
       }
       for (const p of ruleChanged) {
@@ -345,19 +365,40 @@ export class VaultService {
           changed = true;
         }
       }
+      const moved = Object.keys(values).filter((n) => regroup.has(n) && values[n]!.g !== undefined);
+      if (moved.length) {
+        // Every grouped value of the record, sealed again in groups of the new schema's keys.
+        const names = Object.keys(values).filter((n) => values[n]!.g !== undefined && nextByName.has(n));
+        const dek = await this.recordKey(c, rec);
+        try {
+          const plainAll = await this.decryptValues(c, rec, names, dek);
+          const entries: Sealable[] = names.map((n) => ({ p: nextByName.get(n)!, v: plainAll[n]!, t: values[n]!.t, d: values[n]!.d, x: values[n]!.x }));
+          for (const n of names) delete values[n];
+          stored.groups = {};
+          sealInto(stored, dek, c.row, rec.id, entries);
+        } finally {
+          dek.fill(0);
+        }
+        changed = true;
+      }
       const toIndex = indexOn.filter((p) => values[p.name] && decryptFor.has(p.name));
       const plain = toIndex.length ? await this.decryptValues(c, rec, toIndex.map((p) => p.name)) : {};
+      const reindex: IndexRow[] = [];
+      for (const p of toIndex) {
+        const digest = this.blindIndex(await this.keysOf(c), p, plain[p.name] as Value);
+        values[p.name]!.x = digest;
+        reindex.push([c.row.id, p.name, digest, rec.id]);
+        changed = true;
+      }
       await this.db.transaction().execute(async (trx) => {
-        const drop = [...removed, ...indexOff];
-        if (drop.length) await trx.deleteFrom('vault_index').where('record_id', '=', rec.id).where('property', 'in', drop).execute();
+        await deleteIndexRows(trx, unindex);
         const dropTokens = [...removed, ...tokensReset];
         if (dropTokens.length) await trx.deleteFrom('vault_tokens').where('record_id', '=', rec.id).where('property', 'in', dropTokens).execute();
-        for (const p of toIndex) {
-          const digest = this.blindIndex(await this.keysOf(c), p, plain[p.name] as Value);
-          await trx.insertInto('vault_index').values({ collection_id: c.row.id, property: p.name, digest, record_id: rec.id }).onConflict((oc) => oc.doNothing()).execute();
+        for (const [collectionId, property, digest, recordId] of reindex) {
+          await trx.insertInto('vault_index').values({ collection_id: collectionId, property, digest, record_id: recordId }).onConflict((oc) => oc.doNothing()).execute();
         }
         if (changed) {
-          await trx.updateTable('vault_records').set({ values_json: JSON.stringify(values), next_delete_at: nextDeletion(values), updated_at: now }).where('id', '=', rec.id).execute();
+          await trx.updateTable('vault_records').set({ values_json: JSON.stringify(values), groups_json: groupsJson(stored.groups), next_delete_at: nextDeletion(values), updated_at: now }).where('id', '=', rec.id).execute();
         }
       });
     });
@@ -394,8 +435,7 @@ export class VaultService {
   async copyCollection(src: Collection, dest: KeyScope, name: string, by: string): Promise<{ collection: Collection; records: number; restricted: number }> {
     const access = await this.listAccess(src);
     const copy = await this.createCollection(dest, by, { name, access, properties: src.schema.properties, description: src.schema.description, ...(src.schema.min_age !== undefined ? { min_age: src.schema.min_age } : {}) });
-    const key = await this.kms.getKey(dest, copy.row.kms_key_id);
-    const keys = copy.schema.properties.some((p) => p.searchable) ? await this.keysOf(copy) : null;
+    const keys = await this.keysOf(copy);
     let records = 0;
     let restricted = 0;
     await this.forEachRecord(src.row.id, async (rec) => {
@@ -406,27 +446,29 @@ export class VaultService {
         restricted++;
         return;
       }
-      const stored = JSON.parse(rec.values_json) as Record<string, StoredValue>;
-      const plain = await this.decryptValues(src, rec, Object.keys(stored));
+      const source = JSON.parse(rec.values_json) as Record<string, StoredValue>;
+      const plain = await this.decryptValues(src, rec, Object.keys(source));
       const id = randomUUID();
-      const dk = await this.kmsCall(() => this.kms.generateDataKey(key, 32, recordContext(copy.row.id, id)));
-      const values: Record<string, StoredValue> = {};
+      const { dek, wrapped } = await this.newRecordKey(copy, id);
+      const stored: Stored = { values: {}, groups: {} };
       const index: { property: string; digest: string }[] = [];
       try {
+        const entries: Sealable[] = [];
         for (const p of copy.schema.properties) {
           const v = plain[p.name];
           if (v === undefined) continue;
-          const c = sealAesGcm(dk.plaintext, Buffer.from(JSON.stringify(v), 'utf8'), valueAad(copy.row, id, p.name)).toString('base64');
-          values[p.name] = { c, t: stored[p.name]!.t, d: stored[p.name]!.d };
-          if (p.searchable) index.push({ property: p.name, digest: this.blindIndex(keys!, p, v) });
+          const x = p.searchable ? this.blindIndex(keys, p, v) : undefined;
+          entries.push({ p, v, t: source[p.name]!.t, d: source[p.name]!.d, x });
+          if (x !== undefined) index.push({ property: p.name, digest: x });
         }
+        sealInto(stored, dek, copy.row, id, entries);
       } finally {
-        dk.plaintext.fill(0);
+        dek.fill(0);
       }
       await this.db.transaction().execute(async (trx) => {
         await trx.insertInto('vault_records').values({
-          id, collection_id: copy.row.id, account_id: copy.row.account_id, subject_id: rec.subject_id, region: copy.row.region, kms_key_id: key.id,
-          data_key: dk.ciphertext.toString('base64'), values_json: JSON.stringify(values), next_delete_at: nextDeletion(values), created_at: rec.created_at, updated_at: this.now(),
+          id, collection_id: copy.row.id, account_id: copy.row.account_id, subject_id: rec.subject_id, region: copy.row.region, kms_key_id: copy.row.kms_key_id,
+          data_key: wrapped, values_json: JSON.stringify(stored.values), groups_json: groupsJson(stored.groups), next_delete_at: nextDeletion(stored.values), created_at: rec.created_at, updated_at: this.now(),
         }).execute();
         if (index.length) await trx.insertInto('vault_index').values(index.map((i) => ({ collection_id: copy.row.id, property: i.property, digest: i.digest, record_id: id }))).execute();
       });
@@ -486,18 +528,39 @@ export class VaultService {
 
   // ------------------------------------------------------------------ keys
 
+  /**
+   * The keys derived from the collection's secret: `index` (blind indexes), `hash`, `token`, and
+   * `records` (wraps each record's data key). The secret is unwrapped by KMS once and kept a while;
+   * every use checks that the collection's KMS key may still be used (a cached row, re-read when it
+   * refuses), so disabling the key or scheduling its deletion stops reads as a KMS decrypt would.
+   */
   private async keysOf(c: Collection): Promise<Map<string, Buffer>> {
+    return this.cachedKeys(c) ?? this.loadKeys(c);
+  }
+
+  /** keysOf without a wait, when the secret is held and the key's cached row says it may be used. */
+  private cachedKeys(c: Collection): Map<string, Buffer> | undefined {
+    const hit = this.secrets.get(c.row.id);
+    if (!hit) return undefined;
     const now = this.now();
+    if (hit.until <= now || !this.kms.cachedUsableKey(this.scopeOf(c.row), c.row.kms_key_id)) return undefined;
+    hit.until = now + SECRET_TTL_MS;
+    return hit.keys;
+  }
+
+  private async loadKeys(c: Collection): Promise<Map<string, Buffer>> {
+    const now = this.now();
+    const key = await this.kms.getKey(this.scopeOf(c.row), c.row.kms_key_id);
     const hit = this.secrets.get(c.row.id);
     if (hit && hit.until > now) {
+      await this.kmsCall(() => this.kms.checkUsable(key));
       hit.until = now + SECRET_TTL_MS;
       return hit.keys;
     }
     if (hit) this.dropSecret(c.row.id);
-    const key = await this.kms.getKey(this.scopeOf(c.row), c.row.kms_key_id);
     const secret = await this.kmsCall(() => this.kms.decrypt(key, Buffer.from(c.row.secret_wrapped, 'base64'), secretContext(c.row.id)));
     const keys = new Map<string, Buffer>();
-    for (const use of ['index', 'hash', 'token']) keys.set(use, Buffer.from(hkdfSync('sha256', secret, Buffer.from(c.row.id), `custos-vault/${use}`, 32)));
+    for (const use of ['index', 'hash', 'token', 'records']) keys.set(use, Buffer.from(hkdfSync('sha256', secret, Buffer.from(c.row.id), `custos-vault/${use}`, 32)));
     this.secrets.set(c.row.id, { secret, keys, until: now + SECRET_TTL_MS });
     if (this.secrets.size > 10_000) this.sweepSecrets(now);
     return keys;
@@ -534,28 +597,28 @@ export class VaultService {
     return createHmac('sha256', keys.get('index')!).update(`${p.name}\u0000${indexForm(p, v, canonical)}`).digest('hex').slice(0, 40);
   }
 
+  /** The record's data key: derived from the collection's secret and its salt (format 2), or unwrapped by KMS (format 1). */
   private async recordKey(c: Collection, rec: RecordRow): Promise<Buffer> {
-    const key = this.loaded.get(rec)?.key ?? (await this.kms.getKey(this.scopeOf(c.row), rec.kms_key_id));
+    if (derivedLocally(rec.data_key)) {
+      const keys = this.cachedKeys(c) ?? (await this.loadKeys(c));
+      return integrity(() => recordKeyFrom(keys.get('records')!, c.row, rec.id, rec.data_key));
+    }
+    const key = await this.kms.getKey(this.scopeOf(c.row), rec.kms_key_id);
     return this.kmsCall(() => this.kms.decrypt(key, Buffer.from(rec.data_key, 'base64'), recordContext(c.row.id, rec.id)));
   }
 
+  /** A new record's data key, and the record's data_key column (the salt it is derived with). */
+  private async newRecordKey(c: Collection, recordId: string): Promise<{ dek: Buffer; wrapped: string }> {
+    const keys = this.cachedKeys(c) ?? (await this.loadKeys(c));
+    const wrapped = newRecordSalt();
+    return { dek: recordKeyFrom(keys.get('records')!, c.row, recordId, wrapped), wrapped };
+  }
+
   private async decryptValues(c: Collection, rec: RecordRow, names: string[], dek?: Buffer): Promise<Record<string, Value>> {
-    const values = JSON.parse(rec.values_json) as Record<string, StoredValue>;
+    const stored = parseStored(rec.values_json, rec.groups_json);
     const key = dek ?? (await this.recordKey(c, rec));
     try {
-      const out: Record<string, Value> = {};
-      for (const n of names) {
-        if (!Object.hasOwn(values, n)) continue;
-        const v = values[n];
-        if (!v) continue;
-        try {
-          out[n] = JSON.parse(openAesGcm(key, Buffer.from(v.c, 'base64'), valueAad(c.row, rec.id, n)).toString('utf8')) as Value;
-        } catch (e) {
-          if (e instanceof DecryptError) throw new VaultError(500, 'IntegrityError', `a stored value of record ${rec.id} failed authentication`);
-          throw e;
-        }
-      }
-      return out;
+      return integrity(() => openValues(stored, key, c.row, rec.id, names));
     } finally {
       if (!dek) key.fill(0);
     }
@@ -585,35 +648,38 @@ export class VaultService {
     }
     this.checkAge(c, fields);
     const id = randomUUID();
-    const key = await this.kms.getKey(this.scopeOf(c.row), c.row.kms_key_id);
-    const dk = await this.kmsCall(() => this.kms.generateDataKey(key, 32, recordContext(c.row.id, id)));
     const now = this.now();
-    const values: Record<string, StoredValue> = {};
-    const index: { property: string; digest: string }[] = [];
-    const searchable = c.schema.properties.filter((p) => p.searchable && fields[p.name] !== undefined);
     const fired = await this.firedEvents(c, subjectId);
-    const keys = searchable.length ? await this.keysOf(c) : null;
+    const keys = await this.keysOf(c);
+    const { dek, wrapped } = await this.newRecordKey(c, id);
+    const stored: Stored = { values: {}, groups: {} };
+    const index: { property: string; digest: string }[] = [];
     try {
+      const entries: Sealable[] = [];
       for (const p of c.schema.properties) {
         const raw = fields[p.name];
         if (raw === undefined || raw === null) continue;
         const v = canonicalValue(p, raw as Value);
-        values[p.name] = this.seal(c.row, id, p, v, dk.plaintext, now, this.dueOf(p, now, fired, undefined));
-        if (p.searchable) index.push({ property: p.name, digest: this.blindIndex(keys!, p, v, true) });
+        const x = p.searchable ? this.blindIndex(keys, p, v, true) : undefined;
+        entries.push({ p, v, t: now, d: this.dueOf(p, now, fired, undefined), x });
+        if (x !== undefined) index.push({ property: p.name, digest: x });
       }
+      sealInto(stored, dek, c.row, id, entries);
     } finally {
-      dk.plaintext.fill(0);
+      dek.fill(0);
     }
     const row: RecordRow = {
-      id, collection_id: c.row.id, account_id: c.row.account_id, subject_id: subjectId, region: c.row.region, kms_key_id: key.id,
-      data_key: dk.ciphertext.toString('base64'), values_json: JSON.stringify(values), next_delete_at: nextDeletion(values), created_at: now, updated_at: now,
+      id, collection_id: c.row.id, account_id: c.row.account_id, subject_id: subjectId, region: c.row.region, kms_key_id: c.row.kms_key_id,
+      data_key: wrapped, values_json: JSON.stringify(stored.values), groups_json: groupsJson(stored.groups), next_delete_at: nextDeletion(stored.values), created_at: now, updated_at: now,
     };
-    // SQL templates: the query builder's compilation cost a third of the database's work here.
+    // Compiled once (shapes): compiling the templates cost a third of the database's work here.
+    const values = RECORD_COLUMNS.map((col) => row[col]);
+    const insert = this.shapes.get('insert-record', () => sql`insert into vault_records (${RECORD_COLUMN_LIST}) values (${sql.join(values)})`.compile(this.db));
+    const indexRows = index.map((i) => [c.row.id, i.property, i.digest, id]);
+    const insertIndex = index.length ? this.shapes.get(`insert-index\u0000${index.length}`, () => sql`insert into vault_index (collection_id, property, digest, record_id) values ${sql.join(indexRows.map((r) => sql`(${sql.join(r)})`))}`.compile(this.db)) : null;
     await this.db.transaction().execute(async (trx) => {
-      await sql`insert into vault_records (${RECORD_COLUMN_LIST}) values (${sql.join(RECORD_COLUMNS.map((col) => row[col]))})`.execute(trx);
-      if (index.length) {
-        await sql`insert into vault_index (collection_id, property, digest, record_id) values ${sql.join(index.map((i) => sql`(${c.row.id}, ${i.property}, ${i.digest}, ${id})`))}`.execute(trx);
-      }
+      await trx.executeQuery(CompiledQuery.raw(insert.sql, values));
+      if (insertIndex) await trx.executeQuery(CompiledQuery.raw(insertIndex.sql, indexRows.flat()));
     });
     this.stats.recordsWritten++;
     return row;
@@ -627,11 +693,6 @@ export class VaultService {
     if (typeof v === 'string' && ageAt(v, this.now()) < c.schema.min_age) {
       throw new VaultError(422, 'BelowMinimumAge', `the collection accepts data subjects aged ${c.schema.min_age} or more; property ${dob!.name} is below that`);
     }
-  }
-
-  private seal(col: CollectionRow, recordId: string, p: Property, v: Value, dek: Buffer, now: number, d: number | null): StoredValue {
-    const c = sealAesGcm(dek, Buffer.from(JSON.stringify(v), 'utf8'), valueAad(col, recordId, p.name)).toString('base64');
-    return { c, t: now, d };
   }
 
   /**
@@ -662,33 +723,48 @@ export class VaultService {
   }
 
   /**
-   * Records of the collection for a read, in one query: each row with its KMS key's row (the key's
-   * state is read with every read, as KMS itself does) and, for a purpose, the processing gate's
-   * probe of its subject.
+   * Records of the collection for a read, in one query: each row with, for a purpose, the processing
+   * gate's probe of its subject. (The KMS key's state is checked on every use of the collection's
+   * secret: keysOf.)
    */
   private async loadRecords(c: Collection, purpose: string | null, filter: RawBuilder<unknown>): Promise<RecordRow[]> {
     const probe = purpose !== null ? this.gate?.probe?.(c.row.account_id, purpose, 'r.subject_id') : undefined;
+    const { rows } = await this.recordQuery(c, probe, filter).execute(this.db);
+    return this.recordsOf(rows, probe);
+  }
+
+  private recordQuery(c: Collection, probe: Probe | undefined, filter: RawBuilder<unknown>): RawBuilder<Record<string, unknown>> {
     // Written as one SQL template: building it through the query builder cost ten times the query.
     const gate = probe?.columns.length ? sql`, ${sql.join(probe.columns)}` : sql``;
-    const q = sql<Record<string, unknown>>`select ${RECORD_SELECT}, ${KEY_SELECT}${gate} from vault_records r left join kms_keys k on k.id = r.kms_key_id and k.account_id = r.account_id and k.project_id = ${c.row.project_id} where r.collection_id = ${c.row.id} and ${filter}`;
-    const { rows } = await q.execute(this.db);
+    return sql<Record<string, unknown>>`select ${RECORD_SELECT}${gate} from vault_records r where r.collection_id = ${c.row.id} and ${filter}`;
+  }
+
+  private recordsOf(rows: Record<string, unknown>[], probe: Probe | undefined): RecordRow[] {
+    if (!probe) return rows as unknown as RecordRow[];
     return rows.map((row) => {
       const rec = {} as Record<string, unknown>;
       for (const col of RECORD_COLUMNS) rec[col] = row[col];
-      let key: KeyRow | undefined;
-      if (row.k__id) {
-        const k = {} as Record<string, unknown>;
-        for (const col of KEY_COLUMNS) k[col] = row[`k__${col}`];
-        key = k as unknown as KeyRow;
-      }
       const r = rec as unknown as RecordRow;
-      this.loaded.set(r, { key, clear: probe ? probe.clear(row) : false });
+      if (probe.clear(row)) this.clear.add(r);
       return r;
     });
   }
 
   private async mustGet(c: Collection, id: string, purpose: string | null = null): Promise<RecordRow> {
-    const [rec] = await this.loadRecords(c, purpose, sql`r.id = ${id}`);
+    // The one-record read, compiled once per collection and purpose: compiling the template (with the
+    // gate's probe) cost more than running it. Only the record id changes between calls; the probe's
+    // parameters are a function of the account and purpose (ProcessingGate.probe).
+    const shape = `record-by-id\u0000${c.row.id}\u0000${purpose ?? ''}`;
+    let probe = this.probes.get(shape);
+    if (probe === undefined && purpose !== null && !this.probes.has(shape)) {
+      probe = this.gate?.probe?.(c.row.account_id, purpose, 'r.subject_id');
+      if (this.probes.size >= 1000) this.probes.clear();
+      this.probes.set(shape, probe);
+    }
+    const q = this.shapes.get(shape, () => this.recordQuery(c, probe, sql`r.id = ${RECORD_ID_SLOT}`).compile(this.db));
+    const parameters = q.parameters.map((p) => (p === RECORD_ID_SLOT ? id : p));
+    const { rows } = await this.db.executeQuery<Record<string, unknown>>(CompiledQuery.raw(q.sql, parameters));
+    const [rec] = this.recordsOf(rows, probe);
     if (!rec) throw VaultError.notFound('record');
     return rec;
   }
@@ -733,7 +809,7 @@ export class VaultService {
   /** Records whose subject may be processed for the purpose; `single` makes a blocked one an error. */
   private async admitted(c: Collection, recs: RecordRow[], purpose: string, single: boolean): Promise<RecordRow[]> {
     if (!this.gate || !recs.length) return recs;
-    const unsure = recs.filter((r) => !this.loaded.get(r)?.clear);
+    const unsure = recs.filter((r) => !this.clear.has(r));
     if (!unsure.length) return recs;
     const blocked = await this.gate.blocked(c.row.account_id, [...new Set(unsure.map((r) => r.subject_id))], purpose);
     if (!blocked.size) return recs;
@@ -899,33 +975,38 @@ export class VaultService {
     let fired: Map<string, number> | undefined;
     for (let attempt = 0; attempt < 3; attempt++) {
       const rec = await this.mustGet(c, id);
-      const values = JSON.parse(rec.values_json) as Record<string, StoredValue>;
+      const stored = parseStored(rec.values_json, rec.groups_json);
+      const values = stored.values;
       fired ??= await this.firedEvents(c, rec.subject_id);
       const dek = await this.recordKey(c, rec);
       const now = this.now();
       const index: { property: string; digest: string }[] = [];
       const changed = Object.keys(fields);
       const keys = changed.some((n) => byName.get(n)!.searchable) ? await this.keysOf(c) : null;
+      let unindex: IndexRow[] = [];
       try {
+        const entries: Sealable[] = [];
         for (const n of changed) {
           const p = byName.get(n)!;
           const raw = fields[n];
-          if (raw === null) {
-            delete values[n];
-            continue;
-          }
+          if (raw === null) continue;
           const v = canonicalValue(p, raw as Value);
-          values[n] = this.seal(c.row, id, p, v, dek, now, this.dueOf(p, now, fired, values[n]?.d));
-          if (p.searchable) index.push({ property: n, digest: this.blindIndex(keys!, p, v, true) });
+          const x = p.searchable ? this.blindIndex(keys!, p, v, true) : undefined;
+          entries.push({ p, v, t: now, d: this.dueOf(p, now, fired, values[n]?.d), x });
+          if (x !== undefined) index.push({ property: n, digest: x });
         }
+        // The old values go (their groups sealed again without them), the new ones get groups of their own.
+        unindex = indexRowsOf(c.row.id, id, values, changed);
+        await integrityAsync(() => removeFrom(stored, changed, c.row, id, async () => Buffer.from(dek)));
+        sealInto(stored, dek, c.row, id, entries);
       } finally {
         dek.fill(0);
       }
       const done = await this.db.transaction().execute(async (trx) => {
-        const u = await trx.updateTable('vault_records').set({ values_json: JSON.stringify(values), next_delete_at: nextDeletion(values), updated_at: Math.max(now, rec.updated_at + 1) })
+        const u = await trx.updateTable('vault_records').set({ values_json: JSON.stringify(values), groups_json: groupsJson(stored.groups), next_delete_at: nextDeletion(values), updated_at: Math.max(now, rec.updated_at + 1) })
           .where('id', '=', id).where('updated_at', '=', rec.updated_at).executeTakeFirst();
         if (Number(u.numUpdatedRows) !== 1) return false;
-        await trx.deleteFrom('vault_index').where('record_id', '=', id).where('property', 'in', changed).execute();
+        await deleteIndexRows(trx, unindex);
         await trx.deleteFrom('vault_tokens').where('record_id', '=', id).where('property', 'in', changed).execute();
         if (index.length) await trx.insertInto('vault_index').values(index.map((i) => ({ collection_id: c.row.id, property: i.property, digest: i.digest, record_id: id }))).execute();
         return true;
@@ -941,14 +1022,15 @@ export class VaultService {
   /** Deletes a record: its values, index entries, tokens and wrapped data key. */
   async deleteRecord(c: Collection, access: EffectiveAccess, id: string): Promise<void> {
     this.require(access, 'delete');
-    await this.mustGet(c, id);
-    await this.removeRecords([id]);
+    await this.removeRecords([await this.mustGet(c, id)]);
   }
 
-  private async removeRecords(ids: string[]): Promise<void> {
-    if (!ids.length) return;
+  private async removeRecords(recs: RecordRow[]): Promise<void> {
+    if (!recs.length) return;
+    const ids = recs.map((r) => r.id);
+    const unindex = recs.flatMap((r) => indexRowsOf(r.collection_id, r.id, JSON.parse(r.values_json) as Record<string, StoredValue>));
     await this.db.transaction().execute(async (trx) => {
-      await trx.deleteFrom('vault_index').where('record_id', 'in', ids).execute();
+      await deleteIndexRows(trx, unindex);
       await trx.deleteFrom('vault_tokens').where('record_id', 'in', ids).execute();
       await trx.deleteFrom('vault_records').where('id', 'in', ids).execute();
     });
@@ -968,7 +1050,7 @@ export class VaultService {
     const at = occurredAt ?? now;
     if (at > now + 5 * 60_000) throw new VaultError(400, 'InvalidEvent', 'an event cannot have occurred in the future');
     const collections = new Map((await this.listCollections(accountId)).map((c) => [c.row.id, c]));
-    const recs = await this.db.selectFrom('vault_records').selectAll().where('account_id', '=', accountId).where('subject_id', '=', subjectId).execute();
+    const recs = await this.db.selectFrom('vault_records').selectAll().where('collection_id', 'in', this.collectionIdsOf(accountId)).where('subject_id', '=', subjectId).execute();
     let scheduled = 0;
     for (const first of recs) {
       const c = collections.get(first.collection_id);
@@ -1023,52 +1105,94 @@ export class VaultService {
     return Number(r.numUpdatedRows) === 1;
   }
 
+  /**
+   * Deletes every value that is due, and records left without values. A due value sealed with
+   * values not yet due (a rule changed since they were written) needs its group sealed again without
+   * it, so the collection's key; while the key cannot be used, such a value waits for the next run
+   * (counted in stats.valuesDeferred) — it is as unreadable as the rest of the collection meanwhile.
+   */
   private async purgeDue(now: number, only?: { accountId: string; subjectId: string }): Promise<{ values: number; records: number }> {
     let values = 0;
     let records = 0;
+    const collections = new Map<string, Promise<Collection | undefined>>();
+    const collection = (id: string) => {
+      let c = collections.get(id);
+      if (!c) collections.set(id, (c = this.collectionById(id)));
+      return c;
+    };
+    let after: { at: number; id: string } | null = null;
     for (;;) {
       let q = this.db.selectFrom('vault_records').selectAll().where('next_delete_at', '<=', now);
-      if (only) q = q.where('account_id', '=', only.accountId).where('subject_id', '=', only.subjectId);
-      const due = await q.orderBy('next_delete_at').limit(500).execute();
+      if (only) q = q.where('collection_id', 'in', this.collectionIdsOf(only.accountId)).where('subject_id', '=', only.subjectId);
+      // Pages by position: a record whose values must wait is passed over, not fetched again.
+      if (after) {
+        const a: { at: number; id: string } = after;
+        q = q.where((eb) => eb.or([eb('next_delete_at', '>', a.at), eb.and([eb('next_delete_at', '=', a.at), eb('id', '>', a.id)])]));
+      }
+      const due = await q.orderBy('next_delete_at').orderBy('id').limit(500).execute();
       if (!due.length) break;
-      const gone: string[] = [];
+      const gone: RecordRow[] = [];
       for (const rec of due) {
-        const vals = JSON.parse(rec.values_json) as Record<string, StoredValue>;
+        const stored = parseStored(rec.values_json, rec.groups_json);
+        const vals = stored.values;
         const expired = Object.keys(vals).filter((k) => vals[k]!.d !== null && vals[k]!.d! <= now);
-        for (const k of expired) delete vals[k];
-        values += expired.length;
-        if (!Object.keys(vals).length) {
-          gone.push(rec.id);
+        if (expired.length === Object.keys(vals).length) {
+          values += expired.length;
+          gone.push(rec);
+          continue;
+        }
+        const unindex = indexRowsOf(rec.collection_id, rec.id, vals, expired);
+        try {
+          await integrityAsync(() => removeFrom(stored, expired, { account_id: rec.account_id, id: rec.collection_id }, rec.id, async () => {
+            const c = await collection(rec.collection_id);
+            if (!c) throw new VaultError(409, 'KeyUnavailable', 'the record\'s collection is gone');
+            return this.recordKey(c, rec);
+          }));
+        } catch (e) {
+          if (!(e instanceof VaultError && e.code === 'KeyUnavailable')) throw e;
+          this.stats.valuesDeferred += expired.length;
           continue;
         }
         await this.db.transaction().execute(async (trx) => {
-          const u = await trx.updateTable('vault_records').set({ values_json: JSON.stringify(vals), next_delete_at: nextDeletion(vals) }).where('id', '=', rec.id).where('updated_at', '=', rec.updated_at).where('values_json', '=', rec.values_json).executeTakeFirst();
+          const u = await trx.updateTable('vault_records').set({ values_json: JSON.stringify(vals), groups_json: groupsJson(stored.groups), next_delete_at: nextDeletion(vals) })
+            .where('id', '=', rec.id).where('updated_at', '=', rec.updated_at).where('values_json', '=', rec.values_json).executeTakeFirst();
           if (Number(u.numUpdatedRows) !== 1) return;
-          if (expired.length) {
-            await trx.deleteFrom('vault_index').where('record_id', '=', rec.id).where('property', 'in', expired).execute();
-            await trx.deleteFrom('vault_tokens').where('record_id', '=', rec.id).where('property', 'in', expired).execute();
-          }
+          values += expired.length;
+          await deleteIndexRows(trx, unindex);
+          await trx.deleteFrom('vault_tokens').where('record_id', '=', rec.id).where('property', 'in', expired).execute();
         });
       }
       await this.removeRecords(gone);
       records += gone.length;
+      const last = due[due.length - 1]!;
+      after = { at: Number(last.next_delete_at), id: last.id };
       if (due.length < 500) break;
     }
     this.stats.valuesDeleted += values;
     return { values, records };
   }
 
+  /** The account's collections, for lookups of a subject across them through (collection_id, subject_id). */
+  private collectionIdsOf(accountId: string) {
+    return this.db.selectFrom('vault_collections').select('id').where('account_id', '=', accountId);
+  }
+
+  private async collectionById(id: string): Promise<Collection | undefined> {
+    const row = await this.db.selectFrom('vault_collections').selectAll().where('id', '=', id).executeTakeFirst();
+    return row ? { row, schema: JSON.parse(row.schema_json) as CollectionSchema } : undefined;
+  }
+
   // ------------------------------------------------------------------ data-subject requests
 
   async subjectKnown(accountId: string, subjectId: string): Promise<boolean> {
-    return !!(await this.db.selectFrom('vault_records').select('id').where('account_id', '=', accountId).where('subject_id', '=', subjectId).limit(1).executeTakeFirst());
+    return !!(await this.db.selectFrom('vault_records').select('id').where('collection_id', 'in', this.collectionIdsOf(accountId)).where('subject_id', '=', subjectId).limit(1).executeTakeFirst());
   }
 
   /** Every value held about a subject across the account's collections, in the clear. */
   async subjectData(accountId: string, subjectId: string): Promise<SubjectData[]> {
     checkSubject(subjectId);
     const collections = new Map((await this.listCollections(accountId)).map((c) => [c.row.id, c]));
-    const recs = await this.db.selectFrom('vault_records').selectAll().where('account_id', '=', accountId).where('subject_id', '=', subjectId).orderBy('created_at').orderBy('id').execute();
+    const recs = await this.db.selectFrom('vault_records').selectAll().where('collection_id', 'in', this.collectionIdsOf(accountId)).where('subject_id', '=', subjectId).orderBy('created_at').orderBy('id').execute();
     const out: SubjectData[] = [];
     for (const rec of recs) {
       const c = collections.get(rec.collection_id);
@@ -1087,13 +1211,14 @@ export class VaultService {
   async eraseSubject(accountId: string, subjectId: string, keep: (collection: Collection, p: Property) => string | null): Promise<{ deleted_values: number; deleted_records: number; kept: { collection: string; record_id: string; property: string; reason: string; until: number | null }[] }> {
     checkSubject(subjectId);
     const collections = new Map((await this.listCollections(accountId)).map((c) => [c.row.id, c]));
-    const recs = await this.db.selectFrom('vault_records').selectAll().where('account_id', '=', accountId).where('subject_id', '=', subjectId).execute();
+    const recs = await this.db.selectFrom('vault_records').selectAll().where('collection_id', 'in', this.collectionIdsOf(accountId)).where('subject_id', '=', subjectId).execute();
     let deletedValues = 0;
-    const gone: string[] = [];
+    const gone: RecordRow[] = [];
     const kept: { collection: string; record_id: string; property: string; reason: string; until: number | null }[] = [];
     for (const rec of recs) {
       const c = collections.get(rec.collection_id);
-      const values = JSON.parse(rec.values_json) as Record<string, StoredValue>;
+      const stored = parseStored(rec.values_json, rec.groups_json);
+      const values = stored.values;
       const drop: string[] = [];
       for (const name of Object.keys(values)) {
         const p = c?.schema.properties.find((x) => x.name === name);
@@ -1103,14 +1228,17 @@ export class VaultService {
       }
       deletedValues += drop.length;
       if (drop.length === Object.keys(values).length) {
-        gone.push(rec.id);
+        gone.push(rec);
         continue;
       }
       if (!drop.length) continue;
-      for (const n of drop) delete values[n];
+      const unindex = indexRowsOf(rec.collection_id, rec.id, values, drop);
+      // Values kept share a group only with values kept alike (same purposes); a group that mixes them
+      // (purposes changed since) is sealed again without the erased ones, which needs the key.
+      await integrityAsync(() => removeFrom(stored, drop, c!.row, rec.id, () => this.recordKey(c!, rec)));
       await this.db.transaction().execute(async (trx) => {
-        await trx.updateTable('vault_records').set({ values_json: JSON.stringify(values), next_delete_at: nextDeletion(values), updated_at: Math.max(this.now(), rec.updated_at + 1) }).where('id', '=', rec.id).execute();
-        await trx.deleteFrom('vault_index').where('record_id', '=', rec.id).where('property', 'in', drop).execute();
+        await trx.updateTable('vault_records').set({ values_json: JSON.stringify(values), groups_json: groupsJson(stored.groups), next_delete_at: nextDeletion(values), updated_at: Math.max(this.now(), rec.updated_at + 1) }).where('id', '=', rec.id).execute();
+        await deleteIndexRows(trx, unindex);
         await trx.deleteFrom('vault_tokens').where('record_id', '=', rec.id).where('property', 'in', drop).execute();
       });
     }
@@ -1165,9 +1293,42 @@ function secretContext(collectionId: string): Record<string, string> {
 function recordContext(collectionId: string, recordId: string): Record<string, string> {
   return { 'vault:collection': collectionId, 'vault:record': recordId };
 }
-/** A value's ciphertext is bound to its tenant, collection, record and property: it cannot be moved. */
-function valueAad(col: Pick<CollectionRow, 'account_id' | 'id'>, recordId: string, property: string): Buffer {
-  return Buffer.from(`custos-vault-v1\u0000${col.account_id}\u0000${col.id}\u0000${recordId}\u0000${property}`, 'utf8');
+/** A vault_index row: collection, property, digest, record. */
+type IndexRow = [string, string, string, string];
+
+/** The index rows of a record's values (of the named ones only, if given): their digests are in their metadata. */
+function indexRowsOf(collectionId: string, recordId: string, values: Record<string, StoredValue>, names?: Iterable<string>): IndexRow[] {
+  const rows: IndexRow[] = [];
+  for (const n of names ?? Object.keys(values)) {
+    const x = Object.hasOwn(values, n) ? values[n]!.x : undefined;
+    if (x !== undefined) rows.push([collectionId, n, x, recordId]);
+  }
+  return rows;
+}
+
+async function deleteIndexRows(db: VaultDb, rows: IndexRow[]): Promise<void> {
+  for (let i = 0; i < rows.length; i += 200) {
+    const chunk = rows.slice(i, i + 200);
+    await sql`delete from vault_index where (collection_id, property, digest, record_id) in (values ${sql.join(chunk.map((r) => sql`(${sql.join(r)})`))})`.execute(db);
+  }
+}
+
+/** A stored value or data key that fails authentication is the vault's 500 IntegrityError. */
+function integrity<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    if (e instanceof IntegrityError) throw new VaultError(500, 'IntegrityError', e.message);
+    throw e;
+  }
+}
+async function integrityAsync<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (e) {
+    if (e instanceof IntegrityError) throw new VaultError(500, 'IntegrityError', e.message);
+    throw e;
+  }
 }
 /** When a value whose rule waits for an event is due, the event having occurred at `at`. */
 function eventDue(p: Property, at: number): number {

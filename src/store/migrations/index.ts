@@ -20,6 +20,7 @@ import * as m0018 from './0018_obs_full_object_checksums.js';
 import * as m0019 from './0019_obs_public_access.js';
 import * as m0020 from './0020_audit_key_retired.js';
 import * as m0021 from './0021_kms_material_fingerprint.js';
+import * as m0022 from './0022_vault_groups.js';
 
 /** Ordered by name; a migration once released is never edited, only followed by a new one. */
 export const migrations: Record<string, Migration> = {
@@ -44,4 +45,5 @@ export const migrations: Record<string, Migration> = {
   '0019_obs_public_access': m0019,
   '0020_audit_key_retired': m0020,
   '0021_kms_material_fingerprint': m0021,
+  '0022_vault_groups': m0022,
 };

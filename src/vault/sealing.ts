@@ -1,0 +1,222 @@
+/**
+ * How a record's values are sealed (record format 2).
+ *
+ * Each record has a data key of its own: HMAC-SHA256, under a key derived from its collection's
+ * secret (which KMS wraps under the collection's key), of the record's id and a random 128-bit salt
+ * kept in the record's data_key column. Reading a record needs the collection's secret once per node
+ * (then cached), not a KMS call per record; deleting the record deletes its salt, and with it any
+ * way to its data key. No key seals more than one record's values, so AES-GCM's random IVs never
+ * approach their collision bound however many records a collection holds.
+ *
+ * Values are sealed in groups, one AES-256-GCM blob per group holding a JSON object of the group's
+ * values: the values of one write that share a deletion rule, purposes and deletion time. Every
+ * deletion treats such values alike (retention by time or event, erasure that keeps what a legal
+ * obligation covers: decided by purpose), so deletions drop whole groups, without a key; only a value
+ * whose group-mates stay (a rectification, a schema change, a rule that changed since) makes its
+ * group be opened and sealed again without it, under a new group id.
+ *
+ * Format 1 (records written before): the data key wrapped by KMS itself, and each value sealed on its
+ * own (`c` in its metadata). Both are read; writes seal new values in format 2 groups.
+ */
+import { createHmac } from 'node:crypto';
+import { DecryptError, openAesGcm, sealAesGcm } from '../crypto/aead.js';
+import { randomBytes } from '../crypto/random.js';
+import type { Property } from './schema.js';
+import type { CollectionRow } from './store.js';
+import type { Value } from './transforms.js';
+
+/** One stored value: where its ciphertext is, when it was written, when its deletion rule makes it go. */
+export interface StoredValue {
+  /** Format 1: the value's own ciphertext (base64). */
+  c?: string;
+  /** Format 2: the id of the group it is sealed in. */
+  g?: string;
+  /** A searchable value's blind-index digest: its vault_index row is found again by it. */
+  x?: string;
+  t: number;
+  d: number | null;
+}
+
+/** A record's sealed groups: id → base64 of iv | tag | ciphertext of a JSON object of values. */
+export type Groups = Record<string, string>;
+
+/** What a record row holds of its values: the metadata of each, and the sealed groups. */
+export interface Stored {
+  values: Record<string, StoredValue>;
+  groups: Groups;
+}
+
+type Owner = Pick<CollectionRow, 'account_id' | 'id'>;
+
+const LOCAL_SALT = 'v2.';
+
+export class IntegrityError extends Error {
+  override name = 'IntegrityError';
+}
+
+export function parseStored(valuesJson: string, groupsJson: string | null): Stored {
+  return { values: JSON.parse(valuesJson) as Record<string, StoredValue>, groups: groupsJson ? (JSON.parse(groupsJson) as Groups) : {} };
+}
+
+/** The groups column: null when the record has no format 2 group (all of its values are format 1, or it has none). */
+export function groupsJson(groups: Groups): string | null {
+  for (const _ in groups) return JSON.stringify(groups);
+  return null;
+}
+
+/** Values that may share a group: deleted by the same rule, at the same time, kept for the same purposes. */
+export function groupKey(p: Property, d: number | null): string {
+  let k = RULE_KEYS.get(p);
+  if (k === undefined) {
+    k = JSON.stringify([p.deletion, [...p.purposes].sort()]);
+    RULE_KEYS.set(p, k);
+  }
+  return `${k}${d}`;
+}
+const RULE_KEYS = new WeakMap<Property, string>();
+
+/** Group ids are random, never reused: a group sealed anew has a new id. */
+export function newGroupId(): string {
+  return randomBytes(9).toString('base64url');
+}
+
+function groupAad(col: Owner, recordId: string, gid: string): Buffer {
+  return Buffer.from(`custos-vault-v2\u0000group\u0000${col.account_id}\u0000${col.id}\u0000${recordId}\u0000${gid}`, 'utf8');
+}
+
+/** A format 1 value's AAD: bound to its tenant, collection, record and property. */
+export function valueAad(col: Owner, recordId: string, property: string): Buffer {
+  return Buffer.from(`custos-vault-v1\u0000${col.account_id}\u0000${col.id}\u0000${recordId}\u0000${property}`, 'utf8');
+}
+
+/** Whether a record's data key comes from its collection's secret and a salt (format 2), not from KMS. */
+export function derivedLocally(dataKey: string): boolean {
+  return dataKey.startsWith(LOCAL_SALT);
+}
+
+/** A new record's data_key column: a random salt. */
+export function newRecordSalt(): string {
+  return LOCAL_SALT + randomBytes(16).toString('base64');
+}
+
+/** The record's data key, from the collection's `records` key, the record's id and its salt. */
+export function recordKeyFrom(recordsKey: Buffer, col: Owner, recordId: string, dataKey: string): Buffer {
+  const salt = dataKey.slice(LOCAL_SALT.length);
+  if (salt.length !== 24) throw new IntegrityError(`the data key of record ${recordId} is malformed`);
+  return createHmac('sha256', recordsKey).update(`custos-vault-v2\u0000record-key\u0000${col.account_id}\u0000${col.id}\u0000${recordId}\u0000${salt}`).digest();
+}
+
+export function sealGroup(dek: Buffer, col: Owner, recordId: string, gid: string, values: Record<string, Value>): string {
+  return sealAesGcm(dek, Buffer.from(JSON.stringify(values), 'utf8'), groupAad(col, recordId, gid)).toString('base64');
+}
+
+export function openGroup(dek: Buffer, col: Owner, recordId: string, gid: string, blob: string): Record<string, Value> {
+  try {
+    return JSON.parse(openAesGcm(dek, Buffer.from(blob, 'base64'), groupAad(col, recordId, gid)).toString('utf8')) as Record<string, Value>;
+  } catch (e) {
+    if (e instanceof DecryptError) throw new IntegrityError(`a stored value of record ${recordId} failed authentication`);
+    throw e;
+  }
+}
+
+export function openValue(dek: Buffer, col: Owner, recordId: string, property: string, blob: string): Value {
+  try {
+    return JSON.parse(openAesGcm(dek, Buffer.from(blob, 'base64'), valueAad(col, recordId, property)).toString('utf8')) as Value;
+  } catch (e) {
+    if (e instanceof DecryptError) throw new IntegrityError(`a stored value of record ${recordId} failed authentication`);
+    throw e;
+  }
+}
+
+/** One value to seal: its property, canonical value, times, and blind-index digest if searchable. */
+export interface Sealable {
+  p: Property;
+  v: Value;
+  t: number;
+  d: number | null;
+  x?: string | undefined;
+}
+
+/** Seals values into `stored`, in new groups (one per group key). */
+export function sealInto(stored: Stored, dek: Buffer, col: Owner, recordId: string, entries: Sealable[]): void {
+  const byKey = new Map<string, Sealable[]>();
+  for (const e of entries) {
+    const k = groupKey(e.p, e.d);
+    const list = byKey.get(k);
+    if (list) list.push(e);
+    else byKey.set(k, [e]);
+  }
+  for (const list of byKey.values()) {
+    const gid = newGroupId();
+    const obj: Record<string, Value> = {};
+    for (const e of list) obj[e.p.name] = e.v;
+    stored.groups[gid] = sealGroup(dek, col, recordId, gid, obj);
+    for (const e of list) stored.values[e.p.name] = e.x === undefined ? { g: gid, t: e.t, d: e.d } : { g: gid, x: e.x, t: e.t, d: e.d };
+  }
+}
+
+/**
+ * Removes values from `stored`. A format 1 value and a group left empty go without a key; a group
+ * some of whose values stay is opened and sealed again, under a new id, with the rest (`dek` is
+ * asked for only then).
+ */
+export async function removeFrom(stored: Stored, names: Iterable<string>, col: Owner, recordId: string, dek: () => Promise<Buffer>): Promise<void> {
+  const touched = new Set<string>();
+  for (const n of names) {
+    const v = stored.values[n];
+    if (!v) continue;
+    delete stored.values[n];
+    if (v.g !== undefined) touched.add(v.g);
+  }
+  if (!touched.size) return;
+  const members = new Map<string, string[]>();
+  for (const [n, v] of Object.entries(stored.values)) {
+    if (v.g !== undefined && touched.has(v.g)) members.set(v.g, [...(members.get(v.g) ?? []), n]);
+  }
+  let key: Buffer | null = null;
+  try {
+    for (const gid of touched) {
+      const blob = stored.groups[gid];
+      delete stored.groups[gid];
+      const stay = members.get(gid);
+      if (!stay || blob === undefined) continue;
+      key ??= await dek();
+      const all = openGroup(key, col, recordId, gid, blob);
+      const kept: Record<string, Value> = {};
+      for (const n of stay) {
+        if (!Object.hasOwn(all, n)) throw new IntegrityError(`a stored value of record ${recordId} is missing from its group`);
+        kept[n] = all[n]!;
+      }
+      const next = newGroupId();
+      stored.groups[next] = sealGroup(key, col, recordId, next, kept);
+      for (const n of stay) stored.values[n]!.g = next;
+    }
+  } finally {
+    key?.fill(0);
+  }
+}
+
+/** Decrypts the named values a record holds (names it has no value for are left out). */
+export function openValues(stored: Stored, dek: Buffer, col: Owner, recordId: string, names: Iterable<string>): Record<string, Value> {
+  const out: Record<string, Value> = {};
+  let opened: Map<string, Record<string, Value>> | undefined;
+  for (const n of names) {
+    if (!Object.hasOwn(stored.values, n)) continue;
+    const v = stored.values[n]!;
+    if (v.g !== undefined) {
+      opened ??= new Map();
+      let group = opened.get(v.g);
+      if (!group) {
+        const blob = stored.groups[v.g];
+        if (blob === undefined) throw new IntegrityError(`a stored value of record ${recordId} has lost its group`);
+        group = openGroup(dek, col, recordId, v.g, blob);
+        opened.set(v.g, group);
+      }
+      if (!Object.hasOwn(group, n)) throw new IntegrityError(`a stored value of record ${recordId} is missing from its group`);
+      out[n] = group[n]!;
+    } else if (v.c !== undefined) {
+      out[n] = openValue(dek, col, recordId, n, v.c);
+    }
+  }
+  return out;
+}
