@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { Migrator, type Kysely, type Migration } from 'kysely';
+import { Migrator, PostgresAdapter, sql, type Kysely, type Migration } from 'kysely';
 import { migrate, openStore } from '../../src/store/db.js';
 import { migrations } from '../../src/store/migrations/index.js';
 import { freshDatabase } from '../helpers.js';
@@ -47,5 +47,37 @@ test('0017 indexes the data subject of objects tagged before it (custos:subject)
   }, async (db) => {
     const rows = await db.selectFrom('obs_objects').select(['key', 'version_id', 'subject_id']).orderBy('key').orderBy('version_id').execute();
     assert.deepEqual(rows.map((r) => [r.key, r.version_id, r.subject_id]), [['a', 'v1', 'alice'], ['a', 'v2', 'alice'], ['b', 'v1', 'bob'], ['c', 'v1', null], ['d', 'v1', null]]);
+  });
+});
+
+test('0022 keeps each searchable value\'s digest in its metadata, drops index rows that point at nothing, and the indexes it replaces', async () => {
+  const record = (id: string, values: Record<string, unknown>) => ({
+    id, collection_id: 'c1', account_id: 'acct', subject_id: `s-${id}`, region: 'r', kms_key_id: 'k', data_key: 'wrapped', values_json: JSON.stringify(values), next_delete_at: null, created_at: 1, updated_at: 1,
+  });
+  const index = (record_id: string, property: string, digest: string) => ({ collection_id: 'c1', property, digest, record_id });
+  await across('0021_kms_material_fingerprint', async (db) => {
+    await db.insertInto('vault_records').values([
+      record('r1', { email: { c: 'x1', t: 1, d: null }, phone: { c: 'x2', t: 1, d: null }, city: { c: 'x3', t: 1, d: null } }),
+      record('r2', { email: { c: 'x4', t: 1, d: 5 } }),
+    ]).execute();
+    await db.insertInto('vault_index').values([
+      index('r1', 'email', 'd-email-1'), index('r1', 'phone', 'd-phone-1'), index('r2', 'email', 'd-email-2'),
+      index('r2', 'phone', 'd-phone-gone'), // a value the record no longer has
+      index('r9', 'email', 'd-record-gone'), // a record that no longer exists
+    ]).execute();
+  }, async (db) => {
+    const recs = await db.selectFrom('vault_records').select(['id', 'values_json', 'groups_json']).orderBy('id').execute();
+    assert.deepEqual(recs.map((r) => [r.id, JSON.parse(r.values_json), r.groups_json]), [
+      ['r1', { email: { c: 'x1', t: 1, d: null, x: 'd-email-1' }, phone: { c: 'x2', t: 1, d: null, x: 'd-phone-1' }, city: { c: 'x3', t: 1, d: null } }, null],
+      ['r2', { email: { c: 'x4', t: 1, d: 5, x: 'd-email-2' } }, null],
+    ]);
+    const rows = await db.selectFrom('vault_index').select(['record_id', 'property', 'digest']).orderBy('digest').execute();
+    assert.deepEqual(rows.map((r) => r.digest), ['d-email-1', 'd-email-2', 'd-phone-1']);
+    const indexes = db.getExecutor().adapter instanceof PostgresAdapter
+      ? await sql<{ name: string }>`select indexname as name from pg_indexes where tablename in ('vault_index', 'vault_records')`.execute(db)
+      : await sql<{ name: string }>`select name from sqlite_master where type = 'index' and tbl_name in ('vault_index', 'vault_records')`.execute(db);
+    const names = indexes.rows.map((r) => r.name);
+    assert.ok(names.includes('vault_records_subject'), names.join(', '));
+    assert.ok(!names.includes('vault_index_record') && !names.includes('vault_records_account_subject'), names.join(', '));
   });
 });
