@@ -178,10 +178,22 @@ function humanDuration(iso: string): string {
 // ------------------------------------------------------------------ record validation
 
 const ajv = new Ajv({ allErrors: false, strict: true });
+
+/**
+ * A phone number in E.164 if it is a valid one, else null. The last answer is kept: a write validates
+ * a number and then stores its canonical form, and parsing it twice cost ~10 µs a write.
+ */
+let lastPhone: { input: string; e164: string | null } = { input: '', e164: null };
+function e164(v: string): string | null {
+  if (lastPhone.input === v) return lastPhone.e164;
+  const n = parsePhoneNumberFromString(v);
+  lastPhone = { input: v, e164: n?.isValid() ? n.number : null };
+  return lastPhone.e164;
+}
 const ID_CARD_WEIGHTS = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
 const formats: Record<string, (v: string) => boolean> = {
   'custos-email': (v) => validator.isEmail(v, { allow_display_name: false, require_tld: true }),
-  'custos-phone': (v) => parsePhoneNumberFromString(v)?.isValid() === true,
+  'custos-phone': (v) => e164(v) !== null,
   'custos-ip': (v) => ipaddr.isValid(v) && (ipaddr.IPv4.isValidFourPartDecimal(v) || v.includes(':')),
   'custos-date': (v) => /^\d{4}-\d{2}-\d{2}$/.test(v) && validator.isISO8601(v, { strict: true, strictSeparator: true }),
   'custos-bank-card': (v) => /^[0-9 -]{12,23}$/.test(v) && validator.isLuhnNumber(v.replace(/[ -]/g, '')),
@@ -277,7 +289,8 @@ export function canonicalValue(p: Property, v: string | number | boolean): strin
       return `${v.slice(0, at)}@${v.slice(at + 1).toLowerCase()}`.trim();
     }
     case 'phone_number':
-      return parsePhoneNumberFromString(v)!.number;
+      // Values reach here validated; one stored before a metadata update made it invalid keeps its form.
+      return e164(v) ?? parsePhoneNumberFromString(v)?.number ?? v;
     case 'ip_address':
       return ipaddr.parse(v).toString();
     case 'bank_card':

@@ -196,6 +196,22 @@ export async function removeFrom(stored: Stored, names: Iterable<string>, col: O
   }
 }
 
+/**
+ * Decrypts the named values of a record written in format 2, from its groups alone: every value such
+ * a record holds is in exactly one of its groups (a value removed from a group is removed by sealing
+ * the group again without it), so its metadata need not be read.
+ */
+export function openGroups(groupsJson: string | null, dek: Buffer, col: Owner, recordId: string, names: Iterable<string>): Record<string, Value> {
+  const out: Record<string, Value> = {};
+  if (!groupsJson) return out;
+  const groups = JSON.parse(groupsJson) as Groups;
+  for (const gid of Object.keys(groups)) {
+    const values = openGroup(dek, col, recordId, gid, groups[gid]!);
+    for (const n of names) if (Object.hasOwn(values, n)) out[n] = values[n]!;
+  }
+  return out;
+}
+
 /** Decrypts the named values a record holds (names it has no value for are left out). */
 export function openValues(stored: Stored, dek: Buffer, col: Owner, recordId: string, names: Iterable<string>): Record<string, Value> {
   const out: Record<string, Value> = {};

@@ -21,7 +21,7 @@ import {
 import type { Static } from '@sinclair/typebox';
 import type { AccessRow, CollectionRow, RecordRow, VaultDb } from './store.js';
 import {
-  derivedLocally, groupsJson, IntegrityError, newRecordSalt, openValues, parseStored, recordKeyFrom, removeFrom, sealInto,
+  derivedLocally, groupsJson, IntegrityError, newRecordSalt, openGroups, openValues, parseStored, recordKeyFrom, removeFrom, sealInto,
   type Sealable, type Stored, type StoredValue,
 } from './sealing.js';
 import { generalize, keyedHash, mask, maskHidesAll, partial, REDACTED, type Value } from './transforms.js';
@@ -148,6 +148,7 @@ void everyRecordColumn;
 const RECORD_SELECT = sql.raw(RECORD_COLUMNS.map((col) => `r.${col}`).join(', '));
 const RECORD_COLUMN_LIST = sql.raw(RECORD_COLUMNS.join(', '));
 
+const NO_EVENTS: ReadonlyMap<string, number> = new Map();
 type Probe = ReturnType<NonNullable<ProcessingGate['probe']>>;
 /** Stands for the record id in mustGet's compiled query (a value no caller can pass: ids are UUIDs). */
 const RECORD_ID_SLOT = `\u0000record-id:${randomUUID()}`;
@@ -449,7 +450,7 @@ export class VaultService {
       const source = JSON.parse(rec.values_json) as Record<string, StoredValue>;
       const plain = await this.decryptValues(src, rec, Object.keys(source));
       const id = randomUUID();
-      const { dek, wrapped } = await this.newRecordKey(copy, id);
+      const { dek, dataKey } = this.newRecordKey(copy, keys, id);
       const stored: Stored = { values: {}, groups: {} };
       const index: { property: string; digest: string }[] = [];
       try {
@@ -468,7 +469,7 @@ export class VaultService {
       await this.db.transaction().execute(async (trx) => {
         await trx.insertInto('vault_records').values({
           id, collection_id: copy.row.id, account_id: copy.row.account_id, subject_id: rec.subject_id, region: copy.row.region, kms_key_id: copy.row.kms_key_id,
-          data_key: wrapped, values_json: JSON.stringify(stored.values), groups_json: groupsJson(stored.groups), next_delete_at: nextDeletion(stored.values), created_at: rec.created_at, updated_at: this.now(),
+          data_key: dataKey, values_json: JSON.stringify(stored.values), groups_json: groupsJson(stored.groups), next_delete_at: nextDeletion(stored.values), created_at: rec.created_at, updated_at: this.now(),
         }).execute();
         if (index.length) await trx.insertInto('vault_index').values(index.map((i) => ({ collection_id: copy.row.id, property: i.property, digest: i.digest, record_id: id }))).execute();
       });
@@ -608,20 +609,32 @@ export class VaultService {
   }
 
   /** A new record's data key, and the record's data_key column (the salt it is derived with). */
-  private async newRecordKey(c: Collection, recordId: string): Promise<{ dek: Buffer; wrapped: string }> {
-    const keys = this.cachedKeys(c) ?? (await this.loadKeys(c));
-    const wrapped = newRecordSalt();
-    return { dek: recordKeyFrom(keys.get('records')!, c.row, recordId, wrapped), wrapped };
+  private newRecordKey(c: Collection, keys: Map<string, Buffer>, recordId: string): { dek: Buffer; dataKey: string } {
+    const dataKey = newRecordSalt();
+    return { dek: recordKeyFrom(keys.get('records')!, c.row, recordId, dataKey), dataKey };
   }
 
   private async decryptValues(c: Collection, rec: RecordRow, names: string[], dek?: Buffer): Promise<Record<string, Value>> {
-    const stored = parseStored(rec.values_json, rec.groups_json);
-    const key = dek ?? (await this.recordKey(c, rec));
+    if (dek) return this.decryptWith(c, rec, names, dek);
+    const key = this.cachedRecordKey(c, rec) ?? (await this.recordKey(c, rec));
     try {
-      return integrity(() => openValues(stored, key, c.row, rec.id, names));
+      return this.decryptWith(c, rec, names, key);
     } finally {
-      if (!dek) key.fill(0);
+      key.fill(0);
     }
+  }
+
+  private decryptWith(c: Collection, rec: RecordRow, names: string[], key: Buffer): Record<string, Value> {
+    // A record written in format 2 holds its values in its groups alone: no metadata to read.
+    if (derivedLocally(rec.data_key)) return integrity(() => openGroups(rec.groups_json, key, c.row, rec.id, names));
+    return integrity(() => openValues(parseStored(rec.values_json, rec.groups_json), key, c.row, rec.id, names));
+  }
+
+  /** recordKey without a wait: a format 2 record of a collection whose keys are held. */
+  private cachedRecordKey(c: Collection, rec: RecordRow): Buffer | undefined {
+    if (!derivedLocally(rec.data_key)) return undefined;
+    const keys = this.cachedKeys(c);
+    return keys && integrity(() => recordKeyFrom(keys.get('records')!, c.row, rec.id, rec.data_key));
   }
 
   private validatorsOf(c: Collection): { create: RecordValidator; update: RecordValidator } {
@@ -649,9 +662,9 @@ export class VaultService {
     this.checkAge(c, fields);
     const id = randomUUID();
     const now = this.now();
-    const fired = await this.firedEvents(c, subjectId);
-    const keys = await this.keysOf(c);
-    const { dek, wrapped } = await this.newRecordKey(c, id);
+    const fired = c.schema.properties.some((p) => p.deletion.on_event) ? await this.firedEvents(c, subjectId) : NO_EVENTS;
+    const keys = this.cachedKeys(c) ?? (await this.loadKeys(c));
+    const { dek, dataKey } = this.newRecordKey(c, keys, id);
     const stored: Stored = { values: {}, groups: {} };
     const index: { property: string; digest: string }[] = [];
     try {
@@ -670,7 +683,7 @@ export class VaultService {
     }
     const row: RecordRow = {
       id, collection_id: c.row.id, account_id: c.row.account_id, subject_id: subjectId, region: c.row.region, kms_key_id: c.row.kms_key_id,
-      data_key: wrapped, values_json: JSON.stringify(stored.values), groups_json: groupsJson(stored.groups), next_delete_at: nextDeletion(stored.values), created_at: now, updated_at: now,
+      data_key: dataKey, values_json: JSON.stringify(stored.values), groups_json: groupsJson(stored.groups), next_delete_at: nextDeletion(stored.values), created_at: now, updated_at: now,
     };
     // Compiled once (shapes): compiling the templates cost a third of the database's work here.
     const values = RECORD_COLUMNS.map((col) => row[col]);
@@ -701,7 +714,7 @@ export class VaultService {
    * already received for the subject scheduled it (a value written after "consent_withdrawn" is as
    * due as the ones before), else not until the event comes.
    */
-  private dueOf(p: Property, now: number, fired: Map<string, number>, previous: number | null | undefined): number | null {
+  private dueOf(p: Property, now: number, fired: ReadonlyMap<string, number>, previous: number | null | undefined): number | null {
     const event = p.deletion.on_event;
     if (!event) return p.deletion.after ? now + durationMs(p.deletion.after, now) : null;
     if (previous !== undefined && previous !== null) return previous;
@@ -802,8 +815,15 @@ export class VaultService {
     const props = this.selectProps(c, opts);
     this.checkTransforms(c, access, opts);
     const rec = await this.mustGet(c, id, opts.reason);
-    await this.admitted(c, [rec], opts.reason, true);
+    if (!this.certainlyClear([rec])) await this.admitted(c, [rec], opts.reason, true);
     return (await this.view(c, [rec], props, opts))[0]!;
+  }
+
+  /** Whether the gate's probe found every record's subject clear (or there is no gate): no need to ask it. */
+  private certainlyClear(recs: RecordRow[]): boolean {
+    if (!this.gate) return true;
+    for (const r of recs) if (!this.clear.has(r)) return false;
+    return true;
   }
 
   /** Records whose subject may be processed for the purpose; `single` makes a blocked one an error. */
@@ -817,20 +837,31 @@ export class VaultService {
     return recs.filter((r) => !blocked.has(r.subject_id));
   }
 
-  /** Decrypts and transforms records for the caller: one KMS call per record. */
+  /** Decrypts and transforms records for the caller (no KMS call for format 2 records while the collection's keys are held). */
   private async view(c: Collection, recs: RecordRow[], props: Property[], opts: ReadOptions): Promise<RecordView[]> {
     const needKeys = props.some((p) => ['hash', 'tokenize'].includes(opts.transforms?.[p.name] ?? p.default_transform));
     const keys = needKeys ? await this.keysOf(c) : null;
+    const names = props.map((p) => p.name);
     const out: RecordView[] = [];
     for (const rec of recs) {
-      const plain = await this.decryptValues(c, rec, props.map((p) => p.name));
+      const key = this.cachedRecordKey(c, rec);
+      let plain: Record<string, Value>;
+      if (key) {
+        try {
+          plain = this.decryptWith(c, rec, names, key);
+        } finally {
+          key.fill(0);
+        }
+      } else {
+        plain = await this.decryptValues(c, rec, names);
+      }
       const fields: Record<string, Value | null> = {};
       const transforms: Record<string, Transform> = {};
       for (const p of props) {
         const t = opts.transforms?.[p.name] ?? p.default_transform;
         transforms[p.name] = t;
         const v = plain[p.name];
-        fields[p.name] = v === undefined ? null : await this.apply(c, rec, p, v, t, keys);
+        fields[p.name] = v === undefined ? null : t === 'tokenize' ? await this.tokenFor(c, rec.id, p, v, keys!) : transformed(p, v, t, keys);
       }
       out.push({ id: rec.id, subject_id: rec.subject_id, region: rec.region, created_at: rec.created_at, updated_at: rec.updated_at, fields, transforms });
       this.stats.recordsRead++;
@@ -839,22 +870,7 @@ export class VaultService {
   }
 
   private async apply(c: Collection, rec: RecordRow, p: Property, v: Value, t: Transform, keys: Map<string, Buffer> | null): Promise<Value> {
-    switch (t) {
-      case 'plain':
-        return v;
-      case 'mask':
-        return mask(p, v);
-      case 'partial':
-        return partial(v);
-      case 'redact':
-        return REDACTED;
-      case 'hash':
-        return keyedHash(keys!.get('hash')!, p, indexForm(p, v));
-      case 'generalize':
-        return generalize(p, v);
-      case 'tokenize':
-        return this.tokenFor(c, rec.id, p, v, keys!);
-    }
+    return t === 'tokenize' ? this.tokenFor(c, rec.id, p, v, keys!) : transformed(p, v, t, keys);
   }
 
   /** A token standing for the value: derived from it (stable) or random and remembered per record and property. */
@@ -1293,6 +1309,24 @@ function secretContext(collectionId: string): Record<string, string> {
 function recordContext(collectionId: string, recordId: string): Record<string, string> {
   return { 'vault:collection': collectionId, 'vault:record': recordId };
 }
+/** A value as a transformation other than tokenize shows it (`keys` for hash). */
+function transformed(p: Property, v: Value, t: Exclude<Transform, 'tokenize'>, keys: Map<string, Buffer> | null): Value {
+  switch (t) {
+    case 'plain':
+      return v;
+    case 'mask':
+      return mask(p, v);
+    case 'partial':
+      return partial(v);
+    case 'redact':
+      return REDACTED;
+    case 'hash':
+      return keyedHash(keys!.get('hash')!, p, indexForm(p, v));
+    case 'generalize':
+      return generalize(p, v);
+  }
+}
+
 /** A vault_index row: collection, property, digest, record. */
 type IndexRow = [string, string, string, string];
 
