@@ -114,4 +114,40 @@ describe('KMS key-row cache', () => {
       rmSync(dataDir, { recursive: true, force: true });
     }
   });
+
+  test('across nodes: the vault stops using a collection secret it holds once the collection\'s key is disabled elsewhere', { skip: DB === 'sqlite' ? 'several nodes need PostgreSQL' : false }, async () => {
+    const database = await freshDatabase();
+    const dataDir = mkdtempSync(path.join(tmpdir(), 'custos-kms-cache-'));
+    const n1 = await startTestServer({ database, dataDir });
+    const n2 = await startTestServer({ database, dataDir, join: true });
+    try {
+      const t = await n1.createTenant();
+      const V = '/v1/vault/collections/people';
+      const col = await n1.api('POST', '/v1/vault/collections', {
+        token: t.token,
+        body: { name: 'people', project_id: t.projects[0]!.id, access: [{ type: 'user', id: t.adminUserId, permissions: ['read', 'write'] }], properties: [{ name: 'email', pii_type: 'email', purposes: ['support'], collection_method: 'form', deletion: { after: 'P1Y' } }] },
+      });
+      assert.equal(col.status, 201, col.text);
+      const rec = await n1.api('POST', `${V}/records`, { token: t.token, body: { subject_id: 's1', fields: { email: 'ann@example.com' } } });
+      assert.equal(rec.status, 201, rec.text);
+      const read = (n: TestServer) => n.api('GET', `${V}/records/${rec.json.id}?reason=support`, { token: t.token });
+      // Node 2 unwraps the collection secret and caches the key's row.
+      for (let i = 0; i < 3; i++) assert.equal((await read(n2)).status, 200);
+      assert.equal((await kms(n1, t, 'disable-key', { key_id: col.json.kms_key_id })).status, 200);
+      assert.equal((await read(n1)).status, 409, 'refused at once on the node that disabled it');
+      await new Promise((r) => setTimeout(r, IAM_EPOCH_POLL_MS * 2 + 100));
+      const refused = await read(n2);
+      assert.equal(refused.status, 409, refused.text);
+      assert.equal(refused.json.error.code, 'KeyUnavailable');
+      assert.equal((await n2.api('POST', `${V}/records`, { token: t.token, body: { subject_id: 's2', fields: { email: 'bo@example.com' } } })).status, 409, 'writes too');
+      // Enabled on node 1: node 2 holds the disabled row, and its refusal is checked against the database.
+      assert.equal((await kms(n1, t, 'enable-key', { key_id: col.json.kms_key_id })).status, 200);
+      assert.equal((await read(n2)).status, 200, 'the enable applies at once');
+    } finally {
+      await n2.stop();
+      await n1.stop();
+      await database.drop();
+      rmSync(dataDir, { recursive: true, force: true });
+    }
+  });
 });
