@@ -21,4 +21,8 @@ export class QueryShapes {
     }
     return q;
   }
+
+  clear(): void {
+    this.compiled.clear();
+  }
 }

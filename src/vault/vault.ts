@@ -209,6 +209,9 @@ export class VaultService {
   /** Installs the consent/restriction check every read goes through. */
   setProcessingGate(gate: ProcessingGate): void {
     this.gate = gate;
+    // mustGet's compiled queries carry the previous gate's probe.
+    this.probes.clear();
+    this.shapes.clear();
   }
 
   // ------------------------------------------------------------------ collections
