@@ -6,7 +6,9 @@ export function sealAesGcm(key: Buffer, plaintext: Buffer, aad: Buffer): Buffer 
   const iv = randomBytes(12);
   const cipher = createCipheriv('aes-256-gcm', key, iv);
   cipher.setAAD(aad);
-  const ct = Buffer.concat([cipher.update(plaintext), cipher.final()]);
+  // GCM is a stream mode: update() returns all of the ciphertext, final() only computes the tag.
+  const ct = cipher.update(plaintext);
+  cipher.final();
   return Buffer.concat([iv, cipher.getAuthTag(), ct]);
 }
 
@@ -23,7 +25,10 @@ export function openAesGcm(key: Buffer, sealed: Buffer, aad: Buffer): Buffer {
   decipher.setAAD(aad);
   decipher.setAuthTag(sealed.subarray(12, 28));
   try {
-    return Buffer.concat([decipher.update(sealed.subarray(28)), decipher.final()]);
+    // update() returns all of the plaintext (GCM is a stream mode); final() checks the tag.
+    const pt = decipher.update(sealed.subarray(28));
+    decipher.final();
+    return pt;
   } catch {
     throw new DecryptError();
   }

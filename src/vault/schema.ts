@@ -140,6 +140,15 @@ const MAX_RETENTION_MS = 100 * 366 * 86_400_000;
 
 /** Milliseconds an ISO 8601 duration adds to `from` (calendar-aware for years and months). */
 export function durationMs(iso: string, from: number): number {
+  // A write asks the same question once per property (same rule, same moment): keep the last answer.
+  if (iso === lastDuration.iso && from === lastDuration.from) return lastDuration.ms;
+  const ms = computeDurationMs(iso, from);
+  lastDuration = { iso, from, ms };
+  return ms;
+}
+let lastDuration = { iso: '', from: 0, ms: 0 };
+
+function computeDurationMs(iso: string, from: number): number {
   const d = parseDuration(iso);
   const t = new Date(from);
   // A month after 31 January is the last day of February, not 3 March: the day is kept where the

@@ -755,15 +755,13 @@ export class VaultService {
     return sql<Record<string, unknown>>`select ${RECORD_SELECT}${gate} from vault_records r where r.collection_id = ${c.row.id} and ${filter}`;
   }
 
+  /**
+   * The rows as records, noting those whose subject the probe found clear. Rows read with a probe keep
+   * its columns: they only reach view() and the gate, which build their answers field by field.
+   */
   private recordsOf(rows: Record<string, unknown>[], probe: Probe | undefined): RecordRow[] {
-    if (!probe) return rows as unknown as RecordRow[];
-    return rows.map((row) => {
-      const rec = {} as Record<string, unknown>;
-      for (const col of RECORD_COLUMNS) rec[col] = row[col];
-      const r = rec as unknown as RecordRow;
-      if (probe.clear(row)) this.clear.add(r);
-      return r;
-    });
+    if (probe) for (const row of rows) if (probe.clear(row)) this.clear.add(row as unknown as RecordRow);
+    return rows as unknown as RecordRow[];
   }
 
   private async mustGet(c: Collection, id: string, purpose: string | null = null): Promise<RecordRow> {
