@@ -212,6 +212,17 @@ export function openGroups(groupsJson: string | null, dek: Buffer, col: Owner, r
   return out;
 }
 
+/** Of `names`, those removeFrom can remove without a key: format 1 values, and whole groups. */
+export function keylessRemovable(stored: Stored, names: Iterable<string>): string[] {
+  const removing = new Set(names);
+  const partial = new Set<string>();
+  for (const [n, v] of Object.entries(stored.values)) if (v.g !== undefined && !removing.has(n)) partial.add(v.g);
+  return [...removing].filter((n) => {
+    const v = Object.hasOwn(stored.values, n) ? stored.values[n] : undefined;
+    return v !== undefined && (v.g === undefined || !partial.has(v.g));
+  });
+}
+
 /** Decrypts the named values a record holds (names it has no value for are left out). */
 export function openValues(stored: Stored, dek: Buffer, col: Owner, recordId: string, names: Iterable<string>): Record<string, Value> {
   const out: Record<string, Value> = {};

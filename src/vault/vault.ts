@@ -21,7 +21,7 @@ import {
 import type { Static } from '@sinclair/typebox';
 import type { AccessRow, CollectionRow, RecordRow, VaultDb } from './store.js';
 import {
-  derivedLocally, groupsJson, IntegrityError, newRecordSalt, openGroups, openValues, parseStored, recordKeyFrom, removeFrom, sealInto,
+  derivedLocally, groupsJson, IntegrityError, keylessRemovable, newRecordSalt, openGroups, openValues, parseStored, recordKeyFrom, removeFrom, sealInto,
   type Sealable, type Stored, type StoredValue,
 } from './sealing.js';
 import { generalize, keyedHash, mask, maskHidesAll, partial, REDACTED, type Value } from './transforms.js';
@@ -346,7 +346,8 @@ export class VaultService {
       const o = old.get(p.name);
       return o && (JSON.stringify(o.deletion) !== JSON.stringify(p.deletion) || JSON.stringify([...o.purposes].sort()) !== JSON.stringify([...p.purposes].sort()));
     }).map((p) => p.name));
-    await this.forEachRecord(c.row.id, async (rec) => {
+    // Each record is written only as it was read; one changed meanwhile is read again and redone.
+    const apply = async (rec: RecordRow): Promise<boolean> => {
       const stored = parseStored(rec.values_json, rec.groups_json);
       const values = stored.values;
       let changed = false;
@@ -394,17 +395,28 @@ export class VaultService {
         reindex.push([c.row.id, p.name, digest, rec.id]);
         changed = true;
       }
-      await this.db.transaction().execute(async (trx) => {
+      return this.db.transaction().execute(async (trx) => {
+        if (changed) {
+          const u = await trx.updateTable('vault_records').set({ values_json: JSON.stringify(values), groups_json: groupsJson(stored.groups), next_delete_at: nextDeletion(values), updated_at: Math.max(now, rec.updated_at + 1) })
+            .where('id', '=', rec.id).where('values_json', '=', rec.values_json).executeTakeFirst();
+          if (Number(u.numUpdatedRows) !== 1) return false;
+        }
         await deleteIndexRows(trx, unindex);
         const dropTokens = [...removed, ...tokensReset];
         if (dropTokens.length) await trx.deleteFrom('vault_tokens').where('record_id', '=', rec.id).where('property', 'in', dropTokens).execute();
         for (const [collectionId, property, digest, recordId] of reindex) {
           await trx.insertInto('vault_index').values({ collection_id: collectionId, property, digest, record_id: recordId }).onConflict((oc) => oc.doNothing()).execute();
         }
-        if (changed) {
-          await trx.updateTable('vault_records').set({ values_json: JSON.stringify(values), groups_json: groupsJson(stored.groups), next_delete_at: nextDeletion(values), updated_at: now }).where('id', '=', rec.id).execute();
-        }
+        return true;
       });
+    };
+    await this.forEachRecord(c.row.id, async (first) => {
+      let rec: RecordRow | undefined = first;
+      for (let attempt = 0; rec; attempt++) {
+        if (await apply(rec)) return;
+        if (attempt >= 4) throw new VaultError(409, 'ConcurrentChange', 'a record kept changing while the schema change was applied; retry');
+        rec = await this.db.selectFrom('vault_records').selectAll().where('id', '=', rec.id).executeTakeFirst();
+      }
     });
 
     const version = c.row.schema_version + 1;
@@ -439,7 +451,6 @@ export class VaultService {
   async copyCollection(src: Collection, dest: KeyScope, name: string, by: string): Promise<{ collection: Collection; records: number; restricted: number }> {
     const access = await this.listAccess(src);
     const copy = await this.createCollection(dest, by, { name, access, properties: src.schema.properties, description: src.schema.description, ...(src.schema.min_age !== undefined ? { min_age: src.schema.min_age } : {}) });
-    const keys = await this.keysOf(copy);
     let records = 0;
     let restricted = 0;
     await this.forEachRecord(src.row.id, async (rec) => {
@@ -453,6 +464,9 @@ export class VaultService {
       const source = JSON.parse(rec.values_json) as Record<string, StoredValue>;
       const plain = await this.decryptValues(src, rec, Object.keys(source));
       const id = randomUUID();
+      // The copy's keys for each record: a copy can outlast the secret cache's lifetime (it zeroes what it
+      // drops), and each record checks the destination key can still be used.
+      const keys = this.cachedKeys(copy) ?? (await this.loadKeys(copy));
       const { dek, dataKey } = this.newRecordKey(copy, keys, id);
       const stored: Stored = { values: {}, groups: {} };
       const index: { property: string; digest: string }[] = [];
@@ -557,7 +571,13 @@ export class VaultService {
     const key = await this.kms.getKey(this.scopeOf(c.row), c.row.kms_key_id);
     const hit = this.secrets.get(c.row.id);
     if (hit && hit.until > now) {
-      await this.kmsCall(() => this.kms.checkUsable(key));
+      try {
+        await this.kmsCall(() => this.kms.checkUsable(key));
+      } catch (e) {
+        // The key may not be used: nor may what it unwrapped, which is not kept either.
+        this.dropSecret(c.row.id);
+        throw e;
+      }
       hit.until = now + SECRET_TTL_MS;
       return hit.keys;
     }
@@ -1021,7 +1041,8 @@ export class VaultService {
       }
       const done = await this.db.transaction().execute(async (trx) => {
         const u = await trx.updateTable('vault_records').set({ values_json: JSON.stringify(values), groups_json: groupsJson(stored.groups), next_delete_at: nextDeletion(values), updated_at: Math.max(now, rec.updated_at + 1) })
-          .where('id', '=', id).where('updated_at', '=', rec.updated_at).executeTakeFirst();
+          // Unchanged since read, by anyone: the retention job and events change values without updated_at.
+          .where('id', '=', id).where('updated_at', '=', rec.updated_at).where('values_json', '=', rec.values_json).executeTakeFirst();
         if (Number(u.numUpdatedRows) !== 1) return false;
         await deleteIndexRows(trx, unindex);
         await trx.deleteFrom('vault_tokens').where('record_id', '=', id).where('property', 'in', changed).execute();
@@ -1039,19 +1060,34 @@ export class VaultService {
   /** Deletes a record: its values, index entries, tokens and wrapped data key. */
   async deleteRecord(c: Collection, access: EffectiveAccess, id: string): Promise<void> {
     this.require(access, 'delete');
-    await this.removeRecords([await this.mustGet(c, id)]);
+    await this.removeRecords([await this.mustGet(c, id)], { ifUnchanged: false });
   }
 
-  private async removeRecords(recs: RecordRow[]): Promise<void> {
-    if (!recs.length) return;
-    const ids = recs.map((r) => r.id);
-    const unindex = recs.flatMap((r) => indexRowsOf(r.collection_id, r.id, JSON.parse(r.values_json) as Record<string, StoredValue>));
+  /**
+   * Deletes records with their index rows and tokens; returns the rows deleted. Index rows are found
+   * through the rows as deleted (their digests are in the metadata), so a change committed after the
+   * caller read them cannot leave one behind. `ifUnchanged`: only records whose values are still as
+   * the caller read them.
+   */
+  private async removeRecords(recs: RecordRow[], opts: { ifUnchanged: boolean }): Promise<Pick<RecordRow, 'id' | 'collection_id' | 'values_json'>[]> {
+    if (!recs.length) return [];
+    const removed: Pick<RecordRow, 'id' | 'collection_id' | 'values_json'>[] = [];
     await this.db.transaction().execute(async (trx) => {
-      await deleteIndexRows(trx, unindex);
-      await trx.deleteFrom('vault_tokens').where('record_id', 'in', ids).execute();
-      await trx.deleteFrom('vault_records').where('id', 'in', ids).execute();
+      for (let i = 0; i < recs.length; i += 200) {
+        const chunk = recs.slice(i, i + 200);
+        const which = opts.ifUnchanged
+          ? sql`(id, values_json) in (values ${sql.join(chunk.map((r) => sql`(${r.id}, ${r.values_json})`))})`
+          : sql`id in (${sql.join(chunk.map((r) => r.id))})`;
+        const { rows } = await sql<Pick<RecordRow, 'id' | 'collection_id' | 'values_json'>>`delete from vault_records where ${which} returning id, collection_id, values_json`.execute(trx);
+        removed.push(...rows);
+      }
+      if (!removed.length) return;
+      const ids = removed.map((r) => r.id);
+      await deleteIndexRows(trx, removed.flatMap((r) => indexRowsOf(r.collection_id, r.id, JSON.parse(r.values_json) as Record<string, StoredValue>)));
+      for (let i = 0; i < ids.length; i += 500) await trx.deleteFrom('vault_tokens').where('record_id', 'in', ids.slice(i, i + 500)).execute();
     });
-    this.stats.recordsDeleted += ids.length;
+    this.stats.recordsDeleted += removed.length;
+    return removed;
   }
 
   // ------------------------------------------------------------------ retention
@@ -1108,6 +1144,8 @@ export class VaultService {
   /** The retention job: one node at a time (a lease in the database) deletes every value that is due. */
   async runRetention(): Promise<{ values: number; records: number } | null> {
     const now = this.now();
+    // Secrets unused for a while are zeroed here too, not only when the cache is next used or full.
+    this.sweepSecrets(now);
     if (!(await this.takeLease(now, 10 * 60_000))) return null;
     try {
       return await this.purgeDue(now);
@@ -1150,26 +1188,32 @@ export class VaultService {
       if (!due.length) break;
       const gone: RecordRow[] = [];
       for (const rec of due) {
-        const stored = parseStored(rec.values_json, rec.groups_json);
-        const vals = stored.values;
-        const expired = Object.keys(vals).filter((k) => vals[k]!.d !== null && vals[k]!.d! <= now);
-        if (expired.length === Object.keys(vals).length) {
-          values += expired.length;
+        let stored = parseStored(rec.values_json, rec.groups_json);
+        const expiredNow = Object.keys(stored.values).filter((k) => stored.values[k]!.d !== null && stored.values[k]!.d! <= now);
+        if (expiredNow.length === Object.keys(stored.values).length) {
           gone.push(rec);
           continue;
         }
-        const unindex = indexRowsOf(rec.collection_id, rec.id, vals, expired);
+        let expired = expiredNow;
+        const owner = { account_id: rec.account_id, id: rec.collection_id };
         try {
-          await integrityAsync(() => removeFrom(stored, expired, { account_id: rec.account_id, id: rec.collection_id }, rec.id, async () => {
+          await integrityAsync(() => removeFrom(stored, expired, owner, rec.id, async () => {
             const c = await collection(rec.collection_id);
             if (!c) throw new VaultError(409, 'KeyUnavailable', 'the record\'s collection is gone');
             return this.recordKey(c, rec);
           }));
-        } catch (e) {
-          if (!(e instanceof VaultError && e.code === 'KeyUnavailable')) throw e;
-          this.stats.valuesDeferred += expired.length;
-          continue;
+        } catch {
+          // A group that keeps values not yet due could not be sealed again (the key cannot be used, or
+          // the record is damaged): what needs no key goes now, the rest waits for a later run; one
+          // record never holds up the others.
+          stored = parseStored(rec.values_json, rec.groups_json);
+          expired = keylessRemovable(stored, expiredNow);
+          this.stats.valuesDeferred += expiredNow.length - expired.length;
+          if (!expired.length) continue;
+          await removeFrom(stored, expired, owner, rec.id, () => Promise.reject(new Error('no key is needed')));
         }
+        const vals = stored.values;
+        const unindex = indexRowsOf(rec.collection_id, rec.id, parseStored(rec.values_json, null).values, expired);
         await this.db.transaction().execute(async (trx) => {
           const u = await trx.updateTable('vault_records').set({ values_json: JSON.stringify(vals), groups_json: groupsJson(stored.groups), next_delete_at: nextDeletion(vals) })
             .where('id', '=', rec.id).where('updated_at', '=', rec.updated_at).where('values_json', '=', rec.values_json).executeTakeFirst();
@@ -1179,8 +1223,11 @@ export class VaultService {
           await trx.deleteFrom('vault_tokens').where('record_id', '=', rec.id).where('property', 'in', expired).execute();
         });
       }
-      await this.removeRecords(gone);
-      records += gone.length;
+      // Only records unchanged since this page was read: a record changed meanwhile is read again next run.
+      for (const r of await this.removeRecords(gone, { ifUnchanged: true })) {
+        records++;
+        values += Object.keys(JSON.parse(r.values_json) as object).length;
+      }
       const last = due[due.length - 1]!;
       after = { at: Number(last.next_delete_at), id: last.id };
       if (due.length < 500) break;
@@ -1228,40 +1275,72 @@ export class VaultService {
   async eraseSubject(accountId: string, subjectId: string, keep: (collection: Collection, p: Property) => string | null): Promise<{ deleted_values: number; deleted_records: number; kept: { collection: string; record_id: string; property: string; reason: string; until: number | null }[] }> {
     checkSubject(subjectId);
     const collections = new Map((await this.listCollections(accountId)).map((c) => [c.row.id, c]));
-    const recs = await this.db.selectFrom('vault_records').selectAll().where('collection_id', 'in', this.collectionIdsOf(accountId)).where('subject_id', '=', subjectId).execute();
     let deletedValues = 0;
-    const gone: RecordRow[] = [];
-    const kept: { collection: string; record_id: string; property: string; reason: string; until: number | null }[] = [];
-    for (const rec of recs) {
-      const c = collections.get(rec.collection_id);
-      const stored = parseStored(rec.values_json, rec.groups_json);
-      const values = stored.values;
-      const drop: string[] = [];
-      for (const name of Object.keys(values)) {
-        const p = c?.schema.properties.find((x) => x.name === name);
-        const why = c && p ? keep(c, p) : null;
-        if (why) kept.push({ collection: c!.row.name, record_id: rec.id, property: name, reason: why, until: values[name]!.d });
-        else drop.push(name);
+    let deletedRecords = 0;
+    let kept: { collection: string; record_id: string; property: string; reason: string; until: number | null }[] = [];
+    const failed = new Map<string, unknown>();
+    // Each write applies only to the record as read; a record changed meanwhile (a rectification, the
+    // retention job) is read again in the next pass, so nothing written concurrently survives the erasure.
+    for (let pass = 0; ; pass++) {
+      const recs = (await this.db.selectFrom('vault_records').selectAll().where('collection_id', 'in', this.collectionIdsOf(accountId)).where('subject_id', '=', subjectId).execute())
+        .filter((r) => !failed.has(r.id));
+      const gone: RecordRow[] = [];
+      let changedMeanwhile = 0;
+      kept = [];
+      for (const rec of recs) {
+        const c = collections.get(rec.collection_id);
+        const stored = parseStored(rec.values_json, rec.groups_json);
+        const values = stored.values;
+        const drop: string[] = [];
+        for (const name of Object.keys(values)) {
+          const p = c?.schema.properties.find((x) => x.name === name);
+          const why = c && p ? keep(c, p) : null;
+          if (why) kept.push({ collection: c!.row.name, record_id: rec.id, property: name, reason: why, until: values[name]!.d });
+          else drop.push(name);
+        }
+        if (drop.length === Object.keys(values).length) {
+          gone.push(rec);
+          continue;
+        }
+        if (!drop.length) continue;
+        const unindex = indexRowsOf(rec.collection_id, rec.id, values, drop);
+        // Values kept share a group only with values kept alike (same purposes); a group that mixes them
+        // (purposes changed since) is sealed again without the erased ones, which needs the key.
+        try {
+          await integrityAsync(() => removeFrom(stored, drop, c!.row, rec.id, () => this.recordKey(c!, rec)));
+        } catch (e) {
+          failed.set(rec.id, e);
+          continue;
+        }
+        const done = await this.db.transaction().execute(async (trx) => {
+          const u = await trx.updateTable('vault_records').set({ values_json: JSON.stringify(values), groups_json: groupsJson(stored.groups), next_delete_at: nextDeletion(values), updated_at: Math.max(this.now(), rec.updated_at + 1) })
+            .where('id', '=', rec.id).where('values_json', '=', rec.values_json).executeTakeFirst();
+          if (Number(u.numUpdatedRows) !== 1) return false;
+          await deleteIndexRows(trx, unindex);
+          await trx.deleteFrom('vault_tokens').where('record_id', '=', rec.id).where('property', 'in', drop).execute();
+          return true;
+        });
+        if (done) deletedValues += drop.length;
+        else changedMeanwhile++;
       }
-      deletedValues += drop.length;
-      if (drop.length === Object.keys(values).length) {
-        gone.push(rec);
-        continue;
-      }
-      if (!drop.length) continue;
-      const unindex = indexRowsOf(rec.collection_id, rec.id, values, drop);
-      // Values kept share a group only with values kept alike (same purposes); a group that mixes them
-      // (purposes changed since) is sealed again without the erased ones, which needs the key.
-      await integrityAsync(() => removeFrom(stored, drop, c!.row, rec.id, () => this.recordKey(c!, rec)));
-      await this.db.transaction().execute(async (trx) => {
-        await trx.updateTable('vault_records').set({ values_json: JSON.stringify(values), groups_json: groupsJson(stored.groups), next_delete_at: nextDeletion(values), updated_at: Math.max(this.now(), rec.updated_at + 1) }).where('id', '=', rec.id).execute();
-        await deleteIndexRows(trx, unindex);
-        await trx.deleteFrom('vault_tokens').where('record_id', '=', rec.id).where('property', 'in', drop).execute();
-      });
+      const removed = await this.removeRecords(gone, { ifUnchanged: true });
+      deletedRecords += removed.length;
+      for (const r of removed) deletedValues += Object.keys(JSON.parse(r.values_json) as object).length;
+      changedMeanwhile += gone.length - removed.length;
+      if (!changedMeanwhile) break;
+      if (pass >= 4) throw new VaultError(409, 'ConcurrentChange', 'the data subject\'s records kept changing during the erasure; retry');
     }
-    await this.removeRecords(gone);
     this.stats.valuesDeleted += deletedValues;
-    return { deleted_values: deletedValues, deleted_records: gone.length, kept };
+    // Everything that could go went; a record whose erased values share a group with kept ones and
+    // whose collection key cannot be used stays as it was, and the erasure is reported incomplete.
+    const first = failed.values().next();
+    if (!first.done) {
+      if (first.value instanceof VaultError && first.value.code === 'KeyUnavailable') {
+        throw new VaultError(409, 'KeyUnavailable', `the erasure is incomplete: ${failed.size} record${failed.size === 1 ? '' : 's'} need${failed.size === 1 ? 's' : ''} the collection's KMS key, which cannot be used: ${first.value.message}`);
+      }
+      throw first.value;
+    }
+    return { deleted_values: deletedValues, deleted_records: deletedRecords, kept };
   }
 
   /** Rectification on a subject's behalf: the given values in every record of the subject in one collection. */
