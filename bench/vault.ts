@@ -5,7 +5,8 @@
 //     latency p50/p99                                             target < 5 ms
 //   retention deletions/s (values and records whose rule is due)
 // Measured in-process on the service (src/vault/vault.ts) and the same query layer: what the vault
-// adds to storing a row (a KMS data key, AES-GCM per value, HMAC index rows), not HTTP or audit.
+// adds to storing a row (validation, a derived record key, AES-GCM per group of values, HMAC index
+// rows, the consent/restriction probe on reads), not HTTP or audit.
 //   node dist/bench/vault.js   (BENCH_DB=postgres for PostgreSQL; BENCH_RECORDS, BENCH_ROUNDS)
 import { randomInt } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
