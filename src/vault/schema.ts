@@ -199,6 +199,15 @@ function e164(v: string): string | null {
   lastPhone = { input: v, e164: n?.isValid() ? n.number : null };
   return lastPhone.e164;
 }
+/**
+ * The canonical form, taking the validation's answer once and forgetting it: a written number is not
+ * kept past its write, and no later request (another tenant's) answers faster for sending it too.
+ */
+function e164Once(v: string): string | null {
+  const n = e164(v);
+  lastPhone = { input: '', e164: null };
+  return n;
+}
 const ID_CARD_WEIGHTS = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
 const formats: Record<string, (v: string) => boolean> = {
   'custos-email': (v) => validator.isEmail(v, { allow_display_name: false, require_tld: true }),
@@ -299,7 +308,7 @@ export function canonicalValue(p: Property, v: string | number | boolean): strin
     }
     case 'phone_number':
       // Values reach here validated; one stored before a metadata update made it invalid keeps its form.
-      return e164(v) ?? parsePhoneNumberFromString(v)?.number ?? v;
+      return e164Once(v) ?? parsePhoneNumberFromString(v)?.number ?? v;
     case 'ip_address':
       return ipaddr.parse(v).toString();
     case 'bank_card':
