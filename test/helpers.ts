@@ -66,6 +66,22 @@ export async function freshDatabase(): Promise<{ url?: string; drop(): Promise<v
   };
 }
 
+/** Two servers on one fresh database and data directory (several nodes); both stopped and everything dropped after `fn`. */
+export async function withTwoNodes(fn: (n1: TestServer, n2: TestServer) => Promise<void>): Promise<void> {
+  const database = await freshDatabase();
+  const dataDir = mkdtempSync(path.join(tmpdir(), 'custos-nodes-'));
+  const n1 = await startTestServer({ database, dataDir });
+  const n2 = await startTestServer({ database, dataDir, join: true });
+  try {
+    await fn(n1, n2);
+  } finally {
+    await n2.stop();
+    await n1.stop();
+    await database.drop();
+    rmSync(dataDir, { recursive: true, force: true });
+  }
+}
+
 export async function startTestServer(opts: { now?: () => number; config?: Partial<Config>; dataDir?: string; database?: { url?: string; drop(): Promise<void> }; join?: boolean } = {}): Promise<TestServer> {
   const dataDir = opts.dataDir ?? mkdtempSync(path.join(tmpdir(), 'custos-test-'));
   const database = opts.database ?? (await freshDatabase());

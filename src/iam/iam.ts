@@ -2,7 +2,7 @@ import { hash as oneShotHash, timingSafeEqual } from 'node:crypto';
 import { randomBytes } from '../crypto/random.js';
 import { CompiledQuery, sql } from 'kysely';
 import type { SecretBox } from '../crypto/secretbox.js';
-import { isUniqueViolation, multiRowInsertSql } from '../store/db.js';
+import { isUniqueViolation, multiRowInsertSql, usesNumberedParams } from '../store/db.js';
 import { deepFreeze, IamCache, SharedEpoch, type CacheSpace, type IamCacheOptions } from './cache.js';
 import { IamCodes, IamError } from './errors.js';
 import { checkTotp, newTotpSecret, totpUri } from './mfa.js';
@@ -267,7 +267,7 @@ export class IamService {
     this.principals = this.cache.space('principal');
     this.users = this.cache.space('user');
     this.policySets = this.cache.space('policies');
-    this.numberedParams = db.selectFrom('iam_replay_cache').select('expires_at').where('expires_at', '=', 0).compile().sql.includes('$1');
+    this.numberedParams = usesNumberedParams(db);
     const self = this as unknown as Record<string, (...args: unknown[]) => Promise<unknown>>;
     for (const name of MUTATING_METHODS) {
       const original = self[name]!;

@@ -314,8 +314,12 @@ export class KmsService {
    */
   cachedUsableKey(scope: KeyScope, ref: string): KeyRow | undefined {
     const k = this.keyRows.get(`${scope.accountId}/${scope.projectId}/${ref}`);
-    if (!k || k.state !== 'enabled' || k.key_usage !== 'ENCRYPT_DECRYPT') return undefined;
-    if (k.material_expires_at !== null && k.material_expires_at <= this.now()) return undefined;
+    if (!k) return undefined;
+    try {
+      this.assertUsable(k, 'ENCRYPT_DECRYPT');
+    } catch {
+      return undefined;
+    }
     return k;
   }
 

@@ -301,6 +301,11 @@ export async function migrate(store: Store): Promise<string[]> {
   });
 }
 
+/** Whether the database's placeholders are numbered (`$1`, PostgreSQL) rather than `?` (SQLite): for multiRowInsertSql. */
+export function usesNumberedParams(db: Kysely<any>): boolean {
+  return sql`select ${0}`.compile(db).sql.includes('$1');
+}
+
 const insertSqlCache = new Map<string, string>();
 /**
  * `insert into <table> (<columns>) values (…), (…) <suffix>` for `rows` rows, with the database's

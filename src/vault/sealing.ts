@@ -38,7 +38,7 @@ export interface StoredValue {
 }
 
 /** A record's sealed groups: id → base64 of iv | tag | ciphertext of a JSON object of values. */
-export type Groups = Record<string, string>;
+type Groups = Record<string, string>;
 
 /** What a record row holds of its values: the metadata of each, and the sealed groups. */
 export interface Stored {
@@ -65,18 +65,23 @@ export function groupsJson(groups: Groups): string | null {
 }
 
 /** Values that may share a group: deleted by the same rule, at the same time, kept for the same purposes. */
-export function groupKey(p: Property, d: number | null): string {
+function groupKey(p: Property, d: number | null): string {
+  return `${ruleKey(p)}${d}`;
+}
+
+/** What a property's values are deleted and kept by: its deletion rule and its purposes. */
+export function ruleKey(p: Property): string {
   let k = RULE_KEYS.get(p);
   if (k === undefined) {
     k = JSON.stringify([p.deletion, [...p.purposes].sort()]);
     RULE_KEYS.set(p, k);
   }
-  return `${k}${d}`;
+  return k;
 }
 const RULE_KEYS = new WeakMap<Property, string>();
 
 /** Group ids are random, never reused: a group sealed anew has a new id. */
-export function newGroupId(): string {
+function newGroupId(): string {
   return randomBytes(9).toString('base64url');
 }
 
@@ -106,11 +111,11 @@ export function recordKeyFrom(recordsKey: Buffer, col: Owner, recordId: string, 
   return createHmac('sha256', recordsKey).update(`custos-vault-v2\u0000record-key\u0000${col.account_id}\u0000${col.id}\u0000${recordId}\u0000${salt}`).digest();
 }
 
-export function sealGroup(dek: Buffer, col: Owner, recordId: string, gid: string, values: Record<string, Value>): string {
+function sealGroup(dek: Buffer, col: Owner, recordId: string, gid: string, values: Record<string, Value>): string {
   return sealAesGcm(dek, Buffer.from(JSON.stringify(values), 'utf8'), groupAad(col, recordId, gid)).toString('base64');
 }
 
-export function openGroup(dek: Buffer, col: Owner, recordId: string, gid: string, blob: string): Record<string, Value> {
+function openGroup(dek: Buffer, col: Owner, recordId: string, gid: string, blob: string): Record<string, Value> {
   try {
     return JSON.parse(openAesGcm(dek, Buffer.from(blob, 'base64'), groupAad(col, recordId, gid)).toString('utf8')) as Record<string, Value>;
   } catch (e) {
@@ -119,7 +124,7 @@ export function openGroup(dek: Buffer, col: Owner, recordId: string, gid: string
   }
 }
 
-export function openValue(dek: Buffer, col: Owner, recordId: string, property: string, blob: string): Value {
+function openValue(dek: Buffer, col: Owner, recordId: string, property: string, blob: string): Value {
   try {
     return JSON.parse(openAesGcm(dek, Buffer.from(blob, 'base64'), valueAad(col, recordId, property)).toString('utf8')) as Value;
   } catch (e) {

@@ -1,6 +1,6 @@
 /**
  * The personal-data vault. Applications keep their users' personal data here instead of in plain
- * columns: each record's values are encrypted with the record's own data key (wrapped under the
+ * columns: each record's values are encrypted with the record's own data key (derived from the
  * collection's secret, which KMS wraps under the collection's key; sealing.ts) before they reach the
  * database; exact-match search goes through keyed blind
  * indexes; only whitelisted principals reach the data, for a purpose each property is collected for,
@@ -12,8 +12,7 @@ import { CompiledQuery, sql, type AliasedRawBuilder, type RawBuilder } from 'kys
 import { ServiceError } from '../errors.js';
 import type { KeyScope, KmsService } from '../kms/kms.js';
 import type { KeyRow } from '../kms/store.js';
-import { isUniqueViolation } from '../store/db.js';
-import { QueryShapes } from '../store/shapes.js';
+import { isUniqueViolation, multiRowInsertSql, usesNumberedParams } from '../store/db.js';
 import {
   ageAt, canonicalValue, compileRecordValidator, describeDeletion, durationMs, indexForm, normalizeSchema, SchemaError,
   type CollectionSchema, type Property, type RecordValidator, type Transform, CollectionSchemaInput,
@@ -21,7 +20,7 @@ import {
 import type { Static } from '@sinclair/typebox';
 import type { AccessRow, CollectionRow, RecordRow, VaultDb } from './store.js';
 import {
-  derivedLocally, groupsJson, IntegrityError, keylessRemovable, newRecordSalt, openGroups, openValues, parseStored, recordKeyFrom, removeFrom, sealInto,
+  derivedLocally, groupsJson, IntegrityError, keylessRemovable, newRecordSalt, openGroups, openValues, parseStored, recordKeyFrom, removeFrom, ruleKey, sealInto,
   type Sealable, type Stored, type StoredValue,
 } from './sealing.js';
 import { generalize, keyedHash, mask, maskHidesAll, partial, REDACTED, type Value } from './transforms.js';
@@ -146,7 +145,7 @@ const RECORD_COLUMNS = ['id', 'collection_id', 'account_id', 'subject_id', 'regi
 const everyRecordColumn: Exclude<keyof RecordRow, (typeof RECORD_COLUMNS)[number]> extends never ? true : never = true;
 void everyRecordColumn;
 const RECORD_SELECT = sql.raw(RECORD_COLUMNS.map((col) => `r.${col}`).join(', '));
-const RECORD_COLUMN_LIST = sql.raw(RECORD_COLUMNS.join(', '));
+const INDEX_COLUMNS = ['collection_id', 'property', 'digest', 'record_id'] as const;
 
 const NO_EVENTS: ReadonlyMap<string, number> = new Map();
 type Probe = ReturnType<NonNullable<ProcessingGate['probe']>>;
@@ -180,9 +179,9 @@ export class VaultService {
   private readonly validators = new Map<string, { create: RecordValidator; update: RecordValidator }>();
   /** Records loadRecords read whose subject the gate's probe found certainly clear, for this call only. */
   private readonly clear = new WeakSet<RecordRow>();
-  /** Hot statements, compiled once (mustGet's per collection and purpose, with the gate's probe). */
-  private readonly shapes = new QueryShapes();
-  private readonly probes = new Map<string, Probe | undefined>();
+  /** mustGet's query per collection and purpose, compiled once, with the gate's probe it carries. */
+  private readonly byId = new Map<string, { query: CompiledQuery; probe: Probe | undefined }>();
+  private readonly numberedParams: boolean;
   readonly stats = { recordsWritten: 0, recordsRead: 0, valuesDeleted: 0, recordsDeleted: 0, valuesDeferred: 0 };
   private gate: ProcessingGate | null = null;
 
@@ -192,6 +191,7 @@ export class VaultService {
     opts: VaultOptions = {},
   ) {
     this.now = opts.now ?? Date.now;
+    this.numberedParams = usesNumberedParams(db);
     const durable = opts.durable;
     if (durable) {
       const self = this as unknown as Record<string, (...args: unknown[]) => Promise<unknown>>;
@@ -210,8 +210,7 @@ export class VaultService {
   setProcessingGate(gate: ProcessingGate): void {
     this.gate = gate;
     // mustGet's compiled queries carry the previous gate's probe.
-    this.probes.clear();
-    this.shapes.clear();
+    this.byId.clear();
   }
 
   // ------------------------------------------------------------------ collections
@@ -342,10 +341,7 @@ export class VaultService {
     // Second pass: drop removed values, re-index, re-time deletion rules, and seal again the groups
     // whose values no longer share a deletion rule, time or purposes (sealing.ts).
     const now = this.now();
-    const regroup = new Set(next.properties.filter((p) => {
-      const o = old.get(p.name);
-      return o && (JSON.stringify(o.deletion) !== JSON.stringify(p.deletion) || JSON.stringify([...o.purposes].sort()) !== JSON.stringify([...p.purposes].sort()));
-    }).map((p) => p.name));
+    const regroup = new Set(next.properties.filter((p) => old.has(p.name) && ruleKey(old.get(p.name)!) !== ruleKey(p)).map((p) => p.name));
     // Each record is written only as it was read; one changed meanwhile is read again and redone.
     const apply = async (rec: RecordRow): Promise<boolean> => {
       const stored = parseStored(rec.values_json, rec.groups_json);
@@ -466,7 +462,7 @@ export class VaultService {
       const id = randomUUID();
       // The copy's keys for each record: a copy can outlast the secret cache's lifetime (it zeroes what it
       // drops), and each record checks the destination key can still be used.
-      const keys = this.cachedKeys(copy) ?? (await this.loadKeys(copy));
+      const keys = await this.keysOf(copy);
       const { dek, dataKey } = this.newRecordKey(copy, keys, id);
       const stored: Stored = { values: {}, groups: {} };
       const index: { property: string; digest: string }[] = [];
@@ -548,7 +544,7 @@ export class VaultService {
 
   /**
    * The keys derived from the collection's secret: `index` (blind indexes), `hash`, `token`, and
-   * `records` (wraps each record's data key). The secret is unwrapped by KMS once and kept a while;
+   * `records` (each record's data key is derived from it). The secret is unwrapped by KMS once and kept a while;
    * every use checks that the collection's KMS key may still be used (a cached row, re-read when it
    * refuses), so disabling the key or scheduling its deletion stops reads as a KMS decrypt would.
    */
@@ -624,7 +620,7 @@ export class VaultService {
   /** The record's data key: derived from the collection's secret and its salt (format 2), or unwrapped by KMS (format 1). */
   private async recordKey(c: Collection, rec: RecordRow): Promise<Buffer> {
     if (derivedLocally(rec.data_key)) {
-      const keys = this.cachedKeys(c) ?? (await this.loadKeys(c));
+      const keys = await this.keysOf(c);
       return integrity(() => recordKeyFrom(keys.get('records')!, c.row, rec.id, rec.data_key));
     }
     const key = await this.kms.getKey(this.scopeOf(c.row), rec.kms_key_id);
@@ -638,26 +634,14 @@ export class VaultService {
   }
 
   private async decryptValues(c: Collection, rec: RecordRow, names: string[], dek?: Buffer): Promise<Record<string, Value>> {
-    if (dek) return this.decryptWith(c, rec, names, dek);
-    const key = this.cachedRecordKey(c, rec) ?? (await this.recordKey(c, rec));
+    const key = dek ?? (await this.recordKey(c, rec));
     try {
-      return this.decryptWith(c, rec, names, key);
+      // A record written in format 2 holds its values in its groups alone: no metadata to read.
+      if (derivedLocally(rec.data_key)) return integrity(() => openGroups(rec.groups_json, key, c.row, rec.id, names));
+      return integrity(() => openValues(parseStored(rec.values_json, rec.groups_json), key, c.row, rec.id, names));
     } finally {
-      key.fill(0);
+      if (!dek) key.fill(0);
     }
-  }
-
-  private decryptWith(c: Collection, rec: RecordRow, names: string[], key: Buffer): Record<string, Value> {
-    // A record written in format 2 holds its values in its groups alone: no metadata to read.
-    if (derivedLocally(rec.data_key)) return integrity(() => openGroups(rec.groups_json, key, c.row, rec.id, names));
-    return integrity(() => openValues(parseStored(rec.values_json, rec.groups_json), key, c.row, rec.id, names));
-  }
-
-  /** recordKey without a wait: a format 2 record of a collection whose keys are held. */
-  private cachedRecordKey(c: Collection, rec: RecordRow): Buffer | undefined {
-    if (!derivedLocally(rec.data_key)) return undefined;
-    const keys = this.cachedKeys(c);
-    return keys && integrity(() => recordKeyFrom(keys.get('records')!, c.row, rec.id, rec.data_key));
   }
 
   private validatorsOf(c: Collection): { create: RecordValidator; update: RecordValidator } {
@@ -686,7 +670,7 @@ export class VaultService {
     const id = randomUUID();
     const now = this.now();
     const fired = c.schema.properties.some((p) => p.deletion.on_event) ? await this.firedEvents(c, subjectId) : NO_EVENTS;
-    const keys = this.cachedKeys(c) ?? (await this.loadKeys(c));
+    const keys = await this.keysOf(c);
     const { dek, dataKey } = this.newRecordKey(c, keys, id);
     const stored: Stored = { values: {}, groups: {} };
     const index: { property: string; digest: string }[] = [];
@@ -708,14 +692,12 @@ export class VaultService {
       id, collection_id: c.row.id, account_id: c.row.account_id, subject_id: subjectId, region: c.row.region, kms_key_id: c.row.kms_key_id,
       data_key: dataKey, values_json: JSON.stringify(stored.values), groups_json: groupsJson(stored.groups), next_delete_at: nextDeletion(stored.values), created_at: now, updated_at: now,
     };
-    // Compiled once (shapes): compiling the templates cost a third of the database's work here.
-    const values = RECORD_COLUMNS.map((col) => row[col]);
-    const insert = this.shapes.get('insert-record', () => sql`insert into vault_records (${RECORD_COLUMN_LIST}) values (${sql.join(values)})`.compile(this.db));
-    const indexRows = index.map((i) => [c.row.id, i.property, i.digest, id]);
-    const insertIndex = index.length ? this.shapes.get(`insert-index\u0000${index.length}`, () => sql`insert into vault_index (collection_id, property, digest, record_id) values ${sql.join(indexRows.map((r) => sql`(${sql.join(r)})`))}`.compile(this.db)) : null;
+    // Insert text made once per shape: compiling the templates cost a third of the database's work here.
     await this.db.transaction().execute(async (trx) => {
-      await trx.executeQuery(CompiledQuery.raw(insert.sql, values));
-      if (insertIndex) await trx.executeQuery(CompiledQuery.raw(insertIndex.sql, indexRows.flat()));
+      await trx.executeQuery(CompiledQuery.raw(multiRowInsertSql(this.numberedParams, 'vault_records', RECORD_COLUMNS, 1), RECORD_COLUMNS.map((col) => row[col])));
+      if (index.length) {
+        await trx.executeQuery(CompiledQuery.raw(multiRowInsertSql(this.numberedParams, 'vault_index', INDEX_COLUMNS, index.length), index.flatMap((i) => [c.row.id, i.property, i.digest, id])));
+      }
     });
     this.stats.recordsWritten++;
     return row;
@@ -788,17 +770,17 @@ export class VaultService {
     // The one-record read, compiled once per collection and purpose: compiling the template (with the
     // gate's probe) cost more than running it. Only the record id changes between calls; the probe's
     // parameters are a function of the account and purpose (ProcessingGate.probe).
-    const shape = `record-by-id\u0000${c.row.id}\u0000${purpose ?? ''}`;
-    let probe = this.probes.get(shape);
-    if (probe === undefined && purpose !== null && !this.probes.has(shape)) {
-      probe = this.gate?.probe?.(c.row.account_id, purpose, 'r.subject_id');
-      if (this.probes.size >= 1000) this.probes.clear();
-      this.probes.set(shape, probe);
+    const shape = `${c.row.id}\u0000${purpose ?? ''}`;
+    let hit = this.byId.get(shape);
+    if (!hit) {
+      const probe = purpose !== null ? this.gate?.probe?.(c.row.account_id, purpose, 'r.subject_id') : undefined;
+      hit = { query: this.recordQuery(c, probe, sql`r.id = ${RECORD_ID_SLOT}`).compile(this.db), probe };
+      if (this.byId.size >= 1000) this.byId.delete(this.byId.keys().next().value as string);
+      this.byId.set(shape, hit);
     }
-    const q = this.shapes.get(shape, () => this.recordQuery(c, probe, sql`r.id = ${RECORD_ID_SLOT}`).compile(this.db));
-    const parameters = q.parameters.map((p) => (p === RECORD_ID_SLOT ? id : p));
-    const { rows } = await this.db.executeQuery<Record<string, unknown>>(CompiledQuery.raw(q.sql, parameters));
-    const [rec] = this.recordsOf(rows, probe);
+    const parameters = hit.query.parameters.map((p) => (p === RECORD_ID_SLOT ? id : p));
+    const { rows } = await this.db.executeQuery<Record<string, unknown>>(CompiledQuery.raw(hit.query.sql, parameters));
+    const [rec] = this.recordsOf(rows, hit.probe);
     if (!rec) throw VaultError.notFound('record');
     return rec;
   }
@@ -836,15 +818,8 @@ export class VaultService {
     const props = this.selectProps(c, opts);
     this.checkTransforms(c, access, opts);
     const rec = await this.mustGet(c, id, opts.reason);
-    if (!this.certainlyClear([rec])) await this.admitted(c, [rec], opts.reason, true);
+    await this.admitted(c, [rec], opts.reason, true);
     return (await this.view(c, [rec], props, opts))[0]!;
-  }
-
-  /** Whether the gate's probe found every record's subject clear (or there is no gate): no need to ask it. */
-  private certainlyClear(recs: RecordRow[]): boolean {
-    if (!this.gate) return true;
-    for (const r of recs) if (!this.clear.has(r)) return false;
-    return true;
   }
 
   /** Records whose subject may be processed for the purpose; `single` makes a blocked one an error. */
@@ -865,17 +840,7 @@ export class VaultService {
     const names = props.map((p) => p.name);
     const out: RecordView[] = [];
     for (const rec of recs) {
-      const key = this.cachedRecordKey(c, rec);
-      let plain: Record<string, Value>;
-      if (key) {
-        try {
-          plain = this.decryptWith(c, rec, names, key);
-        } finally {
-          key.fill(0);
-        }
-      } else {
-        plain = await this.decryptValues(c, rec, names);
-      }
+      const plain = await this.decryptValues(c, rec, names);
       const fields: Record<string, Value | null> = {};
       const transforms: Record<string, Transform> = {};
       for (const p of props) {
@@ -1188,8 +1153,9 @@ export class VaultService {
       if (!due.length) break;
       const gone: RecordRow[] = [];
       for (const rec of due) {
+        const asRead = (JSON.parse(rec.values_json) as Record<string, StoredValue>);
         let stored = parseStored(rec.values_json, rec.groups_json);
-        const expiredNow = Object.keys(stored.values).filter((k) => stored.values[k]!.d !== null && stored.values[k]!.d! <= now);
+        const expiredNow = Object.keys(asRead).filter((k) => asRead[k]!.d !== null && asRead[k]!.d! <= now);
         if (expiredNow.length === Object.keys(stored.values).length) {
           gone.push(rec);
           continue;
@@ -1213,7 +1179,7 @@ export class VaultService {
           await removeFrom(stored, expired, owner, rec.id, () => Promise.reject(new Error('no key is needed')));
         }
         const vals = stored.values;
-        const unindex = indexRowsOf(rec.collection_id, rec.id, parseStored(rec.values_json, null).values, expired);
+        const unindex = indexRowsOf(rec.collection_id, rec.id, asRead, expired);
         await this.db.transaction().execute(async (trx) => {
           const u = await trx.updateTable('vault_records').set({ values_json: JSON.stringify(vals), groups_json: groupsJson(stored.groups), next_delete_at: nextDeletion(vals) })
             .where('id', '=', rec.id).where('updated_at', '=', rec.updated_at).where('values_json', '=', rec.values_json).executeTakeFirst();

@@ -2,13 +2,12 @@
 // same node apply to the very next request, and changes on another node within the poll interval.
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { MUTATING_METHODS, NON_INVALIDATING_WRITES } from '../../src/iam/iam.js';
 import { IAM_EPOCH_POLL_MS } from '../../src/server/index.js';
-import { DB, freshDatabase, PASSWORD, startTestServer } from '../helpers.js';
+import { DB, PASSWORD, startTestServer, withTwoNodes } from '../helpers.js';
 
 const SOURCE = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../src/iam/iam.ts');
 
@@ -51,12 +50,8 @@ describe('IAM cache', () => {
     }
   });
 
-  test('across nodes: a revocation and a policy change on one node reach the other within the poll interval', { skip: DB === 'sqlite' ? 'several nodes need PostgreSQL' : false }, async () => {
-    const database = await freshDatabase();
-    const dataDir = mkdtempSync(path.join(tmpdir(), 'custos-cache-'));
-    const n1 = await startTestServer({ database, dataDir });
-    const n2 = await startTestServer({ database, dataDir, join: true });
-    try {
+  test('across nodes: a revocation and a policy change on one node reach the other within the poll interval', { skip: DB === 'sqlite' ? 'several nodes need PostgreSQL' : false }, () =>
+    withTwoNodes(async (n1, n2) => {
       const a = await n1.createTenant();
       const t2 = await n1.token(a.name, 'admin', PASSWORD);
       const role = (await n1.api('POST', '/v3.0/OS-ROLE/roles', { token: a.token, body: { role: { display_name: 'no-users', policy: { Version: '1.1', Statement: [{ Effect: 'Deny', Action: ['iam:users:listUsers'] }] } } } })).json.role.id;
@@ -69,11 +64,5 @@ describe('IAM cache', () => {
       assert.equal((await n1.api('DELETE', '/v3/auth/tokens', { token: a.token, headers: { 'x-subject-token': t2 } })).status, 204);
       await new Promise((r) => setTimeout(r, IAM_EPOCH_POLL_MS * 2 + 100));
       assert.equal((await n2.api('GET', '/v3/groups', { token: t2 })).status, 401, 'the revocation reached node 2');
-    } finally {
-      await n2.stop();
-      await n1.stop();
-      await database.drop();
-      rmSync(dataDir, { recursive: true, force: true });
-    }
-  });
+    }));
 });

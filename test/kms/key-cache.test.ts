@@ -2,14 +2,13 @@
 // change applies to the next request on the node that made it, and within the poll interval on others.
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { sql } from 'kysely';
 import { KEY_ROW_WRITERS } from '../../src/kms/kms.js';
 import { IAM_EPOCH_POLL_MS } from '../../src/server/index.js';
-import { DB, freshDatabase, startTestServer, type TestServer, type Tenant } from '../helpers.js';
+import { DB, startTestServer, withTwoNodes, type TestServer, type Tenant } from '../helpers.js';
 
 const SOURCE = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../src/kms/kms.ts');
 
@@ -68,12 +67,8 @@ describe('KMS key-row cache', () => {
     }
   });
 
-  test('across nodes: a key disabled on one node is refused on the other within the poll interval', { skip: DB === 'sqlite' ? 'several nodes need PostgreSQL' : false }, async () => {
-    const database = await freshDatabase();
-    const dataDir = mkdtempSync(path.join(tmpdir(), 'custos-kms-cache-'));
-    const n1 = await startTestServer({ database, dataDir });
-    const n2 = await startTestServer({ database, dataDir, join: true });
-    try {
+  test('across nodes: a key disabled on one node is refused on the other within the poll interval', { skip: DB === 'sqlite' ? 'several nodes need PostgreSQL' : false }, () =>
+    withTwoNodes(async (n1, n2) => {
       const t = await n1.createTenant();
       const id = (await kms(n1, t, 'create-key', { key_alias: 'shared' })).json.key_info.key_id as string;
       // Warm node 2's cache with the enabled row.
@@ -107,20 +102,10 @@ describe('KMS key-row cache', () => {
       const opened = await kms(n2, t, 'decrypt-data', { cipher_text: fresh.json.cipher_text });
       assert.equal(opened.status, 200, opened.text);
       assert.equal(opened.json.plain_text, 'after rotation');
-    } finally {
-      await n2.stop();
-      await n1.stop();
-      await database.drop();
-      rmSync(dataDir, { recursive: true, force: true });
-    }
-  });
+    }));
 
-  test('across nodes: the vault stops using a collection secret it holds once the collection\'s key is disabled elsewhere', { skip: DB === 'sqlite' ? 'several nodes need PostgreSQL' : false }, async () => {
-    const database = await freshDatabase();
-    const dataDir = mkdtempSync(path.join(tmpdir(), 'custos-kms-cache-'));
-    const n1 = await startTestServer({ database, dataDir });
-    const n2 = await startTestServer({ database, dataDir, join: true });
-    try {
+  test('across nodes: the vault stops using a collection secret it holds once the collection\'s key is disabled elsewhere', { skip: DB === 'sqlite' ? 'several nodes need PostgreSQL' : false }, () =>
+    withTwoNodes(async (n1, n2) => {
       const t = await n1.createTenant();
       const V = '/v1/vault/collections/people';
       const col = await n1.api('POST', '/v1/vault/collections', {
@@ -143,11 +128,5 @@ describe('KMS key-row cache', () => {
       // Enabled on node 1: node 2 holds the disabled row, and its refusal is checked against the database.
       assert.equal((await kms(n1, t, 'enable-key', { key_id: col.json.kms_key_id })).status, 200);
       assert.equal((await read(n2)).status, 200, 'the enable applies at once');
-    } finally {
-      await n2.stop();
-      await n1.stop();
-      await database.drop();
-      rmSync(dataDir, { recursive: true, force: true });
-    }
-  });
+    }));
 });
