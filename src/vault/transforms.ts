@@ -22,7 +22,8 @@ const MIN_HIDDEN = 4;
  * number, a 7-character id) is not shown all but one character.
  */
 function keepEnds(s: string, head: number, tail: number): string {
-  const cp = [...s];
+  // Most values have no character outside the BMP: their code units are their code points.
+  const cp = SURROGATE.test(s) ? [...s] : s;
   if (cp.length <= 1) return '*';
   const hidden = Math.min(MIN_HIDDEN, cp.length - 1);
   let h = head;
@@ -31,7 +32,22 @@ function keepEnds(s: string, head: number, tail: number): string {
     if (h > 0) h--;
     else t--;
   }
+  if (typeof cp === 'string') return cp.slice(0, h) + stars(cp.length - h - t) + cp.slice(cp.length - t);
   return cp.slice(0, h).join('') + stars(cp.length - h - t) + cp.slice(cp.length - t).join('');
+}
+
+const SURROGATE = /[\uD800-\uDFFF]/;
+/** A canonical IPv4 address (as canonicalValue stores it): four decimal bytes, no leading zeros. */
+const IPV4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)$/;
+
+/** The first character (code point) of a string, or '' for an empty one. */
+function firstChar(s: string): string {
+  return s ? String.fromCodePoint(s.codePointAt(0)!) : '';
+}
+
+/** Characters (code points) in a string. */
+function charCount(s: string): number {
+  return SURROGATE.test(s) ? [...s].length : s.length;
 }
 
 export function mask(p: Property, v: Value): Value {
@@ -39,30 +55,33 @@ export function mask(p: Property, v: Value): Value {
   switch (p.pii_type) {
     case 'email': {
       const at = v.lastIndexOf('@');
-      return `${[...v.slice(0, at)][0] ?? ''}***@${v.slice(at + 1)}`;
+      return `${firstChar(v.slice(0, at))}***@${v.slice(at + 1)}`;
     }
     case 'phone_number': {
       // Stored in E.164; calling codes are prefix-free, so the first 1–3 digits that are one split it.
       const digits = v.startsWith('+') ? v.slice(1) : '';
-      const cc = [1, 2, 3].map((n) => digits.slice(0, n)).find((p) => CALLING_CODES.has(p));
+      let cc: string | undefined;
+      for (let n = 1; n <= 3 && cc === undefined; n++) if (CALLING_CODES.has(digits.slice(0, n))) cc = digits.slice(0, n);
       if (!cc) return keepEnds(v, 3, 4);
       const national = digits.slice(cc.length);
       return `+${cc} ${keepEnds(national, Math.max(0, Math.min(3, national.length - 4)), 4)}`;
     }
     case 'ip_address': {
+      const m = IPV4.exec(v);
+      if (m) return `${m[1]}.${m[2]}.*.*`;
       const a = ipaddr.parse(v);
       if (a.kind() === 'ipv4') return `${a.toByteArray().slice(0, 2).join('.')}.*.*`;
       return `${(a as ipaddr.IPv6).toNormalizedString().split(':').slice(0, 3).join(':')}:*:*:*:*:*`;
     }
     case 'person_name':
-      return v.split(/(\s+)/).map((w) => (/^\s+$/.test(w) || w === '' ? w : [...w][0] + stars([...w].length - 1))).join('');
+      return v.replace(/\S+/g, (w) => firstChar(w) + stars(charCount(w) - 1));
     case 'national_id':
       return keepEnds(v, v.length === 18 ? 6 : 2, 4);
     case 'bank_card':
       return `${stars(v.length - 4)}${v.slice(-4)}`;
     case 'province_city': {
       const [province, city] = v.split('/');
-      return city === undefined ? province! : `${province}/${stars([...city].length)}`;
+      return city === undefined ? province! : `${province}/${stars(charCount(city))}`;
     }
     case 'date_of_birth':
       return '****-**-**';
@@ -89,7 +108,7 @@ export function maskHidesAll(p: Property): boolean {
 /** A generic partial view: a quarter of the characters at each end (at most four), the rest starred. */
 export function partial(v: Value): Value {
   if (typeof v !== 'string') return '*';
-  const n = [...v].length;
+  const n = charCount(v);
   const keep = Math.min(4, Math.floor(n / 4));
   return keepEnds(v, keep, keep);
 }

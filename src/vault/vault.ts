@@ -20,7 +20,7 @@ import {
 import type { Static } from '@sinclair/typebox';
 import type { AccessRow, CollectionRow, RecordRow, VaultDb } from './store.js';
 import {
-  derivedLocally, groupsJson, IntegrityError, keylessRemovable, newRecordSalt, openGroups, openValues, parseStored, recordKeyFrom, removeFrom, ruleKey, sealInto,
+  derivedLocally, emptyStored, groupsJson, IntegrityError, LOCAL_SALT, keylessRemovable, newRecordSalt, openGroups, openValues, parseStored, recordKeyFrom, removeFrom, ruleKey, sealInto,
   type Sealable, type Stored, type StoredValue,
 } from './sealing.js';
 import { generalize, keyedHash, mask, maskHidesAll, partial, REDACTED, type Value } from './transforms.js';
@@ -145,6 +145,15 @@ const RECORD_COLUMNS = ['id', 'collection_id', 'account_id', 'subject_id', 'regi
 const everyRecordColumn: Exclude<keyof RecordRow, (typeof RECORD_COLUMNS)[number]> extends never ? true : never = true;
 void everyRecordColumn;
 const RECORD_SELECT = sql.raw(RECORD_COLUMNS.map((col) => `r.${col}`).join(', '));
+/**
+ * What a read (with a purpose) takes of a record: no retention or ownership columns, and a format 2
+ * record's metadata not at all (its values are read from its groups alone: openGroups).
+ */
+const READ_SELECT = sql.raw(`r.id, r.subject_id, r.region, r.kms_key_id, r.data_key, r.groups_json, case when substr(r.data_key, 1, 3) = '${LOCAL_SALT}' then null else r.values_json end as values_json, r.created_at, r.updated_at`);
+/** A record as a read takes it: values_json is null for a format 2 record. */
+type ReadRow = Pick<RecordRow, 'id' | 'subject_id' | 'region' | 'kms_key_id' | 'data_key' | 'groups_json' | 'created_at' | 'updated_at'> & { values_json: string | null };
+/** What decrypting a record needs of it. */
+type SealedRow = Pick<ReadRow, 'id' | 'kms_key_id' | 'data_key' | 'groups_json' | 'values_json'>;
 const INDEX_COLUMNS = ['collection_id', 'property', 'digest', 'record_id'] as const;
 
 const NO_EVENTS: ReadonlyMap<string, number> = new Map();
@@ -178,9 +187,9 @@ export class VaultService {
   private readonly secrets = new Map<string, { secret: Buffer; keys: Map<string, Buffer>; until: number }>();
   private readonly validators = new Map<string, { create: RecordValidator; update: RecordValidator }>();
   /** Records loadRecords read whose subject the gate's probe found certainly clear, for this call only. */
-  private readonly clear = new WeakSet<RecordRow>();
+  private readonly clear = new WeakSet<object>();
   /** mustGet's query per collection and purpose, compiled once, with the gate's probe it carries. */
-  private readonly byId = new Map<string, { query: CompiledQuery; probe: Probe | undefined }>();
+  private readonly byIdQueries = new Map<string, { query: CompiledQuery; probe: Probe | undefined }>();
   private readonly numberedParams: boolean;
   readonly stats = { recordsWritten: 0, recordsRead: 0, valuesDeleted: 0, recordsDeleted: 0, valuesDeferred: 0 };
   private gate: ProcessingGate | null = null;
@@ -210,7 +219,7 @@ export class VaultService {
   setProcessingGate(gate: ProcessingGate): void {
     this.gate = gate;
     // mustGet's compiled queries carry the previous gate's probe.
-    this.byId.clear();
+    this.byIdQueries.clear();
   }
 
   // ------------------------------------------------------------------ collections
@@ -375,7 +384,7 @@ export class VaultService {
           const plainAll = await this.decryptValues(c, rec, names, dek);
           const entries: Sealable[] = names.map((n) => ({ p: nextByName.get(n)!, v: plainAll[n]!, t: values[n]!.t, d: values[n]!.d, x: values[n]!.x }));
           for (const n of names) delete values[n];
-          stored.groups = {};
+          stored.groups = new Map();
           sealInto(stored, dek, c.row, rec.id, entries);
         } finally {
           dek.fill(0);
@@ -464,7 +473,7 @@ export class VaultService {
       // drops), and each record checks the destination key can still be used.
       const keys = await this.keysOf(copy);
       const { dek, dataKey } = this.newRecordKey(copy, keys, id);
-      const stored: Stored = { values: {}, groups: {} };
+      const stored: Stored = emptyStored();
       const index: { property: string; digest: string }[] = [];
       try {
         const entries: Sealable[] = [];
@@ -618,7 +627,7 @@ export class VaultService {
   }
 
   /** The record's data key: derived from the collection's secret and its salt (format 2), or unwrapped by KMS (format 1). */
-  private async recordKey(c: Collection, rec: RecordRow): Promise<Buffer> {
+  private async recordKey(c: Collection, rec: Pick<SealedRow, 'id' | 'kms_key_id' | 'data_key'>): Promise<Buffer> {
     if (derivedLocally(rec.data_key)) {
       const keys = await this.keysOf(c);
       return integrity(() => recordKeyFrom(keys.get('records')!, c.row, rec.id, rec.data_key));
@@ -633,12 +642,15 @@ export class VaultService {
     return { dek: recordKeyFrom(keys.get('records')!, c.row, recordId, dataKey), dataKey };
   }
 
-  private async decryptValues(c: Collection, rec: RecordRow, names: string[], dek?: Buffer): Promise<Record<string, Value>> {
+  private async decryptValues(c: Collection, rec: SealedRow, names: string[], dek?: Buffer): Promise<Record<string, Value>> {
     const key = dek ?? (await this.recordKey(c, rec));
     try {
       // A record written in format 2 holds its values in its groups alone: no metadata to read.
       if (derivedLocally(rec.data_key)) return integrity(() => openGroups(rec.groups_json, key, c.row, rec.id, names));
-      return integrity(() => openValues(parseStored(rec.values_json, rec.groups_json), key, c.row, rec.id, names));
+      return integrity(() => {
+        if (rec.values_json === null) throw new IntegrityError(`record ${rec.id} was read without its metadata`);
+        return openValues(parseStored(rec.values_json, rec.groups_json), key, c.row, rec.id, names);
+      });
     } finally {
       if (!dek) key.fill(0);
     }
@@ -672,7 +684,7 @@ export class VaultService {
     const fired = c.schema.properties.some((p) => p.deletion.on_event) ? await this.firedEvents(c, subjectId) : NO_EVENTS;
     const keys = await this.keysOf(c);
     const { dek, dataKey } = this.newRecordKey(c, keys, id);
-    const stored: Stored = { values: {}, groups: {} };
+    const stored: Stored = emptyStored();
     const index: { property: string; digest: string }[] = [];
     try {
       const entries: Sealable[] = [];
@@ -745,38 +757,48 @@ export class VaultService {
    * gate's probe of its subject. (The KMS key's state is checked on every use of the collection's
    * secret: keysOf.)
    */
-  private async loadRecords(c: Collection, purpose: string | null, filter: RawBuilder<unknown>): Promise<RecordRow[]> {
-    const probe = purpose !== null ? this.gate?.probe?.(c.row.account_id, purpose, 'r.subject_id') : undefined;
-    const { rows } = await this.recordQuery(c, probe, filter).execute(this.db);
-    return this.recordsOf(rows, probe);
+  private async loadRecords(c: Collection, purpose: string, filter: RawBuilder<unknown>): Promise<ReadRow[]> {
+    const probe = this.gate?.probe?.(c.row.account_id, purpose, 'r.subject_id');
+    const { rows } = await this.recordQuery(c, READ_SELECT, probe, filter).execute(this.db);
+    return this.recordsOf(rows, probe) as unknown as ReadRow[];
   }
 
-  private recordQuery(c: Collection, probe: Probe | undefined, filter: RawBuilder<unknown>): RawBuilder<Record<string, unknown>> {
+  private recordQuery(c: Collection, columns: RawBuilder<unknown>, probe: Probe | undefined, filter: RawBuilder<unknown>): RawBuilder<Record<string, unknown>> {
     // Written as one SQL template: building it through the query builder cost ten times the query.
     const gate = probe?.columns.length ? sql`, ${sql.join(probe.columns)}` : sql``;
-    return sql<Record<string, unknown>>`select ${RECORD_SELECT}${gate} from vault_records r where r.collection_id = ${c.row.id} and ${filter}`;
+    return sql<Record<string, unknown>>`select ${columns}${gate} from vault_records r where r.collection_id = ${c.row.id} and ${filter}`;
   }
 
   /**
    * The rows as records, noting those whose subject the probe found clear. Rows read with a probe keep
    * its columns: they only reach view() and the gate, which build their answers field by field.
    */
-  private recordsOf(rows: Record<string, unknown>[], probe: Probe | undefined): RecordRow[] {
-    if (probe) for (const row of rows) if (probe.clear(row)) this.clear.add(row as unknown as RecordRow);
-    return rows as unknown as RecordRow[];
+  private recordsOf(rows: Record<string, unknown>[], probe: Probe | undefined): Record<string, unknown>[] {
+    if (probe) for (const row of rows) if (probe.clear(row)) this.clear.add(row);
+    return rows;
   }
 
-  private async mustGet(c: Collection, id: string, purpose: string | null = null): Promise<RecordRow> {
+  /** A record, whole (to change or delete it). */
+  private async mustGet(c: Collection, id: string): Promise<RecordRow> {
+    return (await this.byId(c, id, null)) as unknown as RecordRow;
+  }
+
+  /** A record as a read for the purpose takes it, with the gate's probe of its subject. */
+  private async readOne(c: Collection, id: string, purpose: string): Promise<ReadRow> {
+    return (await this.byId(c, id, purpose)) as unknown as ReadRow;
+  }
+
+  private async byId(c: Collection, id: string, purpose: string | null): Promise<Record<string, unknown>> {
     // The one-record read, compiled once per collection and purpose: compiling the template (with the
     // gate's probe) cost more than running it. Only the record id changes between calls; the probe's
     // parameters are a function of the account and purpose (ProcessingGate.probe).
     const shape = `${c.row.id}\u0000${purpose ?? ''}`;
-    let hit = this.byId.get(shape);
+    let hit = this.byIdQueries.get(shape);
     if (!hit) {
       const probe = purpose !== null ? this.gate?.probe?.(c.row.account_id, purpose, 'r.subject_id') : undefined;
-      hit = { query: this.recordQuery(c, probe, sql`r.id = ${RECORD_ID_SLOT}`).compile(this.db), probe };
-      if (this.byId.size >= 1000) this.byId.delete(this.byId.keys().next().value as string);
-      this.byId.set(shape, hit);
+      hit = { query: this.recordQuery(c, purpose !== null ? READ_SELECT : RECORD_SELECT, probe, sql`r.id = ${RECORD_ID_SLOT}`).compile(this.db), probe };
+      if (this.byIdQueries.size >= 1000) this.byIdQueries.delete(this.byIdQueries.keys().next().value as string);
+      this.byIdQueries.set(shape, hit);
     }
     const parameters = hit.query.parameters.map((p) => (p === RECORD_ID_SLOT ? id : p));
     const { rows } = await this.db.executeQuery<Record<string, unknown>>(CompiledQuery.raw(hit.query.sql, parameters));
@@ -817,13 +839,13 @@ export class VaultService {
     this.require(access, 'read');
     const props = this.selectProps(c, opts);
     this.checkTransforms(c, access, opts);
-    const rec = await this.mustGet(c, id, opts.reason);
+    const rec = await this.readOne(c, id, opts.reason);
     await this.admitted(c, [rec], opts.reason, true);
     return (await this.view(c, [rec], props, opts))[0]!;
   }
 
   /** Records whose subject may be processed for the purpose; `single` makes a blocked one an error. */
-  private async admitted(c: Collection, recs: RecordRow[], purpose: string, single: boolean): Promise<RecordRow[]> {
+  private async admitted<R extends { subject_id: string }>(c: Collection, recs: R[], purpose: string, single: boolean): Promise<R[]> {
     if (!this.gate || !recs.length) return recs;
     const unsure = recs.filter((r) => !this.clear.has(r));
     if (!unsure.length) return recs;
@@ -834,7 +856,7 @@ export class VaultService {
   }
 
   /** Decrypts and transforms records for the caller (no KMS call for format 2 records while the collection's keys are held). */
-  private async view(c: Collection, recs: RecordRow[], props: Property[], opts: ReadOptions): Promise<RecordView[]> {
+  private async view(c: Collection, recs: ReadRow[], props: Property[], opts: ReadOptions): Promise<RecordView[]> {
     const needKeys = props.some((p) => ['hash', 'tokenize'].includes(opts.transforms?.[p.name] ?? p.default_transform));
     const keys = needKeys ? await this.keysOf(c) : null;
     const names = props.map((p) => p.name);
@@ -855,7 +877,7 @@ export class VaultService {
     return out;
   }
 
-  private async apply(c: Collection, rec: RecordRow, p: Property, v: Value, t: Transform, keys: Map<string, Buffer> | null): Promise<Value> {
+  private async apply(c: Collection, rec: { id: string }, p: Property, v: Value, t: Transform, keys: Map<string, Buffer> | null): Promise<Value> {
     return t === 'tokenize' ? this.tokenFor(c, rec.id, p, v, keys!) : transformed(p, v, t, keys);
   }
 

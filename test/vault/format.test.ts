@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { sql } from 'kysely';
 import { sealAesGcm } from '../../src/crypto/aead.js';
-import { valueAad, type StoredValue } from '../../src/vault/sealing.js';
+import { parseGroups, valueAad, type StoredValue } from '../../src/vault/sealing.js';
 import { PASSWORD, startTestServer, type Tenant, type TestServer } from '../helpers.js';
 
 const DAY = 86_400_000;
@@ -49,9 +49,11 @@ describe('vault record format', () => {
     const stored = (await row(r.json.id))!;
     assert.match(stored.data_key, /^v2\./);
     const values = JSON.parse(stored.values_json) as Record<string, StoredValue>;
-    const groups = JSON.parse(stored.groups_json!) as Record<string, string>;
+    // Stored as a flat array [id, blob, id, blob]: no object keyed by random ids to parse.
+    assert.ok(Array.isArray(JSON.parse(stored.groups_json!)));
+    const groups = parseGroups(stored.groups_json);
     // email, phone and city: one rule, one purpose, one time; ip: another rule and purpose.
-    assert.equal(Object.keys(groups).length, 2);
+    assert.equal(groups.size, 2);
     assert.equal(values.email!.g, values.phone!.g);
     assert.equal(values.email!.g, values.city!.g);
     assert.notEqual(values.ip!.g, values.email!.g);
@@ -71,9 +73,9 @@ describe('vault record format', () => {
     assert.equal(u.status, 200, u.text);
     const after = (await row(id))!;
     const values = JSON.parse(after.values_json) as Record<string, StoredValue>;
-    const groups = JSON.parse(after.groups_json!) as Record<string, string>;
-    assert.ok(!(oldGroup in groups), 'the group that held the old phone number is gone');
-    assert.ok(!after.groups_json!.includes(JSON.parse(before.groups_json!)[oldGroup]), 'its blob is not kept');
+    const groups = parseGroups(after.groups_json);
+    assert.ok(!groups.has(oldGroup), 'the group that held the old phone number is gone');
+    assert.ok(!after.groups_json!.includes(parseGroups(before.groups_json).get(oldGroup)!), 'its blob is not kept');
     assert.equal(values.email!.g, values.city!.g);
     assert.notEqual(values.phone!.g, values.email!.g);
     const got = await plain(id);
@@ -84,6 +86,29 @@ describe('vault record format', () => {
     assert.deepEqual(old.json.records, []);
     const found = await search({ phone: '+8613900139001' });
     assert.deepEqual(found.json.records.map((x: { id: string }) => x.id), [id]);
+  });
+
+  test('a record whose groups were stored as an object (written before the array form) is read, rectified and deleted', async () => {
+    const r = await api('POST', `${V}/records`, { subject_id: 's7', fields: { email: 'gil@example.com', phone: '+8613800138007', ip: '10.7.7.7' } });
+    const id = r.json.id as string;
+    const groups = parseGroups((await row(id))!.groups_json);
+    assert.equal(groups.size, 2);
+    await sql`update vault_records set groups_json = ${JSON.stringify(Object.fromEntries(groups))} where id = ${id}`.execute(s.custos.store.db);
+    const got = await api('GET', `${V}/records/${id}?reason=support&unmask=*`);
+    assert.equal(got.status, 200, got.text);
+    assert.deepEqual(got.json.fields, { email: 'gil@example.com', phone: '+8613800138007', city: null });
+    clock += 1000;
+    assert.equal((await api('PATCH', `${V}/records/${id}`, { fields: { phone: '+8613900139007' } })).status, 200);
+    const after = (await row(id))!;
+    assert.ok(Array.isArray(JSON.parse(after.groups_json!)), 'written back in the array form');
+    // The ip's group (another purpose) was carried over untouched; the email's was sealed again without the old number.
+    const now = parseGroups(after.groups_json);
+    const values = JSON.parse(after.values_json) as Record<string, StoredValue>;
+    assert.equal(now.get(values.ip!.g!), groups.get(values.ip!.g!));
+    assert.equal(now.size, 3);
+    assert.deepEqual((await plain(id)).json.fields, { email: 'gil@example.com', phone: '+8613900139007', city: null });
+    assert.equal((await api('DELETE', `${V}/records/${id}`)).status, 204);
+    assert.equal(await row(id), undefined);
   });
 
   test('a format 1 record (KMS data key, one blob per value) is read, searched, rectified and deleted', async () => {
@@ -141,7 +166,7 @@ describe('vault record format', () => {
     assert.equal(s.custos.vault.stats.valuesDeferred, deferredBefore + 1);
     values = JSON.parse((await row(id))!.values_json) as Record<string, StoredValue>;
     assert.deepEqual(Object.keys(values).sort(), ['email', 'phone']);
-    assert.equal(Object.keys(JSON.parse((await row(id))!.groups_json!)).length, 1);
+    assert.equal(parseGroups((await row(id))!.groups_json).size, 1);
     assert.deepEqual((await indexRows(id)).map((i) => i.property), ['email', 'phone']);
 
     assert.equal((await api('POST', `${kmsPath}/enable-key`, { key_id: keyId })).status, 200);

@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { Property } from '../../src/vault/schema.js';
-import { mask } from '../../src/vault/transforms.js';
+import { mask, partial } from '../../src/vault/transforms.js';
 
 const prop = (pii_type: string) => ({ name: 'x', pii_type, data_type: 'string' }) as unknown as Property;
 
@@ -19,4 +19,22 @@ test('phone numbers, ids and device ids keep their ends but hide at least four c
   for (const [pii, v] of [['phone_number', '+4512345678'], ['national_id', 'AB12345'], ['device_id', 'abcdef12']] as const) {
     assert.ok((String(mask(prop(pii), v)).match(/\*/g) ?? []).length >= 4, `${pii} ${v}`);
   }
+});
+
+test('masks count characters, not UTF-16 code units, and keep the shape of each kind of value', () => {
+  assert.equal(mask(prop('email'), 'person1@example.com'), 'p***@example.com');
+  assert.equal(mask(prop('email'), '😀smile@x.org'), '😀***@x.org');
+  assert.equal(mask(prop('email'), '@x.com'), '***@x.com');
+  assert.equal(mask(prop('person_name'), 'Zoë  Ünal'), 'Z**  Ü***');
+  assert.equal(mask(prop('person_name'), '李 小龙'), '李* 小*');
+  assert.equal(mask(prop('person_name'), '😀😀 x'), '😀* x*');
+  assert.equal(mask(prop('person_name'), 'a\tb\nc'), 'a*\tb*\nc*');
+  assert.equal(mask(prop('national_id'), '😀😀😀😀😀😀'), '****😀😀');
+  assert.equal(mask(prop('device_id'), '😀bc😀def'), '****def');
+  assert.equal(mask(prop('province_city'), 'A/😀b'), 'A/**');
+  assert.equal(partial('😀😀😀😀😀😀😀😀x'), '😀😀*****😀x');
+  assert.equal(mask(prop('ip_address'), '10.1.2.3'), '10.1.*.*');
+  assert.equal(mask(prop('ip_address'), '255.255.255.255'), '255.255.*.*');
+  assert.equal(mask(prop('ip_address'), '2001:db8::1'), '2001:db8:0:*:*:*:*:*');
+  assert.equal(mask(prop('ip_address'), '::ffff:1.2.3.4'), '0:0:0:*:*:*:*:*');
 });
