@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import path from 'node:path';
@@ -5,8 +6,8 @@ import { Worker } from 'node:worker_threads';
 import SQLite from 'better-sqlite3';
 import pg from 'pg';
 import {
-  Kysely, Migrator, PostgresDialect, SelectQueryNode, SqliteDialect, sql,
-  type CompiledQuery, type DatabaseConnection, type Driver, type Migration, type MigrationProvider, type QueryResult, type TransactionSettings,
+  CompiledQuery, Kysely, Migrator, PostgresDialect, SelectQueryNode, SqliteDialect, sql,
+  type DatabaseConnection, type PostgresPool, type PostgresPoolClient, type Driver, type Migration, type MigrationProvider, type QueryResult, type TransactionSettings,
 } from 'kysely';
 import { migrations } from './migrations/index.js';
 import { MainWriteGate, newWriteGate } from './write-gate.js';
@@ -45,7 +46,7 @@ export function openStore(opts: { databaseUrl?: string; dataDir: string }): Stor
     const pool = new pg.Pool({ connectionString: opts.databaseUrl, max: 10 });
     // An idle client losing its connection must not crash the process; the next query reconnects.
     pool.on('error', () => undefined);
-    const db = new Kysely<object>({ dialect: new PostgresDialect({ pool }) });
+    const db = new Kysely<object>({ dialect: new PostgresDialect({ pool: preparingPool(pool) }) });
     return { db, dialect: 'postgres', durable: async () => undefined, stats: { walSyncs: 0, checkpoints: 0 }, close: () => db.destroy() };
   }
   mkdirSync(opts.dataDir, { recursive: true, mode: 0o700 });
@@ -323,6 +324,51 @@ export function multiRowInsertSql(numberedParams: boolean, table: string, column
     if (insertSqlCache.size < 1024) insertSqlCache.set(key, text);
   }
   return text;
+}
+
+/** SQL text → the name it is prepared under on PostgreSQL (preparedQuery). */
+const preparedNames = new Map<string, string>();
+/** At most this many texts are prepared (per connection, on the server); any further run unnamed. */
+const MAX_PREPARED = 256;
+
+/**
+ * A query for a hot path whose text is one of a few fixed shapes: on PostgreSQL it runs as a named
+ * prepared statement, parsed and planned once per connection instead of on every call (for the
+ * vault's read with the consent/restriction probe, parsing and planning took three times as long as
+ * running it). The text must name its columns: a prepared `select *` fails once a column is added.
+ * SQLite keeps every statement prepared already (withStatementCache).
+ */
+export function preparedQuery<R = unknown>(text: string, parameters: readonly unknown[]): CompiledQuery<R> {
+  if (!preparedNames.has(text) && preparedNames.size < MAX_PREPARED) {
+    preparedNames.set(text, `custos_${createHash('sha256').update(text).digest('hex').slice(0, 32)}`);
+  }
+  return CompiledQuery.raw(text, parameters as unknown[]) as CompiledQuery<R>;
+}
+
+/**
+ * The pool as Kysely sees it: a text registered by preparedQuery runs under its name (node-postgres
+ * sends Parse once per connection for a name, then only Bind/Execute); everything else as before.
+ */
+function preparingPool(pool: pg.Pool): PostgresPool {
+  // Kysely keeps its connection objects per client: the same client must come back as the same object.
+  const wrapped = new WeakMap<pg.PoolClient, PostgresPoolClient>();
+  return {
+    async connect() {
+      const client = await pool.connect();
+      let w = wrapped.get(client);
+      if (!w) {
+        const query = (text: unknown, values?: readonly unknown[]) => {
+          const name = typeof text === 'string' ? preparedNames.get(text) : undefined;
+          if (name !== undefined) return client.query({ name, text: text as string, values: values as unknown[] });
+          return (client.query as (a: unknown, b?: unknown) => unknown)(text, values);
+        };
+        w = { query: query as PostgresPoolClient['query'], release: () => client.release() };
+        wrapped.set(client, w);
+      }
+      return w;
+    },
+    end: () => pool.end(),
+  };
 }
 
 /** True when the error is a unique-constraint violation on either database. */

@@ -12,7 +12,7 @@ import { CompiledQuery, sql, type AliasedRawBuilder, type RawBuilder } from 'kys
 import { ServiceError } from '../errors.js';
 import type { KeyScope, KmsService } from '../kms/kms.js';
 import type { KeyRow } from '../kms/store.js';
-import { isUniqueViolation, multiRowInsertSql, usesNumberedParams } from '../store/db.js';
+import { isUniqueViolation, multiRowInsertSql, preparedQuery, usesNumberedParams } from '../store/db.js';
 import {
   ageAt, canonicalValue, compileRecordValidator, describeDeletion, durationMs, indexForm, normalizeSchema, SchemaError,
   type CollectionSchema, type Property, type RecordValidator, type Transform, CollectionSchemaInput,
@@ -706,9 +706,9 @@ export class VaultService {
     };
     // Insert text made once per shape: compiling the templates cost a third of the database's work here.
     await this.db.transaction().execute(async (trx) => {
-      await trx.executeQuery(CompiledQuery.raw(multiRowInsertSql(this.numberedParams, 'vault_records', RECORD_COLUMNS, 1), RECORD_COLUMNS.map((col) => row[col])));
+      await trx.executeQuery(preparedQuery(multiRowInsertSql(this.numberedParams, 'vault_records', RECORD_COLUMNS, 1), RECORD_COLUMNS.map((col) => row[col])));
       if (index.length) {
-        await trx.executeQuery(CompiledQuery.raw(multiRowInsertSql(this.numberedParams, 'vault_index', INDEX_COLUMNS, index.length), index.flatMap((i) => [c.row.id, i.property, i.digest, id])));
+        await trx.executeQuery(preparedQuery(multiRowInsertSql(this.numberedParams, 'vault_index', INDEX_COLUMNS, index.length), index.flatMap((i) => [c.row.id, i.property, i.digest, id])));
       }
     });
     this.stats.recordsWritten++;
@@ -759,7 +759,8 @@ export class VaultService {
    */
   private async loadRecords(c: Collection, purpose: string, filter: RawBuilder<unknown>): Promise<ReadRow[]> {
     const probe = this.gate?.probe?.(c.row.account_id, purpose, 'r.subject_id');
-    const { rows } = await this.recordQuery(c, READ_SELECT, probe, filter).execute(this.db);
+    const q = this.recordQuery(c, READ_SELECT, probe, filter).compile(this.db);
+    const { rows } = await this.db.executeQuery<Record<string, unknown>>(preparedQuery(q.sql, q.parameters));
     return this.recordsOf(rows, probe) as unknown as ReadRow[];
   }
 
@@ -801,7 +802,7 @@ export class VaultService {
       this.byIdQueries.set(shape, hit);
     }
     const parameters = hit.query.parameters.map((p) => (p === RECORD_ID_SLOT ? id : p));
-    const { rows } = await this.db.executeQuery<Record<string, unknown>>(CompiledQuery.raw(hit.query.sql, parameters));
+    const { rows } = await this.db.executeQuery<Record<string, unknown>>(preparedQuery(hit.query.sql, parameters));
     const [rec] = this.recordsOf(rows, hit.probe);
     if (!rec) throw VaultError.notFound('record');
     return rec;
