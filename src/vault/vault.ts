@@ -976,9 +976,11 @@ export class VaultService {
     const limit = Math.min(Math.max(opts.limit, 1), MAX_PAGE);
     let ids: string[] | null = null;
     for (const d of digests) {
-      const rows = await this.db.selectFrom('vault_index').select('record_id').where('collection_id', '=', c.row.id).where('property', '=', d.property).where('digest', '=', d.digest)
+      const q = this.db.selectFrom('vault_index').select('record_id').where('collection_id', '=', c.row.id).where('property', '=', d.property).where('digest', '=', d.digest)
         .$if(ids !== null, (q) => q.where('record_id', 'in', ids!.length ? ids! : ['']))
-        .limit(ids === null && digests.length === 1 ? limit : 10_000).execute();
+        .limit(ids === null && digests.length === 1 ? limit : 10_000).compile();
+      // The first digest's lookup has one text whatever the values: prepared. Later ones list ids.
+      const { rows }: { rows: { record_id: string }[] } = await this.db.executeQuery(ids === null ? preparedQuery<{ record_id: string }>(q.sql, q.parameters) : q);
       ids = rows.map((r) => r.record_id);
       if (!ids.length) return [];
     }
