@@ -231,4 +231,68 @@ describe('vault record format', () => {
     const got = await plain(id);
     assert.deepEqual(got.json.fields, { email: 'di@example.com', phone: '+8613800138004', city: null });
   });
+  /**
+   * Runs `action` (once) when the vault first asks for the data key of record `id`: between the moment
+   * an operation read the record and the moment it writes it back, as another node's change would land.
+   */
+  async function interleaved<T>(id: string, action: () => Promise<unknown>, run: () => Promise<T>): Promise<T> {
+    const vault = s.custos.vault as unknown as { recordKey(c: unknown, rec: { id: string }): Promise<Buffer> };
+    const original = vault.recordKey;
+    let fired = false;
+    vault.recordKey = async function (this: unknown, c: unknown, rec: { id: string }) {
+      if (!fired && rec.id === id) {
+        fired = true;
+        await action();
+      }
+      return original.call(this, c, rec);
+    };
+    try {
+      const result = await run();
+      assert.ok(fired, 'the action ran inside the operation');
+      return result;
+    } finally {
+      delete (vault as { recordKey?: unknown }).recordKey;
+    }
+  }
+
+  /** A record whose phone number (in one group with its e-mail address) is due, and the clock past it. */
+  async function partlyDue(subject: string, email: string, phone: string): Promise<string> {
+    const r = await api('POST', `${V}/records`, { subject_id: subject, fields: { email, phone } });
+    assert.equal(r.status, 201, r.text);
+    const id = r.json.id as string;
+    const values = JSON.parse((await row(id))!.values_json) as Record<string, StoredValue>;
+    assert.equal(values.email!.g, values.phone!.g);
+    values.phone!.d = clock + DAY;
+    await sql`update vault_records set values_json = ${JSON.stringify(values)}, next_delete_at = ${clock + DAY} where id = ${id}`.execute(s.custos.store.db);
+    await advance(2 * DAY);
+    return id;
+  }
+
+  test('a rectification landing while retention seals a group again is not undone by retention\'s write', async () => {
+    const id = await partlyDue('s8', 'hal@example.com', '+8613800138008');
+    await interleaved(id, async () => {
+      const u = await api('PATCH', `${V}/records/${id}`, { fields: { email: 'hal2@example.com' } });
+      assert.equal(u.status, 200, u.text);
+    }, () => s.custos.vault.runRetention());
+    // Retention found the record changed since it read it: it wrote nothing, and the rectification stands.
+    assert.deepEqual((await plain(id)).json.fields, { email: 'hal2@example.com', phone: '+8613800138008', city: null });
+    assert.deepEqual((await search({ email: 'hal2@example.com' })).json.records.map((x: { id: string }) => x.id), [id]);
+    assert.deepEqual((await search({ email: 'hal@example.com' })).json.records, []);
+    // The next run takes the due number, from the record as it is now.
+    await s.custos.vault.runRetention();
+    assert.deepEqual((await plain(id)).json.fields, { email: 'hal2@example.com', phone: null, city: null });
+    assert.deepEqual((await search({ phone: '+8613800138008' })).json.records, []);
+    assert.deepEqual((await indexRows(id)).map((i) => i.property), ['email']);
+  });
+
+  test('retention landing while a rectification seals a group again: the rectification starts over and does not bring the deleted value back', async () => {
+    const id = await partlyDue('s9', 'ivy@example.com', '+8613800138009');
+    const u = await interleaved(id, () => s.custos.vault.runRetention(), () => api('PATCH', `${V}/records/${id}`, { fields: { email: 'ivy2@example.com' } }));
+    assert.equal(u.status, 200, u.text);
+    assert.deepEqual((await plain(id)).json.fields, { email: 'ivy2@example.com', phone: null, city: null });
+    assert.deepEqual((await search({ phone: '+8613800138009' })).json.records, []);
+    assert.deepEqual((await indexRows(id)).map((i) => i.property), ['email']);
+    const values = JSON.parse((await row(id))!.values_json) as Record<string, StoredValue>;
+    assert.deepEqual(Object.keys(values), ['email']);
+  });
 });
