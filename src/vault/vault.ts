@@ -160,7 +160,7 @@ const NO_EVENTS: ReadonlyMap<string, number> = new Map();
 /** Marks a row, read with the gate's probe, whose subject the probe found certainly clear (a WeakSet of them cost more). */
 const CLEARED = Symbol('vault:gate-clear');
 type Probe = ReturnType<NonNullable<ProcessingGate['probe']>>;
-/** Stands for the record id in mustGet's compiled query (a value no caller can pass: ids are UUIDs). */
+/** Stands for the record id in byId's compiled query (a value no caller can pass: ids are UUIDs). */
 const RECORD_ID_SLOT = `\u0000record-id:${randomUUID()}`;
 
 /** Everything the vault holds about one subject, in the clear (for access and portability requests). */
@@ -188,7 +188,7 @@ export class VaultService {
   /** Unwrapped collection secrets, dropped after a while unused (zeroed on eviction). */
   private readonly secrets = new Map<string, { secret: Buffer; keys: Map<string, Buffer>; until: number }>();
   private readonly validators = new Map<string, { create: RecordValidator; update: RecordValidator }>();
-  /** mustGet's query per collection and purpose, compiled once, with the gate's probe it carries. */
+  /** byId's query per collection and purpose, compiled once, with the gate's probe it carries. */
   private readonly byIdQueries = new Map<string, { query: CompiledQuery; probe: Probe | undefined }>();
   private readonly numberedParams: boolean;
   readonly stats = { recordsWritten: 0, recordsRead: 0, valuesDeleted: 0, recordsDeleted: 0, valuesDeferred: 0 };
@@ -218,7 +218,7 @@ export class VaultService {
   /** Installs the consent/restriction check every read goes through. */
   setProcessingGate(gate: ProcessingGate): void {
     this.gate = gate;
-    // mustGet's compiled queries carry the previous gate's probe.
+    // byId's compiled queries carry the previous gate's probe.
     this.byIdQueries.clear();
   }
 
@@ -753,9 +753,9 @@ export class VaultService {
   }
 
   /**
-   * Records of the collection for a read, in one query: each row with, for a purpose, the processing
-   * gate's probe of its subject. (The KMS key's state is checked on every use of the collection's
-   * secret: keysOf.)
+   * Records of the collection for a read for the purpose, in one query: each row (what a read takes
+   * of it: ReadRow) with the processing gate's probe of its subject. (The KMS key's state is checked
+   * on every use of the collection's secret: keysOf.)
    */
   private async loadRecords(c: Collection, purpose: string, filter: RawBuilder<unknown>): Promise<ReadRow[]> {
     const probe = this.gate?.probe?.(c.row.account_id, purpose, 'r.subject_id');
