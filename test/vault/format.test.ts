@@ -295,4 +295,17 @@ describe('vault record format', () => {
     const values = JSON.parse((await row(id))!.values_json) as Record<string, StoredValue>;
     assert.deepEqual(Object.keys(values), ['email']);
   });
+  test('a rectification landing while an erasure seals a kept value\'s group again is erased too, index row and all', async () => {
+    const r = await api('POST', `${V}/records`, { subject_id: 's10', fields: { email: 'jo@example.com', phone: '+8613800138010' } });
+    const id = r.json.id as string;
+    const keep = (_c: unknown, p: { name: string }) => (p.name === 'phone' ? 'kept for the test' : null);
+    const done = await interleaved(id, async () => {
+      const u = await api('PATCH', `${V}/records/${id}`, { fields: { email: 'jo2@example.com' } });
+      assert.equal(u.status, 200, u.text);
+    }, () => s.custos.vault.eraseSubject(t.accountId, 's10', keep));
+    assert.equal(done.deleted_values, 1);
+    assert.deepEqual((await plain(id)).json.fields, { email: null, phone: '+8613800138010', city: null });
+    assert.deepEqual((await search({ email: 'jo2@example.com' })).json.records, []);
+    assert.deepEqual((await indexRows(id)).map((i) => i.property), ['phone']);
+  });
 });
