@@ -308,4 +308,20 @@ describe('vault record format', () => {
     assert.deepEqual((await search({ email: 'jo2@example.com' })).json.records, []);
     assert.deepEqual((await indexRows(id)).map((i) => i.property), ['phone']);
   });
+  test('a rectification landing while a schema change seals a record\'s groups again stands; the record is regrouped as it is now', async () => {
+    const r = await api('POST', `${V}/records`, { subject_id: 's11', fields: { email: 'kim@example.com', phone: '+8613800138011' } });
+    const id = r.json.id as string;
+    // The phone number gets a rule of its own: it leaves the group it shares with the e-mail address.
+    const props = PROPS.map((p) => (p.name === 'city' ? { ...p, deletion: { after: 'P2D' } } : p.name === 'phone' ? { ...p, deletion: { after: 'P2Y' } } : p));
+    const u = await interleaved(id, async () => {
+      const w = await api('PATCH', `${V}/records/${id}`, { fields: { email: 'kim2@example.com' } });
+      assert.equal(w.status, 200, w.text);
+    }, () => api('PUT', V, { properties: props }));
+    assert.equal(u.status, 200, u.text);
+    assert.deepEqual((await plain(id)).json.fields, { email: 'kim2@example.com', phone: '+8613800138011', city: null });
+    const values = JSON.parse((await row(id))!.values_json) as Record<string, StoredValue>;
+    assert.notEqual(values.email!.g, values.phone!.g);
+    assert.deepEqual((await search({ email: 'kim2@example.com' })).json.records.map((x: { id: string }) => x.id), [id]);
+    assert.deepEqual((await search({ email: 'kim@example.com' })).json.records, []);
+  });
 });
