@@ -123,7 +123,9 @@ describe('CLI', () => {
   });
 
   test('a configuration error exits 2 with the reason', () => {
-    const r = spawnSync(process.execPath, [CLI_MAIN, 'serve', '--host', '0.0.0.0', '--port', '0'], { encoding: 'utf8', env: { ...process.env, CUSTOS_DATA_DIR: mkdtempSync(path.join(tmpdir(), 'custos-cfg-')) } });
+    const dataDir = mkdtempSync(path.join(tmpdir(), 'custos-cfg-'));
+    const r = spawnSync(process.execPath, [CLI_MAIN, 'serve', '--host', '0.0.0.0', '--port', '0'], { encoding: 'utf8', env: { ...process.env, CUSTOS_DATA_DIR: dataDir } });
+    rmSync(dataDir, { recursive: true, force: true });
     assert.equal(r.status, 2);
     assert.match(r.stderr, /refusing to listen on non-loopback address/);
   });
