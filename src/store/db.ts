@@ -357,12 +357,12 @@ function preparingPool(pool: pg.Pool): PostgresPool {
       const client = await pool.connect();
       let w = wrapped.get(client);
       if (!w) {
-        const query = (text: unknown, values?: readonly unknown[]) => {
+        // Kysely passes either SQL text and parameters, or a cursor (streamed queries) as is.
+        const query = (text: string, values: unknown[]) => {
           const name = typeof text === 'string' ? preparedNames.get(text) : undefined;
-          if (name !== undefined) return client.query({ name, text: text as string, values: values as unknown[] });
-          return (client.query as (a: unknown, b?: unknown) => unknown)(text, values);
+          return name !== undefined ? client.query({ name, text, values }) : client.query(text, values);
         };
-        w = { query: query as PostgresPoolClient['query'], release: () => client.release() };
+        w = { query: query as unknown as PostgresPoolClient['query'], release: () => client.release() };
         wrapped.set(client, w);
       }
       return w;

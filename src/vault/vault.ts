@@ -775,7 +775,7 @@ export class VaultService {
    * its columns: they only reach view() and the gate, which build their answers field by field.
    */
   private recordsOf(rows: Record<string, unknown>[], probe: Probe | undefined): Record<string, unknown>[] {
-    if (probe) for (const row of rows) if (probe.clear(row)) (row as Record<symbol, unknown>)[CLEARED] = true;
+    if (probe) for (const row of rows) if (probe.clear(row)) (row as { [CLEARED]?: true })[CLEARED] = true;
     return rows;
   }
 
@@ -841,14 +841,14 @@ export class VaultService {
     const props = this.selectProps(c, opts);
     this.checkTransforms(c, access, opts);
     const rec = await this.readOne(c, id, opts.reason);
-    if ((rec as Record<symbol, unknown>)[CLEARED] !== true) await this.admitted(c, [rec], opts.reason, true);
+    await this.admitted(c, [rec], opts.reason, true);
     return (await this.view(c, [rec], props, opts))[0]!;
   }
 
   /** Records whose subject may be processed for the purpose; `single` makes a blocked one an error. */
   private async admitted<R extends { subject_id: string }>(c: Collection, recs: R[], purpose: string, single: boolean): Promise<R[]> {
     if (!this.gate || !recs.length) return recs;
-    const unsure = recs.filter((r) => (r as Record<symbol, unknown>)[CLEARED] !== true);
+    const unsure = recs.filter((r) => (r as { [CLEARED]?: true })[CLEARED] !== true);
     if (!unsure.length) return recs;
     const blocked = await this.gate.blocked(c.row.account_id, [...new Set(unsure.map((r) => r.subject_id))], purpose);
     if (!blocked.size) return recs;

@@ -22,19 +22,22 @@ test('phone numbers, ids and device ids keep their ends but hide at least four c
 });
 
 test('masks count characters, not UTF-16 code units, and keep the shape of each kind of value', () => {
-  assert.equal(mask(prop('email'), 'person1@example.com'), 'p***@example.com');
-  assert.equal(mask(prop('email'), '😀smile@x.org'), '😀***@x.org');
-  assert.equal(mask(prop('email'), '@x.com'), '***@x.com');
-  assert.equal(mask(prop('person_name'), 'Zoë  Ünal'), 'Z**  Ü***');
-  assert.equal(mask(prop('person_name'), '李 小龙'), '李* 小*');
-  assert.equal(mask(prop('person_name'), '😀😀 x'), '😀* x*');
-  assert.equal(mask(prop('person_name'), 'a\tb\nc'), 'a*\tb*\nc*');
-  assert.equal(mask(prop('national_id'), '😀😀😀😀😀😀'), '****😀😀');
-  assert.equal(mask(prop('device_id'), '😀bc😀def'), '****def');
-  assert.equal(mask(prop('province_city'), 'A/😀b'), 'A/**');
+  const cases: [string, string, string][] = [
+    ['email', 'person1@example.com', 'p***@example.com'],
+    ['email', '😀smile@x.org', '😀***@x.org'],
+    ['email', '@x.com', '***@x.com'],
+    ['person_name', 'Zoë  Ünal', 'Z**  Ü***'],
+    ['person_name', '李 小龙', '李* 小*'],
+    ['person_name', '😀😀 x', '😀* x*'],
+    ['person_name', 'a\tb\nc', 'a*\tb*\nc*'],
+    ['national_id', '😀😀😀😀😀😀', '****😀😀'],
+    ['device_id', '😀bc😀def', '****def'],
+    ['province_city', 'A/😀b', 'A/**'],
+    ['ip_address', '10.1.2.3', '10.1.*.*'],
+    ['ip_address', '255.255.255.255', '255.255.*.*'],
+    ['ip_address', '2001:db8::1', '2001:db8:0:*:*:*:*:*'],
+    ['ip_address', '::ffff:1.2.3.4', '0:0:0:*:*:*:*:*'],
+  ];
+  for (const [pii, v, want] of cases) assert.equal(mask(prop(pii), v), want, `${pii} ${v}`);
   assert.equal(partial('😀😀😀😀😀😀😀😀x'), '😀😀*****😀x');
-  assert.equal(mask(prop('ip_address'), '10.1.2.3'), '10.1.*.*');
-  assert.equal(mask(prop('ip_address'), '255.255.255.255'), '255.255.*.*');
-  assert.equal(mask(prop('ip_address'), '2001:db8::1'), '2001:db8:0:*:*:*:*:*');
-  assert.equal(mask(prop('ip_address'), '::ffff:1.2.3.4'), '0:0:0:*:*:*:*:*');
 });
