@@ -1,12 +1,17 @@
 /**
  * How a record's values are sealed (record format 2).
  *
- * Each record has a data key of its own: HMAC-SHA256, under a key derived from its collection's
- * secret (which KMS wraps under the collection's key), of the record's id and a random 128-bit salt
- * kept in the record's data_key column. Reading a record needs the collection's secret once per node
- * (then cached), not a KMS call per record; deleting the record deletes its salt, and with it any
- * way to its data key. No key seals more than one record's values, so AES-GCM's random IVs never
- * approach their collision bound however many records a collection holds.
+ * Each record has a data key of its own, derived from a key of its collection's secret (which KMS
+ * wraps under the collection's key) and a random salt kept in the record's data_key column:
+ * - `v3.` and a 96-bit salt (records written now): XAES-256-GCM's key derivation (src/crypto/xaes.ts),
+ *   the CMAC-AES counter-mode KDF of NIST SP 800-108r1, one AES call per record on a cipher keyed
+ *   once per collection;
+ * - `v2.` and a 128-bit salt (written before): HMAC-SHA256 of the record's id and salt.
+ * Reading a record needs the collection's secret once per node (then cached), not a KMS call per
+ * record; deleting the record deletes its salt, and with it any way to its data key. No key seals
+ * more than one record's values, so AES-GCM's random IVs never approach their collision bound however
+ * many records a collection holds. A group's AAD names its tenant, collection, record and group id,
+ * so a blob moved to another record, or a salt copied to one, fails authentication.
  *
  * Values are sealed in groups, one AES-256-GCM blob per group holding a JSON object of the group's
  * values: the values of one write that share a deletion rule, purposes and deletion time. Every
@@ -21,6 +26,7 @@
 import { createHmac } from 'node:crypto';
 import { DecryptError, openAesGcm, sealAesGcm } from '../crypto/aead.js';
 import { randomBytes } from '../crypto/random.js';
+import { XAES_SALT_BYTES, type XaesKeyDeriver } from '../crypto/xaes.js';
 import type { Property } from './schema.js';
 import type { CollectionRow } from './store.js';
 import type { Value } from './transforms.js';
@@ -52,8 +58,10 @@ export interface Stored {
 
 type Owner = Pick<CollectionRow, 'account_id' | 'id'>;
 
-/** How a format 2 record's data_key column starts (its salt follows). */
+/** How a format 2 record's data_key column starts when its key is an HMAC of its id and salt (written before v3). */
 export const LOCAL_SALT = 'v2.';
+/** How it starts when its key is XAES-256-GCM's derived key for its salt (records written now). */
+export const XAES_SALT = 'v3.';
 
 export class IntegrityError extends Error {
   override name = 'IntegrityError';
@@ -121,19 +129,30 @@ export function valueAad(col: Owner, recordId: string, property: string): Buffer
 
 /** Whether a record's data key comes from its collection's secret and a salt (format 2), not from KMS. */
 export function derivedLocally(dataKey: string): boolean {
-  return dataKey.startsWith(LOCAL_SALT);
+  return dataKey.startsWith(XAES_SALT) || dataKey.startsWith(LOCAL_SALT);
 }
 
-/** A new record's data_key column: a random salt. */
+/** A new record's data_key column: a random 96-bit salt for XAES-256-GCM's key derivation. */
 export function newRecordSalt(): string {
-  return LOCAL_SALT + randomBytes(16).toString('base64');
+  return XAES_SALT + randomBytes(XAES_SALT_BYTES).toString('base64');
 }
 
-/** The record's data key, from the collection's `records` key, the record's id and its salt. */
-export function recordKeyFrom(recordsKey: Buffer, col: Owner, recordId: string, dataKey: string): Buffer {
+/** What a format 2 record's key is derived with: the collection's `records` key, and a deriver keyed with it. */
+export interface RecordKeys {
+  records: Buffer;
+  deriver: XaesKeyDeriver;
+}
+
+/** The record's data key, from the collection's `records` key and the record's salt (and, for `v2.`, its id). */
+export function recordKeyFrom(keys: RecordKeys, col: Owner, recordId: string, dataKey: string): Buffer {
+  if (dataKey.startsWith(XAES_SALT)) {
+    const salt = Buffer.from(dataKey.slice(XAES_SALT.length), 'base64');
+    if (salt.length !== XAES_SALT_BYTES || dataKey.length !== XAES_SALT.length + 16) throw new IntegrityError(`the data key of record ${recordId} is malformed`);
+    return keys.deriver.derive(salt);
+  }
   const salt = dataKey.slice(LOCAL_SALT.length);
-  if (salt.length !== 24) throw new IntegrityError(`the data key of record ${recordId} is malformed`);
-  return createHmac('sha256', recordsKey).update(`custos-vault-v2\u0000record-key\u0000${col.account_id}\u0000${col.id}\u0000${recordId}\u0000${salt}`).digest();
+  if (!dataKey.startsWith(LOCAL_SALT) || salt.length !== 24) throw new IntegrityError(`the data key of record ${recordId} is malformed`);
+  return createHmac('sha256', keys.records).update(`custos-vault-v2\u0000record-key\u0000${col.account_id}\u0000${col.id}\u0000${recordId}\u0000${salt}`).digest();
 }
 
 function sealGroup(dek: Buffer, col: Owner, recordId: string, gid: string, values: Record<string, Value>): string {

@@ -8,6 +8,7 @@
  */
 import { createHmac, hkdfSync, randomUUID } from 'node:crypto';
 import { randomBytes } from '../crypto/random.js';
+import { XaesKeyDeriver } from '../crypto/xaes.js';
 import { CompiledQuery, sql, type AliasedRawBuilder, type RawBuilder } from 'kysely';
 import { ServiceError } from '../errors.js';
 import type { KeyScope, KmsService } from '../kms/kms.js';
@@ -20,7 +21,7 @@ import {
 import type { Static } from '@sinclair/typebox';
 import type { AccessRow, CollectionRow, RecordRow, VaultDb } from './store.js';
 import {
-  derivedLocally, emptyStored, groupsJson, IntegrityError, LOCAL_SALT, keylessRemovable, newRecordSalt, openGroups, openValues, parseStored, recordKeyFrom, removeFrom, ruleKey, sealInto,
+  derivedLocally, emptyStored, groupsJson, IntegrityError, LOCAL_SALT, keylessRemovable, XAES_SALT, type RecordKeys, newRecordSalt, openGroups, openValues, parseStored, recordKeyFrom, removeFrom, ruleKey, sealInto,
   type Sealable, type Stored, type StoredValue,
 } from './sealing.js';
 import { generalize, keyedHash, mask, maskHidesAll, partial, REDACTED, type Value } from './transforms.js';
@@ -105,6 +106,13 @@ export const DEFAULT_KEY_ALIAS = 'vault/default';
 const COLLECTION_NAME = /^[a-z][a-z0-9_-]{1,62}$/;
 const SUBJECT_ID = /^[A-Za-z0-9._:@-]{1,128}$/;
 const SECRET_TTL_MS = 5 * 60_000;
+/** A collection's unwrapped secret, the keys derived from it, and until when it is kept unused. */
+interface HeldSecret {
+  secret: Buffer;
+  keys: Map<string, Buffer>;
+  recordKeys: RecordKeys;
+  until: number;
+}
 const MAX_PAGE = 100;
 const LEASE = 'vault.retention.lease';
 
@@ -149,7 +157,7 @@ const RECORD_SELECT = sql.raw(RECORD_COLUMNS.map((col) => `r.${col}`).join(', ')
  * What a read (with a purpose) takes of a record: no retention or ownership columns, and a format 2
  * record's metadata not at all (its values are read from its groups alone: openGroups).
  */
-const READ_SELECT = sql.raw(`r.id, r.subject_id, r.region, r.kms_key_id, r.data_key, r.groups_json, case when substr(r.data_key, 1, 3) = '${LOCAL_SALT}' then null else r.values_json end as values_json, r.created_at, r.updated_at`);
+const READ_SELECT = sql.raw(`r.id, r.subject_id, r.region, r.kms_key_id, r.data_key, r.groups_json, case when substr(r.data_key, 1, 3) in ('${XAES_SALT}', '${LOCAL_SALT}') then null else r.values_json end as values_json, r.created_at, r.updated_at`);
 /** A record as a read takes it: values_json is null for a format 2 record. */
 type ReadRow = Pick<RecordRow, 'id' | 'subject_id' | 'region' | 'kms_key_id' | 'data_key' | 'groups_json' | 'created_at' | 'updated_at'> & { values_json: string | null };
 /** What decrypting a record needs of it. */
@@ -186,7 +194,7 @@ function mayUnmask(access: EffectiveAccess, property: string): boolean {
 export class VaultService {
   private readonly now: () => number;
   /** Unwrapped collection secrets, dropped after a while unused (zeroed on eviction). */
-  private readonly secrets = new Map<string, { secret: Buffer; keys: Map<string, Buffer>; until: number }>();
+  private readonly secrets = new Map<string, HeldSecret>();
   private readonly validators = new Map<string, { create: RecordValidator; update: RecordValidator }>();
   /** byId's query per collection and purpose, compiled once, with the gate's probe it carries. */
   private readonly byIdQueries = new Map<string, { query: CompiledQuery; probe: Probe | undefined }>();
@@ -471,8 +479,9 @@ export class VaultService {
       const id = randomUUID();
       // The copy's keys for each record: a copy can outlast the secret cache's lifetime (it zeroes what it
       // drops), and each record checks the destination key can still be used.
-      const keys = await this.keysOf(copy);
-      const { dek, dataKey } = this.newRecordKey(copy, keys, id);
+      const held = this.cachedSecret(copy) ?? (await this.loadSecret(copy));
+      const keys = held.keys;
+      const { dek, dataKey } = this.newRecordKey(copy, held.recordKeys, id);
       const stored: Stored = emptyStored();
       const index: { property: string; digest: string }[] = [];
       try {
@@ -558,20 +567,25 @@ export class VaultService {
    * refuses), so disabling the key or scheduling its deletion stops reads as a KMS decrypt would.
    */
   private async keysOf(c: Collection): Promise<Map<string, Buffer>> {
-    return this.cachedKeys(c) ?? this.loadKeys(c);
+    return (this.cachedSecret(c) ?? (await this.loadSecret(c))).keys;
   }
 
-  /** keysOf without a wait, when the secret is held and the key's cached row says it may be used. */
-  private cachedKeys(c: Collection): Map<string, Buffer> | undefined {
+  /** What format 2 record keys are derived with (keysOf's `records` key, and its XAES deriver). */
+  private async recordKeysOf(c: Collection): Promise<RecordKeys> {
+    return (this.cachedSecret(c) ?? (await this.loadSecret(c))).recordKeys;
+  }
+
+  /** The held secret without a wait, when it is held and the key's cached row says it may be used. */
+  private cachedSecret(c: Collection): HeldSecret | undefined {
     const hit = this.secrets.get(c.row.id);
     if (!hit) return undefined;
     const now = this.now();
     if (hit.until <= now || !this.kms.cachedUsableKey(this.scopeOf(c.row), c.row.kms_key_id)) return undefined;
     hit.until = now + SECRET_TTL_MS;
-    return hit.keys;
+    return hit;
   }
 
-  private async loadKeys(c: Collection): Promise<Map<string, Buffer>> {
+  private async loadSecret(c: Collection): Promise<HeldSecret> {
     const now = this.now();
     const key = await this.kms.getKey(this.scopeOf(c.row), c.row.kms_key_id);
     const hit = this.secrets.get(c.row.id);
@@ -584,21 +598,24 @@ export class VaultService {
         throw e;
       }
       hit.until = now + SECRET_TTL_MS;
-      return hit.keys;
+      return hit;
     }
     if (hit) this.dropSecret(c.row.id);
     const secret = await this.kmsCall(() => this.kms.decrypt(key, Buffer.from(c.row.secret_wrapped, 'base64'), secretContext(c.row.id)));
     const keys = new Map<string, Buffer>();
     for (const use of ['index', 'hash', 'token', 'records']) keys.set(use, Buffer.from(hkdfSync('sha256', secret, Buffer.from(c.row.id), `custos-vault/${use}`, 32)));
-    this.secrets.set(c.row.id, { secret, keys, until: now + SECRET_TTL_MS });
+    const records = keys.get('records')!;
+    const held: HeldSecret = { secret, keys, recordKeys: { records, deriver: new XaesKeyDeriver(records) }, until: now + SECRET_TTL_MS };
+    this.secrets.set(c.row.id, held);
     if (this.secrets.size > 10_000) this.sweepSecrets(now);
-    return keys;
+    return held;
   }
 
   private dropSecret(id: string): void {
     const e = this.secrets.get(id);
     if (!e) return;
     e.secret.fill(0);
+    e.recordKeys.deriver.destroy();
     for (const k of e.keys.values()) k.fill(0);
     this.secrets.delete(id);
   }
@@ -629,17 +646,17 @@ export class VaultService {
   /** The record's data key: derived from the collection's secret and its salt (format 2), or unwrapped by KMS (format 1). */
   private async recordKey(c: Collection, rec: Pick<SealedRow, 'id' | 'kms_key_id' | 'data_key'>): Promise<Buffer> {
     if (derivedLocally(rec.data_key)) {
-      const keys = await this.keysOf(c);
-      return integrity(() => recordKeyFrom(keys.get('records')!, c.row, rec.id, rec.data_key));
+      const keys = this.cachedSecret(c)?.recordKeys ?? (await this.recordKeysOf(c));
+      return integrity(() => recordKeyFrom(keys, c.row, rec.id, rec.data_key));
     }
     const key = await this.kms.getKey(this.scopeOf(c.row), rec.kms_key_id);
     return this.kmsCall(() => this.kms.decrypt(key, Buffer.from(rec.data_key, 'base64'), recordContext(c.row.id, rec.id)));
   }
 
   /** A new record's data key, and the record's data_key column (the salt it is derived with). */
-  private newRecordKey(c: Collection, keys: Map<string, Buffer>, recordId: string): { dek: Buffer; dataKey: string } {
+  private newRecordKey(c: Collection, keys: RecordKeys, recordId: string): { dek: Buffer; dataKey: string } {
     const dataKey = newRecordSalt();
-    return { dek: recordKeyFrom(keys.get('records')!, c.row, recordId, dataKey), dataKey };
+    return { dek: recordKeyFrom(keys, c.row, recordId, dataKey), dataKey };
   }
 
   private async decryptValues(c: Collection, rec: SealedRow, names: string[], dek?: Buffer): Promise<Record<string, Value>> {
@@ -682,8 +699,9 @@ export class VaultService {
     const id = randomUUID();
     const now = this.now();
     const fired = c.schema.properties.some((p) => p.deletion.on_event) ? await this.firedEvents(c, subjectId) : NO_EVENTS;
-    const keys = await this.keysOf(c);
-    const { dek, dataKey } = this.newRecordKey(c, keys, id);
+    const held = this.cachedSecret(c) ?? (await this.loadSecret(c));
+    const keys = held.keys;
+    const { dek, dataKey } = this.newRecordKey(c, held.recordKeys, id);
     const stored: Stored = emptyStored();
     const index: { property: string; digest: string }[] = [];
     try {

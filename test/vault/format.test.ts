@@ -3,10 +3,11 @@
 // value) are still read, searched, rectified and deleted. Over real HTTP, on the suite's database.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { randomUUID } from 'node:crypto';
+import { createHmac, randomBytes, randomUUID } from 'node:crypto';
 import { sql } from 'kysely';
 import { sealAesGcm } from '../../src/crypto/aead.js';
-import { parseGroups, valueAad, type StoredValue } from '../../src/vault/sealing.js';
+import { XaesKeyDeriver } from '../../src/crypto/xaes.js';
+import { emptyStored, groupsJson, LOCAL_SALT, openGroups, parseGroups, recordKeyFrom, sealInto, valueAad, type RecordKeys, type StoredValue } from '../../src/vault/sealing.js';
 import { PASSWORD, startTestServer, type Tenant, type TestServer } from '../helpers.js';
 
 const DAY = 86_400_000;
@@ -32,6 +33,8 @@ describe('vault record format', () => {
     t.token = await s.token(t.name, 'admin', PASSWORD);
   };
   const search = (match: Record<string, string>) => api('POST', `${V}/search`, { reason: 'support', match });
+  /** The collection's records key and its deriver, as the vault holds them. */
+  const recordKeys = (c: unknown) => (s.custos.vault as unknown as { recordKeysOf(c: unknown): Promise<RecordKeys> }).recordKeysOf(c);
 
   before(async () => {
     s = await startTestServer({ now: () => clock });
@@ -47,7 +50,15 @@ describe('vault record format', () => {
     const r = await api('POST', `${V}/records`, { subject_id: 's1', fields: { email: 'ann@example.com', phone: '+8613800138000', city: 'Guangdong/Shenzhen', ip: '10.1.2.3' } });
     assert.equal(r.status, 201, r.text);
     const stored = (await row(r.json.id))!;
-    assert.match(stored.data_key, /^v2\./);
+    // The record's key is XAES-256-GCM's derived key for its 96-bit salt: its groups open under that
+    // key, derived here from the collection's records key alone.
+    assert.match(stored.data_key, /^v3\.[A-Za-z0-9+/]{16}$/);
+    const c = (await s.custos.vault.getCollection(t.accountId, 'people'))!;
+    const { records } = await recordKeys(c);
+    const deriver = new XaesKeyDeriver(records);
+    const key = deriver.derive(Buffer.from(stored.data_key.slice(3), 'base64'));
+    deriver.destroy();
+    assert.deepEqual(openGroups(stored.groups_json, key, c.row, r.json.id, ['email', 'ip']), { email: 'ann@example.com', ip: '10.1.2.3' });
     const values = JSON.parse(stored.values_json) as Record<string, StoredValue>;
     // Stored as a flat array [id, blob, id, blob]: no object keyed by random ids to parse.
     assert.ok(Array.isArray(JSON.parse(stored.groups_json!)));
@@ -109,6 +120,40 @@ describe('vault record format', () => {
     assert.deepEqual((await plain(id)).json.fields, { email: 'gil@example.com', phone: '+8613900139007', city: null });
     assert.equal((await api('DELETE', `${V}/records/${id}`)).status, 204);
     assert.equal(await row(id), undefined);
+  });
+
+  test('a record whose key was derived with HMAC (v2., written before XAES-256-GCM) is read, searched, rectified and deleted', async () => {
+    const r = await api('POST', `${V}/records`, { subject_id: 'v2-subject', fields: { email: 'uma@example.com', phone: '+8613800138021', city: 'Hebei/Baoding' } });
+    assert.equal(r.status, 201, r.text);
+    const id = r.json.id as string;
+    const c = (await s.custos.vault.getCollection(t.accountId, 'people'))!;
+    const keys = await recordKeys(c);
+    // Written again as such a record was: its key the HMAC of its id and a 128-bit salt.
+    const salt = randomBytes(16).toString('base64');
+    const dataKey = `${LOCAL_SALT}${salt}`;
+    const dek = recordKeyFrom(keys, c.row, id, dataKey);
+    const hmac = createHmac('sha256', keys.records).update(`custos-vault-v2\u0000record-key\u0000${c.row.account_id}\u0000${c.row.id}\u0000${id}\u0000${salt}`).digest();
+    assert.ok(dek.equals(hmac), 'a v2. record key is the HMAC it was written with');
+    const old = JSON.parse((await row(id))!.values_json) as Record<string, StoredValue>;
+    const byName = new Map(c.schema.properties.map((p) => [p.name, p]));
+    const stored = emptyStored();
+    const fields: [string, string][] = [['email', 'uma@example.com'], ['phone', '+8613800138021'], ['city', 'Hebei/Baoding']];
+    sealInto(stored, dek, c.row, id, fields.map(([n, v]) => ({ p: byName.get(n)!, v, t: old[n]!.t, d: old[n]!.d, x: old[n]!.x })));
+    await sql`update vault_records set data_key = ${dataKey}, values_json = ${JSON.stringify(stored.values)}, groups_json = ${groupsJson(stored.groups)} where id = ${id}`.execute(s.custos.store.db);
+
+    assert.deepEqual((await plain(id)).json.fields, { email: 'uma@example.com', phone: '+8613800138021', city: 'Hebei/Baoding' });
+    assert.deepEqual((await search({ phone: '+8613800138021' })).json.records.map((x: { id: string }) => x.id), [id]);
+    clock += 1000;
+    const u = await api('PATCH', `${V}/records/${id}`, { fields: { city: 'Hebei/Langfang' } });
+    assert.equal(u.status, 200, u.text);
+    // Its key stays what it was: the rectified value is sealed under the same HMAC-derived key.
+    const after = (await row(id))!;
+    assert.equal(after.data_key, dataKey);
+    assert.deepEqual(openGroups(after.groups_json, hmac, c.row, id, ['email', 'city']), { email: 'uma@example.com', city: 'Hebei/Langfang' });
+    assert.deepEqual((await plain(id)).json.fields, { email: 'uma@example.com', phone: '+8613800138021', city: 'Hebei/Langfang' });
+    assert.equal((await api('DELETE', `${V}/records/${id}`)).status, 204);
+    assert.equal(await row(id), undefined);
+    assert.deepEqual(await indexRows(id), []);
   });
 
   test('a format 1 record (KMS data key, one blob per value) is read, searched, rectified and deleted', async () => {
