@@ -31,6 +31,8 @@ const MAX_BATCH = 400;
 /** Trail positions one unindexed query may scan per call. */
 const SCAN_WINDOW = 50_000;
 const TIME_SLACK = 10_000;
+/** Digests whose delivery failed that one later digest delivers before its own (the rest follow with the next). */
+const MAX_REDELIVERIES = 100;
 
 /** CTS error codes: CTS.0001 bad marker, CTS.0002 bad retention, CTS.0003 bad query. */
 export class AuditError extends ServiceError {
@@ -428,14 +430,37 @@ export class AuditService implements AuditRecorder {
       return d;
     });
     if (digest) await this.opts.durable?.();
-    if (digest && this.opts.exportDir) {
-      try {
-        await this.exportDigestRange(this.opts.exportDir, digest);
-      } catch (e) {
-        this.opts.onError?.(`audit export of digest ${digest.digest_seq} failed: ${(e as Error).message}`);
-      }
-    }
+    if (digest && this.opts.exportDir) await this.deliver(this.opts.exportDir, digest);
     return digest;
+  }
+
+  /**
+   * Delivers the trail's digests up to `upTo` that have not reached the export directory yet, oldest
+   * first, with their traces: the one just written, and any whose delivery failed before (retried
+   * with each later digest, which is written every interval even when no trace came). Progress is
+   * kept per trail in the database, so any node carries on; delivering a digest twice (two nodes at
+   * once) writes the same files. A trail never delivered starts at `upTo`.
+   */
+  private async deliver(dir: string, upTo: Digest): Promise<void> {
+    const trail = upTo.trail;
+    let current = upTo.digest_seq;
+    try {
+      const row = await this.db.selectFrom('audit_deliveries').select('delivered_seq').where('trail', '=', trail).executeTakeFirst();
+      let done = row ? Number(row.delivered_seq) : upTo.digest_seq - 1;
+      if (!row) await this.db.insertInto('audit_deliveries').values({ trail, delivered_seq: done, updated_at: this.now() }).onConflict((oc) => oc.column('trail').doNothing()).execute();
+      const pending = done < upTo.digest_seq - 1 ? await this.digests(trail, done + 1, Math.min(upTo.digest_seq - 1 - done, MAX_REDELIVERIES)) : [];
+      for (const d of [...pending, upTo]) {
+        if (d.digest_seq <= done) continue;
+        // In order, without a gap: past MAX_REDELIVERIES behind, the rest (and this digest) go next time.
+        if (d.digest_seq !== done + 1) break;
+        current = d.digest_seq;
+        await this.exportDigestRange(dir, d);
+        done = d.digest_seq;
+        await this.db.updateTable('audit_deliveries').set({ delivered_seq: done, updated_at: this.now() }).where('trail', '=', trail).where('delivered_seq', '<', done).execute();
+      }
+    } catch (e) {
+      this.opts.onError?.(`audit export of digest ${current} of trail ${trail} failed (retried with the trail's next digest): ${(e as Error).message}`);
+    }
   }
 
   // ------------------------------------------------------------------ query

@@ -46,5 +46,6 @@ export type AuditTables = {
   };
   audit_keys: { key_id: string; algorithm: string; public_key: string; private_key: string; status: string; created_at: number; retired_at: number | null };
   audit_settings: { trail: string; retention_days: number; cleared_through_seq: number; updated_at: number };
+  audit_deliveries: { trail: string; delivered_seq: number; updated_at: number };
   settings: { name: string; value: string };
 };

@@ -592,6 +592,40 @@ describe('digests, export and offline verification', () => {
       rmSync(exportDir, { recursive: true, force: true });
     }
   });
+
+  test('a delivery that failed is made with the trail\'s next digest, so the export has no gap', async () => {
+    const exportDir = mkdtempSync(path.join(tmpdir(), 'custos-delivery-'));
+    const s2 = await startTestServer({ config: { auditExportDir: exportDir } });
+    try {
+      const t2 = await s2.createTenant();
+      const trail = t2.accountId;
+      await s2.api('GET', '/v3/groups', { token: t2.token });
+      // The trail's directory cannot be made (a file is in its way): the first digest is not delivered.
+      writeFileSync(path.join(exportDir, trail), 'in the way');
+      await s2.custos.audit.writeDueDigests({ force: true });
+      assert.match(s2.logs(), new RegExp(`audit export of digest 1 of trail ${trail} failed`));
+      assert.equal(readFileSync(path.join(exportDir, trail), 'utf8'), 'in the way');
+      rmSync(path.join(exportDir, trail));
+      await s2.api('GET', '/v3/groups', { token: t2.token });
+      await s2.custos.audit.writeDueDigests({ force: true });
+      // Digest 2's delivery brought digest 1 and its traces first: the whole trail, from its first trace.
+      const files = readdirSync(path.join(exportDir, trail)).sort();
+      assert.ok(files.some((f) => /^digest-0*1\.json\.gz$/.test(f)), files.join(' '));
+      assert.ok(files.some((f) => /^digest-0*2\.json\.gz$/.test(f)), files.join(' '));
+      const exported = await loadExport(exportDir);
+      assert.deepEqual(exported.digests.filter((d) => d.trail === trail).map((d) => d.digest_seq).sort(), [1, 2]);
+      assert.equal(exported.exportedFrom[trail], 1, 'the export starts at the trail\'s first trace');
+      const report = verifyTrail(exported.traces, exported.digests, exported.keys, undefined, { exportedFrom: exported.exportedFrom });
+      assert.equal(report.ok, true, JSON.stringify(report));
+      // Every trace the two digests cover is there.
+      const covered = (await s2.custos.audit.digests(trail, 1, 10)).reduce((n, d) => n + d.trace_count, 0);
+      assert.ok(covered > 0);
+      assert.equal(exported.traces.filter((x) => x.trail === trail).length, covered);
+    } finally {
+      await s2.close();
+      rmSync(exportDir, { recursive: true, force: true });
+    }
+  });
 });
 
 

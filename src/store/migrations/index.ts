@@ -21,6 +21,7 @@ import * as m0019 from './0019_obs_public_access.js';
 import * as m0020 from './0020_audit_key_retired.js';
 import * as m0021 from './0021_kms_material_fingerprint.js';
 import * as m0022 from './0022_vault_groups.js';
+import * as m0023 from './0023_audit_deliveries.js';
 
 /** Ordered by name; a migration once released is never edited, only followed by a new one. */
 export const migrations: Record<string, Migration> = {
@@ -46,4 +47,5 @@ export const migrations: Record<string, Migration> = {
   '0020_audit_key_retired': m0020,
   '0021_kms_material_fingerprint': m0021,
   '0022_vault_groups': m0022,
+  '0023_audit_deliveries': m0023,
 };
