@@ -245,6 +245,28 @@ describe('personal-data vault', () => {
     assert.equal(write.json.error.code, 'NotWhitelisted');
   });
 
+  test('a search with more matches than its limit returns the lowest record ids, in order, by one property or two', async () => {
+    const ids: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      const r = await api('POST', `${V}/customers/records`, { subject_id: `twin-${i}`, fields: { email: 'twin@example.net', phone: '+8613811112222' } });
+      assert.equal(r.status, 201, r.text);
+      ids.push(r.json.id);
+    }
+    const sorted = [...ids].sort();
+    try {
+      for (const match of [{ email: 'twin@example.net' }, { email: 'twin@example.net', phone: '+8613811112222' }]) {
+        const all = await api('POST', `${V}/customers/search`, { reason: 'support', match });
+        assert.deepEqual(all.json.records.map((r: { id: string }) => r.id), sorted);
+        const two = await api('POST', `${V}/customers/search`, { reason: 'support', match, limit: 2 });
+        assert.equal(two.status, 200, two.text);
+        assert.deepEqual(two.json.records.map((r: { id: string }) => r.id), sorted.slice(0, 2));
+        assert.equal(two.json.records[0].fields.email, 't***@example.net');
+      }
+    } finally {
+      for (const id of ids) assert.equal((await api('DELETE', `${V}/customers/records/${id}`)).status, 204);
+    }
+  });
+
   test('search goes through the blind index: exact match on canonical values', async () => {
     const byEmail = await api('POST', `${V}/customers/search`, { reason: 'support', match: { email: 'jane.doe@EXAMPLE.com' } });
     assert.equal(byEmail.status, 200, byEmail.text);
