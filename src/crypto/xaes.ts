@@ -34,6 +34,11 @@ export class XaesKeyDeriver {
     this.k1 = k1;
   }
 
+  /** Whether destroy() was called: derive() then throws. */
+  get destroyed(): boolean {
+    return this.ecb === null;
+  }
+
   /** Kx for the salt (12 bytes). The caller zeroes it after use. */
   derive(salt: Buffer): Buffer {
     if (!this.ecb) throw new Error('the key deriver was destroyed');

@@ -67,6 +67,22 @@ export class IntegrityError extends Error {
   override name = 'IntegrityError';
 }
 
+/**
+ * A key of the collection's secret was dropped (zeroed) while an operation still held it: the KMS key
+ * was disabled or scheduled for deletion, or the collection deleted, meanwhile. Nothing may be derived,
+ * sealed or indexed with it; the operation fails (409) rather than write under a zero key.
+ */
+export class KeyDroppedError extends Error {
+  override name = 'KeyDroppedError';
+}
+
+const ZERO_KEY = Buffer.alloc(32);
+/** `key`, unless it was zeroed by the secret's eviction (a 32-byte HKDF output is never all zeros). */
+export function liveKey(key: Buffer): Buffer {
+  if (key.length === ZERO_KEY.length && key.equals(ZERO_KEY)) throw new KeyDroppedError('the collection\'s key was dropped during the operation');
+  return key;
+}
+
 export function parseStored(valuesJson: string, groupsJson: string | null): Stored {
   return { values: JSON.parse(valuesJson) as Record<string, StoredValue>, groups: parseGroups(groupsJson) };
 }
@@ -137,6 +153,9 @@ export function newRecordSalt(): string {
   return XAES_SALT + randomBytes(XAES_SALT_BYTES).toString('base64');
 }
 
+/** A `v3.` data_key column: 12 bytes of salt in standard base64 (16 characters, no padding). */
+const V3_SALT = /^v3\.[A-Za-z0-9+/]{16}$/;
+
 /** What a format 2 record's key is derived with: the collection's `records` key, and a deriver keyed with it. */
 export interface RecordKeys {
   records: Buffer;
@@ -146,13 +165,13 @@ export interface RecordKeys {
 /** The record's data key, from the collection's `records` key and the record's salt (and, for `v2.`, its id). */
 export function recordKeyFrom(keys: RecordKeys, col: Owner, recordId: string, dataKey: string): Buffer {
   if (dataKey.startsWith(XAES_SALT)) {
-    const salt = Buffer.from(dataKey.slice(XAES_SALT.length), 'base64');
-    if (salt.length !== XAES_SALT_BYTES || dataKey.length !== XAES_SALT.length + 16) throw new IntegrityError(`the data key of record ${recordId} is malformed`);
-    return keys.deriver.derive(salt);
+    if (!V3_SALT.test(dataKey)) throw new IntegrityError(`the data key of record ${recordId} is malformed`);
+    if (keys.deriver.destroyed) throw new KeyDroppedError('the collection\'s key was dropped during the operation');
+    return keys.deriver.derive(Buffer.from(dataKey.slice(XAES_SALT.length), 'base64'));
   }
   const salt = dataKey.slice(LOCAL_SALT.length);
   if (!dataKey.startsWith(LOCAL_SALT) || salt.length !== 24) throw new IntegrityError(`the data key of record ${recordId} is malformed`);
-  return createHmac('sha256', keys.records).update(`custos-vault-v2\u0000record-key\u0000${col.account_id}\u0000${col.id}\u0000${recordId}\u0000${salt}`).digest();
+  return createHmac('sha256', liveKey(keys.records)).update(`custos-vault-v2\u0000record-key\u0000${col.account_id}\u0000${col.id}\u0000${recordId}\u0000${salt}`).digest();
 }
 
 function sealGroup(dek: Buffer, col: Owner, recordId: string, gid: string, values: Record<string, Value>): string {

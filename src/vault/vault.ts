@@ -21,7 +21,7 @@ import {
 import type { Static } from '@sinclair/typebox';
 import type { AccessRow, CollectionRow, RecordRow, VaultDb } from './store.js';
 import {
-  derivedLocally, emptyStored, groupsJson, IntegrityError, LOCAL_SALT, keylessRemovable, XAES_SALT, type RecordKeys, newRecordSalt, openGroups, openValues, parseStored, recordKeyFrom, removeFrom, ruleKey, sealInto,
+  derivedLocally, emptyStored, groupsJson, IntegrityError, KeyDroppedError, liveKey, LOCAL_SALT, keylessRemovable, XAES_SALT, type RecordKeys, newRecordSalt, openGroups, openValues, parseStored, recordKeyFrom, removeFrom, ruleKey, sealInto,
   type Sealable, type Stored, type StoredValue,
 } from './sealing.js';
 import { generalize, keyedHash, mask, maskHidesAll, partial, REDACTED, type Value } from './transforms.js';
@@ -112,6 +112,8 @@ interface HeldSecret {
   keys: Map<string, Buffer>;
   recordKeys: RecordKeys;
   until: number;
+  /** Set when dropSecret zeroed it: an operation that still holds it must not use it. */
+  dropped: boolean;
 }
 const MAX_PAGE = 100;
 const LEASE = 'vault.retention.lease';
@@ -586,34 +588,50 @@ export class VaultService {
   }
 
   private async loadSecret(c: Collection): Promise<HeldSecret> {
-    const now = this.now();
-    const key = await this.kms.getKey(this.scopeOf(c.row), c.row.kms_key_id);
-    const hit = this.secrets.get(c.row.id);
-    if (hit && hit.until > now) {
-      try {
-        await this.kmsCall(() => this.kms.checkUsable(key));
-      } catch (e) {
-        // The key may not be used: nor may what it unwrapped, which is not kept either.
-        this.dropSecret(c.row.id);
-        throw e;
+    // Other requests run during each wait: one may drop the held secret (its check found the key
+    // unusable) or load it too. What is returned is the entry held when this returns, never a dropped one.
+    for (let attempt = 0; ; attempt++) {
+      const now = this.now();
+      const key = await this.kms.getKey(this.scopeOf(c.row), c.row.kms_key_id);
+      const hit = this.secrets.get(c.row.id);
+      if (hit && hit.until > now) {
+        try {
+          await this.kmsCall(() => this.kms.checkUsable(key));
+        } catch (e) {
+          // The key may not be used: nor may what it unwrapped, which is not kept either.
+          this.dropSecret(c.row.id);
+          throw e;
+        }
+        if (!hit.dropped && this.secrets.get(c.row.id) === hit) {
+          hit.until = now + SECRET_TTL_MS;
+          return hit;
+        }
+        if (attempt < 3) continue;
+        throw new VaultError(409, 'KeyUnavailable', 'the collection\'s key changed during the operation; retry');
       }
-      hit.until = now + SECRET_TTL_MS;
-      return hit;
+      if (hit) this.dropSecret(c.row.id);
+      const secret = await this.kmsCall(() => this.kms.decrypt(key, Buffer.from(c.row.secret_wrapped, 'base64'), secretContext(c.row.id)));
+      const won = this.secrets.get(c.row.id);
+      if (won && !won.dropped && won.until > this.now()) {
+        // Another request unwrapped it meanwhile: keep one copy.
+        secret.fill(0);
+        return won;
+      }
+      if (won) this.dropSecret(c.row.id);
+      const keys = new Map<string, Buffer>();
+      for (const use of ['index', 'hash', 'token', 'records']) keys.set(use, Buffer.from(hkdfSync('sha256', secret, Buffer.from(c.row.id), `custos-vault/${use}`, 32)));
+      const records = keys.get('records')!;
+      const held: HeldSecret = { secret, keys, recordKeys: { records, deriver: new XaesKeyDeriver(records) }, until: now + SECRET_TTL_MS, dropped: false };
+      this.secrets.set(c.row.id, held);
+      if (this.secrets.size > 10_000) this.sweepSecrets(now);
+      return held;
     }
-    if (hit) this.dropSecret(c.row.id);
-    const secret = await this.kmsCall(() => this.kms.decrypt(key, Buffer.from(c.row.secret_wrapped, 'base64'), secretContext(c.row.id)));
-    const keys = new Map<string, Buffer>();
-    for (const use of ['index', 'hash', 'token', 'records']) keys.set(use, Buffer.from(hkdfSync('sha256', secret, Buffer.from(c.row.id), `custos-vault/${use}`, 32)));
-    const records = keys.get('records')!;
-    const held: HeldSecret = { secret, keys, recordKeys: { records, deriver: new XaesKeyDeriver(records) }, until: now + SECRET_TTL_MS };
-    this.secrets.set(c.row.id, held);
-    if (this.secrets.size > 10_000) this.sweepSecrets(now);
-    return held;
   }
 
   private dropSecret(id: string): void {
     const e = this.secrets.get(id);
     if (!e) return;
+    e.dropped = true;
     e.secret.fill(0);
     e.recordKeys.deriver.destroy();
     for (const k of e.keys.values()) k.fill(0);
@@ -640,7 +658,7 @@ export class VaultService {
 
   /** `canonical`: `v` was just made canonicalValue(p, …) for this very property. */
   private blindIndex(keys: Map<string, Buffer>, p: Property, v: Value, canonical = false): string {
-    return createHmac('sha256', keys.get('index')!).update(`${p.name}\u0000${indexForm(p, v, canonical)}`).digest('hex').slice(0, 40);
+    return createHmac('sha256', liveOrRefuse(keys.get('index')!)).update(`${p.name}\u0000${indexForm(p, v, canonical)}`).digest('hex').slice(0, 40);
   }
 
   /** The record's data key: derived from the collection's secret and its salt (format 2), or unwrapped by KMS (format 1). */
@@ -926,7 +944,7 @@ export class VaultService {
   private async tokenFor(c: Collection, recordId: string, p: Property, v: Value, keys: Map<string, Buffer>): Promise<string> {
     let token: string;
     if (p.stable_tokens) {
-      token = `tok_${createHmac('sha256', keys.get('token')!).update(`${p.name}\u0000${indexForm(p, v)}`).digest('base64url').slice(0, 32)}`;
+      token = `tok_${createHmac('sha256', liveOrRefuse(keys.get('token')!)).update(`${p.name}\u0000${indexForm(p, v)}`).digest('base64url').slice(0, 32)}`;
     } else {
       const existing = await this.db.selectFrom('vault_tokens').select('token').where('record_id', '=', recordId).where('property', '=', p.name).executeTakeFirst();
       if (existing) return existing.token;
@@ -1440,7 +1458,7 @@ function transformed(p: Property, v: Value, t: Exclude<Transform, 'tokenize'>, k
     case 'redact':
       return REDACTED;
     case 'hash':
-      return keyedHash(keys!.get('hash')!, p, indexForm(p, v));
+      return keyedHash(liveOrRefuse(keys!.get('hash')!), p, indexForm(p, v));
     case 'generalize':
       return generalize(p, v);
   }
@@ -1472,6 +1490,19 @@ function integrity<T>(fn: () => T): T {
     return fn();
   } catch (e) {
     if (e instanceof IntegrityError) throw new VaultError(500, 'IntegrityError', e.message);
+    if (e instanceof KeyDroppedError) throw keyDropped();
+    throw e;
+  }
+}
+function keyDropped(): VaultError {
+  return new VaultError(409, 'KeyUnavailable', 'the collection\'s KMS key became unusable (or the collection was deleted) during the operation; retry');
+}
+/** A key of the collection's secret, refused (409) if it was zeroed while the operation held it. */
+function liveOrRefuse(key: Buffer): Buffer {
+  try {
+    return liveKey(key);
+  } catch (e) {
+    if (e instanceof KeyDroppedError) throw keyDropped();
     throw e;
   }
 }
@@ -1480,6 +1511,7 @@ async function integrityAsync<T>(fn: () => Promise<T>): Promise<T> {
     return await fn();
   } catch (e) {
     if (e instanceof IntegrityError) throw new VaultError(500, 'IntegrityError', e.message);
+    if (e instanceof KeyDroppedError) throw keyDropped();
     throw e;
   }
 }

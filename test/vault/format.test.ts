@@ -156,6 +156,52 @@ describe('vault record format', () => {
     assert.deepEqual(await indexRows(id), []);
   });
 
+  test('a secret dropped while an operation holds its keys fails the operation (409) and nothing is written under a zeroed key', async () => {
+    const r = await api('POST', `${V}/records`, { subject_id: 'drop-1', fields: { email: 'vic@example.com', phone: '+8613800138031', city: 'Anhui/Hefei' } });
+    assert.equal(r.status, 201, r.text);
+    const id = r.json.id as string;
+    const c = (await s.custos.vault.getCollection(t.accountId, 'people'))!;
+    type Hooked = { keysOf?: (c: unknown) => Promise<Map<string, Buffer>>; recordKeysOf?: (c: unknown) => Promise<RecordKeys>; dropSecret(id: string): void };
+    const vault = s.custos.vault as unknown as Hooked;
+    const before = { email: 'vic@example.com', phone: '+8613800138031', city: 'Anhui/Hefei' };
+    // The collection's keys are handed over, and before the operation resumes another request drops
+    // the secret (as one finding the KMS key disabled does): the blind index must not be computed with it.
+    const keysOf = vault.keysOf!;
+    vault.keysOf = async function (this: unknown, col: unknown) {
+      const k = await keysOf.call(this, col);
+      vault.dropSecret(c.row.id);
+      return k;
+    };
+    try {
+      const u = await api('PATCH', `${V}/records/${id}`, { fields: { phone: '+8613900139031' } });
+      assert.equal(u.status, 409, u.text);
+      assert.equal(u.json.error.code, 'KeyUnavailable');
+    } finally {
+      delete vault.keysOf;
+    }
+    assert.deepEqual((await plain(id)).json.fields, before);
+    assert.deepEqual((await search({ phone: '+8613800138031' })).json.records.map((x: { id: string }) => x.id), [id]);
+    assert.deepEqual((await search({ phone: '+8613900139031' })).json.records, []);
+
+    // The same for the record key's deriver (the secret not held, so the lookup waits): 409, not a 500.
+    vault.dropSecret(c.row.id);
+    const recordKeysOf = vault.recordKeysOf!;
+    vault.recordKeysOf = async function (this: unknown, col: unknown) {
+      const k = await recordKeysOf.call(this, col);
+      vault.dropSecret(c.row.id);
+      return k;
+    };
+    try {
+      const u = await api('PATCH', `${V}/records/${id}`, { fields: { city: 'Anhui/Wuhu' } });
+      assert.equal(u.status, 409, u.text);
+      assert.equal(u.json.error.code, 'KeyUnavailable');
+    } finally {
+      delete vault.recordKeysOf;
+    }
+    assert.deepEqual((await plain(id)).json.fields, before);
+    assert.equal((await api('DELETE', `${V}/records/${id}`)).status, 204);
+  });
+
   test('a format 1 record (KMS data key, one blob per value) is read, searched, rectified and deleted', async () => {
     const c = (await s.custos.vault.getCollection(t.accountId, 'people'))!;
     const scope = { accountId: c.row.account_id, projectId: c.row.project_id, region: c.row.region };
