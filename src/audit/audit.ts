@@ -445,18 +445,32 @@ export class AuditService implements AuditRecorder {
     const trail = upTo.trail;
     let current = upTo.digest_seq;
     try {
-      const row = await this.db.selectFrom('audit_deliveries').select('delivered_seq').where('trail', '=', trail).executeTakeFirst();
-      let done = row ? Number(row.delivered_seq) : upTo.digest_seq - 1;
-      if (!row) await this.db.insertInto('audit_deliveries').values({ trail, delivered_seq: done, updated_at: this.now() }).onConflict((oc) => oc.column('trail').doNothing()).execute();
+      const progress = () => this.db.selectFrom('audit_deliveries').select('delivered_seq').where('trail', '=', trail).executeTakeFirst();
+      let row = await progress();
+      if (!row) {
+        await this.db.insertInto('audit_deliveries').values({ trail, delivered_seq: upTo.digest_seq - 1, updated_at: this.now() }).onConflict((oc) => oc.column('trail').doNothing()).execute();
+        // Read back: another node may have made the row first (with an earlier digest still to deliver).
+        row = await progress();
+      }
+      let done = Number(row!.delivered_seq);
       const pending = done < upTo.digest_seq - 1 ? await this.digests(trail, done + 1, Math.min(upTo.digest_seq - 1 - done, MAX_REDELIVERIES)) : [];
       for (const d of [...pending, upTo]) {
         if (d.digest_seq <= done) continue;
-        // In order, without a gap: past MAX_REDELIVERIES behind, the rest (and this digest) go next time.
-        if (d.digest_seq !== done + 1) break;
+        if (d.digest_seq !== done + 1) {
+          // Past MAX_REDELIVERIES behind, the rest (and this digest) go next time. A hole in the
+          // digests themselves (they are never cleared) would stop the export: say so.
+          if (pending.length < MAX_REDELIVERIES) this.opts.onError?.(`audit export of trail ${trail} is stopped: digest ${done + 1} is missing from the database`);
+          break;
+        }
         current = d.digest_seq;
         await this.exportDigestRange(dir, d);
         done = d.digest_seq;
-        await this.db.updateTable('audit_deliveries').set({ delivered_seq: done, updated_at: this.now() }).where('trail', '=', trail).where('delivered_seq', '<', done).execute();
+        try {
+          await this.db.updateTable('audit_deliveries').set({ delivered_seq: done, updated_at: this.now() }).where('trail', '=', trail).where('delivered_seq', '<', done).execute();
+        } catch (e) {
+          this.opts.onError?.(`audit export of trail ${trail}: digest ${done} was delivered but its progress not recorded (it is delivered again next time): ${(e as Error).message}`);
+          return;
+        }
       }
     } catch (e) {
       this.opts.onError?.(`audit export of digest ${current} of trail ${trail} failed (retried with the trail's next digest): ${(e as Error).message}`);
