@@ -161,44 +161,32 @@ describe('vault record format', () => {
     assert.equal(r.status, 201, r.text);
     const id = r.json.id as string;
     const c = (await s.custos.vault.getCollection(t.accountId, 'people'))!;
-    type Hooked = { keysOf?: (c: unknown) => Promise<Map<string, Buffer>>; recordKeysOf?: (c: unknown) => Promise<RecordKeys>; dropSecret(id: string): void };
-    const vault = s.custos.vault as unknown as Hooked;
+    const vault = s.custos.vault as unknown as Record<'keysOf' | 'recordKeysOf', ((c: unknown) => Promise<unknown>) | undefined> & { dropSecret(id: string): void };
     const before = { email: 'vic@example.com', phone: '+8613800138031', city: 'Anhui/Hefei' };
-    // The collection's keys are handed over, and before the operation resumes another request drops
-    // the secret (as one finding the KMS key disabled does): the blind index must not be computed with it.
-    const keysOf = vault.keysOf!;
-    vault.keysOf = async function (this: unknown, col: unknown) {
-      const k = await keysOf.call(this, col);
-      vault.dropSecret(c.row.id);
-      return k;
+    /** Runs a PATCH while `method` hands over the collection's keys and, before the operation resumes, another request drops the secret (as one finding the KMS key disabled does). */
+    const patchWhileDropped = async (method: 'keysOf' | 'recordKeysOf', fields: Record<string, string>) => {
+      const original = vault[method]!;
+      vault[method] = async function (this: unknown, col: unknown) {
+        const k = await original.call(this, col);
+        vault.dropSecret(c.row.id);
+        return k;
+      };
+      try {
+        const u = await api('PATCH', `${V}/records/${id}`, { fields });
+        assert.equal(u.status, 409, u.text);
+        assert.equal(u.json.error.code, 'KeyUnavailable');
+      } finally {
+        delete vault[method];
+      }
+      assert.deepEqual((await plain(id)).json.fields, before);
     };
-    try {
-      const u = await api('PATCH', `${V}/records/${id}`, { fields: { phone: '+8613900139031' } });
-      assert.equal(u.status, 409, u.text);
-      assert.equal(u.json.error.code, 'KeyUnavailable');
-    } finally {
-      delete vault.keysOf;
-    }
-    assert.deepEqual((await plain(id)).json.fields, before);
+    // The blind index of the new number must not be computed with the dropped key.
+    await patchWhileDropped('keysOf', { phone: '+8613900139031' });
     assert.deepEqual((await search({ phone: '+8613800138031' })).json.records.map((x: { id: string }) => x.id), [id]);
     assert.deepEqual((await search({ phone: '+8613900139031' })).json.records, []);
-
-    // The same for the record key's deriver (the secret not held, so the lookup waits): 409, not a 500.
+    // Nor the record key with the dropped deriver (the secret not held, so the lookup waits): 409, not a 500.
     vault.dropSecret(c.row.id);
-    const recordKeysOf = vault.recordKeysOf!;
-    vault.recordKeysOf = async function (this: unknown, col: unknown) {
-      const k = await recordKeysOf.call(this, col);
-      vault.dropSecret(c.row.id);
-      return k;
-    };
-    try {
-      const u = await api('PATCH', `${V}/records/${id}`, { fields: { city: 'Anhui/Wuhu' } });
-      assert.equal(u.status, 409, u.text);
-      assert.equal(u.json.error.code, 'KeyUnavailable');
-    } finally {
-      delete vault.recordKeysOf;
-    }
-    assert.deepEqual((await plain(id)).json.fields, before);
+    await patchWhileDropped('recordKeysOf', { city: 'Anhui/Wuhu' });
     assert.equal((await api('DELETE', `${V}/records/${id}`)).status, 204);
   });
 
