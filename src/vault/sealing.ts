@@ -74,12 +74,15 @@ export class IntegrityError extends Error {
  */
 export class KeyDroppedError extends Error {
   override name = 'KeyDroppedError';
+  constructor() {
+    super('the collection\'s key was dropped during the operation');
+  }
 }
 
 const ZERO_KEY = Buffer.alloc(32);
 /** `key`, unless it was zeroed by the secret's eviction (a 32-byte HKDF output is never all zeros). */
 export function liveKey(key: Buffer): Buffer {
-  if (key.length === ZERO_KEY.length && key.equals(ZERO_KEY)) throw new KeyDroppedError('the collection\'s key was dropped during the operation');
+  if (key.length === ZERO_KEY.length && key.equals(ZERO_KEY)) throw new KeyDroppedError();
   return key;
 }
 
@@ -166,7 +169,7 @@ export interface RecordKeys {
 export function recordKeyFrom(keys: RecordKeys, col: Owner, recordId: string, dataKey: string): Buffer {
   if (dataKey.startsWith(XAES_SALT)) {
     if (!V3_SALT.test(dataKey)) throw new IntegrityError(`the data key of record ${recordId} is malformed`);
-    if (keys.deriver.destroyed) throw new KeyDroppedError('the collection\'s key was dropped during the operation');
+    if (keys.deriver.destroyed) throw new KeyDroppedError();
     return keys.deriver.derive(Buffer.from(dataKey.slice(XAES_SALT.length), 'base64'));
   }
   const salt = dataKey.slice(LOCAL_SALT.length);

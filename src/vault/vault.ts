@@ -572,11 +572,6 @@ export class VaultService {
     return (this.cachedSecret(c) ?? (await this.loadSecret(c))).keys;
   }
 
-  /** What format 2 record keys are derived with (keysOf's `records` key, and its XAES deriver). */
-  private async recordKeysOf(c: Collection): Promise<RecordKeys> {
-    return (this.cachedSecret(c) ?? (await this.loadSecret(c))).recordKeys;
-  }
-
   /** The held secret without a wait, when it is held and the key's cached row says it may be used. */
   private cachedSecret(c: Collection): HeldSecret | undefined {
     const hit = this.secrets.get(c.row.id);
@@ -663,8 +658,10 @@ export class VaultService {
 
   /** The record's data key: derived from the collection's secret and its salt (format 2), or unwrapped by KMS (format 1). */
   private async recordKey(c: Collection, rec: Pick<SealedRow, 'id' | 'kms_key_id' | 'data_key'>): Promise<Buffer> {
+    const held = this.heldRecordKey(c, rec);
+    if (held) return held;
     if (derivedLocally(rec.data_key)) {
-      const keys = this.cachedSecret(c)?.recordKeys ?? (await this.recordKeysOf(c));
+      const keys = (await this.loadSecret(c)).recordKeys;
       return integrity(() => recordKeyFrom(keys, c.row, rec.id, rec.data_key));
     }
     const key = await this.kms.getKey(this.scopeOf(c.row), rec.kms_key_id);
@@ -697,7 +694,7 @@ export class VaultService {
   }
 
   /** A format 2 record's key without a wait, while the collection's secret is held (else recordKey). */
-  private heldRecordKey(c: Collection, rec: SealedRow): Buffer | undefined {
+  private heldRecordKey(c: Collection, rec: Pick<SealedRow, 'id' | 'data_key'>): Buffer | undefined {
     if (!derivedLocally(rec.data_key)) return undefined;
     const held = this.cachedSecret(c);
     return held && integrity(() => recordKeyFrom(held.recordKeys, c.row, rec.id, rec.data_key));
@@ -1041,7 +1038,7 @@ export class VaultService {
     for (const d of digests) {
       const q = this.db.selectFrom('vault_index').select('record_id').where('collection_id', '=', c.row.id).where('property', '=', d.property).where('digest', '=', d.digest)
         .$if(ids !== null, (q) => q.where('record_id', 'in', ids!.length ? ids! : ['']))
-        .limit(10_000).compile();
+        .limit(ids === null && digests.length === 1 ? limit : 10_000).compile();
       // The first digest's lookup has one text whatever the values: prepared. Later ones list ids.
       const { rows }: { rows: { record_id: string }[] } = await this.db.executeQuery(ids === null ? preparedQuery<{ record_id: string }>(q.sql, q.parameters) : q);
       ids = rows.map((r) => r.record_id);
@@ -1499,12 +1496,7 @@ function keyDropped(): VaultError {
 }
 /** A key of the collection's secret, refused (409) if it was zeroed while the operation held it. */
 function liveOrRefuse(key: Buffer): Buffer {
-  try {
-    return liveKey(key);
-  } catch (e) {
-    if (e instanceof KeyDroppedError) throw keyDropped();
-    throw e;
-  }
+  return integrity(() => liveKey(key));
 }
 async function integrityAsync<T>(fn: () => Promise<T>): Promise<T> {
   try {

@@ -34,7 +34,7 @@ describe('vault record format', () => {
   };
   const search = (match: Record<string, string>) => api('POST', `${V}/search`, { reason: 'support', match });
   /** The collection's records key and its deriver, as the vault holds them. */
-  const recordKeys = (c: unknown) => (s.custos.vault as unknown as { recordKeysOf(c: unknown): Promise<RecordKeys> }).recordKeysOf(c);
+  const recordKeys = async (c: unknown) => (await (s.custos.vault as unknown as { loadSecret(c: unknown): Promise<{ recordKeys: RecordKeys }> }).loadSecret(c)).recordKeys;
 
   before(async () => {
     s = await startTestServer({ now: () => clock });
@@ -161,10 +161,10 @@ describe('vault record format', () => {
     assert.equal(r.status, 201, r.text);
     const id = r.json.id as string;
     const c = (await s.custos.vault.getCollection(t.accountId, 'people'))!;
-    const vault = s.custos.vault as unknown as Record<'keysOf' | 'recordKeysOf', ((c: unknown) => Promise<unknown>) | undefined> & { dropSecret(id: string): void };
+    const vault = s.custos.vault as unknown as Record<'keysOf' | 'loadSecret', ((c: unknown) => Promise<unknown>) | undefined> & { dropSecret(id: string): void };
     const before = { email: 'vic@example.com', phone: '+8613800138031', city: 'Anhui/Hefei' };
     /** Runs a PATCH while `method` hands over the collection's keys and, before the operation resumes, another request drops the secret (as one finding the KMS key disabled does). */
-    const patchWhileDropped = async (method: 'keysOf' | 'recordKeysOf', fields: Record<string, string>) => {
+    const patchWhileDropped = async (method: 'keysOf' | 'loadSecret', fields: Record<string, string>) => {
       const original = vault[method]!;
       vault[method] = async function (this: unknown, col: unknown) {
         const k = await original.call(this, col);
@@ -186,7 +186,7 @@ describe('vault record format', () => {
     assert.deepEqual((await search({ phone: '+8613900139031' })).json.records, []);
     // Nor the record key with the dropped deriver (the secret not held, so the lookup waits): 409, not a 500.
     vault.dropSecret(c.row.id);
-    await patchWhileDropped('recordKeysOf', { city: 'Anhui/Wuhu' });
+    await patchWhileDropped('loadSecret', { city: 'Anhui/Wuhu' });
     assert.equal((await api('DELETE', `${V}/records/${id}`)).status, 204);
   });
 
